@@ -1,0 +1,229 @@
+"""Typed settings for hybrid-search, with every default in this one module.
+
+Sources, later ones winning: the defaults below, a settings file (TOML or YAML, given by ``--config`` or
+``HYBRID_SEARCH_CONFIG``), environment variables (``HYBRID_SEARCH_<SECTION>__<FIELD>``, e.g.
+``HYBRID_SEARCH_SEARCH__RRF_K=20``), then explicit overrides such as CLI flags.
+
+Credentials never live in these objects: a :class:`Secret` names the environment variable that holds the
+value and reads it only when a connection is made, so settings can be printed, logged and serialised safely.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from config.errors import ConfigError
+
+__all__ = [
+    "BackendSettings",
+    "IndexSettings",
+    "IngestSettings",
+    "ModelSettings",
+    "SearchSettings",
+    "Secret",
+    "Settings",
+    "load_settings",
+]
+
+ENV_PREFIX = "HYBRID_SEARCH_"
+CONFIG_ENV = "HYBRID_SEARCH_CONFIG"
+
+DEFAULT_BI_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_CROSS_ENCODER = "cross-encoder/ms-marco-MiniLM-L-12-v2"
+DEFAULT_DATA_DIR = Path(".hybrid-search")
+DEFAULT_INDEX = "corpus"
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A credential held in an environment variable; only its name is ever stored or shown."""
+
+    env_var: str
+
+    def resolve(self) -> str | None:
+        """The value, read now from the environment; ``None`` when the variable is unset or empty."""
+        return os.environ.get(self.env_var) or None
+
+    def __repr__(self) -> str:
+        return f"Secret(env_var={self.env_var!r})"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSettings(_Section):
+    """Bi-encoder and cross-encoder choice and how they run."""
+
+    bi_encoder: str = DEFAULT_BI_ENCODER
+    cross_encoder: str = DEFAULT_CROSS_ENCODER
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
+    max_length: int | None = None  # None: the model's own max_seq_length
+    batch_tokens: int | None = Field(default=None, ge=64)  # padded tokens per batch; None: 4096 CPU, 65536 CUDA
+    max_batch_size: int = Field(default=256, ge=1)
+    query_prompt: str | None = None  # None: what the model declares, or a known family's prompt
+    document_prompt: str | None = None
+    trust_remote_code: bool = False
+    rerank_runtime: Literal["auto", "onnx", "torch"] = "auto"
+    rerank_max_length: int = Field(default=512, ge=16)
+    rerank_batch_size: int = Field(default=32, ge=1)
+
+
+class IndexSettings(_Section):
+    """Index naming, text analysis and HNSW parameters."""
+
+    name: str = DEFAULT_INDEX
+    analyzer: Literal["standard", "english"] = "standard"
+    hnsw_m: int = Field(default=16, ge=2)
+    hnsw_ef_construction: int = Field(default=100, ge=8)
+    hnsw_ef_search: int = Field(default=100, ge=8)
+
+
+class IngestSettings(_Section):
+    """How documents are batched and how bad records are treated."""
+
+    batch_size: int = Field(default=1024, ge=1)  # documents per encode + upsert step
+    strict: bool = False  # first bad record is fatal
+    checkpoint_seconds: float = Field(default=30.0, ge=0.0)  # embedded: how often derived indexes persist
+
+
+class SearchSettings(_Section):
+    """Retrieval depths, fusion and rerank parameters."""
+
+    mode: Literal["bm25", "knn", "hybrid"] = "hybrid"
+    top_k: int = Field(default=10, ge=1)
+    bm25_depth: int = Field(default=100, ge=1)
+    knn_depth: int = Field(default=100, ge=1)
+    num_candidates: int = Field(default=200, ge=1)  # HNSW candidate pool per kNN query
+    fusion: Literal["rrf", "linear"] = "rrf"
+    rrf_k: int = Field(default=60, ge=1)
+    normalizer: Literal["minmax", "zscore"] = "minmax"
+    bm25_weight: float = Field(default=0.5, ge=0.0)
+    knn_weight: float = Field(default=0.5, ge=0.0)
+    rerank: bool = False
+    rerank_depth: int = Field(default=50, ge=1)
+    server_fusion: bool = True  # let an engine fuse when it can; client-side otherwise
+
+
+class BackendSettings(_Section):
+    """Which backend to use and how to reach it. Credentials are named, never stored."""
+
+    kind: Literal["embedded", "elasticsearch", "opensearch"] = "embedded"
+    urls: tuple[str, ...] = ()
+    username: str | None = None
+    password: Secret = Secret(ENV_PREFIX + "PASSWORD")
+    api_key: Secret = Secret(ENV_PREFIX + "API_KEY")
+    ca_certs: Path | None = None
+    verify_certs: bool = True
+    request_timeout: float = Field(default=30.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(u.strip() for u in value.split(",") if u.strip())
+        return value
+
+    @field_validator("password", "api_key", mode="before")
+    @classmethod
+    def _secret_from_name(cls, value: Any) -> Any:
+        # A settings file names the variable ("password = 'ES_PASSWORD'"); the value never appears in it.
+        return Secret(value) if isinstance(value, str) else value
+
+
+_config_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("config_path", default=None)
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """Reads the TOML or YAML settings file chosen by :func:`load_settings`."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = _config_path.get()
+        return _read_settings_file(path) if path is not None else {}
+
+
+class Settings(BaseSettings):
+    """All settings of hybrid-search. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    models: ModelSettings = ModelSettings()
+    index: IndexSettings = IndexSettings()
+    ingest: IngestSettings = IngestSettings()
+    search: SearchSettings = SearchSettings()
+    backend: BackendSettings = BackendSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _FileSource(settings_cls))
+
+
+def _read_settings_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"settings file {path} does not exist: fix --config or {CONFIG_ENV}")
+    try:
+        if path.suffix.lower() == ".toml":
+            return tomllib.loads(path.read_text(encoding="utf-8"))
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
+        raise ConfigError(f"settings file {path} is not valid: {exc}") from exc
+    raise ConfigError(f"settings file {path}: use a .toml, .yaml or .yml file")
+
+
+def load_settings(
+    config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Settings from defaults < file < environment < ``overrides`` (nested dicts, e.g. CLI flags).
+
+    ``None`` values in ``overrides`` mean "not given" and are ignored, so CLI flags can be passed as they are.
+    """
+    path = config_file if config_file is not None else os.environ.get(CONFIG_ENV)
+    token = _config_path.set(Path(path) if path else None)
+    try:
+        return Settings(**_drop_none(dict(overrides or {})))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"invalid setting {where}: {first['msg']} (check flags, {CONFIG_ENV} and "
+                          f"{ENV_PREFIX}* variables)") from exc
+    finally:
+        _config_path.reset(token)
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            nested = _drop_none(dict(value))
+            if nested:
+                out[key] = nested
+        elif value is not None:
+            out[key] = value
+    return out

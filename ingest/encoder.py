@@ -1,0 +1,296 @@
+"""The bi-encoder: transformers ``AutoModel`` + the pooling the model declares + L2 normalisation.
+
+Embeddings match sentence-transformers' for the same model (the tests check it), but batching is planned by
+a token budget over length-sorted texts, so short and long documents both run at full width. CUDA is used
+when present, with fp16 or bf16; CPU otherwise. The model loads on first use, never in the constructor.
+This module must never talk to a search backend.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from config.errors import ConfigError
+from config.settings import ModelSettings
+from ingest.models import resolve_model
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "EncodeResult", "Encoder", "PoolingConfig", "pad_encodings", "plan_batches", "pool", "select_device", "torch_dtype",
+]
+
+log = logging.getLogger(__name__)
+
+POOLING_MODES = ("mean", "cls", "max", "lasttoken")
+_BGE_QUERY = "Represent this sentence for searching relevant passages: "
+
+
+@dataclass(frozen=True, slots=True)
+class PoolingConfig:
+    """How token states become one vector, as the model's sentence-transformers config declares it."""
+
+    mode: str = "mean"
+    normalize: bool = True
+
+    @staticmethod
+    def from_model_dir(folder: Path) -> PoolingConfig:
+        """Read ``modules.json`` / the Pooling module's config; mean pooling when the model declares none."""
+        modules_path = folder / "modules.json"
+        if not modules_path.exists():
+            return PoolingConfig()
+        modules = json.loads(modules_path.read_text(encoding="utf-8"))
+        pooling = next((m for m in modules if m.get("type", "").endswith("Pooling")), None)
+        if pooling is None:
+            return PoolingConfig()
+        cfg = json.loads((folder / pooling.get("path", "") / "config.json").read_text(encoding="utf-8"))
+        flags = {
+            "cls": cfg.get("pooling_mode_cls_token"),
+            "mean": cfg.get("pooling_mode_mean_tokens"),
+            "max": cfg.get("pooling_mode_max_tokens"),
+            "lasttoken": cfg.get("pooling_mode_lasttoken"),
+        }
+        if cfg.get("pooling_mode_mean_sqrt_len_tokens") or cfg.get("pooling_mode_weightedmean_tokens"):
+            raise ConfigError(f"{folder}: only mean, cls, max or last-token pooling is supported")
+        chosen = [mode for mode, on in flags.items() if on]
+        if len(chosen) != 1:
+            raise ConfigError(f"{folder}: exactly one pooling mode must be set, found {chosen or 'none'}")
+        return PoolingConfig(mode=chosen[0], normalize=True)
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Pool token states ``[batch, seq, dim]`` under ``mask`` ``[batch, seq]`` (right-padded)."""
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode == "lasttoken":
+        import torch
+
+        last = mask.sum(dim=1).long() - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    if mode == "mean":
+        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+    if mode == "max":
+        return hidden.masked_fill(m == 0, float("-inf")).max(dim=1).values
+    raise ConfigError(f"unknown pooling mode {mode!r}: choose one of {POOLING_MODES}")
+
+
+def plan_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: int) -> list[list[int]]:
+    """Group indices, longest first, so each padded batch holds at most ``batch_tokens`` tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    width = 0
+    for i in order:
+        w = max(width, lengths[i])
+        if current and (w * (len(current) + 1) > batch_tokens or len(current) >= max_batch_size):
+            batches.append(current)
+            current, w = [], lengths[i]
+        current.append(i)
+        width = w
+    if current:
+        batches.append(current)
+    return batches
+
+
+def select_device(preference: str = "auto") -> str:
+    """``auto`` picks CUDA when available; otherwise the preference as given."""
+    import torch
+
+    if preference == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if preference.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {preference!r} asked for but CUDA is not available: use --device cpu")
+    return preference
+
+
+def torch_dtype(name: str, device: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+@dataclass(frozen=True, slots=True)
+class EncodeResult:
+    """L2-normalised float32 vectors in input order, and how many inputs were cut at max length."""
+
+    vectors: np.ndarray
+    truncated: int
+
+
+class Encoder:
+    """A transformer bi-encoder. ``encode_documents`` / ``encode_queries`` apply the model's prompts."""
+
+    def __init__(self, model: str | None = None, *, settings: ModelSettings | None = None) -> None:
+        self.settings = settings or ModelSettings()
+        self.model_name = model or self.settings.bi_encoder
+
+    @classmethod
+    def from_settings(cls, settings: ModelSettings) -> Encoder:
+        return cls(settings.bi_encoder, settings=settings)
+
+    # --- lazy pieces ------------------------------------------------------------------------------
+    @cached_property
+    def folder(self) -> Path:
+        return resolve_model(self.model_name)
+
+    @cached_property
+    def pooling(self) -> PoolingConfig:
+        return PoolingConfig.from_model_dir(self.folder)
+
+    @cached_property
+    def dims(self) -> int:
+        """Output dimension, read from the model config (no weights loaded)."""
+        cfg = json.loads((self.folder / "config.json").read_text(encoding="utf-8"))
+        dims = cfg.get("hidden_size") or cfg.get("d_model") or cfg.get("dim")
+        if not dims:
+            raise ConfigError(f"{self.folder}/config.json gives no hidden size; is this a transformer encoder?")
+        return int(dims)
+
+    @cached_property
+    def max_length(self) -> int:
+        if self.settings.max_length:
+            return self.settings.max_length
+        st_cfg = self.folder / "sentence_bert_config.json"
+        if st_cfg.exists():
+            value = json.loads(st_cfg.read_text(encoding="utf-8")).get("max_seq_length")
+            if value:
+                return int(value)
+        return int(min(self._hf_tokenizer.model_max_length or 512, 512))
+
+    @cached_property
+    def prompts(self) -> tuple[str, str]:
+        """(query prompt, document prompt): settings, then the model's own, then known families'."""
+        query, document = "", ""
+        st_cfg = self.folder / "config_sentence_transformers.json"
+        if st_cfg.exists():
+            declared = json.loads(st_cfg.read_text(encoding="utf-8")).get("prompts") or {}
+            query = declared.get("query", "")
+            document = declared.get("document", declared.get("passage", declared.get("corpus", "")))
+        elif "e5" in self.model_name.lower():
+            query, document = "query: ", "passage: "
+        elif "bge-" in self.model_name.lower() and "-en" in self.model_name.lower():
+            query = _BGE_QUERY
+        if self.settings.query_prompt is not None:
+            query = self.settings.query_prompt
+        if self.settings.document_prompt is not None:
+            document = self.settings.document_prompt
+        return query, document
+
+    @cached_property
+    def device(self) -> str:
+        return select_device(self.settings.device)
+
+    @cached_property
+    def batch_tokens(self) -> int:
+        """Padded tokens per batch: small batches stay in CPU caches, large ones fill a GPU (measured)."""
+        if self.settings.batch_tokens:
+            return self.settings.batch_tokens
+        return 65_536 if self.device.startswith("cuda") else 4_096
+
+    @cached_property
+    def _hf_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(self.folder, trust_remote_code=self.settings.trust_remote_code)
+        if not tok.is_fast:
+            raise ConfigError(f"{self.model_name}: a fast (Rust) tokenizer is required")
+        return tok
+
+    @cached_property
+    def _tokenizer(self) -> Any:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_str(self._hf_tokenizer.backend_tokenizer.to_str())
+        tok.no_padding()
+        tok.enable_truncation(max_length=self.max_length)
+        return tok
+
+    @cached_property
+    def _model(self) -> Any:
+        import torch
+        from transformers import AutoModel
+
+        with torch.inference_mode():
+            model = AutoModel.from_pretrained(
+                self.folder,
+                dtype=torch_dtype(self.settings.dtype, self.device),
+                trust_remote_code=self.settings.trust_remote_code,
+            )
+        return model.to(self.device).eval()
+
+    # --- encoding ---------------------------------------------------------------------------------
+    def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
+        prompt = self.prompts[0]
+        return self.encode([prompt + q for q in queries]).vectors
+
+    def encode_documents(self, passages: Sequence[str]) -> EncodeResult:
+        prompt = self.prompts[1]
+        return self.encode([prompt + p for p in passages] if prompt else list(passages))
+
+    def encode(self, texts: Sequence[str]) -> EncodeResult:
+        """Encode ``texts`` as given (no prompt added)."""
+        import torch
+
+        out = np.zeros((len(texts), self.dims), dtype=np.float32)
+        if not texts:
+            return EncodeResult(out, 0)
+        encodings = self._tokenizer.encode_batch(list(texts))
+        truncated = sum(1 for e in encodings if e.overflowing)
+        lengths = [len(e.ids) for e in encodings]
+        pad_id = self._hf_tokenizer.pad_token_id or 0
+        with_types = "token_type_ids" in self._hf_tokenizer.model_input_names
+        model = self._model
+        with torch.inference_mode():
+            for batch in plan_batches(lengths, self.batch_tokens, self.settings.max_batch_size):
+                inputs = pad_encodings([encodings[i] for i in batch], pad_id, with_types)
+                inputs = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in inputs.items()}
+                hidden = model(**inputs).last_hidden_state
+                vectors = pool(hidden, inputs["attention_mask"], self.pooling.mode).float()
+                if self.pooling.normalize:
+                    vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+                out[batch] = vectors.cpu().numpy()  # one host transfer per batch
+        return EncodeResult(out, truncated)
+
+    def close(self) -> None:
+        """Release the model (and GPU memory)."""
+        if "_model" in self.__dict__:
+            del self.__dict__["_model"]
+            if self.device.startswith("cuda"):
+                import torch
+
+                torch.cuda.empty_cache()
+
+    def __enter__(self) -> Encoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def pad_encodings(encodings: Sequence[Any], pad_id: int, with_types: bool) -> dict[str, np.ndarray]:
+    """Right-pad a batch of ``tokenizers`` encodings into int64 arrays."""
+    width = max(len(e.ids) for e in encodings)
+    ids = np.full((len(encodings), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(encodings), width), dtype=np.int64)
+    types = np.zeros((len(encodings), width), dtype=np.int64)
+    for row, enc in enumerate(encodings):
+        n = len(enc.ids)
+        ids[row, :n] = enc.ids
+        mask[row, :n] = 1
+        types[row, :n] = enc.type_ids
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if with_types:
+        batch["token_type_ids"] = types
+    return batch

@@ -1,0 +1,252 @@
+"""The ingest pipeline: read -> validate -> encode (batched) -> upsert, each a streaming stage.
+
+Memory stays flat however large the corpus: one batch of documents is held at a time, plus the set of ids
+seen (to reject duplicates). After every committed batch a checkpoint records the source position reached,
+the counts and the rejects file's length, so ``resume=True`` continues the same physical index after a crash
+without re-encoding stored documents and without writing a reject twice. At the end the stored count must
+equal read minus rejected; only then is the new index swapped in behind the alias.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from config.errors import BadRecordError, ConfigError, IndexingError
+from config.settings import Settings
+from ingest.sources import CorpusSource
+from ingest.validate import Document, Reject, RejectsFile, validate
+from search.backend import Backend, IndexedDocument, IndexSpec
+
+if TYPE_CHECKING:
+    from ingest.encoder import Encoder
+
+__all__ = ["Checkpoint", "IngestSummary", "index_spec_for", "run_ingest"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSummary:
+    """What one ingest did. ``rejects_path`` lists every rejected record with its position and reason."""
+
+    alias: str
+    physical: str
+    source: str
+    model: str
+    read: int
+    stored: int
+    rejected: int
+    truncated: int
+    seconds: float
+    encode_seconds: float
+    upsert_seconds: float
+    rejects_path: str
+    resumed: bool
+
+    @property
+    def docs_per_s(self) -> float:
+        return self.stored / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["docs_per_s"] = round(self.docs_per_s, 1)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Progress of an unfinished ingest; written atomically after each committed batch."""
+
+    alias: str
+    physical: str
+    source: str
+    model: str
+    position: int = 0  # last source position whose fate (stored or rejected) is durable
+    read: int = 0
+    rejected: int = 0
+    truncated: int = 0
+    rejects_bytes: int = 0
+    elapsed: float = 0.0
+
+    @staticmethod
+    def path_for(data_dir: Path, alias: str) -> Path:
+        return data_dir / "checkpoints" / f"{alias}.json"
+
+    @staticmethod
+    def load(path: Path) -> Checkpoint | None:
+        if not path.exists():
+            return None
+        return Checkpoint(**json.loads(path.read_text(encoding="utf-8")))
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(self)), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def index_spec_for(encoder: Encoder, settings: Settings) -> IndexSpec:
+    """The index an encoder's vectors need: its dimension, dot product for normalised vectors."""
+    return IndexSpec(
+        dims=encoder.dims,
+        similarity="dot_product" if encoder.pooling.normalize else "cosine",
+        analyzer=settings.index.analyzer,
+        model=encoder.model_name,
+        hnsw_m=settings.index.hnsw_m,
+        hnsw_ef_construction=settings.index.hnsw_ef_construction,
+    )
+
+
+class _Run:
+    """Mutable state of one ingest run; the public result is the frozen ``IngestSummary``."""
+
+    def __init__(self, ckpt: Checkpoint, ckpt_path: Path, rejects: RejectsFile) -> None:
+        self.ckpt, self.ckpt_path, self.rejects = ckpt, ckpt_path, rejects
+        self.encode_s = self.upsert_s = 0.0
+        self.started = time.perf_counter()
+
+    def commit(self, position: int, read: int, rejected: Sequence[Reject], truncated: int) -> None:
+        for r in rejected:
+            self.rejects.write(r.position, r.doc_id, r.reason)
+        c = self.ckpt
+        self.ckpt = dataclasses.replace(
+            c, position=position, read=c.read + read, rejected=c.rejected + len(rejected),
+            truncated=c.truncated + truncated, rejects_bytes=self.rejects.commit(),
+            elapsed=c.elapsed + time.perf_counter() - self.started,
+        )
+        self.started = time.perf_counter()
+        self.ckpt.save(self.ckpt_path)
+
+
+def run_ingest(
+    source: CorpusSource,
+    backend: Backend,
+    encoder: Encoder,
+    settings: Settings,
+    *,
+    alias: str,
+    resume: bool = False,
+    progress: bool = False,
+) -> IngestSummary:
+    """Build (or with ``resume``, finish) ``alias`` from ``source``; see the module docstring."""
+    spec = index_spec_for(encoder, settings)
+    ckpt_path = Checkpoint.path_for(settings.data_dir, alias)
+    ckpt, resumed = _start(backend, spec, ckpt_path, alias, source.name, encoder.model_name, resume)
+    rejects_path = settings.data_dir / "rejects" / f"{alias}.jsonl"
+    rejects = RejectsFile(rejects_path, source=source.name, truncate_to=ckpt.rejects_bytes if resumed else None)
+    run = _Run(ckpt, ckpt_path, rejects)
+    try:
+        _stream(source, backend, encoder, settings, run, progress)
+    finally:
+        rejects.close()
+    return _finish(backend, run, alias, rejects_path, resumed)
+
+
+def _start(
+    backend: Backend, spec: IndexSpec, ckpt_path: Path, alias: str, source: str, model: str, resume: bool
+) -> tuple[Checkpoint, bool]:
+    previous = Checkpoint.load(ckpt_path)
+    if resume and previous is not None:
+        if (previous.source, previous.model) != (source, model):
+            raise ConfigError(
+                f"the interrupted ingest of {alias!r} read {previous.source} with {previous.model}: resume with "
+                "the same source and model, or ingest without --resume to start over"
+            )
+        backend.begin_build(alias, spec, resume_from=previous.physical)
+        log.info("resuming %s into %s after position %d", alias, previous.physical, previous.position)
+        return previous, True
+    if resume:
+        log.warning("no interrupted ingest of %r to resume; starting a new build", alias)
+    if previous is not None and backend.index_exists(previous.physical):
+        backend.drop_index(previous.physical)  # an abandoned half-built index
+    physical = backend.begin_build(alias, spec)
+    ckpt = Checkpoint(alias=alias, physical=physical, source=source, model=model)
+    ckpt.save(ckpt_path)
+    return ckpt, False
+
+
+def _stream(
+    source: CorpusSource, backend: Backend, encoder: Encoder, settings: Settings, run: _Run, progress: bool
+) -> None:
+    from tqdm.auto import tqdm
+
+    skip_upto = run.ckpt.position
+    batch: list[Document] = []
+    pending: list[Reject] = []
+    read, position = 0, skip_upto
+    bar = tqdm(desc=f"ingest {run.ckpt.alias}", unit="doc", unit_scale=True, disable=not progress,
+               initial=run.ckpt.read)
+    try:
+        for item in validate(source.records(), source.fields, strict=settings.ingest.strict):
+            if item.position <= skip_upto:
+                continue  # its fate is already durable; validated again only to remember its id
+            read, position = read + 1, item.position
+            if isinstance(item, Reject):
+                pending.append(item)
+            else:
+                batch.append(item)
+            if len(batch) >= settings.ingest.batch_size:
+                _store(batch, pending, position, read, backend, encoder, settings, run)
+                bar.update(read)
+                batch, pending, read = [], [], 0
+        if read:
+            _store(batch, pending, position, read, backend, encoder, settings, run)
+            bar.update(read)
+    finally:
+        bar.close()
+
+
+def _store(
+    batch: list[Document], rejected: list[Reject], position: int, read: int,
+    backend: Backend, encoder: Encoder, settings: Settings, run: _Run,
+) -> None:
+    truncated = 0
+    if batch:
+        t = time.perf_counter()
+        encoded = encoder.encode_documents([d.passage for d in batch])
+        run.encode_s += time.perf_counter() - t
+        truncated = encoded.truncated
+        docs = [IndexedDocument(d.doc_id, d.title, d.text, encoded.vectors[i], d.metadata)
+                for i, d in enumerate(batch)]
+        t = time.perf_counter()
+        result = backend.upsert(run.ckpt.physical, docs)
+        run.upsert_s += time.perf_counter() - t
+        if result.failed:
+            positions = {d.doc_id: d.position for d in batch}
+            refused = [Reject(positions.get(f.doc_id, position), f.doc_id, f"refused by backend: {f.reason}")
+                       for f in result.failed]
+            if settings.ingest.strict:
+                raise BadRecordError(f"record {refused[0].position} (id {refused[0].doc_id}) "
+                                     f"{refused[0].reason}; run without --strict to collect rejects")
+            rejected = sorted(rejected + refused, key=lambda r: r.position)
+    run.commit(position, read, rejected, truncated)
+
+
+def _finish(backend: Backend, run: _Run, alias: str, rejects_path: Path, resumed: bool) -> IngestSummary:
+    c = run.ckpt
+    backend.refresh(c.physical)
+    stored = backend.count(c.physical)
+    expected = c.read - c.rejected
+    if stored != expected:
+        raise IndexingError(
+            f"count check failed for {c.physical}: {stored} stored, but {c.read} read - {c.rejected} rejected = "
+            f"{expected}; the alias {alias!r} was not switched. Inspect {rejects_path} and rerun with --resume"
+        )
+    backend.finish_build(alias, c.physical)
+    run.ckpt_path.unlink(missing_ok=True)
+    seconds = c.elapsed + time.perf_counter() - run.started
+    log.info("ingest of %s finished at %s", alias, datetime.now(UTC).isoformat())
+    return IngestSummary(
+        alias=alias, physical=c.physical, source=c.source, model=c.model, read=c.read, stored=stored,
+        rejected=c.rejected, truncated=c.truncated, seconds=seconds, encode_seconds=run.encode_s,
+        upsert_seconds=run.upsert_s, rejects_path=str(rejects_path), resumed=resumed,
+    )

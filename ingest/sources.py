@@ -1,0 +1,262 @@
+"""Corpus, query and qrels sources: BEIR folders, the BEIR sets on the Hugging Face hub, JSONL/CSV/Parquet.
+
+Sources only *read*. Each yields :class:`RawRecord` objects carrying their position in the source and either
+the raw fields or the reason they could not be parsed (malformed line, undecodable bytes), so the
+validation stage can reject them with a position instead of crashing or dropping them silently. Large
+sources are streamed: nothing here loads a whole corpus into memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from config.errors import SourceError
+
+__all__ = [
+    "BeirFolder",
+    "CorpusSource",
+    "CsvFile",
+    "FieldMap",
+    "HUB_DATASETS",
+    "HubBeir",
+    "JsonlFile",
+    "ParquetFile",
+    "QuerySet",
+    "RawRecord",
+    "open_query_set",
+    "open_source",
+]
+
+# Short names users type -> BEIR repositories on the hub (corpus/queries configs, qrels in "<repo>-qrels").
+HUB_DATASETS: dict[str, str] = {"quora": "BeIR/quora", "nq": "BeIR/nq"}
+
+
+@dataclass(frozen=True, slots=True)
+class FieldMap:
+    """Which fields hold the id, title, text and metadata of a record."""
+
+    id_fields: tuple[str, ...] = ("_id", "id")
+    title_field: str = "title"
+    text_field: str = "text"
+    metadata_fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One record as read: 1-based ``position`` in the source, and fields or the reason it is unreadable."""
+
+    position: int
+    fields: Mapping[str, Any] | None = None
+    error: str | None = None
+
+
+class CorpusSource(Protocol):
+    """Anything that yields raw corpus records in a stable order."""
+
+    name: str
+    fields: FieldMap
+
+    def records(self) -> Iterator[RawRecord]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class QuerySet:
+    """Queries and graded relevance judgements (``qrels[query_id][doc_id] = grade``)."""
+
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+
+def _decode_text(raw: bytes) -> str:
+    # surrogateescape keeps undecodable bytes visible as lone surrogates; validation rejects them per field
+    return raw.decode("utf-8", errors="surrogateescape")
+
+
+class JsonlFile:
+    """One JSON object a line. Blank lines are skipped but keep their position count."""
+
+    def __init__(self, path: str | Path, fields: FieldMap = FieldMap()) -> None:
+        self.path = Path(path)
+        self.fields = fields
+        self.name = f"jsonl:{self.path.resolve()}"
+
+    def records(self) -> Iterator[RawRecord]:
+        with _open_binary(self.path) as fh:
+            for position, raw in enumerate(fh, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    obj = json.loads(_decode_text(raw))
+                except json.JSONDecodeError as exc:
+                    yield RawRecord(position, error=f"malformed JSON line: {exc.msg} at column {exc.colno}")
+                    continue
+                if not isinstance(obj, dict):
+                    yield RawRecord(position, error=f"malformed line: expected a JSON object, got {type(obj).__name__}")
+                    continue
+                yield RawRecord(position, fields=obj)
+
+
+class CsvFile:
+    """A CSV file with a header row; quoted fields may span lines. Positions count data rows from 1."""
+
+    def __init__(self, path: str | Path, fields: FieldMap = FieldMap(), *, delimiter: str = ",") -> None:
+        self.path = Path(path)
+        self.fields = fields
+        self.delimiter = delimiter
+        self.name = f"csv:{self.path.resolve()}"
+
+    def records(self) -> Iterator[RawRecord]:
+        with _open_binary(self.path) as raw:
+            text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+            reader = csv.reader(text, delimiter=self.delimiter)
+            header = next(reader, None)
+            if not header:
+                return
+            for position, row in enumerate(reader, start=1):
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    yield RawRecord(position, error=f"malformed row: {len(row)} fields, header has {len(header)}")
+                    continue
+                yield RawRecord(position, fields=dict(zip(header, row)))
+
+
+class ParquetFile:
+    """A Parquet file read in row batches."""
+
+    def __init__(self, path: str | Path, fields: FieldMap = FieldMap(), *, batch_rows: int = 8192) -> None:
+        self.path = Path(path)
+        self.fields = fields
+        self.batch_rows = batch_rows
+        self.name = f"parquet:{self.path.resolve()}"
+
+    def records(self) -> Iterator[RawRecord]:
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(self.path)
+        except Exception as exc:  # pyarrow raises several unrelated types for a bad file
+            raise SourceError(f"{self.path} is not a readable Parquet file: {exc}") from exc
+        position = 0
+        for batch in pf.iter_batches(batch_size=self.batch_rows):
+            for row in batch.to_pylist():
+                position += 1
+                yield RawRecord(position, fields={k: _bytes_to_text(v) for k, v in row.items()})
+
+
+def _bytes_to_text(value: Any) -> Any:
+    return _decode_text(value) if isinstance(value, bytes) else value
+
+
+class BeirFolder:
+    """A BEIR-layout folder: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``."""
+
+    def __init__(self, path: str | Path, fields: FieldMap = FieldMap()) -> None:
+        self.path = Path(path)
+        self.fields = fields
+        self.name = f"beir:{self.path.resolve()}"
+        self._corpus = JsonlFile(self.path / "corpus.jsonl", fields)
+
+    def records(self) -> Iterator[RawRecord]:
+        return self._corpus.records()
+
+    def query_set(self, split: str = "test") -> QuerySet:
+        qrels_path = self.path / "qrels" / f"{split}.tsv"
+        if not qrels_path.exists():
+            have = sorted(p.stem for p in (self.path / "qrels").glob("*.tsv"))
+            raise SourceError(f"{qrels_path} not found: choose --split from {have or 'nothing (no qrels/)'}")
+        queries: dict[str, str] = {}
+        for rec in JsonlFile(self.path / "queries.jsonl").records():
+            if rec.fields is not None and rec.fields.get("_id") is not None:
+                queries[str(rec.fields["_id"])] = str(rec.fields.get("text", ""))
+        return QuerySet(queries=queries, qrels=_read_qrels_tsv(qrels_path))
+
+
+def _read_qrels_tsv(path: Path) -> dict[str, dict[str, int]]:
+    qrels: dict[str, dict[str, int]] = {}
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            parts = line.rstrip("\n").split("\t")
+            if n == 1 and parts[0] == "query-id":
+                continue
+            if len(parts) < 3:
+                continue
+            qrels.setdefault(parts[0], {})[parts[1]] = int(float(parts[2]))
+    return qrels
+
+
+class HubBeir:
+    """A BEIR set on the Hugging Face hub through ``datasets``; the corpus is streamed, never loaded whole."""
+
+    def __init__(self, repo: str, fields: FieldMap = FieldMap(), *, loader: Any = None) -> None:
+        self.repo = repo
+        self.fields = fields
+        self.name = f"hub:{repo}"
+        self._loader = loader  # tests hand in a loader over local files; None means datasets.load_dataset
+
+    def _load(self, *args: Any, **kwargs: Any) -> Any:
+        loader = self._loader
+        if loader is None:
+            from datasets import load_dataset as loader
+        try:
+            return loader(*args, **kwargs)
+        except Exception as exc:  # datasets raises many types for network and hub errors
+            raise SourceError(
+                f"could not load {args[0]} from the Hugging Face hub ({type(exc).__name__}: {exc}); check the "
+                "network or HF_ENDPOINT, or download the BEIR folder and pass its path instead"
+            ) from exc
+
+    def records(self) -> Iterator[RawRecord]:
+        stream = self._load(self.repo, "corpus", split="corpus", streaming=True)
+        for position, row in enumerate(stream, start=1):
+            yield RawRecord(position, fields=dict(row))
+
+    def query_set(self, split: str = "test") -> QuerySet:
+        queries = {str(r["_id"]): str(r["text"]) for r in self._load(self.repo, "queries", split="queries")}
+        qrels: dict[str, dict[str, int]] = {}
+        for r in self._load(f"{self.repo}-qrels", split=split):
+            qrels.setdefault(str(r["query-id"]), {})[str(r["corpus-id"])] = int(r["score"])
+        return QuerySet(queries=queries, qrels=qrels)
+
+
+def _open_binary(path: Path) -> io.BufferedReader:
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        raise SourceError(f"cannot open {path}: {exc.strerror}") from exc
+
+
+_FILE_TYPES: dict[str, type] = {".jsonl": JsonlFile, ".ndjson": JsonlFile, ".csv": CsvFile, ".parquet": ParquetFile}
+
+
+def open_source(spec: str | Path, fields: FieldMap | None = None) -> CorpusSource:
+    """``quora`` / ``nq`` (hub), a BEIR folder, or a ``.jsonl`` / ``.csv`` / ``.parquet`` file."""
+    fields = fields or FieldMap()
+    text = str(spec)
+    if text in HUB_DATASETS:
+        return HubBeir(HUB_DATASETS[text], fields)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if (path / "corpus.jsonl").exists():
+            return BeirFolder(path, fields)
+        raise SourceError(f"{path} is a folder without corpus.jsonl: give a BEIR folder or a file")
+    if path.is_file():
+        kind = _FILE_TYPES.get(path.suffix.lower())
+        if kind is None:
+            raise SourceError(f"{path}: unknown file type {path.suffix!r}; use .jsonl, .csv or .parquet")
+        return kind(path, fields)
+    raise SourceError(f"source {text!r} not found: give {' or '.join(HUB_DATASETS)}, a BEIR folder or a file")
+
+
+def open_query_set(spec: str | Path, split: str = "test") -> QuerySet:
+    """Queries and qrels of a hub set or a BEIR folder."""
+    source = open_source(spec)
+    if not isinstance(source, (BeirFolder, HubBeir)):
+        raise SourceError(f"{spec} has no queries or qrels: evaluation needs a BEIR folder, quora or nq")
+    return source.query_set(split)

@@ -1,0 +1,116 @@
+"""The validation stage: raw records in, documents or rejects out, in source order.
+
+Every record leaves as exactly one :class:`Document` or one :class:`Reject` with its position and reason,
+so nothing is dropped silently. ``strict`` turns the first reject into :class:`BadRecordError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from config.errors import BadRecordError
+from ingest.sources import FieldMap, RawRecord
+
+__all__ = ["Document", "Reject", "RejectsFile", "validate"]
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A valid corpus document, before encoding."""
+
+    doc_id: str
+    title: str
+    text: str
+    position: int
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def passage(self) -> str:
+        """What encoders and cross-encoders read: title and text joined by a space (BEIR's convention)."""
+        return f"{self.title} {self.text}".strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A record that will not be stored, where it was, and why."""
+
+    position: int
+    doc_id: str | None
+    reason: str
+
+
+def _has_undecodable(value: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in value)
+
+
+def _field_text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else str(value)
+
+
+def _check(record: RawRecord, fields: FieldMap, seen: dict[str, int]) -> Document | Reject:
+    if record.error is not None or record.fields is None:
+        return Reject(record.position, None, record.error or "unreadable record")
+    raw = record.fields
+    raw_id = next((raw[f] for f in fields.id_fields if raw.get(f) not in (None, "")), None)
+    if raw_id is None:
+        return Reject(record.position, None, f"missing id (looked in {', '.join(fields.id_fields)})")
+    doc_id = _field_text(raw_id).strip()
+    title, text = _field_text(raw.get(fields.title_field)), _field_text(raw.get(fields.text_field))
+    for name, value in (("id", doc_id), (fields.title_field, title), (fields.text_field, text)):
+        if _has_undecodable(value):
+            return Reject(record.position, None if name == "id" else doc_id, f"undecodable bytes in {name} (not UTF-8)")
+    if not doc_id:
+        return Reject(record.position, None, "missing id (blank)")
+    if not text.strip() and not title.strip():
+        return Reject(record.position, doc_id, f"empty text (no {fields.title_field} or {fields.text_field})")
+    if doc_id in seen:
+        return Reject(record.position, doc_id, f"duplicate id (first seen at position {seen[doc_id]})")
+    seen[doc_id] = record.position
+    metadata = {m: raw[m] for m in fields.metadata_fields if raw.get(m) is not None}
+    return Document(doc_id, title.strip(), text.strip(), record.position, metadata)
+
+
+def validate(
+    records: Iterable[RawRecord], fields: FieldMap, *, strict: bool = False, seen: dict[str, int] | None = None
+) -> Iterator[Document | Reject]:
+    """Check each record; ``seen`` (id -> first position) may be shared to continue an earlier pass."""
+    seen = {} if seen is None else seen
+    for record in records:
+        result = _check(record, fields, seen)
+        if strict and isinstance(result, Reject):
+            raise BadRecordError(
+                f"record {result.position} (id {result.doc_id or '?'}) rejected: {result.reason}; "
+                "fix the source or run without --strict to collect rejects in a file"
+            )
+        yield result
+
+
+class RejectsFile:
+    """Appends rejects as JSON lines; ``truncate_to`` rolls back lines written after the last checkpoint."""
+
+    def __init__(self, path: Path, *, source: str, truncate_to: int | None = None) -> None:
+        self.path = path
+        self.source = source
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh: TextIO = path.open("a+" if truncate_to is not None else "w", encoding="utf-8")
+        if truncate_to is not None:
+            self._fh.truncate(truncate_to)
+            self._fh.seek(truncate_to)
+
+    def write(self, position: int, doc_id: str | None, reason: str) -> None:
+        row = {"position": position, "id": doc_id, "reason": reason, "source": self.source}
+        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def commit(self) -> int:
+        """Flush to disk; return the byte offset that a checkpoint can later truncate back to."""
+        self._fh.flush()
+        return self._fh.tell()
+
+    def close(self) -> None:
+        self._fh.close()

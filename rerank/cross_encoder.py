@@ -1,0 +1,165 @@
+"""Cross-encoder reranking of the top hits.
+
+Two runtimes score (query, passage) pairs with the same batching (length-sorted, padded per batch):
+transformers on CUDA (fp16/bf16) or CPU, and onnxruntime for ONNX exports such as the int8 model the
+``offline`` extra ships. ``auto`` picks ONNX on CPU when the model folder has ``model.onnx``, transformers
+otherwise. Scores are the model's raw logits (a monotone stand-in for its sigmoid). The model loads on first
+use; nothing here touches a backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from config.errors import ConfigError
+from config.settings import ModelSettings
+from ingest.encoder import pad_encodings, plan_batches, select_device, torch_dtype
+from ingest.models import resolve_model
+from search.hits import Hit
+
+__all__ = ["CrossEncoderReranker", "Reranker", "rerank_hits"]
+
+log = logging.getLogger(__name__)
+
+
+class Reranker(Protocol):
+    """Scores passages against a query; higher is more relevant."""
+
+    def score(self, query: str, passages: Sequence[str]) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+def _passage(hit: Hit) -> str:
+    return f"{hit.title} {hit.text}".strip()
+
+
+def rerank_hits(reranker: Reranker, query: str, hits: Sequence[Hit], depth: int) -> list[Hit]:
+    """Reorder the first ``depth`` hits by cross-encoder score; the rest keep their order after them.
+
+    Reranked hits take the rerank score as their final ``score``; the tail keeps its previous score, so
+    ``rank`` (not ``score``) is the order across the boundary.
+    """
+    head, tail = list(hits[:depth]), list(hits[depth:])
+    if not head:
+        return list(hits)
+    scores = reranker.score(query, [_passage(h) for h in head])
+    order = sorted(range(len(head)), key=lambda i: (-float(scores[i]), head[i].rank))
+    reranked = [
+        dataclasses.replace(head[i], rank=r, score=float(scores[i]), rerank_score=float(scores[i]))
+        for r, i in enumerate(order, start=1)
+    ]
+    return reranked + [dataclasses.replace(h, rank=len(head) + r) for r, h in enumerate(tail, start=1)]
+
+
+class CrossEncoderReranker:
+    """A cross-encoder such as ``cross-encoder/ms-marco-MiniLM-L-12-v2`` on transformers or onnxruntime."""
+
+    def __init__(self, model: str | None = None, *, settings: ModelSettings | None = None) -> None:
+        self.settings = settings or ModelSettings()
+        self.model_name = model or self.settings.cross_encoder
+        if self.settings.rerank_batch_size < 1:
+            raise ConfigError("rerank batch size must be at least 1")
+
+    @cached_property
+    def folder(self) -> Path:
+        return resolve_model(self.model_name)
+
+    @cached_property
+    def device(self) -> str:
+        return select_device(self.settings.device)
+
+    @cached_property
+    def runtime(self) -> str:
+        """``onnx`` or ``torch``, decided from the settings, the device and the files present."""
+        choice = self.settings.rerank_runtime
+        has_onnx = (self.folder / "model.onnx").exists()
+        has_torch = any((self.folder / f).exists() for f in ("model.safetensors", "pytorch_model.bin"))
+        if choice == "auto":
+            choice = "onnx" if has_onnx and (self.device == "cpu" or not has_torch) else "torch"
+        if choice == "onnx" and not has_onnx:
+            raise ConfigError(f"{self.folder} has no model.onnx: use --rerank-runtime torch")
+        if choice == "torch" and not has_torch:
+            raise ConfigError(f"{self.folder} has no transformers weights: use --rerank-runtime onnx")
+        return choice
+
+    @cached_property
+    def _tokenizer(self) -> Any:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        tok.no_padding()
+        tok.enable_truncation(max_length=self.settings.rerank_max_length, strategy="longest_first")
+        return tok
+
+    @cached_property
+    def _pad_id(self) -> int:
+        padding = self._tokenizer.padding  # None after no_padding(); fall back to the [PAD] token
+        return int(self._tokenizer.token_to_id("[PAD]") or 0) if padding is None else int(padding["pad_id"])
+
+    @cached_property
+    def _session(self) -> Any:
+        import onnxruntime as ort
+
+        providers = ["CPUExecutionProvider"]
+        if self.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        return ort.InferenceSession(str(self.folder / "model.onnx"), providers=providers)
+
+    @cached_property
+    def _torch_model(self) -> Any:
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        with torch.inference_mode():
+            model = AutoModelForSequenceClassification.from_pretrained(
+                self.folder, dtype=torch_dtype(self.settings.dtype, self.device),
+                trust_remote_code=self.settings.trust_remote_code,
+            )
+        return model.to(self.device).eval()
+
+    def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
+        """One relevance score a passage, in input order."""
+        out = np.zeros(len(passages), dtype=np.float32)
+        if not passages:
+            return out
+        encodings = self._tokenizer.encode_batch([(query, p) for p in passages])
+        lengths = [len(e.ids) for e in encodings]
+        batch_tokens = self.settings.rerank_batch_size * max(lengths)
+        run = self._run_onnx if self.runtime == "onnx" else self._run_torch
+        for batch in plan_batches(lengths, batch_tokens, self.settings.rerank_batch_size):
+            out[batch] = run(pad_encodings([encodings[i] for i in batch], self._pad_id, with_types=True))
+        return out
+
+    def _run_onnx(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        wanted = {i.name for i in self._session.get_inputs()}
+        logits = self._session.run(None, {k: v for k, v in inputs.items() if k in wanted})[0]
+        return np.asarray(logits, dtype=np.float32).reshape(len(inputs["input_ids"]), -1)[:, 0]
+
+    def _run_torch(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            tensors = {k: torch.from_numpy(v).to(self.device) for k, v in inputs.items()}
+            logits = self._torch_model(**tensors).logits
+            return logits[:, 0].float().cpu().numpy()
+
+    def rerank(self, query: str, hits: Sequence[Hit], depth: int) -> list[Hit]:
+        return rerank_hits(self, query, hits, depth)
+
+    def close(self) -> None:
+        for name in ("_session", "_torch_model"):
+            self.__dict__.pop(name, None)
+
+    def __enter__(self) -> CrossEncoderReranker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,171 @@
+"""The ``Backend`` protocol every engine implements (embedded, Elasticsearch, OpenSearch), and its data types.
+
+A backend stores documents with a dense vector beside their text, answers BM25 and kNN queries, and builds
+indexes behind an alias so that a rebuild is swapped in atomically. It never encodes text, fuses or reranks:
+that is the searcher's job, so every engine gets the same pipeline. Construction never does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from config.errors import ConfigError, FailedItem
+from search.filters import Filter
+from search.hits import Hit
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from config.settings import Settings
+
+__all__ = [
+    "Backend",
+    "BulkResult",
+    "IndexSpec",
+    "IndexedDocument",
+    "IndexStats",
+    "ServerFusion",
+    "open_backend",
+]
+
+Similarity = Literal["dot_product", "cosine"]
+
+
+@dataclass(frozen=True, slots=True)
+class IndexSpec:
+    """What an index must hold: the vector field's size and similarity, and how text is analysed."""
+
+    dims: int
+    similarity: Similarity = "dot_product"  # dot_product for L2-normalised models, cosine otherwise
+    analyzer: Literal["standard", "english"] = "standard"
+    model: str = ""
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 100
+
+    def __post_init__(self) -> None:
+        if self.dims <= 0:
+            raise ConfigError(f"vector dimension must be positive, got {self.dims}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedDocument:
+    """A document ready to store: its text fields and its dense vector."""
+
+    doc_id: str
+    title: str
+    text: str
+    vector: np.ndarray
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BulkResult:
+    """Outcome of one upsert: ids stored, and each refused document with its reason."""
+
+    stored: tuple[str, ...] = ()
+    failed: tuple[FailedItem, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class IndexStats:
+    """What ``inspect`` shows about an index."""
+
+    alias: str
+    physical: str
+    count: int
+    spec: IndexSpec | None
+    store_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerFusion:
+    """A request for fusion on the server: the method and its parameters, as the searcher would do it."""
+
+    method: Literal["rrf", "linear"]
+    rrf_k: int = 60
+    normalizer: Literal["minmax", "zscore"] = "minmax"
+    bm25_weight: float = 0.5
+    knn_weight: float = 0.5
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Storage and first-stage retrieval. ``index`` may name an alias or a physical index."""
+
+    name: str
+
+    def ensure_index(self, index: str, spec: IndexSpec) -> None:
+        """Create the index if missing; raise ``ConfigError`` if it exists with another vector size."""
+
+    def index_exists(self, index: str) -> bool: ...
+
+    def index_spec(self, index: str) -> IndexSpec | None:
+        """The spec the index was created with, or ``None`` if it does not exist."""
+
+    def begin_build(self, alias: str, spec: IndexSpec, *, resume_from: str | None = None) -> str:
+        """Create (or, with ``resume_from``, reopen) a physical index for a bulk load; return its name."""
+
+    def finish_build(self, alias: str, physical: str) -> None:
+        """Make ``physical`` durable and searchable, point ``alias`` at it atomically, drop the old one."""
+
+    def upsert(self, index: str, docs: Sequence[IndexedDocument]) -> BulkResult:
+        """Store documents; an existing id is replaced, never duplicated."""
+
+    def delete(self, index: str, doc_ids: Sequence[str]) -> int:
+        """Remove documents; return how many existed."""
+
+    def search_bm25(self, index: str, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
+        """BM25 over title and text; user text is never parsed as query syntax."""
+
+    def search_knn(
+        self, index: str, vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None = None
+    ) -> list[Hit]:
+        """Approximate nearest neighbours of ``vector``, nearest first; ``flt`` restricts the candidates."""
+
+    def search_hybrid(
+        self,
+        index: str,
+        query: str,
+        vector: np.ndarray,
+        k: int,
+        *,
+        bm25_depth: int,
+        knn_depth: int,
+        num_candidates: int,
+        fusion: ServerFusion,
+        flt: Filter | None = None,
+    ) -> list[Hit]:
+        """Server-side fusion; raises ``FusionUnsupported`` when the engine cannot, so the caller fuses."""
+
+    def count(self, index: str) -> int: ...
+
+    def refresh(self, index: str) -> None:
+        """Make everything upserted so far visible to searches and durable."""
+
+    def drop_index(self, index: str) -> None:
+        """Delete the index (and an alias of that name with its physical index)."""
+
+    def stats(self, index: str) -> IndexStats: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Backend: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def open_backend(settings: Settings) -> Backend:
+    """The backend the settings name. Nothing connects until first use."""
+    kind = settings.backend.kind
+    if kind == "embedded":
+        from search.embedded import EmbeddedBackend
+
+        return EmbeddedBackend(data_dir=settings.data_dir, ef_search=settings.index.hnsw_ef_search)
+    raise ConfigError(
+        f"backend {kind!r} is not available in this version: use --backend embedded"
+    )

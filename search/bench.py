@@ -1,0 +1,200 @@
+"""``hybrid-search bench``: throughput and latency, each measured beside a reference in the same run.
+
+- ``encode``: documents/s of our encoder vs sentence-transformers' ``encode`` on the same model folder, texts
+  and device.
+- ``rerank``: pairs/s of our cross-encoder vs ``CrossEncoder.predict``. Our torch runtime and the reference
+  run the same transformers weights (the configured model's, or, when only an ONNX export is at hand, a
+  randomly initialised model of the same architecture: same compute, meaningless scores). Our ONNX runtime,
+  what CPUs get by default, is reported beside the same reference.
+- ``search``: latency percentiles per mode over one index, with each mode's p50 as a ratio to BM25's.
+
+Ratios, not absolute numbers, are the claim: both sides run on the same machine in the same process.
+Timings here are wall-clock medians of ``repeats`` runs after a warm-up.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from config.errors import ConfigError
+from config.settings import Settings
+
+__all__ = ["random_cross_encoder", "run_bench"]
+
+SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample"
+
+
+def _texts(source: str | None, n: int) -> tuple[list[str], list[str]]:
+    """Up to ``n`` passages and the queries of ``source`` (a BEIR folder or file; default the sample)."""
+    from ingest.sources import BeirFolder, open_source
+    from ingest.validate import Document, validate
+
+    src = open_source(source or SAMPLE)
+    passages: list[str] = []
+    for item in validate(src.records(), src.fields):
+        if isinstance(item, Document):
+            passages.append(item.passage)
+        if len(passages) >= n:
+            break
+    queries = list(src.query_set().queries.values()) if isinstance(src, BeirFolder) else passages[:10]
+    while passages and len(passages) < n:  # a small corpus is cycled so timings cover n texts
+        passages += passages[: n - len(passages)]
+    return passages, queries
+
+
+def _time(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up: model load, allocator, kernels
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t)
+    return statistics.median(runs)
+
+
+def _machine(device: str) -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                            "cpu": platform.processor() or platform.machine()}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def bench_encode(settings: Settings, source: str | None, docs: int, batch_size: int, repeats: int) -> dict[str, Any]:
+    from sentence_transformers import SentenceTransformer
+
+    from ingest.encoder import Encoder
+
+    passages, _ = _texts(source, docs)
+    ours = Encoder(settings=settings.models)
+    reference = SentenceTransformer(str(ours.folder), device=ours.device)
+    if ours.device.startswith("cuda") and ours._model.dtype != reference.dtype:
+        reference = reference.to(ours._model.dtype)
+    t_ours = _time(lambda: ours.encode_documents(passages), repeats)
+    t_ref = _time(lambda: reference.encode(passages, batch_size=batch_size, normalize_embeddings=True), repeats)
+    return {
+        "bench": "encode", "model": ours.model_name, "texts": len(passages), "machine": _machine(ours.device),
+        "ours": {"docs_per_s": len(passages) / t_ours, "batch_tokens": ours.batch_tokens},
+        "reference": {"name": "sentence_transformers.SentenceTransformer.encode", "batch_size": batch_size,
+                      "docs_per_s": len(passages) / t_ref},
+        "ratio_ours_to_reference": t_ref / t_ours,
+    }
+
+
+def random_cross_encoder(tokenizer_dir: Path, out: Path, *, layers: int = 12, hidden: int = 384,
+                         heads: int = 12, intermediate: int = 1536) -> Path:
+    """Save a randomly initialised BERT cross-encoder (default: ms-marco-MiniLM-L-12-v2's shape) with a tokenizer.
+
+    Same architecture means the same compute, so throughput compares; its scores mean nothing.
+    """
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    vocab = sum(1 for _ in (tokenizer_dir / "vocab.txt").open(encoding="utf-8"))
+    config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=intermediate, num_labels=1)
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (tokenizer_dir / name).exists():
+            shutil.copy(tokenizer_dir / name, out / name)
+    return out
+
+
+def bench_rerank(settings: Settings, source: str | None, docs: int, batch_size: int, repeats: int) -> dict[str, Any]:
+    from sentence_transformers import CrossEncoder
+
+    from rerank.cross_encoder import CrossEncoderReranker
+
+    passages, queries = _texts(source, docs)
+    query = queries[0] if queries else "what is this about"
+    configured = CrossEncoderReranker(settings=settings.models)
+    folder = configured.folder
+    with tempfile.TemporaryDirectory() as tmp:
+        has_torch = any((folder / f).exists() for f in ("model.safetensors", "pytorch_model.bin"))
+        torch_dir = folder if has_torch else random_cross_encoder(folder, Path(tmp) / "ce")
+        models = settings.models.model_copy(update={"rerank_batch_size": batch_size, "rerank_runtime": "torch"})
+        ours_torch = CrossEncoderReranker(str(torch_dir), settings=models)
+        reference = CrossEncoder(str(torch_dir), device=ours_torch.device,
+                                 max_length=settings.models.rerank_max_length)
+        if ours_torch.device.startswith("cuda") and ours_torch._torch_model.dtype != reference.model.dtype:
+            reference.model.to(ours_torch._torch_model.dtype)
+        pairs = [(query, p) for p in passages]
+        t_ref = _time(lambda: reference.predict(pairs, batch_size=batch_size), repeats)
+        t_torch = _time(lambda: ours_torch.score(query, passages), repeats)
+        result: dict[str, Any] = {
+            "bench": "rerank", "model": configured.model_name, "pairs": len(pairs),
+            "machine": _machine(ours_torch.device),
+            "weights": "configured model" if has_torch else "random init, same architecture (only ONNX at hand)",
+            "reference": {"name": "sentence_transformers.CrossEncoder.predict", "batch_size": batch_size,
+                          "pairs_per_s": len(pairs) / t_ref},
+            "ours_torch": {"pairs_per_s": len(pairs) / t_torch, "ratio_to_reference": t_ref / t_torch},
+        }
+        if (folder / "model.onnx").exists():
+            onnx_models = settings.models.model_copy(update={"rerank_batch_size": batch_size, "rerank_runtime": "onnx"})
+            ours_onnx = CrossEncoderReranker(str(folder), settings=onnx_models)
+            t_onnx = _time(lambda: ours_onnx.score(query, passages), repeats)
+            result["ours_onnx"] = {"pairs_per_s": len(pairs) / t_onnx, "ratio_to_reference": t_ref / t_onnx,
+                                   "note": "the model's ONNX export (int8 for the offline default) vs fp32 reference"}
+        return result
+
+
+def bench_search(settings: Settings, source: str | None, queries: int, repeats: int) -> dict[str, Any]:
+    from ingest.encoder import Encoder
+    from ingest.pipeline import run_ingest
+    from ingest.sources import open_source
+    from rerank.cross_encoder import CrossEncoderReranker
+    from search.backend import open_backend
+    from search.searcher import HybridSearcher
+
+    _, query_texts = _texts(source, 1)
+    query_texts = (query_texts * (queries // max(len(query_texts), 1) + 1))[:queries]
+    encoder = Encoder(settings=settings.models)
+    modes = ["bm25", "knn", "hybrid", "hybrid+rerank"]
+    out: dict[str, Any] = {"bench": "search", "index": settings.index.name, "queries": len(query_texts),
+                           "backend": settings.backend.kind, "modes": {}}
+    with open_backend(settings) as backend:
+        if not backend.index_exists(settings.index.name):
+            run_ingest(open_source(source or SAMPLE), backend, encoder, settings, alias=settings.index.name)
+        searcher = HybridSearcher(backend, index=settings.index.name, encoder=encoder,
+                                  reranker=CrossEncoderReranker(settings=settings.models), settings=settings.search)
+        for mode in modes:
+            searcher.search(query_texts[0], mode=mode)  # warm-up
+            lat = sorted(searcher.search(q, mode=mode).timings_ms["total"] for q in query_texts for _ in range(repeats))
+            out["modes"][mode] = {"p50_ms": _pct(lat, 50), "p95_ms": _pct(lat, 95), "p99_ms": _pct(lat, 99)}
+        out["machine"] = _machine(encoder.device)
+    base = out["modes"]["bm25"]["p50_ms"] or 1e-9
+    for mode in modes:
+        out["modes"][mode]["p50_ratio_to_bm25"] = out["modes"][mode]["p50_ms"] / base
+    return out
+
+
+def _pct(sorted_values: Sequence[float], pct: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(sorted_values, pct)) if sorted_values else 0.0
+
+
+def run_bench(what: str, settings: Settings, *, source: str | None = None, docs: int = 512, batch_size: int = 32,
+              repeats: int = 3, queries: int = 50) -> dict[str, Any]:
+    """Run one benchmark and return its JSON-ready report."""
+    if what == "encode":
+        report = bench_encode(settings, source, docs, batch_size, repeats)
+    elif what == "rerank":
+        report = bench_rerank(settings, source, docs, batch_size, repeats)
+    elif what == "search":
+        report = bench_search(settings, source, queries, repeats)
+    else:
+        raise ConfigError(f"unknown benchmark {what!r}: choose encode, rerank or search")
+    return json.loads(json.dumps(report, default=float))

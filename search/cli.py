@@ -1,0 +1,319 @@
+"""The ``hybrid-search`` command line.
+
+Each subcommand imports what it needs when it runs, so ``hybrid-search --help`` loads no torch, no
+transformers and no engine client. Errors reach the user as one line saying what to do; ``--debug`` shows
+the traceback. This module owns logging configuration; library modules never set log levels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("hybrid-search")
+
+
+# --- parser ---------------------------------------------------------------------------------------
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("common")
+    g.add_argument("--config", help="settings file (.toml or .yaml); also HYBRID_SEARCH_CONFIG")
+    g.add_argument("--data-dir", help="where the embedded backend, checkpoints and rejects live")
+    g.add_argument("--backend", choices=["embedded", "elasticsearch", "opensearch"])
+    g.add_argument("--url", help="cluster URL(s), comma-separated (credentials come from the environment)")
+    g.add_argument("--model", help="bi-encoder: hub id or local folder")
+    g.add_argument("--cross-encoder", help="cross-encoder: hub id or local folder")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
+
+
+def _search_knobs(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("retrieval")
+    g.add_argument("--fusion", choices=["rrf", "linear"])
+    g.add_argument("--rrf-k", type=int)
+    g.add_argument("--normalizer", choices=["minmax", "zscore"])
+    g.add_argument("--bm25-weight", type=float)
+    g.add_argument("--knn-weight", type=float)
+    g.add_argument("--rerank-depth", type=int, help="how many top hits the cross-encoder rescores")
+    g.add_argument("--num-candidates", type=int, help="HNSW candidate pool per kNN query")
+    g.add_argument("--client-fusion", action="store_true", help="fuse in the client even if the server can")
+
+
+def _ingest_knobs(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("ingest")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted ingest of this index")
+    g.add_argument("--strict", action="store_true", default=None, help="the first bad record is fatal")
+    g.add_argument("--batch-size", type=int, help="documents per encode + upsert step")
+    g.add_argument("--analyzer", choices=["standard", "english"])
+    g.add_argument("--id-field", help="id field of JSONL/CSV/Parquet records (default: _id, then id)")
+    g.add_argument("--title-field", default="title")
+    g.add_argument("--text-field", default="text")
+    g.add_argument("--metadata-fields", default="", help="comma-separated fields kept as filterable metadata")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hybrid-search",
+        description="Hybrid BM25 + dense search with fusion and cross-encoder reranking.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("ingest", help="read, encode and index a corpus")
+    p.add_argument("source", help="quora, nq, a BEIR folder, or a .jsonl/.csv/.parquet file")
+    p.add_argument("--index", help="index (alias) name")
+    _ingest_knobs(p)
+    _common(p)
+
+    p = sub.add_parser("search", help="search an index")
+    p.add_argument("query")
+    p.add_argument("--index")
+    p.add_argument("--mode", help="bm25, knn or hybrid, optionally +rerank")
+    p.add_argument("--rerank", action="store_true", default=None)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
+                   help="metadata filter; repeat for AND, separate values by | for any-of")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _search_knobs(p)
+    _common(p)
+
+    p = sub.add_parser("eval", help="measure nDCG@10, Recall@100, MRR@10 and latency per mode")
+    p.add_argument("source", help="quora, nq or a BEIR folder (with queries and qrels)")
+    p.add_argument("--index")
+    p.add_argument("--modes", default="bm25,knn,hybrid,hybrid+rerank")
+    p.add_argument("--split", default="test")
+    p.add_argument("--max-queries", type=int)
+    p.add_argument("--json", dest="json_out", metavar="OUT", help="write the report as JSON here")
+    p.add_argument("--keep-identical-ids", action="store_true",
+                   help="do not drop documents whose id equals the query id (BEIR drops them)")
+    _search_knobs(p)
+    _ingest_knobs(p)
+    _common(p)
+
+    p = sub.add_parser("bench", help="throughput and latency, each beside a reference in the same run")
+    p.add_argument("what", choices=["encode", "rerank", "search"])
+    p.add_argument("--source", help="corpus to draw texts from (default: the bundled sample)")
+    p.add_argument("--docs", type=int, default=512, help="texts (or pairs) to time")
+    p.add_argument("--batch-size", type=int, default=32, help="reference batch size")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--index")
+    p.add_argument("--queries", type=int, default=50, help="queries per mode (search bench)")
+    p.add_argument("--json", dest="json_out", metavar="OUT")
+    _common(p)
+    return parser
+
+
+# --- settings and components ----------------------------------------------------------------------
+def _settings(args: argparse.Namespace) -> Any:
+    from config.settings import load_settings
+
+    g = vars(args)
+    overrides = {
+        "data_dir": g.get("data_dir"),
+        "backend": {"kind": g.get("backend"), "urls": g.get("url")},
+        "models": {"bi_encoder": g.get("model"), "cross_encoder": g.get("cross_encoder"), "device": g.get("device")},
+        "index": {"name": g.get("index"), "analyzer": g.get("analyzer")},
+        "ingest": {"batch_size": g.get("batch_size") if args.command != "bench" else None, "strict": g.get("strict")},
+        "search": {
+            "fusion": g.get("fusion"), "rrf_k": g.get("rrf_k"), "normalizer": g.get("normalizer"),
+            "bm25_weight": g.get("bm25_weight"), "knn_weight": g.get("knn_weight"),
+            "rerank_depth": g.get("rerank_depth"), "num_candidates": g.get("num_candidates"),
+            "top_k": g.get("top_k"), "mode": g.get("mode"), "rerank": g.get("rerank"),
+            "server_fusion": False if g.get("client_fusion") else None,
+        },
+    }
+    return load_settings(g.get("config"), overrides)
+
+
+def _field_map(args: argparse.Namespace) -> Any:
+    from ingest.sources import FieldMap
+
+    ids = (args.id_field,) if args.id_field else ("_id", "id")
+    meta = tuple(f.strip() for f in args.metadata_fields.split(",") if f.strip())
+    return FieldMap(id_fields=ids, title_field=args.title_field, text_field=args.text_field, metadata_fields=meta)
+
+
+def _quiet_model_loading() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def _encoder(settings: Any) -> Any:
+    from ingest.encoder import Encoder
+
+    _quiet_model_loading()
+    return Encoder(settings=settings.models)
+
+
+def _reranker(settings: Any) -> Any:
+    from rerank.cross_encoder import CrossEncoderReranker
+
+    _quiet_model_loading()
+    return CrossEncoderReranker(settings=settings.models)
+
+
+def _ingest(settings: Any, source: Any, backend: Any, encoder: Any, resume: bool, progress: bool) -> Any:
+    from ingest.pipeline import run_ingest
+
+    summary = run_ingest(source, backend, encoder, settings, alias=settings.index.name, resume=resume,
+                         progress=progress)
+    print(
+        f"ingested {summary.alias} -> {summary.physical}: read {summary.read}, stored {summary.stored}, "
+        f"rejected {summary.rejected}, truncated {summary.truncated}, {summary.docs_per_s:.1f} docs/s "
+        f"({summary.seconds:.1f} s)" + (f"; rejects in {summary.rejects_path}" if summary.rejected else ""),
+        file=sys.stderr,
+    )
+    return summary
+
+
+# --- commands -------------------------------------------------------------------------------------
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from ingest.sources import open_source
+    from search.backend import open_backend
+
+    settings = _settings(args)
+    source = open_source(args.source, _field_map(args))
+    with open_backend(settings) as backend:
+        summary = _ingest(settings, source, backend, _encoder(settings), args.resume, not args.quiet)
+    print(json.dumps(summary.to_dict()))
+    return 0
+
+
+def _parse_filters(items: Sequence[str]) -> dict[str, Any] | None:
+    from config.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--filter {item!r}: write FIELD=VALUE (or FIELD=A|B for any of several)")
+        out[name] = value.split("|") if "|" in value else value
+    return out or None
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from search.backend import open_backend
+    from search.searcher import HybridSearcher, parse_mode
+
+    settings = _settings(args)
+    base, rerank_in_mode = parse_mode(settings.search.mode)
+    needs_rerank = rerank_in_mode or settings.search.rerank
+    with open_backend(settings) as backend:
+        searcher = HybridSearcher(
+            backend, index=settings.index.name,
+            encoder=_encoder(settings) if base != "bm25" else None,
+            reranker=_reranker(settings) if needs_rerank else None,
+            settings=settings.search,
+        )
+        result = searcher.search(args.query, flt=_parse_filters(args.filter))
+        searcher.close()
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(result), default=str, ensure_ascii=False))
+        return 0
+    print(f"{result.mode} on {settings.index.name}: {len(result.hits)} hits in {result.timings_ms['total']:.1f} ms"
+          + (f" (fusion: {result.fusion_location})" if result.fusion_location else ""))
+    for hit in result.hits:
+        stages = " ".join(f"{name}={value:.3f}" for name, value in (
+            ("bm25", hit.bm25_score), ("knn", hit.knn_score), ("fused", hit.fusion_score),
+            ("rerank", hit.rerank_score)) if value is not None)
+        text = f"{hit.title}: {hit.text}" if hit.title else hit.text
+        print(f"{hit.rank:>3}. [{hit.doc_id}] {hit.score:.4f}  {stages}\n     {text[:160]}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ingest.sources import open_query_set, open_source
+    from search.backend import open_backend
+    from search.evaluate import evaluate, select_queries
+    from search.searcher import parse_mode
+
+    settings = _settings(args)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    parsed = [parse_mode(m) for m in modes]
+    query_set = open_query_set(args.source, args.split)
+    queries = select_queries(query_set.queries, query_set.qrels, args.max_queries)
+    encoder = _encoder(settings)
+    with open_backend(settings) as backend:
+        if not backend.index_exists(settings.index.name) or args.resume:
+            _ingest(settings, open_source(args.source, _field_map(args)), backend, encoder, args.resume,
+                    not args.quiet)
+        from search.searcher import HybridSearcher
+
+        searcher = HybridSearcher(
+            backend, index=settings.index.name, encoder=encoder,
+            reranker=_reranker(settings) if any(r for _, r in parsed) else None, settings=settings.search,
+        )
+        report = evaluate(searcher, queries, query_set.qrels, modes,
+                          ignore_identical_ids=not args.keep_identical_ids, progress=not args.quiet)
+        searcher.close()
+    print(report.table())
+    if args.json_out:
+        payload = report.to_dict()
+        payload["settings"] = {"source": args.source, "index": settings.index.name, "backend": backend.name,
+                               "split": args.split, "queries": len(queries),
+                               "search": settings.search.model_dump(), "models": settings.models.model_dump()}
+        with open(args.json_out, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=2, default=str)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from search.bench import run_bench
+
+    settings = _settings(args)
+    _quiet_model_loading()
+    report = run_bench(args.what, settings, source=args.source, docs=args.docs, batch_size=args.batch_size,
+                       repeats=args.repeats, queries=args.queries)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+    return 0
+
+
+COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "eval": cmd_eval, "bench": cmd_bench}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "urllib3", "elastic_transport", "opensearch", "filelock", "huggingface_hub", "faiss"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    from config.errors import HybridSearchError
+
+    try:
+        return COMMANDS[args.command](args)
+    except HybridSearchError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted" + (": rerun with --resume to continue" if args.command == "ingest" else ""),
+              file=sys.stderr)
+        return 130
+    except Exception as exc:  # anything unplanned still reaches the user as one line
+        if args.debug:
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,581 @@
+"""The embedded backend: a real BM25 inverted index (tantivy) and a real HNSW index (faiss) on local disk.
+
+It is the default when no cluster is configured, and runs the same pipeline as the engine backends.
+
+Layout under ``data_dir``::
+
+    aliases.json                      alias -> physical index, replaced atomically
+    indexes/<physical>/docs.sqlite    source of truth: id, title, text, metadata, vector (float32)
+    indexes/<physical>/text/          tantivy index over title and text (keyed by doc id)
+    indexes/<physical>/vectors-<N>.faiss   HNSW graph holding every row key up to N
+
+SQLite commits each upsert batch first; tantivy and faiss are derived from it and each records how far it
+got, so reopening after a crash replays what they missed and never duplicates a vector. Replaced and
+deleted rows become tombstones that searches skip until the HNSW graph is compacted.
+This module must never encode text or fuse rankings; it is one process's store, not a server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import tantivy
+
+from config.errors import ConfigError, FailedItem, FusionUnsupported, IndexNotFound, QueryError
+from search.backend import BulkResult, IndexedDocument, IndexSpec, IndexStats, ServerFusion
+from search.filters import METADATA_FIELD, Filter, clauses, to_sql
+from search.hits import Hit
+
+__all__ = ["EmbeddedBackend"]
+
+log = logging.getLogger(__name__)
+
+_SQL_CHUNK = 500  # ids per IN (...) clause, under SQLite's parameter limit
+_EXACT_FILTER_LIMIT = 20_000  # below this many allowed docs, a filtered kNN is answered exactly
+_COMPACT_MIN_DEAD = 1_000
+_COMPACT_FRACTION = 0.2
+_VECTOR_FILE = re.compile(r"^vectors-(\d+)\.faiss$")
+_INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,199}$")
+
+_SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS docs(
+    key INTEGER PRIMARY KEY AUTOINCREMENT,
+    doc_id TEXT NOT NULL UNIQUE,
+    title TEXT NOT NULL,
+    text TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead(key INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def _analyzer(kind: str) -> tantivy.TextAnalyzer:
+    """Close to Elasticsearch's ``standard`` analyzer, or its ``english`` one (stop words, Porter2 stems)."""
+    builder = tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple()).filter(tantivy.Filter.remove_long(255))
+    builder = builder.filter(tantivy.Filter.lowercase())
+    if kind == "english":
+        builder = builder.filter(tantivy.Filter.stopword("english")).filter(tantivy.Filter.stemmer("english"))
+    return builder.build()
+
+
+def _tantivy_filter(schema: tantivy.Schema, flt: Filter | None) -> list[tantivy.Query]:
+    field = METADATA_FIELD
+    ops = {
+        "eq": lambda name, v: tantivy.Query.term_query(schema, f"{field}.{name}", v),
+        "in": lambda name, vs: tantivy.Query.boolean_query(
+            [(tantivy.Occur.Should, tantivy.Query.term_query(schema, f"{field}.{name}", v)) for v in vs]
+        ),
+    }
+    return [ops[op](name, value) for op, name, value in clauses(flt)]
+
+
+class _PhysicalIndex:
+    """One physical index directory: SQLite rows plus the tantivy and faiss indexes derived from them."""
+
+    def __init__(self, path: Path, spec: IndexSpec, *, ef_search: int, flush_seconds: float) -> None:
+        self.path = path
+        self.spec = spec
+        self.ef_search = ef_search
+        self.flush_seconds = flush_seconds
+        self.db = sqlite3.connect(path / "docs.sqlite", isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA_SQL)
+        self.analyzer = _analyzer(spec.analyzer)
+        self.text_index = self._open_text_index()
+        self._writer: tantivy.IndexWriter | None = None
+        self.vectors, self.vectors_upto = self._load_vectors()
+        self._dead_selector: tuple[int, Any, Any] | None = None
+        self._dead_epoch = 0  # bumped whenever the tombstone set changes
+        self._last_flush = time.monotonic()
+        self._recover()
+
+    # --- creation and recovery -------------------------------------------------------------------
+    @staticmethod
+    def create(path: Path, spec: IndexSpec, **kwargs: Any) -> _PhysicalIndex:
+        path.mkdir(parents=True, exist_ok=False)
+        (path / "text").mkdir()
+        (path / "spec.json").write_text(json.dumps(spec.to_dict()), encoding="utf-8")
+        return _PhysicalIndex(path, spec, **kwargs)
+
+    @staticmethod
+    def read_spec(path: Path) -> IndexSpec:
+        return IndexSpec(**json.loads((path / "spec.json").read_text(encoding="utf-8")))
+
+    def _open_text_index(self) -> tantivy.Index:
+        builder = tantivy.SchemaBuilder()
+        builder.add_text_field("doc_id", stored=True, tokenizer_name="raw")
+        builder.add_text_field("title", tokenizer_name="hs_text", index_option="freq")
+        builder.add_text_field("text", tokenizer_name="hs_text", index_option="freq")
+        builder.add_json_field(METADATA_FIELD, tokenizer_name="raw")
+        index = tantivy.Index(builder.build(), path=str(self.path / "text"))
+        index.register_tokenizer("hs_text", self.analyzer)
+        return index
+
+    def _load_vectors(self) -> tuple[Any, int]:
+        files = sorted(
+            ((int(m.group(1)), p) for p in self.path.iterdir() if (m := _VECTOR_FILE.match(p.name))),
+            reverse=True,
+        )
+        for upto, stale in files[1:]:
+            stale.unlink(missing_ok=True)
+        if files:
+            return faiss.read_index(str(files[0][1])), files[0][0]
+        return self._new_vector_index(), 0
+
+    def _new_vector_index(self) -> Any:
+        hnsw = faiss.IndexHNSWFlat(self.spec.dims, self.spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = self.spec.hnsw_ef_construction
+        return faiss.IndexIDMap2(hnsw)
+
+    def _meta(self, name: str, default: int = 0) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else default
+
+    def _set_meta(self, name: str, value: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", (name, str(value)))
+
+    def _recover(self) -> None:
+        """Replay rows that tantivy or faiss had not taken in when the process last stopped."""
+        text_upto = self._meta("text_upto")
+        rows = self.db.execute(
+            "SELECT key, doc_id, title, text, metadata FROM docs WHERE key > ? ORDER BY key", (text_upto,)
+        ).fetchall()
+        if rows:
+            log.info("embedded index %s: replaying %d rows into the text index", self.path.name, len(rows))
+            self._index_text(rows)
+        missing = self.db.execute(
+            "SELECT key, vector FROM docs WHERE key > ? ORDER BY key", (self.vectors_upto,)
+        ).fetchall()
+        if missing:
+            self._add_vectors([r[0] for r in missing], np.stack([self._vec(r[1]) for r in missing]))
+
+    # --- writing ----------------------------------------------------------------------------------
+    @property
+    def writer(self) -> tantivy.IndexWriter:
+        if self._writer is None:
+            self._writer = self.text_index.writer(heap_size=64_000_000, num_threads=1)
+        return self._writer
+
+    def upsert(self, docs: Sequence[IndexedDocument]) -> BulkResult:
+        latest: dict[str, IndexedDocument] = {d.doc_id: d for d in docs}  # last write of an id wins
+        failed: list[FailedItem] = []
+        rows: list[tuple[str, str, str, str, bytes]] = []
+        for doc in latest.values():
+            reason = self._check(doc)
+            if reason:
+                failed.append(FailedItem(doc.doc_id, reason))
+                continue
+            vec = np.asarray(doc.vector, dtype=np.float32)
+            if self.spec.similarity == "cosine":
+                vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
+            rows.append((doc.doc_id, doc.title, doc.text, json.dumps(dict(doc.metadata)), vec.tobytes()))
+        if rows:
+            self._write_rows(rows)
+        return BulkResult(stored=tuple(r[0] for r in rows), failed=tuple(failed))
+
+    def _check(self, doc: IndexedDocument) -> str | None:
+        vec = np.asarray(doc.vector)
+        if vec.shape != (self.spec.dims,):
+            return f"vector has shape {vec.shape}, the index expects ({self.spec.dims},)"
+        if not np.all(np.isfinite(vec)):
+            return "vector contains NaN or infinity"
+        if not doc.doc_id:
+            return "empty document id"
+        return None
+
+    def _write_rows(self, rows: list[tuple[str, str, str, str, bytes]]) -> None:
+        ids = [r[0] for r in rows]
+        self.db.execute("BEGIN")
+        try:
+            old = self._keys_for(ids)
+            self.db.executemany("INSERT OR IGNORE INTO dead(key) VALUES (?)", [(k,) for k in old])
+            self._delete_keys(old)
+            self._dead_epoch += bool(old)
+            self.db.executemany(
+                "INSERT INTO docs(doc_id, title, text, metadata, vector) VALUES (?, ?, ?, ?, ?)", rows
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        new = self.db.execute(
+            "SELECT key, doc_id, title, text, metadata, vector FROM docs WHERE key > ? ORDER BY key",
+            (self._meta("text_upto"),),
+        ).fetchall()
+        self._index_text([r[:5] for r in new])
+        self._add_vectors([r[0] for r in new], np.stack([self._vec(r[5]) for r in new]))
+        self._maybe_flush()
+
+    def _keys_for(self, doc_ids: Sequence[str]) -> list[int]:
+        keys: list[int] = []
+        for i in range(0, len(doc_ids), _SQL_CHUNK):
+            part = doc_ids[i : i + _SQL_CHUNK]
+            marks = ",".join("?" * len(part))
+            keys += [r[0] for r in self.db.execute(f"SELECT key FROM docs WHERE doc_id IN ({marks})", part)]
+        return keys
+
+    def _delete_keys(self, keys: Sequence[int]) -> None:
+        for i in range(0, len(keys), _SQL_CHUNK):
+            part = keys[i : i + _SQL_CHUNK]
+            self.db.execute(f"DELETE FROM docs WHERE key IN ({','.join('?' * len(part))})", part)
+
+    def _index_text(self, rows: Sequence[tuple[int, str, str, str, str]]) -> None:
+        writer = self.writer
+        for _key, doc_id, title, text, metadata in rows:
+            writer.delete_documents_by_term("doc_id", doc_id)
+            writer.add_document(
+                tantivy.Document(doc_id=doc_id, title=title, text=text, **{METADATA_FIELD: json.loads(metadata)})
+            )
+        writer.commit()
+        self.text_index.reload()
+        self._set_meta("text_upto", max(r[0] for r in rows))
+
+    def _add_vectors(self, keys: Sequence[int], vectors: np.ndarray) -> None:
+        fresh = [i for i, k in enumerate(keys) if k > self.vectors_upto]
+        if not fresh:
+            return
+        self.vectors.add_with_ids(
+            np.ascontiguousarray(vectors[fresh], dtype=np.float32), np.asarray([keys[i] for i in fresh], np.int64)
+        )
+        self.vectors_upto = max(keys[i] for i in fresh)
+
+    def delete(self, doc_ids: Sequence[str]) -> int:
+        keys = self._keys_for(list(doc_ids))
+        for doc_id in doc_ids:
+            self.writer.delete_documents_by_term("doc_id", doc_id)
+        self.writer.commit()
+        self.text_index.reload()
+        self.db.execute("BEGIN")
+        self.db.executemany("INSERT OR IGNORE INTO dead(key) VALUES (?)", [(k,) for k in keys])
+        self._delete_keys(keys)
+        self.db.execute("COMMIT")
+        self._dead_epoch += bool(keys)
+        return len(keys)
+
+    def flush(self) -> None:
+        """Persist the HNSW graph, compacting tombstones away first when there are many."""
+        dead = self._dead_count()
+        compact = dead >= _COMPACT_MIN_DEAD and dead > _COMPACT_FRACTION * max(self.count(), 1)
+        if compact:
+            log.info("embedded index %s: compacting %d tombstones", self.path.name, dead)
+            self._rebuild_graph()
+        target = self.path / f"vectors-{self.vectors_upto}.faiss"
+        if compact or not target.exists():
+            tmp = self.path / "vectors.tmp"
+            faiss.write_index(self.vectors, str(tmp))
+            os.replace(tmp, target)
+            for p in self.path.iterdir():
+                if _VECTOR_FILE.match(p.name) and p != target:
+                    p.unlink(missing_ok=True)
+        if compact:  # only once the compacted graph is on disk
+            self.db.execute("DELETE FROM dead")
+            self._dead_epoch += 1
+        self._last_flush = time.monotonic()
+
+    def _maybe_flush(self) -> None:
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def _rebuild_graph(self) -> None:
+        fresh = self._new_vector_index()
+        cursor = self.db.execute("SELECT key, vector FROM docs ORDER BY key")
+        while batch := cursor.fetchmany(50_000):
+            keys = np.asarray([r[0] for r in batch], np.int64)
+            fresh.add_with_ids(np.stack([self._vec(r[1]) for r in batch]), keys)
+        self.vectors = fresh
+
+    # --- reading ----------------------------------------------------------------------------------
+    def count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM docs").fetchone()[0])
+
+    def _dead_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM dead").fetchone()[0])
+
+    @staticmethod
+    def _vec(blob: bytes) -> np.ndarray:
+        return np.frombuffer(blob, dtype=np.float32)
+
+    def bm25(self, query: str, k: int, flt: Filter | None) -> list[Hit]:
+        schema = self.text_index.schema
+        filters = _tantivy_filter(schema, flt)
+        terms = [t for t in self.analyzer.analyze(query)]
+        if not terms:
+            return []
+        per_field = [
+            tantivy.Query.boolean_query([(tantivy.Occur.Should, tantivy.Query.term_query(schema, f, t)) for t in terms])
+            for f in ("title", "text")
+        ]
+        # best_fields, as Elasticsearch's multi_match: the better field's score counts
+        scored = tantivy.Query.disjunction_max_query(per_field, tie_breaker=0.0)
+        if filters:
+            scored = tantivy.Query.boolean_query(
+                [(tantivy.Occur.Must, scored)]
+                + [(tantivy.Occur.Must, tantivy.Query.const_score_query(f, 0.0)) for f in filters]
+            )
+        searcher = self.text_index.searcher()
+        found = searcher.search(scored, limit=k, count=False).hits
+        ids = [searcher.doc(addr)["doc_id"][0] for _score, addr in found]
+        rows = self._rows_by("doc_id", ids)
+        hits = []
+        for (score, _addr), doc_id in zip(found, ids):
+            if doc_id in rows:
+                hits.append(self._hit(rows[doc_id], len(hits) + 1, float(score), bm25=float(score)))
+        return hits
+
+    def knn(self, vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None) -> list[Hit]:
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        if query.shape[1] != self.spec.dims:
+            raise QueryError(f"query vector has {query.shape[1]} dims, the index has {self.spec.dims}")
+        if self.spec.similarity == "cosine":
+            query = query / max(float(np.linalg.norm(query)), 1e-12)
+        if flt:
+            where, params = to_sql(flt)
+            allowed = [r[0] for r in self.db.execute(f"SELECT key FROM docs WHERE {where}", params)]
+            if len(allowed) <= _EXACT_FILTER_LIMIT:
+                return self._exact_knn(query[0], allowed, k)
+            selector = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
+        else:
+            selector = self._not_dead_selector()
+        params_kw: dict[str, Any] = {"efSearch": max(num_candidates, k, self.ef_search)}
+        if selector is not None:
+            params_kw["sel"] = selector
+        scores, keys = self.vectors.search(query, k, params=faiss.SearchParametersHNSW(**params_kw))
+        found = [(int(key), float(s)) for key, s in zip(keys[0], scores[0]) if key >= 0]
+        return self._knn_hits(found)
+
+    def _exact_knn(self, query: np.ndarray, keys: Sequence[int], k: int) -> list[Hit]:
+        if not keys:
+            return []
+        rows = self._rows_by("key", list(keys), with_vector=True)
+        order = list(rows)
+        sims = np.stack([self._vec(rows[key][5]) for key in order]) @ query
+        top = np.argsort(-sims, kind="stable")[:k]
+        return self._knn_hits([(order[i], float(sims[i])) for i in top])
+
+    def _knn_hits(self, found: Sequence[tuple[int, float]]) -> list[Hit]:
+        rows = self._rows_by("key", [key for key, _ in found])
+        hits = []
+        for key, score in found:
+            if key in rows:
+                hits.append(self._hit(rows[key], len(hits) + 1, score, knn=score))
+        return hits
+
+    def _not_dead_selector(self) -> Any:
+        if self._dead_selector is None or self._dead_selector[0] != self._dead_epoch:
+            dead = np.asarray([r[0] for r in self.db.execute("SELECT key FROM dead")], dtype=np.int64)
+            batch = faiss.IDSelectorBatch(dead) if len(dead) else None
+            # the wrapped batch selector is kept alive beside the Not selector that points at it
+            self._dead_selector = (self._dead_epoch, faiss.IDSelectorNot(batch) if batch else None, batch)
+        return self._dead_selector[1]
+
+    def _rows_by(self, column: str, values: Sequence[Any], with_vector: bool = False) -> dict[Any, tuple]:
+        cols = "key, doc_id, title, text, metadata" + (", vector" if with_vector else "")
+        out: dict[Any, tuple] = {}
+        pos = 0 if column == "key" else 1
+        for i in range(0, len(values), _SQL_CHUNK):
+            part = list(values[i : i + _SQL_CHUNK])
+            sql = f"SELECT {cols} FROM docs WHERE {column} IN ({','.join('?' * len(part))})"
+            for row in self.db.execute(sql, part):
+                out[row[pos]] = row
+        return out
+
+    @staticmethod
+    def _hit(row: tuple, rank: int, score: float, *, bm25: float | None = None, knn: float | None = None) -> Hit:
+        return Hit(
+            doc_id=row[1], rank=rank, score=score, title=row[2], text=row[3], metadata=json.loads(row[4]),
+            bm25_score=bm25, knn_score=knn,
+        )
+
+    def iter_vectors(self, batch: int = 10_000) -> Iterable[tuple[list[str], np.ndarray]]:
+        """Every stored (ids, vectors) in key order, a batch at a time."""
+        cursor = self.db.execute("SELECT doc_id, vector FROM docs ORDER BY key")
+        while rows := cursor.fetchmany(batch):
+            yield [r[0] for r in rows], np.stack([self._vec(r[1]) for r in rows])
+
+    def store_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+    def close(self) -> None:
+        self.flush()
+        if self._writer is not None:
+            self._writer.wait_merging_threads()
+            self._writer = None
+        self.db.close()
+
+
+class EmbeddedBackend:
+    """The ``Backend`` protocol on tantivy + faiss + SQLite under ``data_dir``. Nothing is opened until used."""
+
+    name = "embedded"
+
+    def __init__(self, *, data_dir: str | Path, ef_search: int = 100, flush_seconds: float = 30.0) -> None:
+        if ef_search < 1:
+            raise ConfigError(f"ef_search must be at least 1, got {ef_search}")
+        self.data_dir = Path(data_dir)
+        self.ef_search = ef_search
+        self.flush_seconds = flush_seconds
+        self._open: dict[str, _PhysicalIndex] = {}
+
+    # --- names and aliases ------------------------------------------------------------------------
+    @property
+    def _aliases_path(self) -> Path:
+        return self.data_dir / "aliases.json"
+
+    def _aliases(self) -> dict[str, str]:
+        if not self._aliases_path.exists():
+            return {}
+        return dict(json.loads(self._aliases_path.read_text(encoding="utf-8")))
+
+    def _write_aliases(self, aliases: dict[str, str]) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._aliases_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(aliases, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, self._aliases_path)
+
+    def _physical(self, index: str) -> str:
+        return self._aliases().get(index, index)
+
+    def _path(self, physical: str) -> Path:
+        return self.data_dir / "indexes" / physical
+
+    def _get(self, index: str) -> _PhysicalIndex:
+        physical = self._physical(index)
+        if physical not in self._open:
+            path = self._path(physical)
+            if not (path / "spec.json").exists():
+                raise IndexNotFound(f"index {index!r} does not exist under {self.data_dir}: run "
+                                    f"`hybrid-search ingest SOURCE --index {index}` first")
+            self._open[physical] = _PhysicalIndex(path, _PhysicalIndex.read_spec(path), **self._index_kwargs)
+        return self._open[physical]
+
+    @cached_property
+    def _index_kwargs(self) -> dict[str, Any]:
+        return {"ef_search": self.ef_search, "flush_seconds": self.flush_seconds}
+
+    @staticmethod
+    def _check_name(name: str) -> None:
+        if not _INDEX_NAME.match(name):
+            raise ConfigError(f"index name {name!r} is not valid: use lowercase letters, digits, '.', '_' or '-'")
+
+    # --- protocol ---------------------------------------------------------------------------------
+    def ensure_index(self, index: str, spec: IndexSpec) -> None:
+        self._check_name(index)
+        existing = self.index_spec(index)
+        if existing is None:
+            physical = self._physical(index)
+            self._open[physical] = _PhysicalIndex.create(self._path(physical), spec, **self._index_kwargs)
+        elif existing.dims != spec.dims:
+            raise ConfigError(f"index {index!r} holds {existing.dims}-dim vectors but the model gives "
+                              f"{spec.dims}: use another --index or the model it was built with")
+
+    def index_exists(self, index: str) -> bool:
+        return (self._path(self._physical(index)) / "spec.json").exists()
+
+    def index_spec(self, index: str) -> IndexSpec | None:
+        if not self.index_exists(index):
+            return None
+        return _PhysicalIndex.read_spec(self._path(self._physical(index)))
+
+    def begin_build(self, alias: str, spec: IndexSpec, *, resume_from: str | None = None) -> str:
+        self._check_name(alias)
+        if resume_from is not None:
+            if not self.index_exists(resume_from):
+                raise IndexNotFound(f"cannot resume: physical index {resume_from!r} is gone; ingest without --resume")
+            self.ensure_index(resume_from, spec)
+            return resume_from
+        physical = f"{alias}-{datetime.now(UTC).strftime('%Y%m%d%H%M%S%f')}"
+        self.ensure_index(physical, spec)
+        return physical
+
+    def finish_build(self, alias: str, physical: str) -> None:
+        self._get(physical).flush()
+        aliases = self._aliases()
+        previous = aliases.get(alias)
+        if alias in self._all_physical() and alias != physical:
+            self._drop_physical(alias)  # an older plain index of that name gives way to the alias
+        aliases[alias] = physical
+        self._write_aliases(aliases)
+        if previous and previous != physical:
+            self._drop_physical(previous)
+
+    def upsert(self, index: str, docs: Sequence[IndexedDocument]) -> BulkResult:
+        return self._get(index).upsert(docs)
+
+    def delete(self, index: str, doc_ids: Sequence[str]) -> int:
+        return self._get(index).delete(doc_ids)
+
+    def search_bm25(self, index: str, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
+        return self._get(index).bm25(query, k, flt)
+
+    def search_knn(
+        self, index: str, vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None = None
+    ) -> list[Hit]:
+        return self._get(index).knn(vector, k, num_candidates, flt)
+
+    def search_hybrid(self, index: str, query: str, vector: np.ndarray, k: int, *, bm25_depth: int,
+                      knn_depth: int, num_candidates: int, fusion: ServerFusion,
+                      flt: Filter | None = None) -> list[Hit]:
+        raise FusionUnsupported("the embedded backend fuses in the client")
+
+    def count(self, index: str) -> int:
+        return self._get(index).count()
+
+    def refresh(self, index: str) -> None:
+        self._get(index).flush()
+
+    def drop_index(self, index: str) -> None:
+        aliases = self._aliases()
+        if index in aliases:
+            physical = aliases.pop(index)
+            self._write_aliases(aliases)
+            self._drop_physical(physical)
+        elif self.index_exists(index):
+            self._write_aliases({a: p for a, p in aliases.items() if p != index})
+            self._drop_physical(index)
+
+    def stats(self, index: str) -> IndexStats:
+        idx = self._get(index)
+        return IndexStats(alias=index, physical=idx.path.name, count=idx.count(), spec=idx.spec,
+                          store_bytes=idx.store_bytes())
+
+    def iter_vectors(self, index: str, batch: int = 10_000) -> Iterable[tuple[list[str], np.ndarray]]:
+        """Stored vectors straight from disk, for corpus-wide jobs that need no search."""
+        return self._get(index).iter_vectors(batch)
+
+    def _all_physical(self) -> set[str]:
+        root = self.data_dir / "indexes"
+        return {p.name for p in root.iterdir()} if root.exists() else set()
+
+    def _drop_physical(self, physical: str) -> None:
+        idx = self._open.pop(physical, None)
+        if idx is not None:
+            idx.db.close()
+            idx._writer = None
+        shutil.rmtree(self._path(physical), ignore_errors=True)
+
+    def close(self) -> None:
+        while self._open:
+            _, idx = self._open.popitem()
+            idx.close()
+
+    def __enter__(self) -> EmbeddedBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

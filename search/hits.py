@@ -1,0 +1,44 @@
+"""Typed, frozen search results. Every stage adds its score with ``dataclasses.replace``; nothing mutates."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["Hit", "SearchResult"]
+
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One retrieved document. ``score`` is the final score that decided ``rank`` (1-based).
+
+    The per-stage scores are ``None`` where a stage did not see the document (a kNN-only hit has no
+    ``bm25_score``) or did not run.
+    """
+
+    doc_id: str
+    rank: int
+    score: float
+    title: str = ""
+    text: str = ""
+    metadata: Mapping[str, object] = field(default_factory=dict)
+    bm25_score: float | None = None
+    knn_score: float | None = None
+    fusion_score: float | None = None
+    rerank_score: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    """Hits in rank order plus the time each stage took, in milliseconds."""
+
+    query: str
+    mode: str
+    hits: tuple[Hit, ...]
+    timings_ms: Mapping[str, float] = field(default_factory=dict)
+    fusion_location: str | None = None  # "server" or "client" for hybrid modes
+
+    @property
+    def doc_ids(self) -> list[str]:
+        return [h.doc_id for h in self.hits]

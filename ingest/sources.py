@@ -94,7 +94,7 @@ class JsonlFile:
                 try:
                     obj = json.loads(_decode_text(raw))
                 except json.JSONDecodeError as exc:
-                    yield RawRecord(position, error=f"malformed JSON line: {exc.msg} at column {exc.colno}")
+                    yield RawRecord(position, error=f"malformed JSON line: {exc.msg} at character {exc.pos}")
                     continue
                 if not isinstance(obj, dict):
                     yield RawRecord(position, error=f"malformed line: expected a JSON object, got {type(obj).__name__}")

@@ -114,6 +114,12 @@ def _settings(args: argparse.Namespace) -> Any:
     from config.settings import load_settings
 
     g = vars(args)
+    mode, rerank = g.get("mode"), g.get("rerank")
+    if mode:
+        from search.searcher import parse_mode
+
+        mode, in_mode = parse_mode(mode)
+        rerank = True if in_mode else rerank
     overrides = {
         "data_dir": g.get("data_dir"),
         "backend": {"kind": g.get("backend"), "urls": g.get("url")},
@@ -124,7 +130,7 @@ def _settings(args: argparse.Namespace) -> Any:
             "fusion": g.get("fusion"), "rrf_k": g.get("rrf_k"), "normalizer": g.get("normalizer"),
             "bm25_weight": g.get("bm25_weight"), "knn_weight": g.get("knn_weight"),
             "rerank_depth": g.get("rerank_depth"), "num_candidates": g.get("num_candidates"),
-            "top_k": g.get("top_k"), "mode": g.get("mode"), "rerank": g.get("rerank"),
+            "top_k": g.get("top_k"), "mode": mode, "rerank": rerank,
             "server_fusion": False if g.get("client_fusion") else None,
         },
     }

@@ -35,8 +35,8 @@ BASE_MODES = ("bm25", "knn", "hybrid")
 
 def parse_mode(mode: str) -> tuple[str, bool]:
     """``"hybrid+rerank"`` -> ``("hybrid", True)``; raises ``ConfigError`` for anything unknown."""
-    base, _, suffix = mode.strip().lower().partition("+")
-    if base not in BASE_MODES or suffix not in ("", "rerank"):
+    base, plus, suffix = mode.strip().lower().partition("+")
+    if base not in BASE_MODES or (plus and suffix != "rerank"):
         raise ConfigError(f"unknown mode {mode!r}: use bm25, knn or hybrid, each optionally with +rerank")
     return base, suffix == "rerank"
 

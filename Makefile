@@ -1,0 +1,34 @@
+# Two entry points: `make demo` (install, then evaluate the bundled sample offline on the embedded backend)
+# and `make test` (install with test tools, then run the test suite). Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch first and pinned, so pip takes the machine's CPU wheel instead of resolving a multi-GB CUDA build;
+# on a GPU machine override it, e.g. `make demo TORCH=torch`.
+TORCH ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install demo test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[offline,dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/hybrid-search eval examples/sample --index sample --data-dir .hybrid-search/demo \
+		--modes bm25,knn,hybrid,hybrid+rerank --quiet
+	HF_HUB_OFFLINE=1 $(BIN)/hybrid-search search "how do batteries make electricity" --index sample \
+		--data-dir .hybrid-search/demo --mode hybrid+rerank --top-k 3 --quiet
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .hybrid-search .pytest_cache

@@ -1,0 +1,85 @@
+"""Shared fixtures. Tests never need the Hugging Face hub: HF_HUB_OFFLINE is set before any model loads,
+and the real models come from the ``offline`` extra's packages.
+
+The real labelled sets live in ``../shared`` beside the repository (or where HYBRID_SEARCH_SHARED points);
+tests that need them skip with the reason when the folder is absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "examples" / "sample"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow test: opt in with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def shared_dir() -> Path | None:
+    """``HYBRID_SEARCH_SHARED`` or ``../shared`` beside the repository, when it exists."""
+    configured = os.environ.get("HYBRID_SEARCH_SHARED")
+    path = Path(configured) if configured else REPO.parent / "shared"
+    return path if path.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    path = shared_dir()
+    if path is None:
+        pytest.skip("../shared (or HYBRID_SEARCH_SHARED) is absent: the labelled data sets are not on this machine")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data(shared: Path) -> Path:
+    data = shared / "data"
+    if not data.is_dir():
+        pytest.skip(f"{data} is absent: no labelled data sets on this machine")
+    return data
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    """The real all-MiniLM-L6-v2 from the offline package, loaded once per session."""
+    from config.settings import ModelSettings
+    from ingest.encoder import Encoder
+
+    enc = Encoder(settings=ModelSettings(device="cpu"))
+    yield enc
+    enc.close()
+
+
+@pytest.fixture(scope="session")
+def reranker():
+    """The real int8 ONNX ms-marco-MiniLM-L-12-v2 cross-encoder from the offline package."""
+    from config.settings import ModelSettings
+    from rerank.cross_encoder import CrossEncoderReranker
+
+    ce = CrossEncoderReranker(settings=ModelSettings(device="cpu"))
+    yield ce
+    ce.close()
+
+
+@pytest.fixture()
+def settings(tmp_path: Path):
+    from config.settings import load_settings
+
+    return load_settings(overrides={"data_dir": str(tmp_path / "data"), "ingest": {"batch_size": 16}})

@@ -1,0 +1,54 @@
+"""End to end on real labelled sets from ``../shared/data``: ingest the whole corpus, evaluate every mode.
+
+Floors are the nDCG@10 this pipeline measured on these exact query subsets on the development machine
+(2-core CPU, all-MiniLM-L6-v2, int8 ms-marco-MiniLM-L-12-v2), minus 0.02 of slack for run-to-run variation
+in HNSW graph construction and float summation order; a drop past them is a real regression.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from config.settings import load_settings
+from ingest.pipeline import run_ingest
+from ingest.sources import open_query_set, open_source
+from search.embedded import EmbeddedBackend
+from search.evaluate import evaluate, select_queries
+from search.searcher import HybridSearcher
+
+MODES = ("bm25", "knn", "hybrid", "hybrid+rerank")
+
+# set -> (queries evaluated, rerank depth, nDCG@10 floor per mode). Measured (2026-11-22):
+#   nq-open-gold-passages, 200 q: bm25 0.8400, knn 0.9451, hybrid 0.9220, hybrid+rerank 0.9529
+#   quora-duplicates-20k, 300 q:  bm25 0.7654, knn 0.8490, hybrid 0.8388, hybrid+rerank 0.8299
+CASES = {
+    "nq-open-gold-passages": (200, 20, {"bm25": 0.82, "knn": 0.925, "hybrid": 0.90, "hybrid+rerank": 0.93}),
+    "quora-duplicates-20k": (300, 20, {"bm25": 0.745, "knn": 0.83, "hybrid": 0.815, "hybrid+rerank": 0.81}),
+}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", [
+    "nq-open-gold-passages",
+    # 20k documents take about two minutes to encode on two cores: opt-in to keep the suite short
+    pytest.param("quora-duplicates-20k", marks=pytest.mark.slow),
+])
+def test_every_mode_meets_its_floor(name, shared_data, encoder, reranker, tmp_path, capsys):
+    folder = shared_data / name
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent from this machine's shared data")
+    n_queries, depth, floors = CASES[name]
+    settings = load_settings(overrides={"data_dir": str(tmp_path), "search": {"rerank_depth": depth}})
+    with EmbeddedBackend(data_dir=tmp_path) as backend:
+        summary = run_ingest(open_source(folder), backend, encoder, settings, alias=name)
+        assert summary.rejected == 0 and summary.stored == summary.read == backend.count(name)
+        qs = open_query_set(folder)
+        queries = select_queries(qs.queries, qs.qrels, n_queries)
+        searcher = HybridSearcher(backend, index=name, encoder=encoder, reranker=reranker, settings=settings.search)
+        report = evaluate(searcher, queries, qs.qrels, MODES)
+    with capsys.disabled():
+        print(f"\n{name} ({len(queries)} queries, rerank depth {depth}, {summary.docs_per_s:.0f} docs/s ingest)")
+        print(report.table())
+    for mode, floor in floors.items():
+        assert report.modes[mode].metrics["ndcg@10"] >= floor, (mode, report.modes[mode].metrics)
+        assert report.modes[mode].queries == len(queries)

@@ -1,0 +1,88 @@
+"""The embedded backend: the shared contract, plus what only a local store must do (persistence, recovery)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backend_contract import SPEC, BackendContract, corpus, unit
+from search.backend import IndexedDocument
+from search.embedded import EmbeddedBackend
+
+
+@pytest.fixture()
+def backend(tmp_path):
+    with EmbeddedBackend(data_dir=tmp_path / "data") as b:
+        yield b
+
+
+class TestEmbeddedContract(BackendContract):
+    pass
+
+
+def test_construction_does_no_io(tmp_path):
+    EmbeddedBackend(data_dir=tmp_path / "never-created")
+    assert not (tmp_path / "never-created").exists()
+
+
+def test_reopen_keeps_documents_and_vectors(tmp_path):
+    with EmbeddedBackend(data_dir=tmp_path) as b:
+        b.ensure_index("keep", SPEC)
+        b.upsert("keep", corpus())
+    with EmbeddedBackend(data_dir=tmp_path) as b:
+        assert b.count("keep") == len(corpus())
+        assert b.search_knn("keep", corpus()[4].vector, 1, 20)[0].doc_id == "d4"
+        assert b.search_bm25("keep", "interest rates", 1)[0].doc_id == "d4"
+
+
+def test_crash_before_graph_flush_is_replayed_without_duplicates(tmp_path):
+    b = EmbeddedBackend(data_dir=tmp_path, flush_seconds=3600)
+    b.ensure_index("crash", SPEC)
+    b.upsert("crash", corpus()[:4])
+    b.refresh("crash")  # the graph on disk holds d0..d3
+    b.upsert("crash", corpus()[4:])  # rows committed, graph not flushed: then the process "dies"
+    b._open.clear()  # drop in-memory state without close(), as a crash would
+    with EmbeddedBackend(data_dir=tmp_path) as again:
+        hits = again.search_knn("crash", corpus()[6].vector, 10, 50)
+        assert hits[0].doc_id == "d6"
+        assert len({h.doc_id for h in hits}) == len(hits) == len(corpus())
+
+
+def test_many_replacements_compact_the_graph(tmp_path):
+    with EmbeddedBackend(data_dir=tmp_path, flush_seconds=3600) as b:
+        b.ensure_index("churn", SPEC)
+        docs = [IndexedDocument(f"x{i}", "", f"doc {i}", unit(1.0, i / 500), {}) for i in range(500)]
+        for _ in range(4):
+            b.upsert("churn", docs)
+        b.refresh("churn")
+        index = b._open["churn"]
+        assert index._dead_count() == 0  # compaction cleared the 1500 tombstones
+        assert index.vectors.ntotal == 500
+        assert b.count("churn") == 500
+        assert len(b.search_knn("churn", unit(1.0), 50, 100)) == 50
+
+
+def test_large_filtered_knn_uses_the_graph_with_a_selector(tmp_path, monkeypatch):
+    import search.embedded as embedded
+
+    monkeypatch.setattr(embedded, "_EXACT_FILTER_LIMIT", 5)
+    with EmbeddedBackend(data_dir=tmp_path) as b:
+        b.ensure_index("filt", SPEC)
+        rng = np.random.default_rng(1)
+        docs = [IndexedDocument(f"f{i}", "", "t", unit(*rng.normal(size=8)), {"even": i % 2 == 0}) for i in range(200)]
+        b.upsert("filt", docs)
+        hits = b.search_knn("filt", docs[10].vector, 10, 100, {"even": True})
+        assert hits[0].doc_id == "f10"
+        assert all(int(h.doc_id[1:]) % 2 == 0 for h in hits) and len(hits) == 10
+
+
+def test_english_analyzer_stems(tmp_path):
+    from search.backend import IndexSpec
+
+    with EmbeddedBackend(data_dir=tmp_path) as b:
+        b.ensure_index("en", IndexSpec(dims=8, analyzer="english"))
+        b.upsert("en", [IndexedDocument("r", "", "she was running quickly", unit(1.0), {})])
+        assert [h.doc_id for h in b.search_bm25("en", "runs", 5)] == ["r"]
+        b.ensure_index("std", IndexSpec(dims=8))
+        b.upsert("std", [IndexedDocument("r", "", "she was running quickly", unit(1.0), {})])
+        assert b.search_bm25("std", "runs", 5) == []

@@ -1,0 +1,54 @@
+"""The cross-encoder: real offline ONNX model, reordering, and the torch runtime against sentence-transformers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from config.settings import ModelSettings
+from rerank.cross_encoder import CrossEncoderReranker, rerank_hits
+from search.bench import random_cross_encoder
+from search.hits import Hit
+
+QUERY = "how many people live in berlin"
+PASSAGES = [
+    "The capital of France is Paris, on the Seine.",
+    "Berlin has a population of about 3.7 million inhabitants, the most of any German city.",
+    "Berlin is known for its museums and nightlife.",
+]
+
+
+def test_onnx_model_ranks_the_answer_first(reranker):
+    assert reranker.runtime == "onnx"
+    scores = reranker.score(QUERY, PASSAGES)
+    assert scores.shape == (3,) and int(np.argmax(scores)) == 1
+    assert scores[1] > scores[2] > scores[0]
+    assert reranker.score(QUERY, []).shape == (0,)
+
+
+def test_rerank_reorders_the_head_and_keeps_the_tail(reranker):
+    hits = [Hit(doc_id=f"d{i}", rank=i + 1, score=1.0 - i / 10, text=t) for i, t in enumerate(PASSAGES)]
+    hits.append(Hit(doc_id="tail", rank=4, score=0.1, text="Berlin population figures"))
+    out = rerank_hits(reranker, QUERY, hits, depth=3)
+    assert [h.doc_id for h in out] == ["d1", "d2", "d0", "tail"]
+    assert [h.rank for h in out] == [1, 2, 3, 4]
+    assert out[0].rerank_score == out[0].score and out[-1].rerank_score is None
+
+
+def test_torch_runtime_matches_sentence_transformers(tmp_path, reranker):
+    from sentence_transformers import CrossEncoder
+
+    folder = random_cross_encoder(reranker.folder, tmp_path / "tiny", layers=2, hidden=64, heads=2, intermediate=128)
+    ours = CrossEncoderReranker(str(folder), settings=ModelSettings(device="cpu", rerank_runtime="auto",
+                                                                    rerank_batch_size=2))
+    assert ours.runtime == "torch"  # no ONNX file there
+    reference = CrossEncoder(str(folder), device="cpu")
+    expected = reference.predict([(QUERY, p) for p in PASSAGES], batch_size=2)
+    got = ours.score(QUERY, PASSAGES)
+    np.testing.assert_allclose(1 / (1 + np.exp(-got)), expected, atol=1e-5)  # predict applies a sigmoid
+
+
+def test_runtime_choice_errors_say_what_to_use(reranker):
+    forced = CrossEncoderReranker(str(reranker.folder), settings=ModelSettings(rerank_runtime="torch"))
+    with pytest.raises(Exception, match="--rerank-runtime onnx"):
+        forced.runtime

@@ -1,0 +1,140 @@
+"""Sources and the validation stage: every bad record becomes a reject with its position and reason."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from config.errors import BadRecordError, SourceError
+from ingest.sources import BeirFolder, CsvFile, FieldMap, HubBeir, JsonlFile, ParquetFile, open_query_set, open_source
+from ingest.validate import Document, Reject, validate
+
+BAD_JSONL = b"\n".join([
+    b'{"_id": "1", "title": "T", "text": "first good"}',
+    b'{"title": "no id", "text": "x"}',
+    b'{"_id": "3", "title": "", "text": "   "}',
+    b'{"_id": "4", "text": "bad bytes \xff\xfe here"}',
+    b'{"_id": "1", "text": "duplicate of the first"}',
+    b'{"_id": "6", "text": "unterminated',
+    b'["not", "an", "object"]',
+    b"",
+    b'{"id": 9, "text": "numeric id under id"}',
+])
+
+
+def _split(items):
+    docs = [i for i in items if isinstance(i, Document)]
+    rejects = [i for i in items if isinstance(i, Reject)]
+    return docs, rejects
+
+
+def test_jsonl_bad_records_each_have_position_and_reason(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(BAD_JSONL)
+    src = open_source(path)
+    assert isinstance(src, JsonlFile)
+    docs, rejects = _split(list(validate(src.records(), src.fields)))
+    assert [d.doc_id for d in docs] == ["1", "9"]
+    reasons = {r.position: r.reason for r in rejects}
+    assert reasons[2].startswith("missing id")
+    assert reasons[3].startswith("empty text")
+    assert reasons[4].startswith("undecodable bytes in text")
+    assert reasons[5] == "duplicate id (first seen at position 1)"
+    assert reasons[6].startswith("malformed JSON line")
+    assert reasons[7].startswith("malformed line")
+    assert len(docs) + len(rejects) == 8  # the blank line is not a record
+
+
+def test_strict_makes_the_first_reject_fatal(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(BAD_JSONL)
+    src = open_source(path)
+    with pytest.raises(BadRecordError, match="record 2 .*missing id.*--strict"):
+        list(validate(src.records(), src.fields, strict=True))
+
+
+def test_csv_with_fields_and_metadata(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_bytes(
+        b'doc,headline,body,lang\n'
+        b'a,Hello,"multi\nline body",en\n'
+        b'b,Too,many,fields,here\n'
+        b'c,Bad,\xff\xfe,de\n'
+        b'd,,plain,fr\n'
+    )
+    fields = FieldMap(id_fields=("doc",), title_field="headline", text_field="body", metadata_fields=("lang",))
+    src = CsvFile(path, fields)
+    docs, rejects = _split(list(validate(src.records(), src.fields)))
+    assert [(d.doc_id, d.text, dict(d.metadata)) for d in docs] == [
+        ("a", "multi\nline body", {"lang": "en"}), ("d", "plain", {"lang": "fr"})]
+    assert [(r.position, r.reason.split(":")[0]) for r in rejects] == [
+        (2, "malformed row"), (3, "undecodable bytes in body (not UTF-8)")]
+
+
+def test_parquet_with_binary_column(tmp_path):
+    path = tmp_path / "c.parquet"
+    table = pa.table({"id": ["p1", "p2", None], "title": ["A", "B", "C"],
+                      "text": [b"fine text", b"\xff broken", b"orphan"]})
+    pq.write_table(table, path)
+    src = open_source(path)
+    assert isinstance(src, ParquetFile)
+    docs, rejects = _split(list(validate(src.records(), src.fields)))
+    assert [d.doc_id for d in docs] == ["p1"] and docs[0].passage == "A fine text"
+    assert [(r.position, r.reason[:12]) for r in rejects] == [(2, "undecodable "), (3, "missing id (")]
+
+
+def test_beir_folder_corpus_queries_qrels():
+    from conftest import SAMPLE
+
+    src = open_source(SAMPLE)
+    assert isinstance(src, BeirFolder)
+    assert sum(1 for _ in src.records()) == 40
+    qs = open_query_set(SAMPLE)
+    assert qs.queries["q01"].startswith("how do I keep")
+    assert qs.qrels["q13"] == {"d32": 2, "d31": 1}
+    with pytest.raises(SourceError, match="choose --split from \\['test'\\]"):
+        open_query_set(SAMPLE, "dev")
+
+
+def test_hub_source_streams_through_datasets(tmp_path):
+    """The hub path runs ``datasets`` for real, over local JSON files standing in for the hub repository."""
+    from datasets import load_dataset
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"_id": f"h{i}", "title": "", "text": f"q {i}"}) for i in range(5)))
+    (tmp_path / "queries.jsonl").write_text(json.dumps({"_id": "x", "text": "query"}))
+    (tmp_path / "qrels.jsonl").write_text(json.dumps({"query-id": "x", "corpus-id": "h1", "score": 1}))
+    calls = []
+
+    def local_loader(repo, config=None, split=None, streaming=False):
+        calls.append((repo, config, split, streaming))
+        name = "qrels" if repo.endswith("-qrels") else config
+        return load_dataset("json", data_files={split: str(tmp_path / f"{name}.jsonl")}, split=split,
+                            streaming=streaming)
+
+    src = HubBeir("BeIR/quora", loader=local_loader)
+    docs, _ = _split(list(validate(src.records(), src.fields)))
+    assert [d.doc_id for d in docs] == [f"h{i}" for i in range(5)]
+    assert calls[0] == ("BeIR/quora", "corpus", "corpus", True)  # the corpus is streamed
+    qs = src.query_set("test")
+    assert qs.queries == {"x": "query"} and qs.qrels == {"x": {"h1": 1}}
+
+
+def test_hub_failure_is_a_clear_error():
+    def offline(*args, **kwargs):
+        raise ConnectionError("no route to host")
+
+    with pytest.raises(SourceError, match="could not load BeIR/nq .*pass its path instead"):
+        next(HubBeir("BeIR/nq", loader=offline).records())
+
+
+def test_unknown_sources_say_what_to_give(tmp_path):
+    with pytest.raises(SourceError, match="quora or nq"):
+        open_source(tmp_path / "nope")
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(SourceError, match=".jsonl, .csv or .parquet"):
+        open_source(tmp_path / "x.txt")
+    assert isinstance(open_source("quora"), HubBeir)

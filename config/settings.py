@@ -87,6 +87,13 @@ class IndexSettings(_Section):
     hnsw_m: int = Field(default=16, ge=2)
     hnsw_ef_construction: int = Field(default=100, ge=8)
     hnsw_ef_search: int = Field(default=100, ge=8)
+    # Elasticsearch: dense_vector index_options type (int8/bbq quantise the HNSW graph's vectors)
+    es_vector_index: Literal["hnsw", "int8_hnsw", "bbq_hnsw"] = "hnsw"
+    # OpenSearch: k-NN engine and the faiss scalar-quantisation encoder
+    opensearch_engine: Literal["lucene", "faiss"] = "lucene"
+    opensearch_fp16: bool = False  # faiss only: store vectors as fp16 (SQfp16 encoder)
+    replicas: int = Field(default=1, ge=0)  # restored after a bulk load (0 while loading)
+    refresh_interval: str = "1s"  # restored after a bulk load (-1 while loading)
 
 
 class IngestSettings(_Section):
@@ -126,7 +133,11 @@ class BackendSettings(_Section):
     ca_certs: Path | None = None
     verify_certs: bool = True
     request_timeout: float = Field(default=30.0, gt=0)
-    max_retries: int = Field(default=3, ge=0)
+    max_retries: int = Field(default=3, ge=0)  # transport-level retries on connection errors
+    bulk_docs: int = Field(default=500, ge=1)  # documents per bulk request
+    bulk_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)  # bytes per bulk request
+    bulk_attempts: int = Field(default=8, ge=1)  # tries of 429/5xx/dropped items before the ingest stops
+    backoff_max: float = Field(default=30.0, gt=0)  # seconds, cap of the jittered exponential backoff
 
     @field_validator("urls", mode="before")
     @classmethod

@@ -165,7 +165,10 @@ def open_backend(settings: Settings) -> Backend:
     if kind == "embedded":
         from search.embedded import EmbeddedBackend
 
-        return EmbeddedBackend(data_dir=settings.data_dir, ef_search=settings.index.hnsw_ef_search)
-    raise ConfigError(
-        f"backend {kind!r} is not available in this version: use --backend embedded"
-    )
+        return EmbeddedBackend(data_dir=settings.data_dir, ef_search=settings.index.hnsw_ef_search,
+                               flush_seconds=settings.ingest.checkpoint_seconds)
+    if kind == "elasticsearch":
+        from search.engines.elasticsearch import ElasticsearchBackend
+
+        return ElasticsearchBackend(settings.backend, settings.index)
+    raise ConfigError(f"backend {kind!r} is not available in this version: use embedded or elasticsearch")

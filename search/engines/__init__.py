@@ -1,0 +1,1 @@
+"""Cluster backends. Each engine module imports its client only when the backend is constructed."""

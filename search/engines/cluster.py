@@ -1,0 +1,422 @@
+"""What Elasticsearch and OpenSearch backends share: connection, alias-based builds, resilient bulk, counts.
+
+An engine subclass supplies its client, its exception types and the request bodies where the engines
+differ (mappings, kNN, server-side fusion); everything here is written once for both. Construction only
+validates: the first call that needs the cluster connects, reads the server version and plugins, and turns
+any failure into one ``BackendUnavailable`` line naming the URL, what failed and what to check.
+
+Bulk loading retries only what can succeed later: items answered 429/502/503/504 and whole requests that
+failed on a dropped connection, with capped exponential backoff and full jitter (tenacity). Per-item
+refusals (mapping errors, wrong dimensions) come back as ``FailedItem`` for the rejects file. Ids are the
+documents' own, and every action is an ``index`` (create-or-replace), so a retry never duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from config.errors import (
+    BackendUnavailable,
+    ConfigError,
+    FailedItem,
+    FusionUnsupported,
+    IndexingError,
+    IndexNotFound,
+    QueryError,
+)
+from config.settings import BackendSettings, IndexSettings
+from search.backend import BulkResult, IndexedDocument, IndexSpec, IndexStats, ServerFusion
+from search.filters import METADATA_FIELD, Filter, to_query_dsl
+from search.hits import Hit
+
+__all__ = ["ClusterBackend", "ServerInfo", "bm25_query", "metadata_dynamic_template"]
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+VECTOR_FIELD = "vector"
+TEXT_FIELDS = ("title", "text")
+SPEC_META_KEY = "hybrid_search"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """What the backend learnt when it connected."""
+
+    distribution: str  # "elasticsearch" or "opensearch"
+    version: tuple[int, int, int]
+    plugins: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(map(str, self.version))
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    parts = [int("".join(ch for ch in p if ch.isdigit()) or 0) for p in text.split("-")[0].split(".")[:3]]
+    return tuple((parts + [0, 0, 0])[:3])  # type: ignore[return-value]
+
+
+# --- request-body pieces both engines accept unchanged ----------------------------------------------
+def bm25_query(query: str, flt: Filter | None) -> dict[str, Any]:
+    """``multi_match`` over title and text (best field wins); the text is analysed, never parsed as syntax."""
+    match = {"multi_match": {"query": query, "fields": list(TEXT_FIELDS), "type": "best_fields"}}
+    filters = to_query_dsl(flt)
+    return {"bool": {"must": [match], "filter": filters}} if filters else match
+
+
+def metadata_dynamic_template() -> dict[str, Any]:
+    """Metadata strings are exact-match keywords, so filters compare whole values."""
+    return {"metadata_keywords": {"path_match": f"{METADATA_FIELD}.*", "match_mapping_type": "string",
+                                  "mapping": {"type": "keyword"}}}
+
+
+class _Retryable(Exception):
+    """Some bulk items got 429/5xx or their request was dropped; they are tried again."""
+
+
+class ClusterBackend:
+    """The ``Backend`` protocol for a search cluster; subclasses add the engine's dialect."""
+
+    name = "cluster"
+    distribution = ""
+    default_port = 9200
+
+    def __init__(self, settings: BackendSettings, index_settings: IndexSettings | None = None, *,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if not settings.urls:
+            raise ConfigError(f"--backend {self.name} needs --url (or HYBRID_SEARCH_BACKEND__URLS)")
+        for url in settings.urls:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"cluster URL {url!r} must start with http:// or https://")
+        self.settings = settings
+        self.index_settings = index_settings or IndexSettings()
+        self._sleep = sleep
+        self._server_fusion_refused: dict[str, str] = {}
+
+    # --- connection -------------------------------------------------------------------------------
+    def _auth(self) -> dict[str, Any]:
+        api_key, password = self.settings.api_key.resolve(), self.settings.password.resolve()
+        if api_key:
+            return {"api_key": api_key}
+        if self.settings.username:
+            if not password:
+                raise ConfigError(f"username {self.settings.username!r} given but {self.settings.password.env_var} "
+                                  "is not set: export the password in that variable")
+            return {"basic_auth": (self.settings.username, password)}
+        return {}
+
+    def _make_client(self) -> Any:  # pragma: no cover - engines override
+        raise NotImplementedError
+
+    def _probe(self) -> ServerInfo:  # pragma: no cover - engines override
+        raise NotImplementedError
+
+    @cached_property
+    def client(self) -> Any:
+        return self._make_client()
+
+    @cached_property
+    def server(self) -> ServerInfo:
+        """Connect, read the version and plugins, and check this is the engine we expect."""
+        info = self._call("connect", self._probe)
+        if info.distribution != self.distribution:
+            raise BackendUnavailable(f"{self.urls_text} is {info.distribution} {info.version_text}, not "
+                                     f"{self.distribution}: use --backend {info.distribution}")
+        log.info("connected to %s %s at %s", info.distribution, info.version_text, self.urls_text)
+        return info
+
+    @property
+    def urls_text(self) -> str:
+        return ", ".join(self.settings.urls)
+
+    # exception families, set by the engine
+    connection_errors: tuple[type[BaseException], ...] = ()
+    api_error: type[BaseException] = Exception
+
+    def _status(self, exc: BaseException) -> int | None:  # pragma: no cover - engines override
+        raise NotImplementedError
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run one client call, turning engine errors into the project's errors."""
+        try:
+            return fn(*args, **kwargs)
+        except self.connection_errors as exc:
+            raise BackendUnavailable(
+                f"{self.name} at {self.urls_text} did not answer ({what}: {type(exc).__name__}); check the URL, "
+                "that the cluster is up, and TLS settings (--url https://..., HYBRID_SEARCH_BACKEND__CA_CERTS)"
+            ) from exc
+        except self.api_error as exc:
+            status = self._status(exc)
+            if status in (401, 403) and "license" not in str(exc).lower():
+                raise BackendUnavailable(
+                    f"{self.name} at {self.urls_text} refused the credentials ({what}, HTTP {status}); set "
+                    f"{self.settings.api_key.env_var}, or username and {self.settings.password.env_var}"
+                ) from exc
+            if status == 404 and "index_not_found" in str(exc):
+                raise IndexNotFound(f"index {kwargs.get('index', '?')!r} does not exist on {self.urls_text}: run "
+                                    "`hybrid-search ingest` first") from exc
+            raise
+
+    # --- index lifecycle --------------------------------------------------------------------------
+    def index_body(self, spec: IndexSpec, *, loading: bool) -> dict[str, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+    def _check_name(self, name: str) -> None:
+        if not name or name != name.lower() or name.startswith(("_", "-", "+")) or any(c in name for c in ' "*\\<|,>/?#:'):
+            raise ConfigError(f"index name {name!r} is not valid here: use lowercase letters, digits, '.', '_' or '-'")
+
+    def ensure_index(self, index: str, spec: IndexSpec) -> None:
+        self._check_name(index)
+        existing = self.index_spec(index)
+        if existing is None:
+            self._create(index, spec, loading=False)
+        elif existing.dims != spec.dims:
+            raise ConfigError(f"index {index!r} holds {existing.dims}-dim vectors but the model gives {spec.dims}: "
+                              "use another --index or the model it was built with")
+
+    def _create(self, index: str, spec: IndexSpec, *, loading: bool) -> None:
+        self.server  # noqa: B018 - connect (and check the version) before building bodies that depend on it
+        self._call("create index", self.client.indices.create, index=index, body=self.index_body(spec, loading=loading))
+
+    def index_exists(self, index: str) -> bool:
+        self.server  # noqa: B018
+        return bool(self._call("index exists", self.client.indices.exists, index=index))
+
+    def index_spec(self, index: str) -> IndexSpec | None:
+        if not self.index_exists(index):
+            return None
+        mappings = self._call("get mapping", self.client.indices.get_mapping, index=index)
+        body = next(iter(mappings.values()))["mappings"]
+        meta = (body.get("_meta") or {}).get(SPEC_META_KEY)
+        if meta:
+            return IndexSpec(**meta)
+        dims = body.get("properties", {}).get(VECTOR_FIELD, {}).get("dims") or \
+            body.get("properties", {}).get(VECTOR_FIELD, {}).get("dimension")
+        return IndexSpec(dims=int(dims)) if dims else None
+
+    def _alias_targets(self, alias: str) -> list[str]:
+        if not self._call("alias exists", self.client.indices.exists_alias, name=alias):
+            return []
+        return sorted(self._call("get alias", self.client.indices.get_alias, name=alias))
+
+    def _loading_settings(self) -> dict[str, Any]:
+        return {"index": {"refresh_interval": "-1", "number_of_replicas": 0}}
+
+    def _serving_settings(self) -> dict[str, Any]:
+        s = self.index_settings
+        return {"index": {"refresh_interval": s.refresh_interval, "number_of_replicas": s.replicas}}
+
+    def begin_build(self, alias: str, spec: IndexSpec, *, resume_from: str | None = None) -> str:
+        self._check_name(alias)
+        if resume_from is not None:
+            if not self.index_exists(resume_from):
+                raise IndexNotFound(f"cannot resume: index {resume_from!r} is gone from {self.urls_text}; "
+                                    "ingest without --resume")
+            self._call("relax settings", self.client.indices.put_settings, index=resume_from,
+                       body=self._loading_settings())
+            return resume_from
+        physical = f"{alias}-{datetime.now(UTC).strftime('%Y%m%d%H%M%S%f')}"
+        self._create(physical, spec, loading=True)
+        return physical
+
+    def finish_build(self, alias: str, physical: str) -> None:
+        """Restore serving settings, refresh, then move the alias in one atomic request."""
+        self._call("restore settings", self.client.indices.put_settings, index=physical,
+                   body=self._serving_settings())
+        self.refresh(physical)
+        previous = [p for p in self._alias_targets(alias) if p != physical]
+        actions: list[dict[str, Any]] = [{"remove": {"index": p, "alias": alias}} for p in previous]
+        if not previous and self._call("index exists", self.client.indices.exists, index=alias) and \
+                not self._call("alias exists", self.client.indices.exists_alias, name=alias):
+            actions.append({"remove_index": {"index": alias}})  # a plain index of that name gives way
+        actions.append({"add": {"index": physical, "alias": alias}})
+        self._call("swap alias", self.client.indices.update_aliases, body={"actions": actions})
+        for old in previous:
+            self._call("drop old index", self.client.indices.delete, index=old)
+
+    def drop_index(self, index: str) -> None:
+        targets = self._alias_targets(index)
+        for physical in targets or ([index] if self.index_exists(index) else []):
+            self._call("drop index", self.client.indices.delete, index=physical)
+
+    # --- documents --------------------------------------------------------------------------------
+    def _source(self, doc: IndexedDocument) -> dict[str, Any]:
+        return {"title": doc.title, "text": doc.text, VECTOR_FIELD: np.asarray(doc.vector, dtype=np.float32),
+                METADATA_FIELD: dict(doc.metadata)}
+
+    def _bulk_actions(self, index: str, docs: Iterable[IndexedDocument]) -> Iterable[dict[str, Any]]:
+        for doc in docs:
+            yield {"_op_type": "index", "_index": index, "_id": doc.doc_id, "_source": self._source(doc)}
+
+    def _streaming_bulk(self, actions: Iterable[dict[str, Any]]) -> Iterable[tuple[bool, dict[str, Any]]]:
+        raise NotImplementedError  # pragma: no cover - engines override
+
+    def upsert(self, index: str, docs: Sequence[IndexedDocument]) -> BulkResult:
+        pending: dict[str, IndexedDocument] = {}  # last write of an id wins
+        failed: list[FailedItem] = []
+        for doc in docs:
+            vector = np.asarray(doc.vector)
+            if vector.ndim == 1 and np.all(np.isfinite(vector)):
+                pending[doc.doc_id] = doc
+            else:
+                pending.pop(doc.doc_id, None)
+                failed.append(FailedItem(doc.doc_id, "vector is not a finite 1-d array"))
+        stored: list[str] = []
+        retrying = Retrying(
+            retry=retry_if_exception_type(_Retryable),
+            wait=wait_random_exponential(multiplier=0.5, max=self.settings.backoff_max),
+            stop=stop_after_attempt(self.settings.bulk_attempts),
+            sleep=self._sleep,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    self._bulk_once(index, pending, stored, failed)
+                    if pending:
+                        raise _Retryable(f"{len(pending)} documents got 429/5xx answers or a dropped connection")
+        except RetryError as exc:
+            raise IndexingError(
+                f"{self.name} at {self.urls_text} kept refusing {len(pending)} documents after "
+                f"{self.settings.bulk_attempts} attempts (429/5xx or dropped connections); nothing was lost: "
+                "check the cluster's health and rerun with --resume",
+                failed=[FailedItem(i, "retryable error persisted") for i in pending],
+            ) from exc
+        return BulkResult(stored=tuple(stored), failed=tuple(failed))
+
+    def _bulk_once(self, index: str, pending: dict[str, IndexedDocument], stored: list[str],
+                   failed: list[FailedItem]) -> None:
+        """One pass over the pending documents; settled ones leave ``pending``, retryable ones stay."""
+        self.server  # noqa: B018
+        retry_statuses: dict[Any, int] = {}
+        try:
+            for ok, item in self._streaming_bulk(self._bulk_actions(index, list(pending.values()))):
+                op = next(iter(item.values()))
+                doc_id, status = str(op.get("_id")), op.get("status")
+                if ok:
+                    stored.append(doc_id)
+                    pending.pop(doc_id, None)
+                elif status in RETRYABLE_STATUS or not isinstance(status, int):
+                    retry_statuses[status] = retry_statuses.get(status, 0) + 1
+                else:
+                    failed.append(FailedItem(doc_id, _reason(op.get("error")), status))
+                    pending.pop(doc_id, None)
+        except self.connection_errors as exc:
+            retry_statuses[type(exc).__name__] = len(pending)
+        if retry_statuses:
+            log.warning("bulk into %s: %d documents to retry (%s)", index, len(pending), retry_statuses)
+
+    def delete(self, index: str, doc_ids: Sequence[str]) -> int:
+        actions = ({"_op_type": "delete", "_index": index, "_id": i} for i in doc_ids)
+        return sum(1 for ok, _ in self._streaming_bulk(actions) if ok)
+
+    def count(self, index: str) -> int:
+        return int(self._call("count", self.client.count, index=index)["count"])
+
+    def refresh(self, index: str) -> None:
+        self._call("refresh", self.client.indices.refresh, index=index)
+
+    def stats(self, index: str) -> IndexStats:
+        targets = self._alias_targets(index) or [index]
+        raw = self._call("stats", self.client.indices.stats, index=targets[0], metric="store")
+        size = raw["indices"][targets[0]]["total"]["store"]["size_in_bytes"]
+        return IndexStats(alias=index, physical=targets[0], count=self.count(index), spec=self.index_spec(index),
+                          store_bytes=int(size))
+
+    # --- search -----------------------------------------------------------------------------------
+    def _search(self, index: str, body: Mapping[str, Any]) -> list[dict[str, Any]]:
+        self.server  # noqa: B018
+        try:
+            response = self._call("search", self.client.search, index=index, body=dict(body))
+        except self.api_error as exc:
+            raise QueryError(f"{self.name} rejected the search on {index!r}: {_reason(exc)}") from exc
+        return response["hits"]["hits"]
+
+    def _hits(self, raw: Sequence[dict[str, Any]], stage: str) -> list[Hit]:
+        hits = []
+        for rank, h in enumerate(raw, start=1):
+            src = h.get("_source") or {}
+            score = float(h.get("_score") or 0.0)
+            hits.append(Hit(
+                doc_id=str(h["_id"]), rank=rank, score=score, title=src.get("title", ""), text=src.get("text", ""),
+                metadata=src.get(METADATA_FIELD) or {},
+                bm25_score=score if stage == "bm25" else None,
+                knn_score=score if stage == "knn" else None,
+                fusion_score=score if stage == "fusion" else None,
+            ))
+        return hits
+
+    @staticmethod
+    def _source_filter() -> dict[str, Any]:
+        return {"excludes": [VECTOR_FIELD]}
+
+    def search_bm25(self, index: str, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
+        body = {"query": bm25_query(query, flt), "size": k, "_source": self._source_filter()}
+        return self._hits(self._search(index, body), "bm25")
+
+    def knn_body(self, vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None) -> dict[str, Any]:
+        raise NotImplementedError  # pragma: no cover - engines override
+
+    def search_knn(self, index: str, vector: np.ndarray, k: int, num_candidates: int,
+                   flt: Filter | None = None) -> list[Hit]:
+        return self._hits(self._search(index, self.knn_body(vector, k, num_candidates, flt)), "knn")
+
+    def hybrid_body(self, query: str, vector: np.ndarray, k: int, *, bm25_depth: int, knn_depth: int,
+                    num_candidates: int, fusion: ServerFusion, flt: Filter | None) -> dict[str, Any]:
+        """The server-side fusion request; raise ``FusionUnsupported`` where this server cannot."""
+        raise FusionUnsupported(f"{self.name} has no server-side fusion")  # pragma: no cover
+
+    def _hybrid_search(self, index: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        return self._search(index, body)
+
+    def search_hybrid(self, index: str, query: str, vector: np.ndarray, k: int, *, bm25_depth: int,
+                      knn_depth: int, num_candidates: int, fusion: ServerFusion,
+                      flt: Filter | None = None) -> list[Hit]:
+        refused = self._server_fusion_refused.get(fusion.method)
+        if refused:
+            raise FusionUnsupported(refused)
+        body = self.hybrid_body(query, vector, k, bm25_depth=bm25_depth, knn_depth=knn_depth,
+                                num_candidates=num_candidates, fusion=fusion, flt=flt)
+        try:
+            raw = self._hybrid_search(index, body)
+        except QueryError as exc:
+            cause = exc.__cause__
+            if cause is not None and self._status(cause) in (400, 403, 404):
+                reason = f"{self.name} {self.server.version_text} refused {fusion.method} fusion: {_reason(cause)}"
+                self._server_fusion_refused[fusion.method] = reason
+                raise FusionUnsupported(reason) from exc
+            raise
+        return self._hits(raw, "fusion")
+
+    def close(self) -> None:
+        if "client" in self.__dict__:
+            self.__dict__.pop("client").close()
+
+    def __enter__(self) -> ClusterBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _reason(error: Any) -> str:
+    """A short human reason from an engine error body or exception."""
+    if isinstance(error, dict):
+        reason = error.get("reason") or error.get("type") or str(error)
+        caused = error.get("caused_by")
+        if isinstance(caused, dict) and caused.get("reason") and caused.get("reason") != reason:
+            reason = f"{reason} (caused by: {caused['reason']})"
+        return str(reason)
+    info = getattr(error, "info", None) or getattr(error, "body", None)
+    if isinstance(info, dict) and isinstance(info.get("error"), dict):
+        return _reason(info["error"].get("root_cause", [info["error"]])[0])
+    return str(error) if error is not None else "unknown error"

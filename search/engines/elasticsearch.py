@@ -1,0 +1,191 @@
+"""The Elasticsearch backend (8.15+ and 9.x) on the official ``elasticsearch`` client.
+
+What differs from OpenSearch lives here: the ``dense_vector`` mapping, the top-level ``knn`` search, and
+server-side fusion with retrievers (``rrf`` from 8.14, ``linear`` from 8.18, weighted RRF from 9.1). Where
+the server is too old, lacks the licence, or answers that it does not know a retriever, the backend raises
+``FusionUnsupported`` and the searcher fuses in the client; a refusal is remembered so it is asked once.
+Request bodies are built by the pure functions below, so tests can check each against the official spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from config.errors import ConfigError, FusionUnsupported
+from search.backend import IndexSpec, ServerFusion
+from search.engines.cluster import (
+    SPEC_META_KEY,
+    TEXT_FIELDS,
+    VECTOR_FIELD,
+    ClusterBackend,
+    ServerInfo,
+    bm25_query,
+    metadata_dynamic_template,
+    parse_version,
+)
+from search.filters import METADATA_FIELD, Filter, to_query_dsl
+
+__all__ = [
+    "ElasticsearchBackend",
+    "es_hybrid_body",
+    "es_index_body",
+    "es_knn_body",
+    "es_knn_clause",
+]
+
+RRF_SINCE = (8, 14, 0)
+LINEAR_SINCE = (8, 18, 0)
+WEIGHTED_RRF_SINCE = (9, 1, 0)
+INDEX_OPTIONS_SINCE = {"hnsw": (8, 0, 0), "int8_hnsw": (8, 12, 0), "bbq_hnsw": (8, 18, 0)}
+SERVER_NORMALIZERS = {"minmax": "minmax"}  # zscore has no server-side equivalent
+
+
+def es_index_body(spec: IndexSpec, *, index_options: str = "hnsw", replicas: int = 1,
+                  refresh_interval: str = "1s") -> dict[str, Any]:
+    """Settings and mappings: analysed title/text, an HNSW ``dense_vector``, keyword metadata."""
+    analyzer = "english" if spec.analyzer == "english" else "standard"
+    options = {"type": index_options, "m": spec.hnsw_m, "ef_construction": spec.hnsw_ef_construction}
+    return {
+        "settings": {"index": {"number_of_replicas": replicas, "refresh_interval": refresh_interval}},
+        "mappings": {
+            "_meta": {SPEC_META_KEY: spec.to_dict()},
+            "dynamic_templates": [metadata_dynamic_template()],
+            "properties": {
+                **{f: {"type": "text", "analyzer": analyzer} for f in TEXT_FIELDS},
+                VECTOR_FIELD: {"type": "dense_vector", "dims": spec.dims, "index": True,
+                               "similarity": spec.similarity, "index_options": options},
+                METADATA_FIELD: {"type": "object", "dynamic": True},
+            },
+        },
+    }
+
+
+def es_knn_clause(vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None) -> dict[str, Any]:
+    """The kNN clause shared by the top-level ``knn`` search and the ``knn`` retriever."""
+    clause: dict[str, Any] = {"field": VECTOR_FIELD, "query_vector": [float(x) for x in np.asarray(vector).ravel()],
+                              "k": k, "num_candidates": max(num_candidates, k)}
+    filters = to_query_dsl(flt)
+    if filters:
+        clause["filter"] = filters
+    return clause
+
+
+def es_knn_body(vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None) -> dict[str, Any]:
+    return {"knn": es_knn_clause(vector, k, num_candidates, flt), "size": k,
+            "_source": {"excludes": [VECTOR_FIELD]}}
+
+
+def es_hybrid_body(query: str, vector: np.ndarray, k: int, *, bm25_depth: int, knn_depth: int,
+                   num_candidates: int, fusion: ServerFusion, flt: Filter | None,
+                   version: tuple[int, int, int]) -> dict[str, Any]:
+    """A ``retriever`` search fusing BM25 and kNN on the server; ``FusionUnsupported`` where it cannot."""
+    standard: dict[str, Any] = {"standard": {"query": bm25_query(query, None)}}
+    filters = to_query_dsl(flt)
+    if filters:
+        standard["standard"]["filter"] = filters
+    knn = {"knn": es_knn_clause(vector, knn_depth, num_candidates, flt)}
+    window = max(bm25_depth, knn_depth, k)
+    if fusion.method == "rrf":
+        if version < RRF_SINCE:
+            raise FusionUnsupported(f"the rrf retriever needs Elasticsearch {_v(RRF_SINCE)}+")
+        retrievers: list[Any] = [standard, knn]
+        if fusion.bm25_weight != fusion.knn_weight:
+            if version < WEIGHTED_RRF_SINCE:
+                raise FusionUnsupported(f"weighted rrf needs Elasticsearch {_v(WEIGHTED_RRF_SINCE)}+")
+            retrievers = [{"retriever": standard, "weight": fusion.bm25_weight},
+                          {"retriever": knn, "weight": fusion.knn_weight}]
+        retriever = {"rrf": {"retrievers": retrievers, "rank_window_size": window,
+                             "rank_constant": fusion.rrf_k}}
+    elif fusion.method == "linear":
+        if version < LINEAR_SINCE:
+            raise FusionUnsupported(f"the linear retriever needs Elasticsearch {_v(LINEAR_SINCE)}+")
+        normalizer = SERVER_NORMALIZERS.get(fusion.normalizer)
+        if normalizer is None:
+            raise FusionUnsupported(f"Elasticsearch's linear retriever has no {fusion.normalizer} normalizer")
+        retriever = {"linear": {"retrievers": [
+            {"retriever": standard, "weight": fusion.bm25_weight, "normalizer": normalizer},
+            {"retriever": knn, "weight": fusion.knn_weight, "normalizer": normalizer},
+        ], "rank_window_size": window}}
+    else:
+        raise FusionUnsupported(f"unknown fusion {fusion.method!r}")
+    return {"retriever": retriever, "size": k, "_source": {"excludes": [VECTOR_FIELD]}}
+
+
+def _v(version: tuple[int, int, int]) -> str:
+    return ".".join(map(str, version[:2]))
+
+
+class ElasticsearchBackend(ClusterBackend):
+    """``--backend elasticsearch``: see the module docstring."""
+
+    name = "elasticsearch"
+    distribution = "elasticsearch"
+
+    def _make_client(self) -> Any:
+        try:
+            from elasticsearch import Elasticsearch
+        except ImportError as exc:  # pragma: no cover - a core dependency
+            raise ConfigError("the elasticsearch client is missing: pip install 'hybrid-search'") from exc
+        s = self.settings
+        kwargs: dict[str, Any] = {"request_timeout": s.request_timeout, "max_retries": s.max_retries,
+                                  "retry_on_timeout": True, "verify_certs": s.verify_certs, **self._auth()}
+        if s.ca_certs:
+            kwargs["ca_certs"] = str(s.ca_certs)
+        return Elasticsearch(list(s.urls), **kwargs)
+
+    @property
+    def connection_errors(self) -> tuple[type[BaseException], ...]:  # type: ignore[override]
+        from elastic_transport import ConnectionError, ConnectionTimeout, TlsError
+
+        return (ConnectionError, ConnectionTimeout, TlsError)
+
+    @property
+    def api_error(self) -> type[BaseException]:  # type: ignore[override]
+        from elasticsearch import ApiError
+
+        return ApiError
+
+    def _status(self, exc: BaseException) -> int | None:
+        status = getattr(exc, "status_code", None)
+        if status is None:
+            meta = getattr(exc, "meta", None)
+            status = getattr(meta, "status", None)
+        return status if isinstance(status, int) else None
+
+    def _probe(self) -> ServerInfo:
+        info = self.client.info()
+        version = info["version"]
+        distribution = version.get("distribution", "elasticsearch")
+        return ServerInfo(distribution=distribution, version=parse_version(version["number"]))
+
+    def index_body(self, spec: IndexSpec, *, loading: bool) -> dict[str, Any]:
+        option = self.index_settings.es_vector_index
+        since = INDEX_OPTIONS_SINCE[option]
+        if self.server.version < since:
+            raise ConfigError(f"{option} needs Elasticsearch {_v(since)}+, this server is "
+                              f"{self.server.version_text}: choose hnsw or int8_hnsw")
+        serving = self._serving_settings()["index"]
+        return es_index_body(
+            spec, index_options=option,
+            replicas=0 if loading else serving["number_of_replicas"],
+            refresh_interval="-1" if loading else serving["refresh_interval"],
+        )
+
+    def _streaming_bulk(self, actions: Iterable[dict[str, Any]]) -> Iterable[tuple[bool, dict[str, Any]]]:
+        from elasticsearch import helpers
+
+        return helpers.streaming_bulk(
+            self.client, actions, chunk_size=self.settings.bulk_docs, max_chunk_bytes=self.settings.bulk_bytes,
+            raise_on_error=False, raise_on_exception=False, max_retries=0,
+        )
+
+    def knn_body(self, vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None) -> dict[str, Any]:
+        return es_knn_body(vector, k, num_candidates, flt)
+
+    def hybrid_body(self, query: str, vector: np.ndarray, k: int, *, bm25_depth: int, knn_depth: int,
+                    num_candidates: int, fusion: ServerFusion, flt: Filter | None) -> dict[str, Any]:
+        return es_hybrid_body(query, vector, k, bm25_depth=bm25_depth, knn_depth=knn_depth,
+                              num_candidates=num_candidates, fusion=fusion, flt=flt, version=self.server.version)

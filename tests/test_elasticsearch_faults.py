@@ -1,0 +1,93 @@
+"""Bulk ingest through faults: the real pipeline, encoder and client against noida-db, with 429 storms, 5xx
+and dropped connections injected around the client's transport. Every valid document must end up stored
+exactly once and the counts reported right; a fault that never clears stops the ingest resumably.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from config.errors import IndexingError
+from config.settings import load_settings
+from faults import BulkFaults
+from ingest.pipeline import run_ingest
+from ingest.sources import open_source
+from search.engines.elasticsearch import ElasticsearchBackend
+from servers import noida_elasticsearch
+
+pytestmark = pytest.mark.integration
+
+DOCS = 300
+BAD = {"g7", "g150"}  # rejected by validation (empty text), must not be counted as stored
+
+
+@pytest.fixture(scope="module")
+def es_url(tmp_path_factory):
+    with noida_elasticsearch(tmp_path_factory.mktemp("noida-faults")) as url:
+        yield url
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    rows = [{"_id": f"g{i}", "title": "" if f"g{i}" in BAD else f"Doc {i}", "text": "" if f"g{i}" in BAD else f"fault tolerant ingest {i}"}
+            for i in range(DOCS)]
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return open_source(path)
+
+
+def _setup(es_url, tmp_path, attempts=8):
+    settings = load_settings(overrides={
+        "data_dir": str(tmp_path / "data"),
+        "backend": {"kind": "elasticsearch", "urls": es_url, "bulk_docs": 10, "bulk_attempts": attempts,
+                    "backoff_max": 4.0},
+        "index": {"replicas": 0}, "ingest": {"batch_size": 100},
+    })
+    sleeps: list[float] = []
+    backend = ElasticsearchBackend(settings.backend, settings.index, sleep=sleeps.append)
+    return settings, backend, sleeps
+
+
+def _ids_stored_once(backend, alias):
+    backend.refresh(alias)
+    raw = backend.client.search(index=alias, body={"size": 1000, "_source": False, "query": {"match_all": {}}})
+    ids = [h["_id"] for h in raw["hits"]["hits"]]
+    return ids, len(ids) == len(set(ids))
+
+
+def test_every_fault_kind_during_bulk_loses_and_duplicates_nothing(es_url, tmp_path, corpus, encoder):
+    settings, backend, sleeps = _setup(es_url, tmp_path)
+    storm = ["storm429"] * 4  # a storm: four bulk requests in a row answered 429
+    faults_in_order = storm + ["item429", "http502", "drop_after", "http503", "drop_before", "http504",
+                               "item429", "drop_after"] + storm
+    script = [step for fault in faults_in_order for step in (fault, None)]  # healthy answers in between
+    with backend:
+        faults = BulkFaults(backend.client, script)
+        summary = run_ingest(corpus, backend, encoder, settings, alias="faulty")
+        faults.restore()
+        assert (summary.read, summary.stored, summary.rejected) == (DOCS, DOCS - len(BAD), len(BAD))
+        ids, unique = _ids_stored_once(backend, "faulty")
+        assert unique and set(ids) == {f"g{i}" for i in range(DOCS)} - BAD
+        assert backend.count("faulty") == DOCS - len(BAD)
+        assert set(f for f in faults.seen if f) == {"storm429", "item429", "http502", "http503", "http504",
+                                                     "drop_before", "drop_after"}
+        assert sleeps and max(sleeps) <= 4.0  # backoff is capped
+        assert len(set(sleeps)) > 1  # and jittered
+        backend.drop_index("faulty")
+
+
+def test_a_fault_that_never_clears_stops_resumably(es_url, tmp_path, corpus, encoder):
+    settings, backend, _ = _setup(es_url, tmp_path, attempts=3)
+    with backend:
+        faults = BulkFaults(backend.client, ["http503"] * 1000)
+        with pytest.raises(IndexingError, match="kept refusing .*rerun with --resume") as err:
+            run_ingest(corpus, backend, encoder, settings, alias="outage")
+        assert [f.reason for f in err.value.failed] == ["retryable error persisted"] * 100  # the whole first batch
+        faults.restore()  # the cluster recovers
+        summary = run_ingest(corpus, backend, encoder, settings, alias="outage", resume=True)
+        assert summary.resumed and summary.stored == DOCS - len(BAD)
+        ids, unique = _ids_stored_once(backend, "outage")
+        assert unique and len(ids) == DOCS - len(BAD)
+        backend.drop_index("outage")

@@ -40,7 +40,7 @@ def clauses(flt: Filter | None) -> list[tuple[str, str, Any]]:
 
 # --- Elasticsearch / OpenSearch query DSL (both engines accept the same term / terms clauses) ---
 _DSL: dict[str, Callable[[str, Any], dict[str, Any]]] = {
-    "eq": lambda f, v: {"term": {f"{METADATA_FIELD}.{f}": v}},
+    "eq": lambda f, v: {"term": {f"{METADATA_FIELD}.{f}": {"value": v}}},
     "in": lambda f, v: {"terms": {f"{METADATA_FIELD}.{f}": v}},
 }
 

@@ -38,7 +38,9 @@ from search.backend import BulkResult, IndexedDocument, IndexSpec, IndexStats, S
 from search.filters import METADATA_FIELD, Filter, to_query_dsl
 from search.hits import Hit
 
-__all__ = ["ClusterBackend", "ServerInfo", "bm25_query", "metadata_dynamic_template"]
+__all__ = [
+    "ClusterBackend", "ServerInfo", "alias_actions", "bm25_body", "bm25_query", "metadata_dynamic_template",
+]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,20 @@ def bm25_query(query: str, flt: Filter | None) -> dict[str, Any]:
     match = {"multi_match": {"query": query, "fields": list(TEXT_FIELDS), "type": "best_fields"}}
     filters = to_query_dsl(flt)
     return {"bool": {"must": [match], "filter": filters}} if filters else match
+
+
+def bm25_body(query: str, k: int, flt: Filter | None) -> dict[str, Any]:
+    """The BM25 search request (vectors left out of the returned ``_source``)."""
+    return {"query": bm25_query(query, flt), "size": k, "_source": {"excludes": [VECTOR_FIELD]}}
+
+
+def alias_actions(alias: str, physical: str, previous: Sequence[str], *, replace_index: bool) -> dict[str, Any]:
+    """One atomic ``_aliases`` request moving ``alias`` to ``physical`` (dropping a plain index of that name)."""
+    actions: list[dict[str, Any]] = [{"remove": {"index": p, "alias": alias}} for p in previous]
+    if replace_index:
+        actions.append({"remove_index": {"index": alias}})
+    actions.append({"add": {"index": physical, "alias": alias}})
+    return {"actions": actions}
 
 
 def metadata_dynamic_template() -> dict[str, Any]:
@@ -235,12 +251,10 @@ class ClusterBackend:
                    body=self._serving_settings())
         self.refresh(physical)
         previous = [p for p in self._alias_targets(alias) if p != physical]
-        actions: list[dict[str, Any]] = [{"remove": {"index": p, "alias": alias}} for p in previous]
-        if not previous and self._call("index exists", self.client.indices.exists, index=alias) and \
-                not self._call("alias exists", self.client.indices.exists_alias, name=alias):
-            actions.append({"remove_index": {"index": alias}})  # a plain index of that name gives way
-        actions.append({"add": {"index": physical, "alias": alias}})
-        self._call("swap alias", self.client.indices.update_aliases, body={"actions": actions})
+        plain = not previous and self._call("index exists", self.client.indices.exists, index=alias) and \
+            not self._call("alias exists", self.client.indices.exists_alias, name=alias)
+        body = alias_actions(alias, physical, previous, replace_index=bool(plain))
+        self._call("swap alias", self.client.indices.update_aliases, body=body)
         for old in previous:
             self._call("drop old index", self.client.indices.delete, index=old)
 
@@ -355,13 +369,8 @@ class ClusterBackend:
             ))
         return hits
 
-    @staticmethod
-    def _source_filter() -> dict[str, Any]:
-        return {"excludes": [VECTOR_FIELD]}
-
     def search_bm25(self, index: str, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
-        body = {"query": bm25_query(query, flt), "size": k, "_source": self._source_filter()}
-        return self._hits(self._search(index, body), "bm25")
+        return self._hits(self._search(index, bm25_body(query, k, flt)), "bm25")
 
     def knn_body(self, vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None) -> dict[str, Any]:
         raise NotImplementedError  # pragma: no cover - engines override

@@ -57,7 +57,7 @@ def es_index_body(spec: IndexSpec, *, index_options: str = "hnsw", replicas: int
                 **{f: {"type": "text", "analyzer": analyzer} for f in TEXT_FIELDS},
                 VECTOR_FIELD: {"type": "dense_vector", "dims": spec.dims, "index": True,
                                "similarity": spec.similarity, "index_options": options},
-                METADATA_FIELD: {"type": "object", "dynamic": True},
+                METADATA_FIELD: {"type": "object"},
             },
         },
     }

@@ -83,3 +83,33 @@ def settings(tmp_path: Path):
     from config.settings import load_settings
 
     return load_settings(overrides={"data_dir": str(tmp_path / "data"), "ingest": {"batch_size": 16}})
+
+
+class MemoEncoder:
+    """The real encoder, remembering passages it has encoded so a corpus ingested into two backends is
+    encoded once per test session (the vectors are the real model's either way)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.cache: dict[str, object] = {}
+
+    def encode_documents(self, passages):
+        import numpy as np
+
+        from ingest.encoder import EncodeResult
+
+        missing = [p for p in dict.fromkeys(passages) if p not in self.cache]
+        truncated = 0
+        if missing:
+            result = self.inner.encode_documents(missing)
+            truncated = result.truncated
+            self.cache.update(zip(missing, result.vectors))
+        return EncodeResult(np.stack([self.cache[p] for p in passages]), truncated)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.fixture(scope="session")
+def memo_encoder(encoder):
+    return MemoEncoder(encoder)

@@ -50,6 +50,7 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60.
 
 @contextlib.contextmanager
 def running(cmd: list[str], url: str, workdir: Path) -> Iterator[str]:
+    workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True)

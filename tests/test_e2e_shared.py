@@ -33,18 +33,18 @@ CASES = {
     # 20k documents take about two minutes to encode on two cores: opt-in to keep the suite short
     pytest.param("quora-duplicates-20k", marks=pytest.mark.slow),
 ])
-def test_every_mode_meets_its_floor(name, shared_data, encoder, reranker, tmp_path, capsys):
+def test_every_mode_meets_its_floor(name, shared_data, memo_encoder, reranker, tmp_path, capsys):
     folder = shared_data / name
     if not folder.is_dir():
         pytest.skip(f"{folder} is absent from this machine's shared data")
     n_queries, depth, floors = CASES[name]
     settings = load_settings(overrides={"data_dir": str(tmp_path), "search": {"rerank_depth": depth}})
     with EmbeddedBackend(data_dir=tmp_path) as backend:
-        summary = run_ingest(open_source(folder), backend, encoder, settings, alias=name)
+        summary = run_ingest(open_source(folder), backend, memo_encoder, settings, alias=name)
         assert summary.rejected == 0 and summary.stored == summary.read == backend.count(name)
         qs = open_query_set(folder)
         queries = select_queries(qs.queries, qs.qrels, n_queries)
-        searcher = HybridSearcher(backend, index=name, encoder=encoder, reranker=reranker, settings=settings.search)
+        searcher = HybridSearcher(backend, index=name, encoder=memo_encoder, reranker=reranker, settings=settings.search)
         report = evaluate(searcher, queries, qs.qrels, MODES)
     with capsys.disabled():
         print(f"\n{name} ({len(queries)} queries, rerank depth {depth}, {summary.docs_per_s:.0f} docs/s ingest)")
@@ -52,3 +52,43 @@ def test_every_mode_meets_its_floor(name, shared_data, encoder, reranker, tmp_pa
     for mode, floor in floors.items():
         assert report.modes[mode].metrics["ndcg@10"] >= floor, (mode, report.modes[mode].metrics)
         assert report.modes[mode].queries == len(queries)
+
+
+@pytest.mark.e2e
+@pytest.mark.integration
+def test_elasticsearch_matches_embedded_on_nq(shared_data, memo_encoder, tmp_path, capsys):
+    """The same set through noida-db (Elasticsearch 8.15 stand-in) and the embedded backend.
+
+    Tolerances: kNN 0.01 (noida's kNN is exact, faiss HNSW with ef 200 over 2,600 vectors is all but exact);
+    BM25 0.03 (both are BM25 with k1 1.2, b 0.75, but Lucene's standard tokenizer and tantivy's simple one
+    split some tokens differently, e.g. apostrophes and digits); hybrid 0.03 (server RRF on noida vs client
+    RRF on the embedded ranks, inheriting the BM25 difference).
+    """
+    from servers import noida_elasticsearch
+
+    folder = shared_data / "nq-open-gold-passages"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent from this machine's shared data")
+    qs = open_query_set(folder)
+    queries = select_queries(qs.queries, qs.qrels, 60)  # the stand-in answers hybrid in ~0.5-1 s
+    modes = ("bm25", "knn", "hybrid")
+    reports = {}
+    with noida_elasticsearch(tmp_path / "noida") as url:
+        for kind in ("embedded", "elasticsearch"):
+            settings = load_settings(overrides={"data_dir": str(tmp_path / kind), "index": {"replicas": 0},
+                                                "backend": {"kind": kind, "urls": url}})
+            from search.backend import open_backend
+
+            with open_backend(settings) as backend:
+                run_ingest(open_source(folder), backend, memo_encoder, settings, alias="nq")
+                searcher = HybridSearcher(backend, index="nq", encoder=memo_encoder, settings=settings.search)
+                reports[kind] = evaluate(searcher, queries, qs.qrels, modes)
+                if kind == "elasticsearch":
+                    assert searcher.search("who wrote hamlet", mode="hybrid").fusion_location == "server"
+    with capsys.disabled():
+        for kind, report in reports.items():
+            print(f"\nnq-open-gold-passages via {kind} ({len(queries)} queries)\n{report.table()}")
+    for mode, tolerance in (("knn", 0.01), ("bm25", 0.03), ("hybrid", 0.03)):
+        a = reports["embedded"].modes[mode].metrics["ndcg@10"]
+        b = reports["elasticsearch"].modes[mode].metrics["ndcg@10"]
+        assert abs(a - b) <= tolerance, (mode, a, b)

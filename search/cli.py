@@ -298,8 +298,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("httpx", "urllib3", "elastic_transport", "opensearch", "filelock", "huggingface_hub", "faiss"):
+    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "faiss"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    for chatty in ("elastic_transport", "opensearch"):  # per-retry warnings with tracebacks; our errors say it
+        logging.getLogger(chatty).setLevel(logging.DEBUG if args.debug else logging.ERROR)
     from config.errors import HybridSearchError
 
     try:

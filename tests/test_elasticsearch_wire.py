@@ -144,3 +144,23 @@ def test_version_gates(backend):
     old.index_settings = IndexSettings(es_vector_index="bbq_hnsw")
     with pytest.raises(ConfigError, match="bbq_hnsw needs Elasticsearch 8.18"):
         old.ensure_index("never", SPEC)
+
+
+def test_cli_ingest_and_search_against_the_stand_in(es_url, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO, SAMPLE
+
+    env_args = ["--backend", "elasticsearch", "--url", es_url, "--data-dir", str(tmp_path), "--quiet"]
+    run = lambda *a: subprocess.run([sys.executable, "-m", "search.cli", *a, *env_args], capture_output=True,  # noqa: E731
+                                    text=True, cwd=REPO, timeout=300,
+                                    env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
+    out = run("ingest", str(SAMPLE), "--index", "cli-sample")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["stored"] == 40
+    out = run("search", "how does a battery make electricity", "--index", "cli-sample", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["fusion_location"] == "server" and result["hits"][0]["doc_id"] in {"d32", "d31"}

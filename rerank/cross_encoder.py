@@ -127,10 +127,14 @@ class CrossEncoderReranker:
 
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
         """One relevance score a passage, in input order."""
-        out = np.zeros(len(passages), dtype=np.float32)
-        if not passages:
+        return self.score_pairs([(query, p) for p in passages])
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """One score per (first, second) text pair, in input order."""
+        out = np.zeros(len(pairs), dtype=np.float32)
+        if not pairs:
             return out
-        encodings = self._tokenizer.encode_batch([(query, p) for p in passages])
+        encodings = self._tokenizer.encode_batch(list(pairs))
         lengths = [len(e.ids) for e in encodings]
         batch_tokens = self.settings.rerank_batch_size * max(lengths)
         run = self._run_onnx if self.runtime == "onnx" else self._run_torch

@@ -7,6 +7,7 @@
   randomly initialised model of the same architecture: same compute, meaningless scores). Our ONNX runtime,
   what CPUs get by default, is reported beside the same reference.
 - ``search``: latency percentiles per mode over one index, with each mode's p50 as a ratio to BM25's.
+- ``duplicates``: peak memory of duplicate mining at N, 2N and 4N documents (flat means bounded).
 
 Ratios, not absolute numbers, are the claim: both sides run on the same machine in the same process.
 Timings here are wall-clock medians of ``repeats`` runs after a warm-up.
@@ -180,6 +181,43 @@ def bench_search(settings: Settings, source: str | None, queries: int, repeats: 
     return out
 
 
+def bench_duplicates(settings: Settings, docs: int) -> dict[str, Any]:
+    """Peak Python-heap memory (numpy included) of duplicate mining at N, 2N and 4N documents.
+
+    Random unit vectors stand in for a corpus (mining cost does not depend on what the vectors mean). The
+    all-pairs similarity matrix such a corpus would need is reported beside each peak for scale.
+    """
+    import tracemalloc
+
+    import numpy as np
+
+    from search.backend import IndexedDocument, IndexSpec
+    from search.duplicates import mine_duplicates
+    from search.embedded import EmbeddedBackend
+
+    rng = np.random.default_rng(0)
+    dims, sizes, runs = 384, [docs, 2 * docs, 4 * docs], []
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedBackend(data_dir=tmp, flush_seconds=3600) as backend:
+        backend.ensure_index("dups", IndexSpec(dims=dims))
+        stored = 0
+        for size in sizes:
+            while stored < size:
+                n = min(5_000, size - stored)
+                vectors = rng.normal(size=(n, dims)).astype(np.float32)
+                vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+                backend.upsert("dups", [IndexedDocument(f"r{stored + i}", "", "x", vectors[i]) for i in range(n)])
+                stored += n
+            tracemalloc.start()
+            t = time.perf_counter()
+            pairs = mine_duplicates(backend, "dups", threshold=0.5, top_k=10)
+            seconds = time.perf_counter() - t
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            runs.append({"docs": size, "peak_mib": peak / 2**20, "seconds": seconds, "pairs": len(pairs),
+                         "all_pairs_matrix_mib": size * size * 4 / 2**20})
+    return {"bench": "duplicates", "runs": runs, "peak_ratio_4n_to_n": runs[-1]["peak_mib"] / runs[0]["peak_mib"]}
+
+
 def _pct(sorted_values: Sequence[float], pct: float) -> float:
     import numpy as np
 
@@ -195,6 +233,8 @@ def run_bench(what: str, settings: Settings, *, source: str | None = None, docs:
         report = bench_rerank(settings, source, docs, batch_size, repeats)
     elif what == "search":
         report = bench_search(settings, source, queries, repeats)
+    elif what == "duplicates":
+        report = bench_duplicates(settings, docs)
     else:
-        raise ConfigError(f"unknown benchmark {what!r}: choose encode, rerank or search")
+        raise ConfigError(f"unknown benchmark {what!r}: choose encode, rerank, search or duplicates")
     return json.loads(json.dumps(report, default=float))

@@ -96,8 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
     _ingest_knobs(p)
     _common(p)
 
+    p = sub.add_parser("duplicates", help="mine near-duplicate document pairs from an index's vectors")
+    p.add_argument("--index")
+    p.add_argument("--threshold", type=float, default=0.8, help="minimum cosine similarity of a pair")
+    p.add_argument("--top-k", type=int, default=10, help="neighbours looked at per document")
+    p.add_argument("--confirm", action="store_true", help="score each kept pair with the cross-encoder too")
+    p.add_argument("--out", default="pairs.csv", help="CSV of pairs with both texts")
+    _common(p)
+
+    p = sub.add_parser("duplicates-eval", help="average precision and best F1 of mined pairs on labelled pairs")
+    p.add_argument("pairs", help="CSV with qid1, qid2, question1, question2, is_duplicate (Quora's pairs.csv)")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--max-pairs", type=int, help="use only the first N labelled pairs")
+    p.add_argument("--json", dest="json_out", metavar="OUT")
+    _common(p)
+
     p = sub.add_parser("bench", help="throughput and latency, each beside a reference in the same run")
-    p.add_argument("what", choices=["encode", "rerank", "search"])
+    p.add_argument("what", choices=["encode", "rerank", "search", "duplicates"])
     p.add_argument("--source", help="corpus to draw texts from (default: the bundled sample)")
     p.add_argument("--docs", type=int, default=512, help="texts (or pairs) to time")
     p.add_argument("--batch-size", type=int, default=32, help="reference batch size")
@@ -291,7 +306,49 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "eval": cmd_eval, "bench": cmd_bench}
+def cmd_duplicates(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from search.backend import open_backend
+    from search.duplicates import mine_duplicates, write_pairs
+
+    settings = _settings(args)
+    index = settings.index.name
+    with open_backend(settings) as backend:
+        if not hasattr(backend, "knn_batch"):
+            from config.errors import ConfigError
+
+            raise ConfigError(f"the {backend.name} backend cannot mine duplicates: use embedded or elasticsearch")
+        total = backend.count(index)
+        confirm = None
+        if args.confirm:
+            confirm = _reranker(settings).score_pairs
+        with tqdm(total=total, unit="doc", desc="duplicates", disable=args.quiet) as bar:
+            pairs = mine_duplicates(backend, index, threshold=args.threshold, top_k=args.top_k,
+                                    confirm=confirm, progress=bar.update)
+    write_pairs(pairs, args.out)
+    print(f"{len(pairs)} pairs with similarity >= {args.threshold} among {total} documents -> {args.out}",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_duplicates_eval(args: argparse.Namespace) -> int:
+    from search.duplicates_eval import run_duplicates_eval
+
+    settings = _settings(args)
+    _quiet_model_loading()
+    report = run_duplicates_eval(args.pairs, settings, top_k=args.top_k, max_pairs=args.max_pairs,
+                                 progress=not args.quiet)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+    return 0
+
+
+COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "eval": cmd_eval, "bench": cmd_bench,
+            "duplicates": cmd_duplicates, "duplicates-eval": cmd_duplicates_eval}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -402,6 +402,19 @@ class _PhysicalIndex:
             bm25_score=bm25, knn_score=knn,
         )
 
+    def knn_batch(self, vectors: np.ndarray, k: int, num_candidates: int) -> list[list[tuple[str, float]]]:
+        """Nearest neighbours of many vectors in one faiss call (threads over queries), as (doc id, score)."""
+        query = np.ascontiguousarray(vectors, dtype=np.float32)
+        params: dict[str, Any] = {"efSearch": max(num_candidates, k, self.ef_search)}
+        selector = self._not_dead_selector()
+        if selector is not None:
+            params["sel"] = selector
+        scores, keys = self.vectors.search(query, k, params=faiss.SearchParametersHNSW(**params))
+        found = {int(x) for x in keys.ravel() if x >= 0}
+        ids = {key: row[1] for key, row in self._rows_by("key", sorted(found)).items()}
+        return [[(ids[int(key)], float(sc)) for key, sc in zip(krow, srow) if key >= 0 and int(key) in ids]
+                for krow, srow in zip(keys, scores)]
+
     def iter_vectors(self, batch: int = 10_000) -> Iterable[tuple[list[str], np.ndarray]]:
         """Every stored (ids, vectors) in key order, a batch at a time."""
         cursor = self.db.execute("SELECT doc_id, vector FROM docs ORDER BY key")
@@ -555,8 +568,17 @@ class EmbeddedBackend:
                           store_bytes=idx.store_bytes())
 
     def iter_vectors(self, index: str, batch: int = 10_000) -> Iterable[tuple[list[str], np.ndarray]]:
-        """Stored vectors straight from disk, for corpus-wide jobs that need no search."""
+        """Stored vectors straight from disk, for corpus-wide jobs such as duplicate mining."""
         return self._get(index).iter_vectors(batch)
+
+    def knn_batch(self, index: str, vectors: np.ndarray, k: int, num_candidates: int) -> list[list[tuple[str, float]]]:
+        """Neighbours of many vectors at once over the HNSW graph (no per-query round trips)."""
+        return self._get(index).knn_batch(vectors, k, num_candidates)
+
+    def get_texts(self, index: str, doc_ids: Sequence[str]) -> dict[str, str]:
+        """``title text`` of each id found."""
+        rows = self._get(index)._rows_by("doc_id", list(doc_ids))
+        return {doc_id: f"{row[2]} {row[3]}".strip() for doc_id, row in rows.items()}
 
     def _all_physical(self) -> set[str]:
         root = self.data_dir / "indexes"

@@ -164,3 +164,16 @@ def test_cli_ingest_and_search_against_the_stand_in(es_url, tmp_path):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["fusion_location"] == "server" and result["hits"][0]["doc_id"] in {"d32", "d31"}
+
+
+def test_duplicate_mining_over_the_wire(backend):
+    from search.duplicates import mine_duplicates
+
+    backend.ensure_index("dups", SPEC)
+    twin = IndexedDocument("d0-copy", "title 0", "the cat sat on the warm mat", corpus()[0].vector, {})
+    backend.upsert("dups", [*corpus(), twin])
+    backend.refresh("dups")
+    pairs = mine_duplicates(backend, "dups", threshold=0.999, top_k=3, chunk=4)
+    assert [(p.a_id, p.b_id) for p in pairs] == [("d0", "d0-copy")]
+    assert pairs[0].a_text == "title 0 the cat sat on the warm mat"
+    backend.drop_index("dups")

@@ -375,9 +375,16 @@ class ClusterBackend:
     def knn_body(self, vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None) -> dict[str, Any]:
         raise NotImplementedError  # pragma: no cover - engines override
 
+    def similarity(self, score: float) -> float:
+        """The vector similarity behind an engine's kNN ``_score`` (engines rescale it to be positive)."""
+        return score
+
     def search_knn(self, index: str, vector: np.ndarray, k: int, num_candidates: int,
                    flt: Filter | None = None) -> list[Hit]:
-        return self._hits(self._search(index, self.knn_body(vector, k, num_candidates, flt)), "knn")
+        raw = self._search(index, self.knn_body(vector, k, num_candidates, flt))
+        for h in raw:  # report the similarity itself, as the embedded backend does
+            h["_score"] = self.similarity(float(h.get("_score") or 0.0))
+        return self._hits(raw, "knn")
 
     def hybrid_body(self, query: str, vector: np.ndarray, k: int, *, bm25_depth: int, knn_depth: int,
                     num_candidates: int, fusion: ServerFusion, flt: Filter | None) -> dict[str, Any]:
@@ -405,6 +412,47 @@ class ClusterBackend:
                 raise FusionUnsupported(reason) from exc
             raise
         return self._hits(raw, "fusion")
+
+    # --- corpus-wide access (duplicate mining) -------------------------------------------------------
+    def _scan(self, index: str, body: dict[str, Any], size: int) -> Iterable[dict[str, Any]]:
+        raise NotImplementedError  # pragma: no cover - engines override
+
+    def iter_vectors(self, index: str, batch: int = 1_000) -> Iterable[tuple[list[str], np.ndarray]]:
+        """Every stored vector, scrolled from ``_source`` a batch at a time."""
+        ids: list[str] = []
+        vectors: list[Any] = []
+        for hit in self._scan(index, {"query": {"match_all": {}}, "_source": [VECTOR_FIELD]}, batch):
+            vector = (hit.get("_source") or {}).get(VECTOR_FIELD)
+            if vector is None:
+                continue
+            ids.append(str(hit["_id"]))
+            vectors.append(vector)
+            if len(ids) >= batch:
+                yield ids, np.asarray(vectors, dtype=np.float32)
+                ids, vectors = [], []
+        if ids:
+            yield ids, np.asarray(vectors, dtype=np.float32)
+
+    def knn_batch(self, index: str, vectors: np.ndarray, k: int, num_candidates: int) -> list[list[tuple[str, float]]]:
+        """Neighbours of many vectors in one ``_msearch`` round trip."""
+        lines: list[dict[str, Any]] = []
+        for vector in vectors:
+            body = self.knn_body(vector, k, num_candidates, None)
+            body["_source"] = False
+            lines += [{"index": index}, body]
+        response = self._call("msearch", self.client.msearch, body=lines)
+        out = []
+        for item in response["responses"]:
+            if "error" in item:
+                raise QueryError(f"{self.name} rejected a kNN search in a batch: {_reason(item['error'])}")
+            out.append([(str(h["_id"]), self.similarity(float(h["_score"]))) for h in item["hits"]["hits"]])
+        return out
+
+    def get_texts(self, index: str, doc_ids: Sequence[str]) -> dict[str, str]:
+        response = self._call("mget", self.client.mget, index=index, body={"ids": list(doc_ids)},
+                              _source_includes=list(TEXT_FIELDS))
+        return {d["_id"]: f"{d['_source'].get('title', '')} {d['_source'].get('text', '')}".strip()
+                for d in response["docs"] if d.get("found")}
 
     def close(self) -> None:
         if "client" in self.__dict__:

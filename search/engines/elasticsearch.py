@@ -182,6 +182,15 @@ class ElasticsearchBackend(ClusterBackend):
             raise_on_error=False, raise_on_exception=False, max_retries=0,
         )
 
+    def similarity(self, score: float) -> float:
+        # dot_product and cosine both score (1 + similarity) / 2 for unit vectors
+        return 2.0 * score - 1.0
+
+    def _scan(self, index: str, body: dict[str, Any], size: int) -> Iterable[dict[str, Any]]:
+        from elasticsearch import helpers
+
+        return helpers.scan(self.client, index=index, query=body, size=size)
+
     def knn_body(self, vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None) -> dict[str, Any]:
         return es_knn_body(vector, k, num_candidates, flt)
 

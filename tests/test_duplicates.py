@@ -1,0 +1,72 @@
+"""Duplicate mining on a hand-built corpus with known duplicates, and the pair metrics by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from config.settings import load_settings
+from ingest.pipeline import run_ingest
+from ingest.sources import open_source
+from search.duplicates import average_precision, best_f1, mine_duplicates, write_pairs
+from search.embedded import EmbeddedBackend
+
+QUESTIONS = {
+    "a1": "How do I learn Python programming quickly?",
+    "a2": "What is the fastest way to learn Python programming?",
+    "b1": "How can I lose weight without going to the gym?",
+    "b2": "How do I lose weight without a gym membership?",
+    "c1": "What is the capital of Australia?",
+    "c2": "Which city is the capital of Australia?",
+    "x1": "Why is the sky blue during the day?",
+    "x2": "What are the best hiking trails in Colorado?",
+    "x3": "How does a refrigerator keep food cold?",
+}
+
+
+@pytest.fixture(scope="module")
+def mined_index(tmp_path_factory, encoder):
+    tmp = tmp_path_factory.mktemp("dups")
+    corpus = tmp / "q.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in QUESTIONS.items()))
+    settings = load_settings(overrides={"data_dir": str(tmp / "data")})
+    with EmbeddedBackend(data_dir=settings.data_dir) as backend:
+        run_ingest(open_source(corpus), backend, encoder, settings, alias="q")
+        yield backend
+
+
+def test_known_duplicates_are_found_once_each(mined_index):
+    pairs = mine_duplicates(mined_index, "q", threshold=0.75, top_k=3, chunk=4)
+    found = {(p.a_id, p.b_id) for p in pairs}
+    assert found == {("a1", "a2"), ("b1", "b2"), ("c1", "c2")}
+    assert len(pairs) == len(found)  # (a, b) and (b, a) reported once
+    assert all(p.a_id < p.b_id for p in pairs)
+    assert [p.score for p in pairs] == sorted((p.score for p in pairs), reverse=True)
+    assert pairs[0].a_text == QUESTIONS[pairs[0].a_id]
+
+
+def test_low_threshold_never_repeats_a_pair(mined_index):
+    pairs = mine_duplicates(mined_index, "q", threshold=-1.0, top_k=8, chunk=2)
+    keys = [(p.a_id, p.b_id) for p in pairs]
+    assert len(keys) == len(set(keys)) == math.comb(len(QUESTIONS), 2)  # every pair, each once
+
+
+def test_cross_encoder_confirmation_scores_every_kept_pair(mined_index, reranker, tmp_path):
+    pairs = mine_duplicates(mined_index, "q", threshold=0.75, top_k=3, confirm=reranker.score_pairs)
+    assert all(p.rerank_score is not None and 0.0 <= p.rerank_score <= 1.0 for p in pairs)
+    out = tmp_path / "pairs.csv"
+    write_pairs(pairs, out)
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("a_id,b_id,score,rerank_score") and len(lines) == len(pairs) + 1
+
+
+def test_average_precision_and_best_f1_by_hand():
+    scores = [0.9, 0.8, 0.7, 0.6]
+    labels = [1, 0, 1, 0]
+    assert average_precision(scores, labels) == pytest.approx((1 / 1 + 2 / 3) / 2)
+    # thresholds: 0.9 -> P1 R.5 F .667 ; 0.8 -> F .5 ; 0.7 -> P 2/3 R 1 F .8 ; 0.6 -> F .667
+    assert best_f1(scores, labels) == (pytest.approx(0.8), 0.7)
+    assert best_f1([0.5, 0.5], [1, 0]) == (pytest.approx(2 / 3), 0.5)  # ties cannot be split
+    assert average_precision([0.1], [0]) == 0.0 and best_f1([0.1], [0]) == (0.0, math.inf)

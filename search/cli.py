@@ -291,6 +291,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _emit_json(report: dict[str, Any], path: str | None) -> None:
+    """Print a JSON report, and write it to ``path`` when one is given."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if path:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from search.bench import run_bench
 
@@ -298,11 +307,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _quiet_model_loading()
     report = run_bench(args.what, settings, source=args.source, docs=args.docs, batch_size=args.batch_size,
                        repeats=args.repeats, queries=args.queries)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json_out:
-        with open(args.json_out, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
+    _emit_json(report, args.json_out)
     return 0
 
 
@@ -339,11 +344,7 @@ def cmd_duplicates_eval(args: argparse.Namespace) -> int:
     _quiet_model_loading()
     report = run_duplicates_eval(args.pairs, settings, top_k=args.top_k, max_pairs=args.max_pairs,
                                  progress=not args.quiet)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json_out:
-        with open(args.json_out, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
+    _emit_json(report, args.json_out)
     return 0
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "QueryError",
     "SearchSettings",
     "Secret",
+    "SourceError",
     "Settings",
     "load_settings",
 ]

@@ -132,7 +132,7 @@ class _PhysicalIndex:
             ((int(m.group(1)), p) for p in self.path.iterdir() if (m := _VECTOR_FILE.match(p.name))),
             reverse=True,
         )
-        for upto, stale in files[1:]:
+        for _upto, stale in files[1:]:
             stale.unlink(missing_ok=True)
         if files:
             return faiss.read_index(str(files[0][1])), files[0][0]

@@ -57,5 +57,7 @@ def test_bad_values_are_one_clear_error(tmp_path):
 
 def test_settings_are_frozen():
     s = load_settings()
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frozen"):
         s.search.top_k = 3  # type: ignore[misc]

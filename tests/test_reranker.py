@@ -50,5 +50,7 @@ def test_torch_runtime_matches_sentence_transformers(tmp_path, reranker):
 
 def test_runtime_choice_errors_say_what_to_use(reranker):
     forced = CrossEncoderReranker(str(reranker.folder), settings=ModelSettings(rerank_runtime="torch"))
-    with pytest.raises(Exception, match="--rerank-runtime onnx"):
+    from config.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--rerank-runtime onnx"):
         forced.runtime

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -100,7 +101,7 @@ class _Retryable(Exception):
     """Some bulk items got 429/5xx or their request was dropped; they are tried again."""
 
 
-class ClusterBackend:
+class ClusterBackend(ABC):
     """The ``Backend`` protocol for a search cluster; subclasses add the engine's dialect."""
 
     name = "cluster"
@@ -131,11 +132,13 @@ class ClusterBackend:
             return {"basic_auth": (self.settings.username, password)}
         return {}
 
-    def _make_client(self) -> Any:  # pragma: no cover - engines override
-        raise NotImplementedError
+    @abstractmethod
+    def _make_client(self) -> Any:
+        """The engine's client object (no I/O)."""
 
-    def _probe(self) -> ServerInfo:  # pragma: no cover - engines override
-        raise NotImplementedError
+    @abstractmethod
+    def _probe(self) -> ServerInfo:
+        """Ask the server who it is."""
 
     @cached_property
     def client(self) -> Any:
@@ -159,8 +162,9 @@ class ClusterBackend:
     connection_errors: tuple[type[BaseException], ...] = ()
     api_error: type[BaseException] = Exception
 
-    def _status(self, exc: BaseException) -> int | None:  # pragma: no cover - engines override
-        raise NotImplementedError
+    @abstractmethod
+    def _status(self, exc: BaseException) -> int | None:
+        """The HTTP status of an engine error, if it has one."""
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run one client call, turning engine errors into the project's errors."""
@@ -184,8 +188,9 @@ class ClusterBackend:
             raise
 
     # --- index lifecycle --------------------------------------------------------------------------
-    def index_body(self, spec: IndexSpec, *, loading: bool) -> dict[str, Any]:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def index_body(self, spec: IndexSpec, *, loading: bool) -> dict[str, Any]:
+        """Settings and mappings of a new physical index."""
 
     def _check_name(self, name: str) -> None:
         if not name or name != name.lower() or name.startswith(("_", "-", "+")) or any(c in name for c in ' "*\\<|,>/?#:'):
@@ -272,8 +277,9 @@ class ClusterBackend:
         for doc in docs:
             yield {"_op_type": "index", "_index": index, "_id": doc.doc_id, "_source": self._source(doc)}
 
+    @abstractmethod
     def _streaming_bulk(self, actions: Iterable[dict[str, Any]]) -> Iterable[tuple[bool, dict[str, Any]]]:
-        raise NotImplementedError  # pragma: no cover - engines override
+        """The engine's ``helpers.streaming_bulk``, yielding ``(ok, item)`` and never raising per item."""
 
     def upsert(self, index: str, docs: Sequence[IndexedDocument]) -> BulkResult:
         pending: dict[str, IndexedDocument] = {}  # last write of an id wins
@@ -372,8 +378,9 @@ class ClusterBackend:
     def search_bm25(self, index: str, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
         return self._hits(self._search(index, bm25_body(query, k, flt)), "bm25")
 
+    @abstractmethod
     def knn_body(self, vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None) -> dict[str, Any]:
-        raise NotImplementedError  # pragma: no cover - engines override
+        """The engine's kNN search request."""
 
     def similarity(self, score: float) -> float:
         """The vector similarity behind an engine's kNN ``_score`` (engines rescale it to be positive)."""
@@ -389,7 +396,7 @@ class ClusterBackend:
     def hybrid_body(self, query: str, vector: np.ndarray, k: int, *, bm25_depth: int, knn_depth: int,
                     num_candidates: int, fusion: ServerFusion, flt: Filter | None) -> dict[str, Any]:
         """The server-side fusion request; raise ``FusionUnsupported`` where this server cannot."""
-        raise FusionUnsupported(f"{self.name} has no server-side fusion")  # pragma: no cover
+        raise FusionUnsupported(f"{self.name} has no server-side fusion")
 
     def _hybrid_search(self, index: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         return self._search(index, body)
@@ -414,8 +421,9 @@ class ClusterBackend:
         return self._hits(raw, "fusion")
 
     # --- corpus-wide access (duplicate mining) -------------------------------------------------------
+    @abstractmethod
     def _scan(self, index: str, body: dict[str, Any], size: int) -> Iterable[dict[str, Any]]:
-        raise NotImplementedError  # pragma: no cover - engines override
+        """Every hit of ``body`` over ``index`` (scroll or point in time)."""
 
     def iter_vectors(self, index: str, batch: int = 1_000) -> Iterable[tuple[list[str], np.ndarray]]:
         """Every stored vector, scrolled from ``_source`` a batch at a time."""

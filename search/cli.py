@@ -237,7 +237,9 @@ def cmd_search(args: argparse.Namespace) -> int:
             reranker=_reranker(settings) if needs_rerank else None,
             settings=settings.search,
         )
-        result = searcher.search(args.query, flt=_parse_filters(args.filter))
+        flt = _parse_filters(args.filter)
+        searcher.warm_up()  # model loading is not part of the reported search time
+        result = searcher.search(args.query, flt=flt)
         searcher.close()
     if args.json:
         from dataclasses import asdict

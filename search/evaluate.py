@@ -106,6 +106,8 @@ def evaluate(
     depth = RUN_DEPTH + (1 if ignore_identical_ids else 0)
     for mode in modes:
         parse_mode(mode)
+        if queries:  # load models outside the timed loop, so latency is per query, not per process
+            searcher.search(queries[0][1], mode=mode, top_k=depth)
         run: dict[str, list[str]] = {}
         latencies: list[float] = []
         for qid, text in tqdm(queries, desc=mode, unit="q", disable=not progress):

@@ -182,6 +182,13 @@ class HybridSearcher:
             self._fallback_logged.add(key)
             log.info("%s cannot fuse %s on the server (%s); fusing in the client", self.backend.name, method, exc)
 
+    def warm_up(self) -> None:
+        """Load the encoder and reranker now (each loads lazily on first use otherwise)."""
+        if self.encoder is not None:
+            self.encoder.encode_queries(["warm up"])
+        if self.reranker is not None:
+            self.reranker.score("warm up", ["warm up"])
+
     def close(self) -> None:
         """Close the encoder and reranker this searcher holds (not the backend, which the caller owns)."""
         for part in (self.encoder, self.reranker):

@@ -114,7 +114,7 @@ class SearchSettings(_Section):
     num_candidates: int = Field(default=200, ge=1)  # HNSW candidate pool per kNN query
     fusion: Literal["rrf", "linear"] = "rrf"
     rrf_k: int = Field(default=60, ge=1)
-    normalizer: Literal["minmax", "zscore"] = "minmax"
+    normalizer: Literal["minmax", "zscore", "l2"] = "minmax"
     bm25_weight: float = Field(default=0.5, ge=0.0)
     knn_weight: float = Field(default=0.5, ge=0.0)
     rerank: bool = False

@@ -88,7 +88,7 @@ class ServerFusion:
 
     method: Literal["rrf", "linear"]
     rrf_k: int = 60
-    normalizer: Literal["minmax", "zscore"] = "minmax"
+    normalizer: Literal["minmax", "zscore", "l2"] = "minmax"
     bm25_weight: float = 0.5
     knn_weight: float = 0.5
 
@@ -171,4 +171,8 @@ def open_backend(settings: Settings) -> Backend:
         from search.engines.elasticsearch import ElasticsearchBackend
 
         return ElasticsearchBackend(settings.backend, settings.index)
-    raise ConfigError(f"backend {kind!r} is not available in this version: use embedded or elasticsearch")
+    if kind == "opensearch":
+        from search.engines.opensearch import OpenSearchBackend
+
+        return OpenSearchBackend(settings.backend, settings.index)
+    raise ConfigError(f"unknown backend {kind!r}: use embedded, elasticsearch or opensearch")

@@ -38,7 +38,7 @@ def _search_knobs(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("retrieval")
     g.add_argument("--fusion", choices=["rrf", "linear"])
     g.add_argument("--rrf-k", type=int)
-    g.add_argument("--normalizer", choices=["minmax", "zscore"])
+    g.add_argument("--normalizer", choices=["minmax", "zscore", "l2"])
     g.add_argument("--bm25-weight", type=float)
     g.add_argument("--knn-weight", type=float)
     g.add_argument("--rerank-depth", type=int, help="how many top hits the cross-encoder rescores")

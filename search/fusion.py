@@ -6,7 +6,8 @@ fused run, best first, ties broken by doc id so results are deterministic. Nothi
 - Reciprocal rank fusion: Cormack, Clarke & Buettcher, "Reciprocal Rank Fusion outperforms Condorcet and
   individual Rank Learning Methods", SIGIR 2009. ``score(d) = sum_i w_i / (k + rank_i(d))``, ranks from 1.
 - Linear combination of normalised scores (CombSUM with weights): Fox & Shaw, "Combination of Multiple
-  Searches", TREC-2 1994; min-max and z-score normalisation as compared by Lee, SIGIR 1997. A document
+  Searches", TREC-2 1994; min-max and z-score normalisation as compared by Lee, SIGIR 1997; L2 (divide by
+  the run's norm) as OpenSearch's normalization processor does. A document
   absent from a run contributes 0 for that run. A run whose scores are all equal (zero range, or a single
   hit) normalises to 1.0 for min-max and 0.0 for z-score rather than dividing by zero.
 """
@@ -26,6 +27,7 @@ __all__ = [
     "fuse",
     "fuse_linear",
     "fuse_rrf",
+    "normalize_l2",
     "normalize_minmax",
     "normalize_zscore",
 ]
@@ -79,9 +81,18 @@ def normalize_zscore(scores: Sequence[float]) -> list[float]:
     return [(s - mean) / std for s in scores]
 
 
+def normalize_l2(scores: Sequence[float]) -> list[float]:
+    """Divide by the run's Euclidean norm (OpenSearch's ``l2``); an all-zero run stays zero."""
+    norm = math.sqrt(sum(s * s for s in scores))
+    if norm <= 0.0:
+        return [0.0] * len(scores)
+    return [s / norm for s in scores]
+
+
 NORMALIZERS: dict[str, Callable[[Sequence[float]], list[float]]] = {
     "minmax": normalize_minmax,
     "zscore": normalize_zscore,
+    "l2": normalize_l2,
 }
 
 

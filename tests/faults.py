@@ -56,3 +56,31 @@ class BulkFaults:
                                                      "reason": "rejected execution (injected)"}})
             body["errors"] = True
         return meta, body
+
+
+class OpenSearchBulkFaults(BulkFaults):
+    """The same faults around opensearch-py's transport, which raises instead of returning error statuses."""
+
+    def _perform(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        if not url.split("?")[0].endswith("/_bulk"):
+            return self.real(method, url, *args, **kwargs)
+        fault = self.script.pop(0) if self.script else None
+        self.seen.append(fault)
+        from opensearchpy import ConnectionError, TransportError
+
+        if fault == "storm429":
+            raise TransportError(429, "rejected_execution_exception", {"error": "rejected execution of bulk"})
+        if fault in ("http502", "http503", "http504"):
+            raise TransportError(int(fault[4:]), "unavailable", {"error": fault})
+        if fault == "drop_before":
+            raise ConnectionError("N/A", "connection reset by peer (injected before sending)", OSError())
+        body = self.real(method, url, *args, **kwargs)
+        if fault == "drop_after":
+            raise ConnectionError("N/A", "connection reset by peer (injected after the bulk applied)", OSError())
+        if fault == "item429":
+            items = body["items"]
+            for item in items[: max(1, len(items) // 2)]:
+                op = next(iter(item.values()))
+                op.update({"status": 429, "error": {"type": "rejected_execution_exception", "reason": "injected"}})
+            body["errors"] = True
+        return body

@@ -82,3 +82,20 @@ def docker_available() -> str | None:
         return None
     except Exception as exc:  # any failure means no usable daemon
         return f"no Docker daemon answers ({type(exc).__name__}): real-engine tests need Docker"
+
+
+def osmem_opensearch(workdir: Path) -> contextlib.AbstractContextManager[str]:
+    binary = package_file("osmem_server", "bin/osmem-server")
+    if binary is None:
+        pytest.skip("osmem-server is not installed (it is in the dev extra: pip install -e '.[dev]')")
+    from osmem_server import OsmemServer
+
+    @contextlib.contextmanager
+    def run() -> Iterator[str]:
+        server = OsmemServer.start(binary=str(binary), freeze=False)
+        try:
+            yield server.url
+        finally:
+            server.close()
+
+    return run()

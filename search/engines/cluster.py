@@ -277,9 +277,17 @@ class ClusterBackend(ABC):
         for doc in docs:
             yield {"_op_type": "index", "_index": index, "_id": doc.doc_id, "_source": self._source(doc)}
 
+    @property
     @abstractmethod
+    def helpers(self) -> Any:
+        """The client library's ``helpers`` module: both ship ``streaming_bulk`` and ``scan`` alike."""
+
     def _streaming_bulk(self, actions: Iterable[dict[str, Any]]) -> Iterable[tuple[bool, dict[str, Any]]]:
-        """The engine's ``helpers.streaming_bulk``, yielding ``(ok, item)`` and never raising per item."""
+        """``(ok, item)`` per action; failures come back as items (our retry loop decides), never raised."""
+        return self.helpers.streaming_bulk(
+            self.client, actions, chunk_size=self.settings.bulk_docs, max_chunk_bytes=self.settings.bulk_bytes,
+            raise_on_error=False, raise_on_exception=False, max_retries=0,
+        )
 
     def upsert(self, index: str, docs: Sequence[IndexedDocument]) -> BulkResult:
         pending: dict[str, IndexedDocument] = {}  # last write of an id wins
@@ -336,13 +344,16 @@ class ClusterBackend(ABC):
             log.warning("bulk into %s: %d documents to retry (%s)", index, len(pending), retry_statuses)
 
     def delete(self, index: str, doc_ids: Sequence[str]) -> int:
+        self.server  # noqa: B018
         actions = ({"_op_type": "delete", "_index": index, "_id": i} for i in doc_ids)
         return sum(1 for ok, _ in self._streaming_bulk(actions) if ok)
 
     def count(self, index: str) -> int:
+        self.server  # noqa: B018 - connect and check the engine first
         return int(self._call("count", self.client.count, index=index)["count"])
 
     def refresh(self, index: str) -> None:
+        self.server  # noqa: B018
         self._call("refresh", self.client.indices.refresh, index=index)
 
     def stats(self, index: str) -> IndexStats:
@@ -421,9 +432,9 @@ class ClusterBackend(ABC):
         return self._hits(raw, "fusion")
 
     # --- corpus-wide access (duplicate mining) -------------------------------------------------------
-    @abstractmethod
     def _scan(self, index: str, body: dict[str, Any], size: int) -> Iterable[dict[str, Any]]:
-        """Every hit of ``body`` over ``index`` (scroll or point in time)."""
+        """Every hit of ``body`` over ``index``, scrolled."""
+        return self.helpers.scan(self.client, index=index, query=body, size=size)
 
     def iter_vectors(self, index: str, batch: int = 1_000) -> Iterable[tuple[list[str], np.ndarray]]:
         """Every stored vector, scrolled from ``_source`` a batch at a time."""

@@ -40,7 +40,7 @@ RRF_SINCE = (8, 14, 0)
 LINEAR_SINCE = (8, 18, 0)
 WEIGHTED_RRF_SINCE = (9, 1, 0)
 INDEX_OPTIONS_SINCE = {"hnsw": (8, 0, 0), "int8_hnsw": (8, 12, 0), "bbq_hnsw": (8, 18, 0)}
-SERVER_NORMALIZERS = {"minmax": "minmax"}  # zscore has no server-side equivalent
+SERVER_NORMALIZERS = {"minmax": ("minmax", LINEAR_SINCE), "l2": ("l2_norm", (9, 1, 0))}  # no server zscore
 
 
 def es_index_body(spec: IndexSpec, *, index_options: str = "hnsw", replicas: int = 1,
@@ -102,9 +102,10 @@ def es_hybrid_body(query: str, vector: np.ndarray, k: int, *, bm25_depth: int, k
     elif fusion.method == "linear":
         if version < LINEAR_SINCE:
             raise FusionUnsupported(f"the linear retriever needs Elasticsearch {_v(LINEAR_SINCE)}+")
-        normalizer = SERVER_NORMALIZERS.get(fusion.normalizer)
-        if normalizer is None:
-            raise FusionUnsupported(f"Elasticsearch's linear retriever has no {fusion.normalizer} normalizer")
+        normalizer, since = SERVER_NORMALIZERS.get(fusion.normalizer, (None, LINEAR_SINCE))
+        if normalizer is None or version < since:
+            raise FusionUnsupported(f"Elasticsearch {_v(version)}'s linear retriever has no {fusion.normalizer} "
+                                    "normalizer")
         retriever = {"linear": {"retrievers": [
             {"retriever": standard, "weight": fusion.bm25_weight, "normalizer": normalizer},
             {"retriever": knn, "weight": fusion.knn_weight, "normalizer": normalizer},
@@ -148,6 +149,12 @@ class ElasticsearchBackend(ClusterBackend):
 
         return ApiError
 
+    @property
+    def helpers(self) -> Any:
+        from elasticsearch import helpers
+
+        return helpers
+
     def _status(self, exc: BaseException) -> int | None:
         status = getattr(exc, "status_code", None)
         if status is None:
@@ -174,22 +181,9 @@ class ElasticsearchBackend(ClusterBackend):
             refresh_interval="-1" if loading else serving["refresh_interval"],
         )
 
-    def _streaming_bulk(self, actions: Iterable[dict[str, Any]]) -> Iterable[tuple[bool, dict[str, Any]]]:
-        from elasticsearch import helpers
-
-        return helpers.streaming_bulk(
-            self.client, actions, chunk_size=self.settings.bulk_docs, max_chunk_bytes=self.settings.bulk_bytes,
-            raise_on_error=False, raise_on_exception=False, max_retries=0,
-        )
-
     def similarity(self, score: float) -> float:
         # dot_product and cosine both score (1 + similarity) / 2 for unit vectors
         return 2.0 * score - 1.0
-
-    def _scan(self, index: str, body: dict[str, Any], size: int) -> Iterable[dict[str, Any]]:
-        from elasticsearch import helpers
-
-        return helpers.scan(self.client, index=index, query=body, size=size)
 
     def knn_body(self, vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None) -> dict[str, Any]:
         return es_knn_body(vector, k, num_candidates, flt)

@@ -1,4 +1,5 @@
-"""Bulk ingest through faults: the real pipeline, encoder and client against noida-db, with 429 storms, 5xx
+"""Bulk ingest through faults, on both engines: the real pipeline, encoder and client against noida-db
+(Elasticsearch) and osmem-server (OpenSearch), with 429 storms, 5xx
 and dropped connections injected around the client's transport. Every valid document must end up stored
 exactly once and the counts reported right; a fault that never clears stops the ingest resumably.
 """
@@ -11,11 +12,17 @@ import pytest
 
 from config.errors import IndexingError
 from config.settings import load_settings
-from faults import BulkFaults
+from faults import BulkFaults, OpenSearchBulkFaults
 from ingest.pipeline import run_ingest
 from ingest.sources import open_source
 from search.engines.elasticsearch import ElasticsearchBackend
-from servers import noida_elasticsearch
+from search.engines.opensearch import OpenSearchBackend
+from servers import noida_elasticsearch, osmem_opensearch
+
+ENGINES = {
+    "elasticsearch": (noida_elasticsearch, ElasticsearchBackend, BulkFaults),
+    "opensearch": (osmem_opensearch, OpenSearchBackend, OpenSearchBulkFaults),
+}
 
 pytestmark = pytest.mark.integration
 
@@ -23,10 +30,11 @@ DOCS = 300
 BAD = {"g7", "g150"}  # rejected by validation (empty text), must not be counted as stored
 
 
-@pytest.fixture(scope="module")
-def es_url(tmp_path_factory):
-    with noida_elasticsearch(tmp_path_factory.mktemp("noida-faults")) as url:
-        yield url
+@pytest.fixture(scope="module", params=sorted(ENGINES))
+def engine(request, tmp_path_factory):
+    start, backend_cls, faults_cls = ENGINES[request.param]
+    with start(tmp_path_factory.mktemp(f"{request.param}-faults")) as url:
+        yield request.param, url, backend_cls, faults_cls
 
 
 @pytest.fixture()
@@ -38,16 +46,17 @@ def corpus(tmp_path):
     return open_source(path)
 
 
-def _setup(es_url, tmp_path, attempts=8):
+def _setup(engine, tmp_path, attempts=8):
+    kind, url, backend_cls, faults_cls = engine
     settings = load_settings(overrides={
         "data_dir": str(tmp_path / "data"),
-        "backend": {"kind": "elasticsearch", "urls": es_url, "bulk_docs": 10, "bulk_attempts": attempts,
+        "backend": {"kind": kind, "urls": url, "bulk_docs": 10, "bulk_attempts": attempts,
                     "backoff_max": 4.0},
         "index": {"replicas": 0}, "ingest": {"batch_size": 100},
     })
     sleeps: list[float] = []
-    backend = ElasticsearchBackend(settings.backend, settings.index, sleep=sleeps.append)
-    return settings, backend, sleeps
+    backend = backend_cls(settings.backend, settings.index, sleep=sleeps.append)
+    return settings, backend, sleeps, faults_cls
 
 
 def _ids_stored_once(backend, alias):
@@ -57,14 +66,14 @@ def _ids_stored_once(backend, alias):
     return ids, len(ids) == len(set(ids))
 
 
-def test_every_fault_kind_during_bulk_loses_and_duplicates_nothing(es_url, tmp_path, corpus, encoder):
-    settings, backend, sleeps = _setup(es_url, tmp_path)
+def test_every_fault_kind_during_bulk_loses_and_duplicates_nothing(engine, tmp_path, corpus, encoder):
+    settings, backend, sleeps, faults_cls = _setup(engine, tmp_path)
     storm = ["storm429"] * 4  # a storm: four bulk requests in a row answered 429
     faults_in_order = storm + ["item429", "http502", "drop_after", "http503", "drop_before", "http504",
                                "item429", "drop_after"] + storm
     script = [step for fault in faults_in_order for step in (fault, None)]  # healthy answers in between
     with backend:
-        faults = BulkFaults(backend.client, script)
+        faults = faults_cls(backend.client, script)
         summary = run_ingest(corpus, backend, encoder, settings, alias="faulty")
         faults.restore()
         assert (summary.read, summary.stored, summary.rejected) == (DOCS, DOCS - len(BAD), len(BAD))
@@ -78,10 +87,10 @@ def test_every_fault_kind_during_bulk_loses_and_duplicates_nothing(es_url, tmp_p
         backend.drop_index("faulty")
 
 
-def test_a_fault_that_never_clears_stops_resumably(es_url, tmp_path, corpus, encoder):
-    settings, backend, _ = _setup(es_url, tmp_path, attempts=3)
+def test_a_fault_that_never_clears_stops_resumably(engine, tmp_path, corpus, encoder):
+    settings, backend, _, faults_cls = _setup(engine, tmp_path, attempts=3)
     with backend:
-        faults = BulkFaults(backend.client, ["http503"] * 1000)
+        faults = faults_cls(backend.client, ["http503"] * 1000)
         with pytest.raises(IndexingError, match="kept refusing .*rerun with --resume") as err:
             run_ingest(corpus, backend, encoder, settings, alias="outage")
         assert [f.reason for f in err.value.failed] == ["retryable error persisted"] * 100  # the whole first batch

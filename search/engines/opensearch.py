@@ -1,0 +1,222 @@
+"""The OpenSearch backend (2.19+ and 3.x) on the official ``opensearch-py`` client.
+
+Everything both engines agree on (connection errors, alias builds, resilient bulk, rejects, count check,
+duplicates access) comes from ``ClusterBackend``; this module holds what differs: ``index.knn`` with a
+``knn_vector`` field (lucene or faiss HNSW, optional fp16 scalar quantisation), the ``knn`` query with its
+filter inside, and server-side fusion through a ``hybrid`` query and a search pipeline that the backend
+creates or updates idempotently (``normalization-processor``: min_max or l2 with weighted arithmetic_mean;
+``score-ranker-processor`` RRF from 2.19). Without the neural-search plugin, or when the server refuses,
+``FusionUnsupported`` sends the searcher to client-side fusion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from config.errors import ConfigError, FusionUnsupported
+from search.backend import IndexSpec, ServerFusion
+from search.engines.cluster import (
+    SPEC_META_KEY,
+    TEXT_FIELDS,
+    VECTOR_FIELD,
+    ClusterBackend,
+    ServerInfo,
+    bm25_query,
+    metadata_dynamic_template,
+    parse_version,
+)
+from search.filters import METADATA_FIELD, Filter, to_query_dsl
+
+__all__ = ["OpenSearchBackend", "os_hybrid_query", "os_index_body", "os_knn_body", "os_pipeline_body"]
+
+KNN_PLUGIN = "opensearch-knn"
+NEURAL_PLUGIN = "opensearch-neural-search"
+SCORE_RANKER_SINCE = (2, 19, 0)
+PAGINATION_DEPTH_SINCE = (2, 19, 0)
+METHOD_PARAMETERS_SINCE = (2, 16, 0)
+NORMALIZATION = {"minmax": "min_max", "l2": "l2"}  # OpenSearch has no z-score technique
+
+
+def os_index_body(spec: IndexSpec, *, engine: str = "lucene", fp16: bool = False, ef_search: int = 100,
+                  replicas: int = 1, refresh_interval: str = "1s") -> dict[str, Any]:
+    """``index.knn`` settings and a mapping with analysed text, an HNSW ``knn_vector`` and keyword metadata."""
+    if fp16 and engine != "faiss":
+        raise ConfigError("the fp16 scalar-quantisation encoder needs the faiss engine: set opensearch_engine=faiss")
+    parameters: dict[str, Any] = {"m": spec.hnsw_m, "ef_construction": spec.hnsw_ef_construction}
+    if fp16:
+        parameters["encoder"] = {"name": "sq", "parameters": {"type": "fp16"}}
+    analyzer = "english" if spec.analyzer == "english" else "standard"
+    return {
+        "settings": {"index": {"knn": True, "knn.algo_param.ef_search": ef_search,
+                               "number_of_replicas": replicas, "refresh_interval": refresh_interval}},
+        "mappings": {
+            "_meta": {SPEC_META_KEY: spec.to_dict()},
+            "dynamic_templates": [metadata_dynamic_template()],
+            "properties": {
+                **{f: {"type": "text", "analyzer": analyzer} for f in TEXT_FIELDS},
+                VECTOR_FIELD: {
+                    "type": "knn_vector", "dimension": spec.dims,
+                    "space_type": "innerproduct" if spec.similarity == "dot_product" else "cosinesimil",
+                    "method": {"name": "hnsw", "engine": engine, "parameters": parameters},
+                },
+                METADATA_FIELD: {"type": "object"},
+            },
+        },
+    }
+
+
+def os_knn_query(vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None,
+                 version: tuple[int, int, int]) -> dict[str, Any]:
+    """The ``knn`` query; a filter goes inside it, so the engine filters while it searches the graph."""
+    clause: dict[str, Any] = {"vector": [float(x) for x in np.asarray(vector).ravel()], "k": k}
+    filters = to_query_dsl(flt)
+    if filters:
+        clause["filter"] = {"bool": {"filter": filters}}
+    if version >= METHOD_PARAMETERS_SINCE:
+        clause["method_parameters"] = {"ef_search": max(num_candidates, k)}
+    return {"knn": {VECTOR_FIELD: clause}}
+
+
+def os_knn_body(vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None,
+                version: tuple[int, int, int]) -> dict[str, Any]:
+    return {"size": k, "query": os_knn_query(vector, k, num_candidates, flt, version),
+            "_source": {"excludes": [VECTOR_FIELD]}}
+
+
+def os_pipeline_body(fusion: ServerFusion, version: tuple[int, int, int]) -> dict[str, Any]:
+    """The search pipeline that fuses a ``hybrid`` query's sub-query results."""
+    if fusion.method == "rrf":
+        if version < SCORE_RANKER_SINCE:
+            raise FusionUnsupported("RRF in a search pipeline needs OpenSearch 2.19+")
+        if fusion.bm25_weight != fusion.knn_weight:
+            raise FusionUnsupported("OpenSearch's score-ranker-processor has no per-query weights")
+        processor: dict[str, Any] = {"score-ranker-processor": {
+            "combination": {"technique": "rrf", "rank_constant": fusion.rrf_k}}}
+    elif fusion.method == "linear":
+        technique = NORMALIZATION.get(fusion.normalizer)
+        if technique is None:
+            raise FusionUnsupported(f"OpenSearch's normalization-processor has no {fusion.normalizer} technique")
+        total = fusion.bm25_weight + fusion.knn_weight
+        if total <= 0:
+            raise FusionUnsupported("fusion weights sum to zero")
+        weights = [fusion.bm25_weight / total, fusion.knn_weight / total]  # the processor wants them to sum to 1
+        processor = {"normalization-processor": {
+            "normalization": {"technique": technique},
+            "combination": {"technique": "arithmetic_mean", "parameters": {"weights": weights}}}}
+    else:
+        raise FusionUnsupported(f"unknown fusion {fusion.method!r}")
+    return {"description": "hybrid-search: BM25 + kNN fusion", "phase_results_processors": [processor]}
+
+
+def os_hybrid_query(query: str, vector: np.ndarray, k: int, *, bm25_depth: int, knn_depth: int,
+                    num_candidates: int, flt: Filter | None, version: tuple[int, int, int]) -> dict[str, Any]:
+    """The ``hybrid`` search body; ``pagination_depth`` bounds each sub-query's results (2.19+)."""
+    hybrid: dict[str, Any] = {"queries": [bm25_query(query, flt),
+                                          os_knn_query(vector, knn_depth, num_candidates, flt, version)]}
+    if version >= PAGINATION_DEPTH_SINCE:
+        hybrid["pagination_depth"] = max(bm25_depth, knn_depth, k)
+    return {"size": k, "query": {"hybrid": hybrid}, "_source": {"excludes": [VECTOR_FIELD]}}
+
+
+def pipeline_name(body: dict[str, Any]) -> str:
+    digest = hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+    return f"hybrid-search-{digest}"
+
+
+class OpenSearchBackend(ClusterBackend):
+    """``--backend opensearch``: see the module docstring."""
+
+    name = "opensearch"
+    distribution = "opensearch"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pipelines: set[str] = set()
+
+    def _make_client(self) -> Any:
+        from opensearchpy import OpenSearch
+
+        s = self.settings
+        kwargs: dict[str, Any] = {"timeout": s.request_timeout, "max_retries": s.max_retries,
+                                  "retry_on_timeout": True, "verify_certs": s.verify_certs}
+        auth = self._auth()
+        if "basic_auth" in auth:
+            kwargs["http_auth"] = auth["basic_auth"]
+        elif "api_key" in auth:
+            kwargs["headers"] = {"Authorization": f"ApiKey {auth['api_key']}"}
+        if s.ca_certs:
+            kwargs["ca_certs"] = str(s.ca_certs)
+        return OpenSearch(hosts=list(s.urls), **kwargs)
+
+    @property
+    def connection_errors(self) -> tuple[type[BaseException], ...]:  # type: ignore[override]
+        from opensearchpy import ConnectionError, ConnectionTimeout, SSLError
+
+        return (ConnectionError, ConnectionTimeout, SSLError)
+
+    @property
+    def api_error(self) -> type[BaseException]:  # type: ignore[override]
+        from opensearchpy import TransportError
+
+        return TransportError
+
+    @property
+    def helpers(self) -> Any:
+        from opensearchpy import helpers
+
+        return helpers
+
+    def _status(self, exc: BaseException) -> int | None:
+        status = getattr(exc, "status_code", None)
+        return status if isinstance(status, int) else None
+
+    def _probe(self) -> ServerInfo:
+        version = self.client.info()["version"]
+        plugins = frozenset(p.get("component", "") for p in self.client.cat.plugins(format="json"))
+        return ServerInfo(distribution=version.get("distribution", "elasticsearch"),
+                          version=parse_version(version["number"]), plugins=plugins)
+
+    def index_body(self, spec: IndexSpec, *, loading: bool) -> dict[str, Any]:
+        s = self.index_settings
+        serving = self._serving_settings()["index"]
+        return os_index_body(spec, engine=s.opensearch_engine, fp16=s.opensearch_fp16, ef_search=s.hnsw_ef_search,
+                             replicas=0 if loading else serving["number_of_replicas"],
+                             refresh_interval="-1" if loading else serving["refresh_interval"])
+
+    def similarity(self, score: float) -> float:
+        # innerproduct (the space for normalised models) scores d + 1 for d >= 0 and 1 / (1 - d) below
+        if score >= 1.0:
+            return score - 1.0
+        return 1.0 - 1.0 / score if score > 0 else -1.0
+
+    def knn_body(self, vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None) -> dict[str, Any]:
+        return os_knn_body(vector, k, num_candidates, flt, self.server.version)
+
+    def hybrid_body(self, query: str, vector: np.ndarray, k: int, *, bm25_depth: int, knn_depth: int,
+                    num_candidates: int, fusion: ServerFusion, flt: Filter | None) -> dict[str, Any]:
+        if NEURAL_PLUGIN not in self.server.plugins:
+            raise FusionUnsupported(f"OpenSearch at {self.urls_text} has no neural-search plugin")
+        pipeline = os_pipeline_body(fusion, self.server.version)
+        name = pipeline_name(pipeline)
+        if name not in self._pipelines:  # PUT is idempotent; once per process is enough
+            self._call("put search pipeline", self.client.transport.perform_request, "PUT",
+                       f"/_search/pipeline/{name}", body=pipeline)
+            self._pipelines.add(name)
+        body = os_hybrid_query(query, vector, k, bm25_depth=bm25_depth, knn_depth=knn_depth,
+                               num_candidates=num_candidates, flt=flt, version=self.server.version)
+        return {"pipeline": name, "body": body}
+
+    def _hybrid_search(self, index: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        from config.errors import QueryError
+
+        try:
+            response = self._call("hybrid search", self.client.search, index=index, body=body["body"],
+                                  params={"search_pipeline": body["pipeline"]})
+        except self.api_error as exc:
+            raise QueryError(f"opensearch rejected the hybrid search on {index!r}: {exc}") from exc
+        return response["hits"]["hits"]

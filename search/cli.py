@@ -322,10 +322,6 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     settings = _settings(args)
     index = settings.index.name
     with open_backend(settings) as backend:
-        if not hasattr(backend, "knn_batch"):
-            from config.errors import ConfigError
-
-            raise ConfigError(f"the {backend.name} backend cannot mine duplicates: use embedded or elasticsearch")
         total = backend.count(index)
         confirm = None
         if args.confirm:

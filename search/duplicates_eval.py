@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from config.errors import SourceError
 from config.settings import Settings
 from search.duplicates import PairScoring, average_precision, best_f1, mine_duplicates
@@ -76,8 +78,6 @@ def run_duplicates_eval(pairs_csv: str | Path, settings: Settings, *, top_k: int
         to_confirm = [k for k in ours if k in labelled_keys]
         start = time.perf_counter()
         logits = reranker.score_pairs([(questions[a], questions[b]) for a, b in to_confirm])
-        import numpy as np
-
         confirmed = dict(zip(to_confirm, (1.0 / (1.0 + np.exp(-logits))).tolist()))
         results.append(_scoring("hybrid-search + cross-encoder confirmation", confirmed, labelled,
                                 results[0].seconds + time.perf_counter() - start))

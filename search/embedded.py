@@ -352,12 +352,16 @@ class _PhysicalIndex:
             selector = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
         else:
             selector = self._not_dead_selector()
-        params_kw: dict[str, Any] = {"efSearch": max(num_candidates, k, self.ef_search)}
-        if selector is not None:
-            params_kw["sel"] = selector
-        scores, keys = self.vectors.search(query, k, params=faiss.SearchParametersHNSW(**params_kw))
+        scores, keys = self._graph_search(query, k, num_candidates, selector)
         found = [(int(key), float(s)) for key, s in zip(keys[0], scores[0]) if key >= 0]
         return self._knn_hits(found)
+
+    def _graph_search(self, queries: np.ndarray, k: int, num_candidates: int, selector: Any) -> tuple[Any, Any]:
+        """One HNSW search of one or many queries; ``selector`` limits the candidates (None: all)."""
+        params: dict[str, Any] = {"efSearch": max(num_candidates, k, self.ef_search)}
+        if selector is not None:
+            params["sel"] = selector
+        return self.vectors.search(queries, k, params=faiss.SearchParametersHNSW(**params))
 
     def _exact_knn(self, query: np.ndarray, keys: Sequence[int], k: int) -> list[Hit]:
         if not keys:
@@ -384,6 +388,15 @@ class _PhysicalIndex:
             self._dead_selector = (self._dead_epoch, faiss.IDSelectorNot(batch) if batch else None, batch)
         return self._dead_selector[1]
 
+    def _ids_by_key(self, keys: Sequence[int]) -> dict[int, str]:
+        """Row key -> doc id, reading nothing else (mining needs ids, not texts)."""
+        out: dict[int, str] = {}
+        for i in range(0, len(keys), _SQL_CHUNK):
+            part = list(keys[i : i + _SQL_CHUNK])
+            sql = f"SELECT key, doc_id FROM docs WHERE key IN ({','.join('?' * len(part))})"
+            out.update(self.db.execute(sql, part).fetchall())
+        return out
+
     def _rows_by(self, column: str, values: Sequence[Any], with_vector: bool = False) -> dict[Any, tuple]:
         cols = "key, doc_id, title, text, metadata" + (", vector" if with_vector else "")
         out: dict[Any, tuple] = {}
@@ -405,13 +418,8 @@ class _PhysicalIndex:
     def knn_batch(self, vectors: np.ndarray, k: int, num_candidates: int) -> list[list[tuple[str, float]]]:
         """Nearest neighbours of many vectors in one faiss call (threads over queries), as (doc id, score)."""
         query = np.ascontiguousarray(vectors, dtype=np.float32)
-        params: dict[str, Any] = {"efSearch": max(num_candidates, k, self.ef_search)}
-        selector = self._not_dead_selector()
-        if selector is not None:
-            params["sel"] = selector
-        scores, keys = self.vectors.search(query, k, params=faiss.SearchParametersHNSW(**params))
-        found = {int(x) for x in keys.ravel() if x >= 0}
-        ids = {key: row[1] for key, row in self._rows_by("key", sorted(found)).items()}
+        scores, keys = self._graph_search(query, k, num_candidates, self._not_dead_selector())
+        ids = self._ids_by_key(sorted({int(x) for x in keys.ravel() if x >= 0}))
         return [[(ids[int(key)], float(sc)) for key, sc in zip(krow, srow) if key >= 0 and int(key) in ids]
                 for krow, srow in zip(keys, scores)]
 

@@ -106,7 +106,6 @@ class ClusterBackend(ABC):
 
     name = "cluster"
     distribution = ""
-    default_port = 9200
 
     def __init__(self, settings: BackendSettings, index_settings: IndexSettings | None = None, *,
                  sleep: Callable[[float], None] = time.sleep) -> None:
@@ -255,9 +254,10 @@ class ClusterBackend(ABC):
         self._call("restore settings", self.client.indices.put_settings, index=physical,
                    body=self._serving_settings())
         self.refresh(physical)
-        previous = [p for p in self._alias_targets(alias) if p != physical]
-        plain = not previous and self._call("index exists", self.client.indices.exists, index=alias) and \
-            not self._call("alias exists", self.client.indices.exists_alias, name=alias)
+        targets = self._alias_targets(alias)
+        previous = [p for p in targets if p != physical]
+        # no alias of that name, but an index: a plain index built before gives way to the alias
+        plain = not targets and self._call("index exists", self.client.indices.exists, index=alias)
         body = alias_actions(alias, physical, previous, replace_index=bool(plain))
         self._call("swap alias", self.client.indices.update_aliases, body=body)
         for old in previous:
@@ -364,10 +364,12 @@ class ClusterBackend(ABC):
                           store_bytes=int(size))
 
     # --- search -----------------------------------------------------------------------------------
-    def _search(self, index: str, body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def _search(self, index: str, body: Mapping[str, Any], params: Mapping[str, str] | None = None
+                ) -> list[dict[str, Any]]:
         self.server  # noqa: B018
+        extra = {"params": dict(params)} if params else {}
         try:
-            response = self._call("search", self.client.search, index=index, body=dict(body))
+            response = self._call("search", self.client.search, index=index, body=dict(body), **extra)
         except self.api_error as exc:
             raise QueryError(f"{self.name} rejected the search on {index!r}: {_reason(exc)}") from exc
         return response["hits"]["hits"]

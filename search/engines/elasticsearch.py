@@ -9,7 +9,6 @@ Request bodies are built by the pure functions below, so tests can check each ag
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np

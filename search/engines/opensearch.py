@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -212,11 +211,4 @@ class OpenSearchBackend(ClusterBackend):
         return {"pipeline": name, "body": body}
 
     def _hybrid_search(self, index: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-        from config.errors import QueryError
-
-        try:
-            response = self._call("hybrid search", self.client.search, index=index, body=body["body"],
-                                  params={"search_pipeline": body["pipeline"]})
-        except self.api_error as exc:
-            raise QueryError(f"opensearch rejected the hybrid search on {index!r}: {exc}") from exc
-        return response["hits"]["hits"]
+        return self._search(index, body["body"], params={"search_pipeline": body["pipeline"]})

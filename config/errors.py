@@ -12,7 +12,8 @@ the traceback). Engine and library errors are wrapped with ``raise ... from exc`
     ├── IndexNotFound          searching or counting an index that does not exist
     ├── IndexingError          documents were not stored; carries the failed items
     ├── FusionUnsupported      the server cannot fuse this way; callers fall back to client-side fusion
-    └── QueryError             a query was rejected
+    ├── QueryError             a query was rejected
+    └── DashboardsError        Kibana / OpenSearch Dashboards refused the saved objects
 
 Nothing here imports anything heavy, and nothing here logs.
 """
@@ -26,6 +27,7 @@ __all__ = [
     "BackendUnavailable",
     "BadRecordError",
     "ConfigError",
+    "DashboardsError",
     "FailedItem",
     "FusionUnsupported",
     "HybridSearchError",
@@ -62,6 +64,10 @@ class IndexNotFound(HybridSearchError):
 
 class QueryError(HybridSearchError):
     """The backend rejected a query."""
+
+
+class DashboardsError(HybridSearchError):
+    """Kibana or OpenSearch Dashboards could not be reached, or refused some saved objects."""
 
 
 class FusionUnsupported(HybridSearchError):

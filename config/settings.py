@@ -27,6 +27,7 @@ __all__ = [
     "BackendSettings",
     "IndexSettings",
     "IngestSettings",
+    "LogSettings",
     "ModelSettings",
     "SearchSettings",
     "Secret",
@@ -122,6 +123,18 @@ class SearchSettings(_Section):
     server_fusion: bool = True  # let an engine fuse when it can; client-side otherwise
 
 
+class LogSettings(_Section):
+    """What the application records in ``<index>-queries`` and ``<index>-ingest`` for Kibana / Dashboards."""
+
+    queries: bool = False  # record every search in <index>-queries
+    query_text: bool = True  # False keeps query text out of the log (privacy); everything else is kept
+    ingest: bool = True  # write one summary document per ingest run to <index>-ingest
+    queue_size: int = Field(default=10_000, ge=1)  # entries waiting for the writer; more are dropped, counted
+    batch_size: int = Field(default=500, ge=1)  # entries per bulk write
+    flush_seconds: float = Field(default=1.0, gt=0)  # longest an entry waits before it is written
+    close_seconds: float = Field(default=10.0, ge=0)  # how long close() waits for the writer to drain
+
+
 class BackendSettings(_Section):
     """Which backend to use and how to reach it. Credentials are named, never stored."""
 
@@ -180,6 +193,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     search: SearchSettings = SearchSettings()
     backend: BackendSettings = BackendSettings()
+    logs: LogSettings = LogSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -230,6 +230,11 @@ class Encoder:
             )
         return model.to(self.device).eval()
 
+    def load(self) -> None:
+        """Load the tokenizer and weights now, so the first batch's timing is encoding alone."""
+        self._tokenizer  # noqa: B018
+        self._model  # noqa: B018
+
     # --- encoding ---------------------------------------------------------------------------------
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
         prompt = self.prompts[0]

@@ -25,6 +25,7 @@ from config.settings import Settings
 from ingest.sources import CorpusSource
 from ingest.validate import Document, Reject, RejectsFile, validate
 from search.backend import Backend, IndexedDocument, IndexSpec
+from search.logs import INGEST_LOG_MAPPING, ingest_log_doc, ingest_log_index, now_iso
 
 if TYPE_CHECKING:
     from ingest.encoder import Encoder
@@ -51,6 +52,7 @@ class IngestSummary:
     upsert_seconds: float
     rejects_path: str
     resumed: bool
+    encoded: int = 0  # documents encoded and upserted by this run (after a resume, fewer than stored)
 
     @property
     def docs_per_s(self) -> float:
@@ -112,6 +114,7 @@ class _Run:
     def __init__(self, ckpt: Checkpoint, ckpt_path: Path, rejects: RejectsFile) -> None:
         self.ckpt, self.ckpt_path, self.rejects = ckpt, ckpt_path, rejects
         self.encode_s = self.upsert_s = 0.0
+        self.encoded = 0
         self.started = time.perf_counter()
 
     def commit(self, position: int, read: int, rejected: Sequence[Reject], truncated: int) -> None:
@@ -137,8 +140,49 @@ def run_ingest(
     resume: bool = False,
     progress: bool = False,
 ) -> IngestSummary:
-    """Build (or with ``resume``, finish) ``alias`` from ``source``; see the module docstring."""
+    """Build (or with ``resume``, finish) ``alias`` from ``source``; see the module docstring.
+
+    Every run, finished or failed, leaves one summary document in ``<alias>-ingest`` (``settings.logs``).
+    """
+    started = now_iso()
+    try:
+        summary = _run_ingest(source, backend, encoder, settings, alias=alias, resume=resume, progress=progress)
+    except BaseException as exc:
+        _log_run(backend, settings, None, alias, source.name, encoder.model_name, started,
+                 error=f"{type(exc).__name__}: {exc}")
+        raise
+    _log_run(backend, settings, summary, alias, source.name, encoder.model_name, started)
+    return summary
+
+
+def _log_run(backend: Backend, settings: Settings, summary: IngestSummary | None, alias: str, source: str,
+             model: str, started: str, error: str | None = None) -> None:
+    """Write the run's summary document; a log that cannot be written is a warning, never a failed ingest."""
+    if not settings.logs.ingest:
+        return
+    name = ingest_log_index(alias)
+    doc = ingest_log_doc(summary, backend=backend.name, started_at=started, alias=alias, source=source,
+                         model=model, error=error)
+    try:
+        sink = backend.log_sink()
+        sink.ensure(name, INGEST_LOG_MAPPING)
+        sink.append(name, [doc], refresh=True)
+    except Exception as exc:
+        log.warning("the ingest summary was not written to %s (%s): %s", name, exc, json.dumps(doc))
+
+
+def _run_ingest(
+    source: CorpusSource,
+    backend: Backend,
+    encoder: Encoder,
+    settings: Settings,
+    *,
+    alias: str,
+    resume: bool,
+    progress: bool,
+) -> IngestSummary:
     spec = index_spec_for(encoder, settings)
+    encoder.load()  # model loading is not encode time
     ckpt_path = Checkpoint.path_for(settings.data_dir, alias)
     ckpt, resumed = _start(backend, spec, ckpt_path, alias, source.name, encoder.model_name, resume)
     rejects_path = settings.data_dir / "rejects" / f"{alias}.jsonl"
@@ -214,6 +258,7 @@ def _store(
         t = time.perf_counter()
         encoded = encoder.encode_documents([d.passage for d in batch])
         run.encode_s += time.perf_counter() - t
+        run.encoded += len(batch)
         truncated = encoded.truncated
         docs = [IndexedDocument(d.doc_id, d.title, d.text, encoded.vectors[i], d.metadata)
                 for i, d in enumerate(batch)]
@@ -248,5 +293,5 @@ def _finish(backend: Backend, run: _Run, alias: str, rejects_path: Path, resumed
     return IngestSummary(
         alias=alias, physical=c.physical, source=c.source, model=c.model, read=c.read, stored=stored,
         rejected=c.rejected, truncated=c.truncated, seconds=seconds, encode_seconds=run.encode_s,
-        upsert_seconds=run.upsert_s, rejects_path=str(rejects_path), resumed=resumed,
+        upsert_seconds=run.upsert_s, rejects_path=str(rejects_path), resumed=resumed, encoded=run.encoded,
     )

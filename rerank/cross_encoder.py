@@ -45,7 +45,8 @@ def rerank_hits(reranker: Reranker, query: str, hits: Sequence[Hit], depth: int)
     """Reorder the first ``depth`` hits by cross-encoder score; the rest keep their order after them.
 
     Reranked hits take the rerank score as their final ``score``; the tail keeps its previous score, so
-    ``rank`` (not ``score``) is the order across the boundary.
+    ``rank`` (not ``score``) is the order across the boundary. Every hit keeps the rank it had before in
+    ``rank_before_rerank``, so the change the reranker made can be reported.
     """
     head, tail = list(hits[:depth]), list(hits[depth:])
     if not head:
@@ -53,10 +54,12 @@ def rerank_hits(reranker: Reranker, query: str, hits: Sequence[Hit], depth: int)
     scores = reranker.score(query, [_passage(h) for h in head])
     order = sorted(range(len(head)), key=lambda i: (-float(scores[i]), head[i].rank))
     reranked = [
-        dataclasses.replace(head[i], rank=r, score=float(scores[i]), rerank_score=float(scores[i]))
+        dataclasses.replace(head[i], rank=r, score=float(scores[i]), rerank_score=float(scores[i]),
+                            rank_before_rerank=head[i].rank)
         for r, i in enumerate(order, start=1)
     ]
-    return reranked + [dataclasses.replace(h, rank=len(head) + r) for r, h in enumerate(tail, start=1)]
+    return reranked + [dataclasses.replace(h, rank=len(head) + r, rank_before_rerank=h.rank)
+                       for r, h in enumerate(tail, start=1)]
 
 
 class CrossEncoderReranker:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from config.settings import Settings
+    from search.logs import LogSink
 
 __all__ = [
     "Backend",
@@ -73,13 +74,15 @@ class BulkResult:
 
 @dataclass(frozen=True, slots=True)
 class IndexStats:
-    """What ``inspect`` shows about an index."""
+    """What ``inspect`` shows about an index. ``alias`` is empty when the name is a plain index."""
 
     alias: str
     physical: str
     count: int
     spec: IndexSpec | None
     store_bytes: int | None = None
+    vector: Mapping[str, Any] = field(default_factory=dict)  # the vector field's type, similarity, HNSW options
+    fields: Mapping[str, str] = field(default_factory=dict)  # field path -> type, as the engine maps it
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +154,9 @@ class Backend(Protocol):
         """Delete the index (and an alias of that name with its physical index)."""
 
     def stats(self, index: str) -> IndexStats: ...
+
+    def log_sink(self) -> LogSink:
+        """Where this backend keeps the query and ingest logs (``search.logs``)."""
 
     def close(self) -> None: ...
 

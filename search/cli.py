@@ -58,6 +58,13 @@ def _ingest_knobs(p: argparse.ArgumentParser) -> None:
     g.add_argument("--metadata-fields", default="", help="comma-separated fields kept as filterable metadata")
 
 
+def _log_knobs(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("query log")
+    g.add_argument("--log-queries", action="store_true", default=None,
+                   help="record each search in <index>-queries (also HYBRID_SEARCH_LOGS__QUERIES=true)")
+    g.add_argument("--no-query-text", action="store_true", help="log searches without their query text")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hybrid-search",
@@ -81,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="metadata filter; repeat for AND, separate values by | for any-of")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _search_knobs(p)
+    _log_knobs(p)
     _common(p)
 
     p = sub.add_parser("eval", help="measure nDCG@10, Recall@100, MRR@10 and latency per mode")
@@ -94,7 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not drop documents whose id equals the query id (BEIR drops them)")
     _search_knobs(p)
     _ingest_knobs(p)
+    _log_knobs(p)
     _common(p)
+
+    p = sub.add_parser("inspect", help="show an index: alias, size, vector field, mapping, last ingest, query log")
+    p.add_argument("--index")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _common(p)
+
+    p = sub.add_parser("dashboards", help="Kibana / OpenSearch Dashboards saved objects")
+    dsub = p.add_subparsers(dest="dashboards_command", required=True, metavar="ACTION")
+    d = dsub.add_parser("install", help="import the data views, visualizations and dashboard (overwrites)")
+    where = d.add_mutually_exclusive_group(required=True)
+    where.add_argument("--kibana-url", help="Kibana, e.g. http://localhost:5601")
+    where.add_argument("--dashboards-url", help="OpenSearch Dashboards, e.g. http://localhost:5602")
+    d.add_argument("--index", help="corpus alias the objects are for (its -queries and -ingest logs too)")
+    d.add_argument("--space", help="Kibana space (default: the default space)")
+    d.add_argument("--username", help="user for basic auth; the password comes from HYBRID_SEARCH_PASSWORD")
+    _common(d)
 
     p = sub.add_parser("duplicates", help="mine near-duplicate document pairs from an index's vectors")
     p.add_argument("--index")
@@ -137,9 +162,10 @@ def _settings(args: argparse.Namespace) -> Any:
         rerank = True if in_mode else rerank
     overrides = {
         "data_dir": g.get("data_dir"),
-        "backend": {"kind": g.get("backend"), "urls": g.get("url")},
+        "backend": {"kind": g.get("backend"), "urls": g.get("url"), "username": g.get("username")},
         "models": {"bi_encoder": g.get("model"), "cross_encoder": g.get("cross_encoder"), "device": g.get("device")},
         "index": {"name": g.get("index"), "analyzer": g.get("analyzer")},
+        "logs": {"queries": g.get("log_queries"), "query_text": False if g.get("no_query_text") else None},
         "ingest": {"batch_size": g.get("batch_size") if args.command != "bench" else None, "strict": g.get("strict")},
         "search": {
             "fusion": g.get("fusion"), "rrf_k": g.get("rrf_k"), "normalizer": g.get("normalizer"),
@@ -198,6 +224,24 @@ def _ingest(settings: Any, source: Any, backend: Any, encoder: Any, resume: bool
     return summary
 
 
+def _query_log(settings: Any, backend: Any) -> Any:
+    if not settings.logs.queries:
+        return None
+    from search.logs import QueryLog
+
+    return QueryLog(backend.log_sink(), index=settings.index.name, backend=backend.name, settings=settings.logs)
+
+
+def _close_searcher(searcher: Any) -> None:
+    """Close the searcher; say where the query log went and what it could not write."""
+    query_log = searcher.query_log
+    searcher.close()
+    if query_log is not None:
+        s = query_log.stats
+        print(f"query log {query_log.name} at {query_log.sink.location}: {s.written} written, {s.dropped} dropped, "
+              f"{s.failed} failed of {s.recorded}", file=sys.stderr)
+
+
 # --- commands -------------------------------------------------------------------------------------
 def cmd_ingest(args: argparse.Namespace) -> int:
     from ingest.sources import open_source
@@ -235,12 +279,12 @@ def cmd_search(args: argparse.Namespace) -> int:
             backend, index=settings.index.name,
             encoder=_encoder(settings) if base != "bm25" else None,
             reranker=_reranker(settings) if needs_rerank else None,
-            settings=settings.search,
+            settings=settings.search, query_log=_query_log(settings, backend),
         )
         flt = _parse_filters(args.filter)
         searcher.warm_up()  # model loading is not part of the reported search time
         result = searcher.search(args.query, flt=flt)
-        searcher.close()
+        _close_searcher(searcher)
     if args.json:
         from dataclasses import asdict
 
@@ -278,10 +322,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         searcher = HybridSearcher(
             backend, index=settings.index.name, encoder=encoder,
             reranker=_reranker(settings) if any(r for _, r in parsed) else None, settings=settings.search,
+            query_log=_query_log(settings, backend),
         )
         report = evaluate(searcher, queries, query_set.qrels, modes,
                           ignore_identical_ids=not args.keep_identical_ids, progress=not args.quiet)
-        searcher.close()
+        _close_searcher(searcher)
     print(report.table())
     if args.json_out:
         payload = report.to_dict()
@@ -346,8 +391,32 @@ def cmd_duplicates_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from search.backend import open_backend
+    from search.inspection import inspect_index
+
+    settings = _settings(args)
+    with open_backend(settings) as backend:
+        report = inspect_index(backend, settings.index.name)
+    print(report.to_json() if args.json else report.table())
+    return 0
+
+
+def cmd_dashboards(args: argparse.Namespace) -> int:
+    from search.dashboards import PRODUCTS, install_saved_objects
+
+    settings = _settings(args)
+    product, url = ("kibana", args.kibana_url) if args.kibana_url else ("opensearch-dashboards", args.dashboards_url)
+    result = install_saved_objects(url, product, settings.index.name, settings=settings.backend, space=args.space)
+    base = url.rstrip("/") + (f"/s/{args.space}" if args.space else "")
+    print(f"imported {len(result.objects)} saved objects into {PRODUCTS[product].title} for {result.alias} "
+          f"(and {result.alias}-queries, {result.alias}-ingest); open {base}/app/dashboards#/view/{result.dashboard_id}")
+    return 0
+
+
 COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "eval": cmd_eval, "bench": cmd_bench,
-            "duplicates": cmd_duplicates, "duplicates-eval": cmd_duplicates_eval}
+            "duplicates": cmd_duplicates, "duplicates-eval": cmd_duplicates_eval, "inspect": cmd_inspect,
+            "dashboards": cmd_dashboards}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,6 +38,7 @@ from config.errors import ConfigError, FailedItem, FusionUnsupported, IndexNotFo
 from search.backend import BulkResult, IndexedDocument, IndexSpec, IndexStats, ServerFusion
 from search.filters import METADATA_FIELD, Filter, clauses, to_sql
 from search.hits import Hit
+from search.logs import JsonlLogSink
 
 __all__ = ["EmbeddedBackend"]
 
@@ -572,8 +573,19 @@ class EmbeddedBackend:
 
     def stats(self, index: str) -> IndexStats:
         idx = self._get(index)
-        return IndexStats(alias=index, physical=idx.path.name, count=idx.count(), spec=idx.spec,
-                          store_bytes=idx.store_bytes())
+        spec = idx.spec
+        vector = {"type": "faiss IndexHNSWFlat", "dims": spec.dims, "metric": "inner_product",
+                  "similarity": spec.similarity, "m": spec.hnsw_m, "ef_construction": spec.hnsw_ef_construction,
+                  "ef_search": self.ef_search, "vectors_in_graph": idx.vectors.ntotal,
+                  "tombstones": idx._dead_count()}
+        fields = {"title": f"text (tantivy, {spec.analyzer})", "text": f"text (tantivy, {spec.analyzer})",
+                  "vector": f"float32[{spec.dims}] (SQLite + faiss HNSW)", METADATA_FIELD: "json (tantivy raw terms)"}
+        return IndexStats(alias=index if index in self._aliases() else "", physical=idx.path.name,
+                          count=idx.count(), spec=spec, store_bytes=idx.store_bytes(), vector=vector, fields=fields)
+
+    def log_sink(self) -> JsonlLogSink:
+        """Query and ingest logs as JSONL files under ``data_dir/logs`` (each with its mapping beside it)."""
+        return JsonlLogSink(self.data_dir / "logs")
 
     def iter_vectors(self, index: str, batch: int = 10_000) -> Iterable[tuple[list[str], np.ndarray]]:
         """Stored vectors straight from disk, for corpus-wide jobs such as duplicate mining."""

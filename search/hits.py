@@ -27,6 +27,12 @@ class Hit:
     knn_score: float | None = None
     fusion_score: float | None = None
     rerank_score: float | None = None
+    rank_before_rerank: int | None = None  # the rank the reranker started from, when it ran
+
+    @property
+    def rank_change(self) -> int | None:
+        """Places the reranker moved this hit: positive promoted, negative demoted, ``None`` if it did not run."""
+        return None if self.rank_before_rerank is None else self.rank_before_rerank - self.rank
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +44,7 @@ class SearchResult:
     hits: tuple[Hit, ...]
     timings_ms: Mapping[str, float] = field(default_factory=dict)
     fusion_location: str | None = None  # "server" or "client" for hybrid modes
+    total_hits: int | None = None  # candidates the first stage returned (up to its depth), before the top-k cut
 
     @property
     def doc_ids(self) -> list[str]:

@@ -2,7 +2,8 @@
 
 Modes are ``bm25``, ``knn`` and ``hybrid``, each optionally ``+rerank``. Hybrid fusion runs on the server
 when the backend can do it and the settings allow it; when the backend raises ``FusionUnsupported`` the
-searcher fuses in the client and logs that once per backend and method. Every stage is timed.
+searcher fuses in the client and logs that once per backend and method. Every stage is timed, and with a
+``QueryLog`` each result is handed to a background writer that can never slow down or fail the search.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
     from ingest.encoder import Encoder
     from rerank.cross_encoder import Reranker
+    from search.logs import QueryLog
 
 __all__ = ["BASE_MODES", "HybridSearcher", "parse_mode"]
 
@@ -56,12 +58,14 @@ class HybridSearcher:
         encoder: Encoder | None = None,
         reranker: Reranker | None = None,
         settings: SearchSettings | None = None,
+        query_log: QueryLog | None = None,
     ) -> None:
         self.backend = backend
         self.index = index
         self.encoder = encoder
         self.reranker = reranker
         self.settings = settings or SearchSettings()
+        self.query_log = query_log
         self._fallback_logged: set[str] = set()
 
     def search(
@@ -93,12 +97,16 @@ class HybridSearcher:
             hits = self._knn(vector, depth, flt, timings)
         else:
             hits, location = self._hybrid(query, vector, depth, flt, timings)
+        candidates = len(hits)
         if do_rerank:
             hits = self._rerank(query, hits, timings)
         timings["total"] = _ms(start)
         label = base + ("+rerank" if do_rerank else "")
-        return SearchResult(query=query, mode=label, hits=tuple(hits[:top_k]), timings_ms=timings,
-                            fusion_location=location)
+        result = SearchResult(query=query, mode=label, hits=tuple(hits[:top_k]), timings_ms=timings,
+                              fusion_location=location, total_hits=candidates)
+        if self.query_log is not None:
+            self.query_log.record(result, top_k=top_k, filtered=bool(flt))  # never blocks, never raises
+        return result
 
     # --- stages -----------------------------------------------------------------------------------
     def _encode(self, query: str, timings: dict[str, float]) -> np.ndarray:
@@ -190,7 +198,9 @@ class HybridSearcher:
             self.reranker.score("warm up", ["warm up"])
 
     def close(self) -> None:
-        """Close the encoder and reranker this searcher holds (not the backend, which the caller owns)."""
+        """Drain the query log and close the encoder and reranker (not the backend, which the caller owns)."""
+        if self.query_log is not None:
+            self.query_log.close()
         for part in (self.encoder, self.reranker):
             if part is not None:
                 part.close()

@@ -11,7 +11,9 @@ rewrites a copy of the whole document before validating with ``jsonschema`` (dra
    points at the field that is wrong rather than at every alternative.
 
 Bodies are built in the long forms the specifications describe (``{"term": {"f": {"value": v}}}``), so the
-shorthand forms the specifications lack need no special case.
+shorthand forms the specifications lack need no special case. One form has no long twin: a field sort
+(``{"@timestamp": {"order": "desc"}}``). The Elasticsearch TypeScript spec declares it as ``SortOptions``'
+field-keyed entries, which its OpenAPI output drops, so the loader restores them (``FIELD_SORTS``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,15 @@ _KEYED = {"properties", "additionalProperties", "patternProperties"}
 # Components whose bare ``{"type": "object"}`` branch stands for a map keyed by field name (the generator
 # lost its value type); everywhere else a bare branch adds nothing and unknown keys stay refused.
 FIELD_MAPS = {"_types.query_dsl:TermsQuery", "_types.query_dsl.TermsQuery"}
+
+
+# ``SortOptions`` keyed by a field name: what the Elasticsearch OpenAPI output lost (OpenSearch has it).
+FIELD_SORTS = {"_types:SortOptions": {
+    "type": "object",
+    "properties": {"order": {"$ref": "#/components/schemas/_types:SortOrder"}, "missing": {},
+                   "mode": {"$ref": "#/components/schemas/_types:SortMode"}, "unmapped_type": {"type": "string"}},
+    "additionalProperties": False,
+}}
 
 
 def _one_of_keys(node: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +96,10 @@ def _rewrite(node: Any, *, branch: bool = False) -> Any:
             for name, ref in disc["mapping"].items()
         ]
         out.setdefault("properties", {})[prop] = {"enum": sorted(disc["mapping"])}
-        out.setdefault("required", [prop])
+        if disc.get("x-default"):  # the discriminator may be left out: then the default alternative applies
+            out["allOf"].append({"if": {"not": {"required": [prop]}}, "then": {"$ref": disc["x-default"]}})
+        else:
+            out.setdefault("required", [prop])
     if branch:
         return _one_of_keys(out)
     if out.get("type") == "object" and not _KEYED & set(out) and "allOf" not in out and "anyOf" not in out:
@@ -116,12 +130,48 @@ def _load(path: Path) -> dict[str, Any]:
     return yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
+def _discriminant(schemas: dict[str, Any], ref: str, prop: str) -> tuple[list[str], bool]:
+    """The values ``prop`` may take in the component ``ref`` points at, and whether it is required there."""
+    node = schemas.get(ref.rsplit("/", 1)[-1], {})
+    for piece in [node, *node.get("allOf", [])]:
+        spec = (piece.get("properties") or {}).get(prop) if isinstance(piece, dict) else None
+        if isinstance(spec, dict) and ("enum" in spec or "const" in spec):
+            return list(spec.get("enum", [spec.get("const")])), prop in piece.get("required", [])
+    return [], False
+
+
+def _derive_discriminator_mappings(schemas: dict[str, Any]) -> None:
+    """A ``discriminator`` without a mapping (Elasticsearch's ``Property``: ~50 field types) gets one read
+    from each alternative's enum, so a body is checked against its one type instead of all of them (nested
+    mappings otherwise cost 50 to the power of their depth). An alternative whose discriminator may be left
+    out (``object``) becomes the default for bodies without it."""
+    for schema in schemas.values():
+        disc = schema.get("discriminator") if isinstance(schema, dict) else None
+        if not isinstance(disc, dict) or disc.get("mapping"):
+            continue
+        prop, mapping, default = disc["propertyName"], {}, None
+        for alt in schema.get("oneOf", []):
+            values, required = _discriminant(schemas, alt.get("$ref", ""), prop)
+            if not values:
+                break  # an alternative without a declared value: keep the plain anyOf
+            mapping.update({v: alt["$ref"] for v in values})
+            if not required:
+                default = alt["$ref"]
+        else:
+            disc["mapping"] = mapping
+            if default:
+                disc["x-default"] = default
+
+
 def _rewrite_document(doc: dict[str, Any]) -> dict[str, Any]:
     doc = copy.deepcopy(doc)
     components = doc.get("components", {})
     schemas = components.get("schemas", {})
+    _derive_discriminator_mappings(schemas)
     bases = _inheritance_bases(schemas, "#/components/schemas/")
     for name, schema in list(schemas.items()):
+        if name in FIELD_SORTS:
+            schema["additionalProperties"] = FIELD_SORTS[name]
         if name in FIELD_MAPS:
             for b in schema.get("allOf", []):
                 if b.get("type") == "object" and not _KEYED & set(b):

@@ -133,3 +133,24 @@ def test_retrievers_the_old_spec_lacks_are_gated(spec):
     linear = es_hybrid_body("q", VEC, 10, bm25_depth=10, knn_depth=10, num_candidates=10,
                             fusion=ServerFusion("linear"), flt=None, version=(9, 0, 0))
     broken(spec(ES817), "post", "/{index}/_search", linear)  # 8.17's spec has no linear retriever either
+
+
+@pytest.mark.parametrize("name", STACK)
+@pytest.mark.parametrize("log_mapping", ["queries", "ingest"])
+def test_log_index_bodies(spec, name, log_mapping):
+    from search.engines.cluster import latest_body, log_index_body
+    from search.logs import INGEST_LOG_MAPPING, QUERY_LOG_MAPPING
+
+    v = spec(name)
+    mapping = QUERY_LOG_MAPPING if log_mapping == "queries" else INGEST_LOG_MAPPING
+    ok(v, "put", "/{index}", log_index_body(mapping))
+    ok(v, "put", "/{index}/_mapping", {"properties": mapping["properties"]})
+    ok(v, "post", "/{index}/_search", latest_body())
+    header, _ = helpers.expand_action({"_op_type": "create", "_index": "x-queries", "_id": "a1", "_source": {}})
+    assert v.errors(v.schema("_global.bulk:OperationContainer"), header) == []
+    bad = log_index_body(mapping)
+    bad["mappings"]["dynamic"] = "strictly"
+    broken(v, "put", "/{index}", bad)
+    bad = latest_body()
+    bad["sort"] = [{"@timestamp": {"order": "newest"}}]
+    broken(v, "post", "/{index}/_search", bad)

@@ -121,3 +121,20 @@ def test_what_opensearch_cannot_fuse_is_refused_before_sending():
                             (ServerFusion("rrf", bm25_weight=0.1), (3, 1, 0))):
         with pytest.raises(FusionUnsupported):
             os_pipeline_body(fusion, version)
+
+
+@pytest.mark.parametrize("log_mapping", ["queries", "ingest"])
+def test_log_index_bodies(v, log_mapping):
+    from search.engines.cluster import latest_body, log_index_body
+    from search.logs import INGEST_LOG_MAPPING, QUERY_LOG_MAPPING
+
+    mapping = QUERY_LOG_MAPPING if log_mapping == "queries" else INGEST_LOG_MAPPING
+    ok(v, "put", "/{index}", log_index_body(mapping))
+    ok(v, "put", "/{index}/_mapping", {"properties": mapping["properties"]})
+    ok(v, "post", "/{index}/_search", latest_body())
+    bad = log_index_body(mapping)
+    bad["mappings"]["dynamic"] = "strictly"
+    broken(v, "put", "/{index}", bad)
+    bad = latest_body()
+    bad["sort"] = [{"@timestamp": {"order": "newest"}}]
+    broken(v, "post", "/{index}/_search", bad)

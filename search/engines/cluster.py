@@ -38,9 +38,11 @@ from config.settings import BackendSettings, IndexSettings
 from search.backend import BulkResult, IndexedDocument, IndexSpec, IndexStats, ServerFusion
 from search.filters import METADATA_FIELD, Filter, to_query_dsl
 from search.hits import Hit
+from search.logs import mapping_fields, new_log_id
 
 __all__ = [
-    "ClusterBackend", "ServerInfo", "alias_actions", "bm25_body", "bm25_query", "metadata_dynamic_template",
+    "ClusterBackend", "ClusterLogSink", "ServerInfo", "alias_actions", "bm25_body", "bm25_query",
+    "latest_body", "log_index_body", "metadata_dynamic_template",
 ]
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,17 @@ def metadata_dynamic_template() -> dict[str, Any]:
     """Metadata strings are exact-match keywords, so filters compare whole values."""
     return {"metadata_keywords": {"path_match": f"{METADATA_FIELD}.*", "match_mapping_type": "string",
                                   "mapping": {"type": "keyword"}}}
+
+
+def log_index_body(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """A log index: one shard, a replica only where a second node can hold it, the log's strict mapping."""
+    return {"settings": {"index": {"number_of_shards": 1, "auto_expand_replicas": "0-1"}},
+            "mappings": dict(mapping)}
+
+
+def latest_body() -> dict[str, Any]:
+    """The newest log document."""
+    return {"size": 1, "sort": [{"@timestamp": {"order": "desc"}}], "query": {"match_all": {}}}
 
 
 class _Retryable(Exception):
@@ -357,11 +370,16 @@ class ClusterBackend(ABC):
         self._call("refresh", self.client.indices.refresh, index=index)
 
     def stats(self, index: str) -> IndexStats:
-        targets = self._alias_targets(index) or [index]
-        raw = self._call("stats", self.client.indices.stats, index=targets[0], metric="store")
-        size = raw["indices"][targets[0]]["total"]["store"]["size_in_bytes"]
-        return IndexStats(alias=index, physical=targets[0], count=self.count(index), spec=self.index_spec(index),
-                          store_bytes=int(size))
+        targets = self._alias_targets(index)
+        physical = targets[0] if targets else index
+        raw = self._call("stats", self.client.indices.stats, index=physical, metric="store")
+        size = raw["indices"][physical]["total"]["store"]["size_in_bytes"]
+        mappings = self._call("get mapping", self.client.indices.get_mapping, index=physical)
+        body = next(iter(mappings.values()))["mappings"]
+        fields = mapping_fields(body)
+        vector = {k: v for k, v in (body.get("properties", {}).get(VECTOR_FIELD) or {}).items()}
+        return IndexStats(alias=index if targets else "", physical=physical, count=self.count(index),
+                          spec=self.index_spec(index), store_bytes=int(size), vector=vector, fields=fields)
 
     # --- search -----------------------------------------------------------------------------------
     def _search(self, index: str, body: Mapping[str, Any], params: Mapping[str, str] | None = None
@@ -475,6 +493,10 @@ class ClusterBackend(ABC):
         return {d["_id"]: f"{d['_source'].get('title', '')} {d['_source'].get('text', '')}".strip()
                 for d in response["docs"] if d.get("found")}
 
+    def log_sink(self) -> ClusterLogSink:
+        """Query and ingest logs as indexes beside the corpus on this cluster."""
+        return ClusterLogSink(self)
+
     def close(self) -> None:
         if "client" in self.__dict__:
             self.__dict__.pop("client").close()
@@ -484,6 +506,55 @@ class ClusterBackend(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ClusterLogSink:
+    """A ``LogSink`` writing log documents into indexes of the backend's cluster (see ``search.logs``)."""
+
+    def __init__(self, backend: ClusterBackend) -> None:
+        self.backend = backend
+        self.location = backend.urls_text
+
+    def ensure(self, name: str, mapping: Mapping[str, Any]) -> None:
+        b = self.backend
+        b._check_name(name)
+        if not b.index_exists(name):
+            try:
+                b._call("create log index", b.client.indices.create, index=name, body=log_index_body(mapping))
+                return
+            except b.api_error as exc:
+                if "resource_already_exists" not in str(exc):  # another process created it first: fine
+                    raise
+        # an index made by an older version gains the fields added since (mappings only ever grow)
+        b._call("update log mapping", b.client.indices.put_mapping, index=name,
+                body={"properties": mapping["properties"]})
+
+    def append(self, name: str, docs: Sequence[Mapping[str, Any]], *, refresh: bool = False) -> int:
+        b = self.backend
+        b.server  # noqa: B018
+        actions = [{"_op_type": "create", "_index": name, "_id": new_log_id(), "_source": dict(d)} for d in docs]
+        stored, failed = 0, []
+        for ok, item in b._streaming_bulk(actions):
+            op = next(iter(item.values()))
+            if ok:
+                stored += 1
+            else:
+                failed.append(FailedItem(str(op.get("_id")), _reason(op.get("error")), op.get("status")))
+        if refresh:
+            b.refresh(name)
+        if failed:
+            raise IndexingError(f"{b.name} refused {len(failed)} documents for {name}: {failed[0].reason}",
+                                failed=failed)
+        return stored
+
+    def latest(self, name: str) -> dict[str, Any] | None:
+        if not self.backend.index_exists(name):
+            return None
+        hits = self.backend._search(name, latest_body())
+        return dict(hits[0]["_source"]) if hits else None
+
+    def count(self, name: str) -> int:
+        return self.backend.count(name) if self.backend.index_exists(name) else 0
 
 
 def _reason(error: Any) -> str:

@@ -1,0 +1,496 @@
+"""What the application records beside an index for Kibana / OpenSearch Dashboards: queries and ingest runs.
+
+Two logs per corpus alias, each with an explicit, strict mapping (dates, keywords, numbers; an unknown
+field is an error, never a silently guessed type):
+
+    <alias>-queries   one document per search: mode, per-stage latency, hits with their stage scores, and
+                      the rank change the reranker made (query text only when ``logs.query_text`` is on)
+    <alias>-ingest    one document per ingest run: source, model, counts, throughput, physical index
+
+A backend hands out a ``LogSink`` that stores these documents (an index on a cluster, a JSONL file beside
+the embedded backend). Searches reach it only through ``QueryLog``: a bounded queue drained by one daemon
+thread. ``record`` never blocks and never raises; what does not fit is dropped and counted, and ``close``
+reports the counts. This module must never make a search wait for a log write.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from config.errors import FailedItem, IndexingError
+from config.settings import LogSettings
+
+if TYPE_CHECKING:
+    from ingest.pipeline import IngestSummary
+    from search.hits import SearchResult
+
+__all__ = [
+    "INGEST_LOG_MAPPING",
+    "QUERY_LOG_MAPPING",
+    "STAGES",
+    "JsonlLogSink",
+    "LogSink",
+    "QueryLog",
+    "QueryLogStats",
+    "check_document",
+    "ingest_log_doc",
+    "ingest_log_index",
+    "mapping_fields",
+    "new_log_id",
+    "now_iso",
+    "query_log_doc",
+    "query_log_index",
+]
+
+log = logging.getLogger(__name__)
+
+STAGES = ("encode", "bm25", "knn", "fusion", "rerank", "total")
+QUERY_TEXT_LIMIT = 1024  # longer queries are kept in _source but not aggregated (keyword ignore_above)
+
+_KEYWORD = {"type": "keyword"}
+_DATE = {"type": "date"}
+_FLOAT = {"type": "float"}
+_INT = {"type": "integer"}
+_LONG = {"type": "long"}
+_BOOL = {"type": "boolean"}
+
+QUERY_LOG_MAPPING: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {
+        "@timestamp": _DATE,
+        "index": _KEYWORD,
+        "backend": _KEYWORD,
+        "mode": _KEYWORD,  # e.g. hybrid+rerank
+        "base_mode": _KEYWORD,  # bm25 | knn | hybrid
+        "reranked": _BOOL,
+        "fusion_location": _KEYWORD,  # server | client (hybrid only)
+        "query": {"type": "keyword", "ignore_above": QUERY_TEXT_LIMIT, "fields": {"text": {"type": "text"}}},
+        "query_chars": _INT,
+        "top_k": _INT,
+        "filtered": _BOOL,
+        "latency_ms": {"type": "object", "properties": {stage: _FLOAT for stage in STAGES}},
+        "total_hits": _INT,
+        "returned": _INT,
+        "zero_result": {"type": "byte"},  # 0/1, so its average is the zero-result rate
+        "hits": {"type": "object", "properties": {
+            "id": _KEYWORD, "rank": _INT, "score": _FLOAT, "bm25_score": _FLOAT, "knn_score": _FLOAT,
+            "fusion_score": _FLOAT, "rerank_score": _FLOAT, "rank_before_rerank": _INT, "rank_change": _INT,
+        }},
+        "rerank": {"type": "object", "properties": {
+            "moved": _INT,  # returned hits whose rank changed
+            "mean_abs_change": _FLOAT,
+            "max_promotion": _INT,  # most places any returned hit climbed
+            "top1_changed": _BOOL,
+        }},
+    },
+}
+
+INGEST_LOG_MAPPING: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {
+        "@timestamp": _DATE,  # when the run ended
+        "started_at": _DATE,
+        "status": _KEYWORD,  # completed | failed
+        "error": {"type": "text"},
+        "alias": _KEYWORD,
+        "physical": _KEYWORD,
+        "backend": _KEYWORD,
+        "source": _KEYWORD,
+        "model": _KEYWORD,
+        "read": _LONG,
+        "stored": _LONG,
+        "rejected": _LONG,
+        "truncated": _LONG,
+        "duration_s": _FLOAT,
+        "docs_per_s": _FLOAT,
+        "encode_docs_per_s": _FLOAT,
+        "bulk_docs_per_s": _FLOAT,
+        "resumed": _BOOL,
+        "rejects_path": _KEYWORD,
+    },
+}
+
+
+def query_log_index(alias: str) -> str:
+    return f"{alias}-queries"
+
+
+def ingest_log_index(alias: str) -> str:
+    return f"{alias}-ingest"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --- documents ------------------------------------------------------------------------------------
+def _score(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 6)
+
+
+def query_log_doc(result: SearchResult, *, at: str, index: str, backend: str, top_k: int | None = None,
+                  filtered: bool = False, with_text: bool = True) -> dict[str, Any]:
+    """The ``<alias>-queries`` document for one search result."""
+    base, _, suffix = result.mode.partition("+")
+    hits = []
+    for h in result.hits:
+        item = {"id": h.doc_id, "rank": h.rank, "score": _score(h.score), "bm25_score": _score(h.bm25_score),
+                "knn_score": _score(h.knn_score), "fusion_score": _score(h.fusion_score),
+                "rerank_score": _score(h.rerank_score), "rank_before_rerank": h.rank_before_rerank,
+                "rank_change": h.rank_change}
+        hits.append({k: v for k, v in item.items() if v is not None})
+    total = result.total_hits if result.total_hits is not None else len(result.hits)
+    doc: dict[str, Any] = {
+        "@timestamp": at, "index": index, "backend": backend, "mode": result.mode, "base_mode": base,
+        "reranked": suffix == "rerank", "query_chars": len(result.query), "filtered": filtered,
+        "latency_ms": {k: round(float(v), 3) for k, v in result.timings_ms.items() if k in STAGES},
+        "total_hits": total, "returned": len(result.hits), "zero_result": int(total == 0), "hits": hits,
+    }
+    if top_k is not None:
+        doc["top_k"] = top_k
+    if result.fusion_location:
+        doc["fusion_location"] = result.fusion_location
+    if with_text:
+        doc["query"] = result.query
+    changes = [h.rank_change for h in result.hits if h.rank_change is not None]
+    if changes:
+        doc["rerank"] = {
+            "moved": sum(1 for c in changes if c != 0),
+            "mean_abs_change": round(sum(abs(c) for c in changes) / len(changes), 3),
+            "max_promotion": max(max(changes), 0),
+            "top1_changed": result.hits[0].rank_before_rerank != 1,
+        }
+    return doc
+
+
+def ingest_log_doc(summary: IngestSummary | None, *, backend: str, started_at: str, alias: str,
+                   source: str, model: str, error: str | None = None) -> dict[str, Any]:
+    """The ``<alias>-ingest`` document for one run; ``summary`` is ``None`` when the run failed."""
+    doc: dict[str, Any] = {"@timestamp": now_iso(), "started_at": started_at, "alias": alias, "backend": backend,
+                           "source": source, "model": model, "status": "failed" if error else "completed"}
+    if error:
+        doc["error"] = error
+    if summary is not None:
+        s = summary
+        doc.update({
+            "physical": s.physical, "read": s.read, "stored": s.stored, "rejected": s.rejected,
+            "truncated": s.truncated, "duration_s": round(s.seconds, 3), "docs_per_s": round(s.docs_per_s, 1),
+            "encode_docs_per_s": round(s.encoded / s.encode_seconds, 1) if s.encode_seconds > 0 else 0.0,
+            "bulk_docs_per_s": round(s.encoded / s.upsert_seconds, 1) if s.upsert_seconds > 0 else 0.0,
+            "resumed": s.resumed, "rejects_path": s.rejects_path,
+        })
+    return doc
+
+
+# --- mappings -------------------------------------------------------------------------------------
+def mapping_fields(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Every field path a mapping defines, multi-fields included, with its type (objects as ``object``)."""
+    out: dict[str, str] = {}
+    for name, spec in (mapping.get("properties") or {}).items():
+        path = f"{prefix}{name}"
+        if "properties" in spec:
+            out[path] = spec.get("type", "object")
+            out.update(mapping_fields(spec, path + "."))
+        else:
+            out[path] = spec.get("type", "object")
+        for sub, sub_spec in (spec.get("fields") or {}).items():
+            out[f"{path}.{sub}"] = sub_spec.get("type", "object")
+    return out
+
+
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "keyword": (str,), "text": (str,), "date": (str,), "boolean": (bool,),
+    "float": (int, float), "integer": (int,), "long": (int,), "short": (int,), "byte": (int,),
+}
+
+
+def check_document(doc: Mapping[str, Any], mapping: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """What a strict mapping would refuse in ``doc``: unknown fields and values of the wrong kind."""
+    problems = []
+    props = mapping.get("properties") or {}
+    for name, value in doc.items():
+        path, spec = f"{prefix}{name}", props.get(name)
+        if spec is None:
+            problems.append(f"{path}: not in the mapping")
+            continue
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if "properties" in spec:
+                problems += (check_document(v, spec, path + ".") if isinstance(v, Mapping)
+                             else [f"{path}: expected an object"])
+            elif v is not None:
+                kinds = _PY_TYPES.get(spec.get("type", ""), (object,))
+                if not isinstance(v, kinds) or (bool not in kinds and isinstance(v, bool)):
+                    problems.append(f"{path}: {type(v).__name__} for a {spec.get('type')} field")
+    return problems
+
+
+# --- sinks ----------------------------------------------------------------------------------------
+class LogSink(Protocol):
+    """Where log documents are stored. Each method may raise; ``QueryLog`` catches and counts."""
+
+    location: str
+
+    def ensure(self, name: str, mapping: Mapping[str, Any]) -> None:
+        """Create the log ``name`` with ``mapping`` if missing; add new fields to an existing one."""
+
+    def append(self, name: str, docs: Sequence[Mapping[str, Any]], *, refresh: bool = False) -> int:
+        """Store documents (visible to searches at once with ``refresh``); return how many were stored.
+
+        Refused ones raise ``IndexingError`` naming each with its reason.
+        """
+
+    def latest(self, name: str) -> dict[str, Any] | None:
+        """The newest document by ``@timestamp``, or ``None`` when the log is empty or missing."""
+
+    def count(self, name: str) -> int:
+        """Documents in the log (0 when it does not exist)."""
+
+
+class JsonlLogSink:
+    """Logs of the embedded backend: ``<dir>/<name>.jsonl`` with the mapping beside it in ``<name>.mapping.json``.
+
+    Documents are checked against the mapping as a strict cluster would, so the embedded backend writes
+    exactly what an engine would accept (and the files can be bulk-loaded into one later).
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.location = str(self.directory)
+        self._lock = threading.Lock()
+        self._mappings: dict[str, Mapping[str, Any]] = {}
+
+    def _path(self, name: str) -> Path:
+        return self.directory / f"{name}.jsonl"
+
+    def ensure(self, name: str, mapping: Mapping[str, Any]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / f"{name}.mapping.json").write_text(json.dumps(mapping, indent=1), encoding="utf-8")
+        self._mappings[name] = mapping
+
+    def append(self, name: str, docs: Sequence[Mapping[str, Any]], *, refresh: bool = False) -> int:
+        mapping = self._mappings.get(name) or self._stored_mapping(name)
+        failed, good = [], []
+        for i, doc in enumerate(docs):
+            problems = check_document(doc, mapping) if mapping else []
+            if problems:
+                failed.append(FailedItem(str(i), "; ".join(problems)))
+            else:
+                good.append(json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
+        if good:
+            with self._lock, self._path(name).open("a", encoding="utf-8") as fh:
+                fh.write("\n".join(good) + "\n")
+        if failed:
+            raise IndexingError(f"{len(failed)} log documents do not fit the {name} mapping", failed=failed)
+        return len(good)
+
+    def _stored_mapping(self, name: str) -> Mapping[str, Any] | None:
+        path = self.directory / f"{name}.mapping.json"
+        if not path.exists():
+            return None
+        self._mappings[name] = json.loads(path.read_text(encoding="utf-8"))
+        return self._mappings[name]
+
+    def latest(self, name: str) -> dict[str, Any] | None:
+        # one writer appends in time order, so the newest document is the last line
+        path = self._path(name)
+        if not path.exists():
+            return None
+        with self._lock, path.open("rb") as fh:
+            end = fh.seek(0, 2)
+            tail, step = b"", 4096
+            while end > 0 and tail.strip().count(b"\n") < 1:
+                start = max(0, end - step)
+                fh.seek(start)
+                tail = fh.read(end - start) + tail
+                end = start
+        lines = [line for line in tail.splitlines() if line.strip()]
+        return json.loads(lines[-1]) if lines else None
+
+    def count(self, name: str) -> int:
+        path = self._path(name)
+        if not path.exists():
+            return 0
+        with self._lock, path.open("rb") as fh:
+            return sum(1 for line in fh if line.strip())
+
+
+# --- the query log --------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class QueryLogStats:
+    """What became of the recorded searches: written, dropped (queue full or closed), failed (refused)."""
+
+    recorded: int
+    written: int
+    dropped: int
+    failed: int
+
+    @property
+    def in_flight(self) -> int:
+        """Entries a stuck writer still held when ``close`` gave up waiting (neither written nor lost yet)."""
+        return self.recorded - self.written - self.dropped - self.failed
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    result: SearchResult
+    at: str
+    top_k: int | None
+    filtered: bool
+
+
+_STOP = object()
+
+
+class QueryLog:
+    """Records searches in ``<index>-queries`` from a background thread; see the module docstring.
+
+    Construction does no I/O; the writer thread starts with the first ``record``.
+    """
+
+    def __init__(self, sink: LogSink, *, index: str, backend: str, settings: LogSettings | None = None) -> None:
+        self.sink = sink
+        self.index = index
+        self.name = query_log_index(index)
+        self.backend = backend
+        self.settings = settings or LogSettings()
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.settings.queue_size)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._recorded = self._written = self._dropped = self._failed = 0
+        self._warned = False
+
+    # --- producer side: called from searches -------------------------------------------------------
+    def record(self, result: SearchResult, *, top_k: int | None = None, filtered: bool = False) -> None:
+        """Queue one search for writing. Never blocks and never raises: a full queue drops and counts."""
+        try:
+            entry = _Entry(result, now_iso(), top_k, filtered)
+            with self._lock:
+                self._recorded += 1
+                if self._closed:
+                    self._dropped += 1
+                    return
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name=f"query-log-{self.index}", daemon=True)
+                    self._thread.start()
+            self._queue.put_nowait(entry)
+        except queue.Full:
+            with self._lock:
+                self._dropped += 1
+        except Exception:  # a log must never fail a search
+            with self._lock:
+                self._dropped += 1
+
+    @property
+    def stats(self) -> QueryLogStats:
+        with self._lock:
+            return QueryLogStats(self._recorded, self._written, self._dropped, self._failed)
+
+    # --- consumer side: the writer thread ----------------------------------------------------------
+    def _run(self) -> None:
+        ensured = False
+        stop = False
+        while not stop:
+            batch, stop = self._next_batch()
+            if not batch:
+                continue
+            try:
+                if not ensured:
+                    self.sink.ensure(self.name, QUERY_LOG_MAPPING)
+                    ensured = True
+                docs = [self._doc(e) for e in batch]
+                written = self.sink.append(self.name, docs)
+                with self._lock:
+                    self._written += written
+            except IndexingError as exc:
+                self._count_failure(len(exc.failed), len(batch) - len(exc.failed), exc)
+            except Exception as exc:  # the cluster is down or refused the index: count, keep draining
+                self._count_failure(len(batch), 0, exc)
+
+    def _next_batch(self) -> tuple[list[_Entry], bool]:
+        """Up to ``batch_size`` entries, waiting at most ``flush_seconds`` after the first; True at stop."""
+        batch: list[_Entry] = []
+        deadline: float | None = None
+        while len(batch) < self.settings.batch_size:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+            if deadline is None:
+                deadline = time.monotonic() + self.settings.flush_seconds
+        return batch, False
+
+    def _doc(self, e: _Entry) -> dict[str, Any]:
+        return query_log_doc(e.result, at=e.at, index=self.index, backend=self.backend, top_k=e.top_k,
+                             filtered=e.filtered, with_text=self.settings.query_text)
+
+    def _count_failure(self, failed: int, written: int, exc: Exception) -> None:
+        with self._lock:
+            self._failed += failed
+            self._written += written
+            first = not self._warned
+            self._warned = True
+        if first:  # once per log: a down cluster would otherwise warn for every batch
+            log.warning("query log %s: %d entries not written (%s); searches go on, failures are counted",
+                        self.name, failed, exc)
+
+    # --- shutdown ----------------------------------------------------------------------------------
+    def close(self, timeout: float | None = None) -> QueryLogStats:
+        """Write what is queued (waiting at most ``timeout`` s), stop the writer, report what was lost."""
+        wait = self.settings.close_seconds if timeout is None else timeout
+        with self._lock:
+            already, self._closed = self._closed, True
+            thread = self._thread
+        if thread is not None and not already:
+            deadline = time.monotonic() + wait
+            try:
+                self._queue.put(_STOP, timeout=wait)
+            except queue.Full:
+                pass
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                self._drain_unwritten()
+        stats = self.stats
+        if (stats.dropped or stats.failed) and not already:
+            log.warning("query log %s: %d of %d searches not logged (%d dropped: queue full or closed, %d refused "
+                        "or unreachable); raise logs.queue_size or check the cluster",
+                        self.name, stats.dropped + stats.failed, stats.recorded, stats.dropped, stats.failed)
+        return stats
+
+    def _drain_unwritten(self) -> None:
+        """The writer is stuck past the deadline: what it never took counts as dropped."""
+        left = 0
+        while True:
+            try:
+                if self._queue.get_nowait() is not _STOP:
+                    left += 1
+            except queue.Empty:
+                break
+        with self._lock:
+            self._dropped += left
+
+    def __enter__(self) -> QueryLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def new_log_id() -> str:
+    """An id for a log document, so a retried write cannot store it twice."""
+    return uuid.uuid4().hex

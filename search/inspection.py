@@ -23,7 +23,7 @@ class Inspection:
     """One index as ``inspect`` reports it."""
 
     backend: str
-    location: str
+    location: str  # where the logs live: the cluster URL, or the embedded backend's log folder
     stats: IndexStats
     last_ingest: Mapping[str, Any] | None = None
     queries_logged: int = 0
@@ -41,7 +41,7 @@ class Inspection:
         """A plain-text report."""
         s = self.stats
         lines = [
-            f"backend        {self.backend} ({self.location})",
+            f"backend        {self.backend} (logs at {self.location})",
             f"alias          {s.alias or '(none: a plain index)'}",
             f"physical index {s.physical}",
             f"documents      {s.count:,}",

@@ -113,3 +113,21 @@ class MemoEncoder:
 @pytest.fixture(scope="session")
 def memo_encoder(encoder):
     return MemoEncoder(encoder)
+
+
+@pytest.fixture(scope="session")
+def noida_url(tmp_path_factory):
+    """The noida-db Elasticsearch 8.15 stand-in, one process for the whole session."""
+    from servers import noida_elasticsearch
+
+    with noida_elasticsearch(tmp_path_factory.mktemp("noida")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def osmem_url(tmp_path_factory):
+    """The osmem-server OpenSearch stand-in, one process for the whole session."""
+    from servers import osmem_opensearch
+
+    with osmem_opensearch(tmp_path_factory.mktemp("osmem")) as url:
+        yield url

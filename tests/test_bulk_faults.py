@@ -17,11 +17,9 @@ from ingest.pipeline import run_ingest
 from ingest.sources import open_source
 from search.engines.elasticsearch import ElasticsearchBackend
 from search.engines.opensearch import OpenSearchBackend
-from servers import noida_elasticsearch, osmem_opensearch
-
 ENGINES = {
-    "elasticsearch": (noida_elasticsearch, ElasticsearchBackend, BulkFaults),
-    "opensearch": (osmem_opensearch, OpenSearchBackend, OpenSearchBulkFaults),
+    "elasticsearch": ("noida_url", ElasticsearchBackend, BulkFaults),
+    "opensearch": ("osmem_url", OpenSearchBackend, OpenSearchBulkFaults),
 }
 
 pytestmark = pytest.mark.integration
@@ -31,10 +29,9 @@ BAD = {"g7", "g150"}  # rejected by validation (empty text), must not be counted
 
 
 @pytest.fixture(scope="module", params=sorted(ENGINES))
-def engine(request, tmp_path_factory):
-    start, backend_cls, faults_cls = ENGINES[request.param]
-    with start(tmp_path_factory.mktemp(f"{request.param}-faults")) as url:
-        yield request.param, url, backend_cls, faults_cls
+def engine(request):
+    server, backend_cls, faults_cls = ENGINES[request.param]
+    return request.param, request.getfixturevalue(server), backend_cls, faults_cls
 
 
 @pytest.fixture()

@@ -19,15 +19,14 @@ from config.settings import BackendSettings, IndexSettings, SearchSettings
 from search.backend import IndexedDocument, ServerFusion
 from search.engines.elasticsearch import ElasticsearchBackend
 from search.searcher import HybridSearcher
-from servers import free_port, noida_elasticsearch
+from servers import free_port
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="session")
-def es_url(tmp_path_factory):
-    with noida_elasticsearch(tmp_path_factory.mktemp("noida")) as url:
-        yield url
+def es_url(noida_url):
+    return noida_url
 
 
 def make_backend(url: str, **backend_kw) -> ElasticsearchBackend:

@@ -101,11 +101,16 @@ def test_resume_after_a_crash_stores_everything_once_without_reencoding(settings
     assert ckpt is not None and (ckpt.read, ckpt.rejected) == (35, 3)  # two batches of 16, three rejects
     with EmbeddedBackend(data_dir=settings.data_dir) as real:
         assert not real.index_exists("resumed")  # the alias is not switched to a half-built index
+        failed = real.log_sink().latest("resumed-ingest")  # the failed run left its summary document
+        assert failed["status"] == "failed" and "power cut" in failed["error"] and "physical" not in failed
         again = CountingEncoder(encoder)
         summary = run_ingest(dirty, real, again, settings, alias="resumed", resume=True)
         assert summary.resumed and (summary.read, summary.stored, summary.rejected) == (50, 47, 3)
         assert again.encoded == 47 - 32  # only what was not stored before the crash
         assert real.count("resumed") == 47
+        done = real.log_sink().latest("resumed-ingest")
+        assert (done["status"], done["resumed"], done["stored"]) == ("completed", True, 47)
+        assert real.log_sink().count("resumed-ingest") == 2
         assert [r["position"] for r in _rejects(summary)] == [11, 21, 31]  # none written twice
 
 

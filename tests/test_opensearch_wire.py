@@ -15,7 +15,7 @@ from config.errors import BackendUnavailable, FusionUnsupported, QueryError
 from config.settings import BackendSettings, IndexSettings
 from search.backend import ServerFusion
 from search.engines.opensearch import OpenSearchBackend
-from servers import free_port, osmem_opensearch
+from servers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -23,9 +23,8 @@ NEEDS_REAL_ENGINE = "needs a real OpenSearch: osmem-server has no kNN (runs in t
 
 
 @pytest.fixture(scope="session")
-def os_url(tmp_path_factory):
-    with osmem_opensearch(tmp_path_factory.mktemp("osmem")) as url:
-        yield url
+def os_url(osmem_url):
+    return osmem_url
 
 
 def make_backend(url: str) -> OpenSearchBackend:
@@ -99,10 +98,8 @@ def test_unreachable_cluster_is_one_clear_error():
         b.count("x")
 
 
-def test_elasticsearch_url_given_to_opensearch_backend_says_so(tmp_path):
-    from servers import noida_elasticsearch
-
-    with noida_elasticsearch(tmp_path) as url, make_backend(url) as b:
+def test_elasticsearch_url_given_to_opensearch_backend_says_so(noida_url):
+    with make_backend(noida_url) as b:
         with pytest.raises(BackendUnavailable, match="use --backend elasticsearch"):
             b.count("x")
 

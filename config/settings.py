@@ -16,10 +16,10 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from config.errors import ConfigError
 
@@ -139,7 +139,7 @@ class BackendSettings(_Section):
     """Which backend to use and how to reach it. Credentials are named, never stored."""
 
     kind: Literal["embedded", "elasticsearch", "opensearch"] = "embedded"
-    urls: tuple[str, ...] = ()
+    urls: Annotated[tuple[str, ...], NoDecode] = ()  # comma-separated in the environment, not JSON
     username: str | None = None
     password: Secret = Secret(ENV_PREFIX + "PASSWORD")
     api_key: Secret = Secret(ENV_PREFIX + "API_KEY")

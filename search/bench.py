@@ -181,6 +181,54 @@ def bench_search(settings: Settings, source: str | None, queries: int, repeats: 
     return out
 
 
+def bench_query_log(settings: Settings, source: str | None, queries: int, repeats: int) -> dict[str, Any]:
+    """What the query log costs a search: wall-clock latency (the ``record`` call included) with and without
+    it, query by query alternately on the same index, so both see the same caches and machine load.
+
+    The log goes to a temporary JSONL sink on the embedded backend, and to ``<index>-bench-queries`` on a
+    cluster (through the same bulk writer as the real log).
+    """
+    from ingest.encoder import Encoder
+    from ingest.pipeline import run_ingest
+    from ingest.sources import open_source
+    from search.backend import open_backend
+    from search.logs import JsonlLogSink, QueryLog
+    from search.searcher import HybridSearcher
+
+    _, query_texts = _texts(source, 1)
+    query_texts = (query_texts * (queries // max(len(query_texts), 1) + 1))[:queries]
+    encoder = Encoder(settings=settings.models)
+    out: dict[str, Any] = {"bench": "querylog", "index": settings.index.name, "queries": len(query_texts),
+                           "backend": settings.backend.kind, "modes": {}}
+    with open_backend(settings) as backend, tempfile.TemporaryDirectory() as tmp:
+        if not backend.index_exists(settings.index.name):
+            run_ingest(open_source(source or SAMPLE), backend, encoder, settings, alias=settings.index.name)
+        sink = JsonlLogSink(tmp) if backend.name == "embedded" else backend.log_sink()
+        qlog = QueryLog(sink, index=f"{settings.index.name}-bench", backend=backend.name, settings=settings.logs)
+        plain = HybridSearcher(backend, index=settings.index.name, encoder=encoder, settings=settings.search)
+        logged = HybridSearcher(backend, index=settings.index.name, encoder=encoder, settings=settings.search,
+                                query_log=qlog)
+        for mode in ("bm25", "hybrid"):
+            plain.search(query_texts[0], mode=mode)  # warm-up (the writer thread starts here too)
+            logged.search(query_texts[0], mode=mode)
+            times: dict[str, list[float]] = {"plain": [], "logged": []}
+            for q in query_texts * repeats:
+                for name, searcher in (("plain", plain), ("logged", logged)):
+                    t = time.perf_counter()
+                    searcher.search(q, mode=mode)
+                    times[name].append((time.perf_counter() - t) * 1000.0)
+            p50 = {name: _pct(sorted(v), 50) for name, v in times.items()}
+            out["modes"][mode] = {"plain_p50_ms": p50["plain"], "logged_p50_ms": p50["logged"],
+                                  "logged_p95_ms": _pct(sorted(times["logged"]), 95),
+                                  "plain_p95_ms": _pct(sorted(times["plain"]), 95),
+                                  "p50_ratio_logged_to_plain": p50["logged"] / (p50["plain"] or 1e-9)}
+        stats = qlog.close()
+        out["log"] = {"recorded": stats.recorded, "written": stats.written, "dropped": stats.dropped,
+                      "failed": stats.failed}
+        out["machine"] = _machine(encoder.device)
+    return out
+
+
 def bench_duplicates(settings: Settings, docs: int) -> dict[str, Any]:
     """Peak Python-heap memory (numpy included) of duplicate mining at N, 2N and 4N documents.
 
@@ -235,6 +283,8 @@ def run_bench(what: str, settings: Settings, *, source: str | None = None, docs:
         report = bench_search(settings, source, queries, repeats)
     elif what == "duplicates":
         report = bench_duplicates(settings, docs)
+    elif what == "querylog":
+        report = bench_query_log(settings, source, queries, repeats)
     else:
-        raise ConfigError(f"unknown benchmark {what!r}: choose encode, rerank, search or duplicates")
+        raise ConfigError(f"unknown benchmark {what!r}: choose encode, rerank, search, querylog or duplicates")
     return json.loads(json.dumps(report, default=float))

@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("bench", help="throughput and latency, each beside a reference in the same run")
-    p.add_argument("what", choices=["encode", "rerank", "search", "duplicates"])
+    p.add_argument("what", choices=["encode", "rerank", "search", "querylog", "duplicates"])
     p.add_argument("--source", help="corpus to draw texts from (default: the bundled sample)")
     p.add_argument("--docs", type=int, default=512, help="texts (or pairs) to time")
     p.add_argument("--batch-size", type=int, default=32, help="reference batch size")

@@ -55,6 +55,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STAGES = ("encode", "bm25", "knn", "fusion", "rerank", "total")
+TAIL_BYTES = 1 << 20  # how far back JsonlLogSink.latest looks for the newest document
 QUERY_TEXT_LIMIT = 1024  # longer queries are kept in _source but not aggregated (keyword ignore_above)
 
 _KEYWORD = {"type": "keyword"}
@@ -302,20 +303,23 @@ class JsonlLogSink:
         return self._mappings[name]
 
     def latest(self, name: str) -> dict[str, Any] | None:
-        # one writer appends in time order, so the newest document is the last line
+        # Writers append within seconds of each document's timestamp, so the newest is among the last lines:
+        # the newest of the final TAIL_BYTES (at least one whole line) is the newest of the file.
         path = self._path(name)
         if not path.exists():
             return None
         with self._lock, path.open("rb") as fh:
             end = fh.seek(0, 2)
-            tail, step = b"", 4096
-            while end > 0 and tail.strip().count(b"\n") < 1:
-                start = max(0, end - step)
+            start = max(0, end - TAIL_BYTES)
+            fh.seek(start)
+            tail = fh.read()
+            while start > 0 and tail.count(b"\n") < 2:  # one huge last line: read further back
+                start = max(0, start - TAIL_BYTES)
                 fh.seek(start)
-                tail = fh.read(end - start) + tail
-                end = start
-        lines = [line for line in tail.splitlines() if line.strip()]
-        return json.loads(lines[-1]) if lines else None
+                tail = fh.read()
+        lines = tail.splitlines()[1 if start > 0 else 0:]  # the first may be cut in half
+        docs = [json.loads(line) for line in lines if line.strip()]
+        return max(docs, key=lambda d: d.get("@timestamp", "")) if docs else None
 
     def count(self, name: str) -> int:
         path = self._path(name)

@@ -150,3 +150,20 @@ class BackendContract:
     def test_missing_index_is_a_clear_error(self, backend):
         with pytest.raises(IndexNotFound):
             backend.search_bm25(f"missing-{uuid.uuid4().hex[:8]}", "anything", 5)
+
+    def test_logs_round_trip_under_a_strict_mapping(self, backend, index):
+        from config.errors import IndexingError
+        from search.logs import INGEST_LOG_MAPPING
+
+        sink, name = backend.log_sink(), f"{index}-ingest"
+        assert sink.count(name) == 0 and sink.latest(name) is None
+        sink.ensure(name, INGEST_LOG_MAPPING)
+        sink.ensure(name, INGEST_LOG_MAPPING)  # idempotent
+        docs = [{"@timestamp": f"2026-01-0{i}T00:00:00Z", "alias": index, "status": "completed", "stored": i}
+                for i in (1, 3, 2)]
+        assert sink.append(name, docs[:2], refresh=True) == 2
+        with pytest.raises(IndexingError) as refused:
+            sink.append(name, [docs[2], {"@timestamp": "2026-01-04T00:00:00Z", "not_mapped": 1}], refresh=True)
+        assert len(refused.value.failed) == 1 and "not_mapped" in refused.value.failed[0].reason
+        assert sink.count(name) == 3 and sink.latest(name)["stored"] == 3  # newest by timestamp
+        backend.drop_index(name)

@@ -232,3 +232,19 @@ class SpecValidator:
 @cache
 def validator(path: str) -> SpecValidator:
     return SpecValidator(Path(path))
+
+
+def log_request_cases(mapping: dict[str, Any]) -> list[tuple[str, str, Any, bool]]:
+    """(method, path, body, valid) for every request the log sink sends about one log index, each broken
+    twin marked invalid; both engines' spec tests run them."""
+    from search.engines.cluster import latest_body, log_index_body
+
+    bad_index = log_index_body(mapping)
+    bad_index["mappings"]["dynamic"] = "strictly"
+    bad_latest = latest_body()
+    bad_latest["sort"] = [{"@timestamp": {"order": "newest"}}]
+    return [("put", "/{index}", log_index_body(mapping), True),
+            ("put", "/{index}/_mapping", {"properties": mapping["properties"]}, True),
+            ("post", "/{index}/_search", latest_body(), True),
+            ("put", "/{index}", bad_index, False),
+            ("post", "/{index}/_search", bad_latest, False)]

@@ -61,3 +61,12 @@ def test_settings_are_frozen():
 
     with pytest.raises(ValidationError, match="frozen"):
         s.search.top_k = 3  # type: ignore[misc]
+
+
+def test_cluster_urls_and_logs_from_the_environment(monkeypatch):
+    monkeypatch.setenv("HYBRID_SEARCH_BACKEND__URLS", "http://a:9200, http://b:9200")
+    monkeypatch.setenv("HYBRID_SEARCH_LOGS__QUERIES", "true")
+    monkeypatch.setenv("HYBRID_SEARCH_LOGS__QUERY_TEXT", "false")
+    s = load_settings()
+    assert s.backend.urls == ("http://a:9200", "http://b:9200")
+    assert s.logs.queries and not s.logs.query_text and s.logs.ingest

@@ -138,19 +138,12 @@ def test_retrievers_the_old_spec_lacks_are_gated(spec):
 @pytest.mark.parametrize("name", STACK)
 @pytest.mark.parametrize("log_mapping", ["queries", "ingest"])
 def test_log_index_bodies(spec, name, log_mapping):
-    from search.engines.cluster import latest_body, log_index_body
     from search.logs import INGEST_LOG_MAPPING, QUERY_LOG_MAPPING
+    from specs import log_request_cases
 
     v = spec(name)
-    mapping = QUERY_LOG_MAPPING if log_mapping == "queries" else INGEST_LOG_MAPPING
-    ok(v, "put", "/{index}", log_index_body(mapping))
-    ok(v, "put", "/{index}/_mapping", {"properties": mapping["properties"]})
-    ok(v, "post", "/{index}/_search", latest_body())
+    for method, path, body, valid in log_request_cases(QUERY_LOG_MAPPING if log_mapping == "queries"
+                                                       else INGEST_LOG_MAPPING):
+        (ok if valid else broken)(v, method, path, body)
     header, _ = helpers.expand_action({"_op_type": "create", "_index": "x-queries", "_id": "a1", "_source": {}})
     assert v.errors(v.schema("_global.bulk:OperationContainer"), header) == []
-    bad = log_index_body(mapping)
-    bad["mappings"]["dynamic"] = "strictly"
-    broken(v, "put", "/{index}", bad)
-    bad = latest_body()
-    bad["sort"] = [{"@timestamp": {"order": "newest"}}]
-    broken(v, "post", "/{index}/_search", bad)

@@ -203,11 +203,27 @@ def test_construction_does_no_io(tmp_path):
     assert qlog.close() == qlog.stats and qlog.stats.recorded == 0
 
 
-def test_latest_reads_the_last_line_of_a_large_log(tmp_path):
+def test_latest_reads_the_last_line_of_a_large_log(tmp_path, monkeypatch):
+    import search.logs
+
+    monkeypatch.setattr(search.logs, "TAIL_BYTES", 4096)  # lines longer than the window: it reads further back
     sink = JsonlLogSink(tmp_path)
     sink.ensure("big-ingest", INGEST_LOG_MAPPING)
-    docs = [{"@timestamp": f"2026-01-0{i}T00:00:00Z", "status": "failed", "error": "x" * 9000} for i in range(1, 4)]
-    sink.append("big-ingest", docs)
-    assert sink.latest("big-ingest")["@timestamp"] == "2026-01-03T00:00:00Z"
-    assert sink.count("big-ingest") == 3 and sink.latest("missing") is None and sink.count("missing") == 0
+    docs = [{"@timestamp": f"2026-01-0{i}T00:00:00Z", "status": "failed", "error": "x" * 9000} for i in (1, 2, 4, 3)]
+    sink.append("big-ingest", docs[:2])
+    assert sink.latest("big-ingest")["@timestamp"] == "2026-01-02T00:00:00Z"
+    sink.append("big-ingest", docs[2:])
+    assert sink.latest("big-ingest")["@timestamp"] == "2026-01-03T00:00:00Z"  # only the whole last line fits
+    assert sink.count("big-ingest") == 4 and sink.latest("missing") is None and sink.count("missing") == 0
     assert json.loads((tmp_path / "big-ingest.mapping.json").read_text()) == INGEST_LOG_MAPPING
+
+
+def test_bench_querylog_reports_both_latencies_and_what_the_log_wrote(tmp_path):
+    from search.bench import run_bench
+
+    settings = load_settings(overrides={"data_dir": str(tmp_path / "data"), "index": {"name": "bench"}})
+    report = run_bench("querylog", settings, queries=4, repeats=1)
+    assert set(report["modes"]) == {"bm25", "hybrid"}
+    for mode in report["modes"].values():
+        assert mode["plain_p50_ms"] > 0 and mode["logged_p50_ms"] > 0 and mode["p50_ratio_logged_to_plain"] > 0
+    assert report["log"] == {"recorded": 10, "written": 10, "dropped": 0, "failed": 0}  # 2 warm-ups + 2 x 4

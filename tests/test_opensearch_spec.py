@@ -125,16 +125,11 @@ def test_what_opensearch_cannot_fuse_is_refused_before_sending():
 
 @pytest.mark.parametrize("log_mapping", ["queries", "ingest"])
 def test_log_index_bodies(v, log_mapping):
-    from search.engines.cluster import latest_body, log_index_body
     from search.logs import INGEST_LOG_MAPPING, QUERY_LOG_MAPPING
+    from specs import log_request_cases
 
-    mapping = QUERY_LOG_MAPPING if log_mapping == "queries" else INGEST_LOG_MAPPING
-    ok(v, "put", "/{index}", log_index_body(mapping))
-    ok(v, "put", "/{index}/_mapping", {"properties": mapping["properties"]})
-    ok(v, "post", "/{index}/_search", latest_body())
-    bad = log_index_body(mapping)
-    bad["mappings"]["dynamic"] = "strictly"
-    broken(v, "put", "/{index}", bad)
-    bad = latest_body()
-    bad["sort"] = [{"@timestamp": {"order": "newest"}}]
-    broken(v, "post", "/{index}/_search", bad)
+    for method, path, body, valid in log_request_cases(QUERY_LOG_MAPPING if log_mapping == "queries"
+                                                       else INGEST_LOG_MAPPING):
+        (ok if valid else broken)(v, method, path, body)
+    header = {"create": {"_index": "x-queries", "_id": "a1"}}
+    assert v.errors(v.schema("_core.bulk___OperationContainer"), header) == []

@@ -159,6 +159,17 @@ class BackendSettings(_Section):
             return tuple(u.strip() for u in value.split(",") if u.strip())
         return value
 
+    def credentials(self) -> tuple[str | None, tuple[str, str] | None]:
+        """(API key, (username, password)), read from the environment now; an API key wins over a user."""
+        api_key = self.api_key.resolve()
+        if api_key or not self.username:
+            return api_key, None
+        password = self.password.resolve()
+        if not password:
+            raise ConfigError(f"username {self.username!r} given but {self.password.env_var} is not set: export "
+                              "the password in that variable")
+        return None, (self.username, password)
+
     @field_validator("password", "api_key", mode="before")
     @classmethod
     def _secret_from_name(cls, value: Any) -> Any:

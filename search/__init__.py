@@ -10,6 +10,8 @@ from search.backend import Backend, BulkResult, IndexedDocument, IndexSpec, Inde
 from search.filters import Filter
 from search.fusion import FUSERS, NORMALIZERS, fuse, fuse_linear, fuse_rrf, normalize_minmax, normalize_zscore
 from search.hits import Hit, SearchResult
+from search.inspection import Inspection, inspect_index
+from search.logs import JsonlLogSink, LogSink, QueryLog, QueryLogStats
 from search.searcher import HybridSearcher, parse_mode
 
 __all__ = [
@@ -24,11 +26,17 @@ __all__ = [
     "IndexSpec",
     "IndexStats",
     "IndexedDocument",
+    "Inspection",
+    "JsonlLogSink",
+    "LogSink",
+    "QueryLog",
+    "QueryLogStats",
     "SearchResult",
     "ServerFusion",
     "fuse",
     "fuse_linear",
     "fuse_rrf",
+    "inspect_index",
     "normalize_minmax",
     "normalize_zscore",
     "open_backend",

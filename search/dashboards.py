@@ -98,13 +98,11 @@ def _headers(product: Product, settings: BackendSettings) -> dict[str, str]:
     import urllib3
 
     headers = {product.xsrf_header: "true"}
-    api_key, password = settings.api_key.resolve(), settings.password.resolve()
+    api_key, basic = settings.credentials()
     if api_key:
         headers["Authorization"] = f"ApiKey {api_key}"
-    elif settings.username:
-        if not password:
-            raise ConfigError(f"username {settings.username!r} given but {settings.password.env_var} is not set")
-        headers.update(urllib3.make_headers(basic_auth=f"{settings.username}:{password}"))
+    elif basic:
+        headers.update(urllib3.make_headers(basic_auth=":".join(basic)))
     return headers
 
 

@@ -70,3 +70,17 @@ def test_cluster_urls_and_logs_from_the_environment(monkeypatch):
     s = load_settings()
     assert s.backend.urls == ("http://a:9200", "http://b:9200")
     assert s.logs.queries and not s.logs.query_text and s.logs.ingest
+
+
+def test_credentials_resolve_when_a_connection_is_made(monkeypatch):
+    from config.settings import BackendSettings
+
+    monkeypatch.delenv("HYBRID_SEARCH_API_KEY", raising=False)
+    monkeypatch.delenv("HYBRID_SEARCH_PASSWORD", raising=False)
+    assert BackendSettings().credentials() == (None, None)
+    with pytest.raises(ConfigError, match="HYBRID_SEARCH_PASSWORD is not set"):
+        BackendSettings(username="elastic").credentials()
+    monkeypatch.setenv("HYBRID_SEARCH_PASSWORD", "pw")
+    assert BackendSettings(username="elastic").credentials() == (None, ("elastic", "pw"))
+    monkeypatch.setenv("HYBRID_SEARCH_API_KEY", "key")
+    assert BackendSettings(username="elastic").credentials() == ("key", None)

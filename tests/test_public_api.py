@@ -8,10 +8,10 @@ import pytest
 
 PUBLIC = {
     "config": {"Settings", "load_settings", "Secret", "HybridSearchError", "ConfigError", "BackendUnavailable",
-               "IndexingError", "QueryError", "FusionUnsupported", "IndexNotFound"},
+               "IndexingError", "QueryError", "FusionUnsupported", "IndexNotFound", "DashboardsError", "LogSettings"},
     "ingest": {"Encoder", "run_ingest", "open_source", "open_query_set", "validate", "IngestSummary", "resolve_model"},
     "search": {"Backend", "HybridSearcher", "Hit", "SearchResult", "EmbeddedBackend", "fuse_rrf", "fuse_linear",
-               "open_backend"},
+               "open_backend", "QueryLog", "QueryLogStats", "JsonlLogSink", "inspect_index", "Inspection"},
     "rerank": {"CrossEncoderReranker", "Reranker", "rerank_hits"},
 }
 

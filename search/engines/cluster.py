@@ -134,15 +134,8 @@ class ClusterBackend(ABC):
 
     # --- connection -------------------------------------------------------------------------------
     def _auth(self) -> dict[str, Any]:
-        api_key, password = self.settings.api_key.resolve(), self.settings.password.resolve()
-        if api_key:
-            return {"api_key": api_key}
-        if self.settings.username:
-            if not password:
-                raise ConfigError(f"username {self.settings.username!r} given but {self.settings.password.env_var} "
-                                  "is not set: export the password in that variable")
-            return {"basic_auth": (self.settings.username, password)}
-        return {}
+        api_key, basic = self.settings.credentials()
+        return {"api_key": api_key} if api_key else {"basic_auth": basic} if basic else {}
 
     @abstractmethod
     def _make_client(self) -> Any:
@@ -226,16 +219,11 @@ class ClusterBackend(ABC):
         return bool(self._call("index exists", self.client.indices.exists, index=index))
 
     def index_spec(self, index: str) -> IndexSpec | None:
-        if not self.index_exists(index):
-            return None
+        return _spec_from_mapping(self._mapping(index)) if self.index_exists(index) else None
+
+    def _mapping(self, index: str) -> dict[str, Any]:
         mappings = self._call("get mapping", self.client.indices.get_mapping, index=index)
-        body = next(iter(mappings.values()))["mappings"]
-        meta = (body.get("_meta") or {}).get(SPEC_META_KEY)
-        if meta:
-            return IndexSpec(**meta)
-        dims = body.get("properties", {}).get(VECTOR_FIELD, {}).get("dims") or \
-            body.get("properties", {}).get(VECTOR_FIELD, {}).get("dimension")
-        return IndexSpec(dims=int(dims)) if dims else None
+        return next(iter(mappings.values()))["mappings"]
 
     def _alias_targets(self, alias: str) -> list[str]:
         if not self._call("alias exists", self.client.indices.exists_alias, name=alias):
@@ -374,12 +362,10 @@ class ClusterBackend(ABC):
         physical = targets[0] if targets else index
         raw = self._call("stats", self.client.indices.stats, index=physical, metric="store")
         size = raw["indices"][physical]["total"]["store"]["size_in_bytes"]
-        mappings = self._call("get mapping", self.client.indices.get_mapping, index=physical)
-        body = next(iter(mappings.values()))["mappings"]
-        fields = mapping_fields(body)
-        vector = {k: v for k, v in (body.get("properties", {}).get(VECTOR_FIELD) or {}).items()}
+        body = self._mapping(physical)
         return IndexStats(alias=index if targets else "", physical=physical, count=self.count(index),
-                          spec=self.index_spec(index), store_bytes=int(size), vector=vector, fields=fields)
+                          spec=_spec_from_mapping(body), store_bytes=int(size),
+                          vector=dict(body.get("properties", {}).get(VECTOR_FIELD) or {}), fields=mapping_fields(body))
 
     # --- search -----------------------------------------------------------------------------------
     def _search(self, index: str, body: Mapping[str, Any], params: Mapping[str, str] | None = None
@@ -555,6 +541,16 @@ class ClusterLogSink:
 
     def count(self, name: str) -> int:
         return self.backend.count(name) if self.backend.index_exists(name) else 0
+
+
+def _spec_from_mapping(body: Mapping[str, Any]) -> IndexSpec | None:
+    """The spec stored in the mapping's ``_meta``; for an index made elsewhere, its vector size alone."""
+    meta = (body.get("_meta") or {}).get(SPEC_META_KEY)
+    if meta:
+        return IndexSpec(**meta)
+    vector = body.get("properties", {}).get(VECTOR_FIELD, {})
+    dims = vector.get("dims") or vector.get("dimension")
+    return IndexSpec(dims=int(dims)) if dims else None
 
 
 def _reason(error: Any) -> str:

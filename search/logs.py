@@ -199,11 +199,9 @@ def mapping_fields(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, st
     out: dict[str, str] = {}
     for name, spec in (mapping.get("properties") or {}).items():
         path = f"{prefix}{name}"
+        out[path] = spec.get("type", "object")
         if "properties" in spec:
-            out[path] = spec.get("type", "object")
             out.update(mapping_fields(spec, path + "."))
-        else:
-            out[path] = spec.get("type", "object")
         for sub, sub_spec in (spec.get("fields") or {}).items():
             out[f"{path}.{sub}"] = sub_spec.get("type", "object")
     return out

@@ -7,6 +7,8 @@ that is the searcher's job, so every engine gets the same pipeline. Construction
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -28,10 +30,19 @@ __all__ = [
     "IndexedDocument",
     "IndexStats",
     "ServerFusion",
+    "check_index_name",
     "open_backend",
 ]
 
 Similarity = Literal["dot_product", "cosine"]
+
+_INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,199}$")
+
+
+def check_index_name(name: str) -> None:
+    """An index or alias name every backend accepts; ``ConfigError`` otherwise."""
+    if not _INDEX_NAME.match(name):
+        raise ConfigError(f"index name {name!r} is not valid: use lowercase letters, digits, '.', '_' or '-'")
 
 
 @dataclass(frozen=True, slots=True)

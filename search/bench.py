@@ -151,23 +151,34 @@ def bench_rerank(settings: Settings, source: str | None, docs: int, batch_size: 
         return result
 
 
-def bench_search(settings: Settings, source: str | None, queries: int, repeats: int) -> dict[str, Any]:
-    from ingest.encoder import Encoder
+def _queries(source: str | None, n: int) -> list[str]:
+    """``n`` query texts from the source's queries, cycled when it has fewer."""
+    _, texts = _texts(source, 1)
+    return (texts * (n // max(len(texts), 1) + 1))[:n]
+
+
+def _ensure_indexed(backend: Any, encoder: Any, settings: Settings, source: str | None) -> None:
+    """Ingest the source (default: the bundled sample) into the settings' index unless it exists."""
     from ingest.pipeline import run_ingest
     from ingest.sources import open_source
+
+    if not backend.index_exists(settings.index.name):
+        run_ingest(open_source(source or SAMPLE), backend, encoder, settings, alias=settings.index.name)
+
+
+def bench_search(settings: Settings, source: str | None, queries: int, repeats: int) -> dict[str, Any]:
+    from ingest.encoder import Encoder
     from rerank.cross_encoder import CrossEncoderReranker
     from search.backend import open_backend
     from search.searcher import HybridSearcher
 
-    _, query_texts = _texts(source, 1)
-    query_texts = (query_texts * (queries // max(len(query_texts), 1) + 1))[:queries]
+    query_texts = _queries(source, queries)
     encoder = Encoder(settings=settings.models)
     modes = ["bm25", "knn", "hybrid", "hybrid+rerank"]
     out: dict[str, Any] = {"bench": "search", "index": settings.index.name, "queries": len(query_texts),
                            "backend": settings.backend.kind, "modes": {}}
     with open_backend(settings) as backend:
-        if not backend.index_exists(settings.index.name):
-            run_ingest(open_source(source or SAMPLE), backend, encoder, settings, alias=settings.index.name)
+        _ensure_indexed(backend, encoder, settings, source)
         searcher = HybridSearcher(backend, index=settings.index.name, encoder=encoder,
                                   reranker=CrossEncoderReranker(settings=settings.models), settings=settings.search)
         for mode in modes:
@@ -189,20 +200,16 @@ def bench_query_log(settings: Settings, source: str | None, queries: int, repeat
     cluster (through the same bulk writer as the real log).
     """
     from ingest.encoder import Encoder
-    from ingest.pipeline import run_ingest
-    from ingest.sources import open_source
     from search.backend import open_backend
     from search.logs import JsonlLogSink, QueryLog
     from search.searcher import HybridSearcher
 
-    _, query_texts = _texts(source, 1)
-    query_texts = (query_texts * (queries // max(len(query_texts), 1) + 1))[:queries]
+    query_texts = _queries(source, queries)
     encoder = Encoder(settings=settings.models)
     out: dict[str, Any] = {"bench": "querylog", "index": settings.index.name, "queries": len(query_texts),
                            "backend": settings.backend.kind, "modes": {}}
     with open_backend(settings) as backend, tempfile.TemporaryDirectory() as tmp:
-        if not backend.index_exists(settings.index.name):
-            run_ingest(open_source(source or SAMPLE), backend, encoder, settings, alias=settings.index.name)
+        _ensure_indexed(backend, encoder, settings, source)
         sink = JsonlLogSink(tmp) if backend.name == "embedded" else backend.log_sink()
         qlog = QueryLog(sink, index=f"{settings.index.name}-bench", backend=backend.name, settings=settings.logs)
         plain = HybridSearcher(backend, index=settings.index.name, encoder=encoder, settings=settings.search)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 
 from config.errors import ConfigError, DashboardsError
 from config.settings import BackendSettings
+from search.backend import check_index_name
 
 __all__ = ["PRODUCTS", "InstallResult", "Product", "install_saved_objects", "saved_objects"]
 
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 SAVED_OBJECTS_DIR = Path(__file__).resolve().parent.parent / "config" / "dashboards"
 DEFAULT_ALIAS = "corpus"
 _ID_PREFIX = f"hybrid-search-{DEFAULT_ALIAS}"
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,199}$")
 _RETRY_STATUS = frozenset({502, 503, 504})  # Kibana answers 503 while it starts
 
 
@@ -80,8 +79,7 @@ def saved_objects(product: str, alias: str = DEFAULT_ALIAS, directory: Path = SA
     """The product's saved objects, renamed for ``alias``."""
     if product not in PRODUCTS:
         raise ConfigError(f"unknown dashboards product {product!r}: use {' or '.join(PRODUCTS)}")
-    if not _NAME.match(alias):
-        raise ConfigError(f"index name {alias!r} is not valid: use lowercase letters, digits, '.', '_' or '-'")
+    check_index_name(alias)
     path = directory / PRODUCTS[product].file
     if not path.is_file():
         raise ConfigError(f"{path} is missing: reinstall hybrid-search (the saved objects ship with it)")

@@ -35,7 +35,7 @@ import numpy as np
 import tantivy
 
 from config.errors import ConfigError, FailedItem, FusionUnsupported, IndexNotFound, QueryError
-from search.backend import BulkResult, IndexedDocument, IndexSpec, IndexStats, ServerFusion
+from search.backend import BulkResult, IndexedDocument, IndexSpec, IndexStats, ServerFusion, check_index_name
 from search.filters import METADATA_FIELD, Filter, clauses, to_sql
 from search.hits import Hit
 from search.logs import JsonlLogSink
@@ -49,7 +49,6 @@ _EXACT_FILTER_LIMIT = 20_000  # below this many allowed docs, a filtered kNN is 
 _COMPACT_MIN_DEAD = 1_000
 _COMPACT_FRACTION = 0.2
 _VECTOR_FILE = re.compile(r"^vectors-(\d+)\.faiss$")
-_INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,199}$")
 
 _SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS docs(
@@ -490,10 +489,7 @@ class EmbeddedBackend:
     def _index_kwargs(self) -> dict[str, Any]:
         return {"ef_search": self.ef_search, "flush_seconds": self.flush_seconds}
 
-    @staticmethod
-    def _check_name(name: str) -> None:
-        if not _INDEX_NAME.match(name):
-            raise ConfigError(f"index name {name!r} is not valid: use lowercase letters, digits, '.', '_' or '-'")
+    _check_name = staticmethod(check_index_name)
 
     # --- protocol ---------------------------------------------------------------------------------
     def ensure_index(self, index: str, spec: IndexSpec) -> None:

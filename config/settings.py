@@ -103,6 +103,10 @@ class IngestSettings(_Section):
     batch_size: int = Field(default=1024, ge=1)  # documents per encode + upsert step
     strict: bool = False  # first bad record is fatal
     checkpoint_seconds: float = Field(default=30.0, ge=0.0)  # embedded: how often derived indexes persist
+    # A rebuild that would leave the alias with fewer than this fraction of the documents it serves now is
+    # refused (the build is kept for ``--resume --allow-shrink``), so a wrong field or file cannot empty it.
+    min_kept_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
+    allow_shrink: bool = False
 
 
 class SearchSettings(_Section):

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from config.errors import BadRecordError, ConfigError, IndexingError
+from config.errors import BadRecordError, ConfigError, IndexingError, SourceError
 from config.settings import Settings
 from ingest.sources import CorpusSource
 from ingest.validate import Document, Reject, RejectsFile, validate
@@ -189,10 +189,27 @@ def _run_ingest(
     rejects = RejectsFile(rejects_path, source=source.name, truncate_to=ckpt.rejects_bytes if resumed else None)
     run = _Run(ckpt, ckpt_path, rejects)
     try:
-        _stream(source, backend, encoder, settings, run, progress)
-    finally:
-        rejects.close()
-    return _finish(backend, run, alias, rejects_path, resumed)
+        try:
+            _stream(source, backend, encoder, settings, run, progress)
+        finally:
+            rejects.close()
+        return _finish(backend, run, alias, rejects_path, resumed, settings)
+    except (BadRecordError, SourceError, _NothingStored) as exc:
+        # not resumable: a rerun starts over, so the half-built index and its checkpoint go now
+        _discard(backend, run)
+        if isinstance(exc, _NothingStored):
+            raise IndexingError(str(exc)) from None
+        raise
+
+
+class _NothingStored(Exception):
+    """The build holds no document; it is discarded and the alias is left as it was."""
+
+
+def _discard(backend: Backend, run: _Run) -> None:
+    if backend.index_exists(run.ckpt.physical):
+        backend.drop_index(run.ckpt.physical)
+    run.ckpt_path.unlink(missing_ok=True)
 
 
 def _start(
@@ -210,8 +227,11 @@ def _start(
         return previous, True
     if resume:
         log.warning("no interrupted ingest of %r to resume; starting a new build", alias)
-    if previous is not None and backend.index_exists(previous.physical):
-        backend.drop_index(previous.physical)  # an abandoned half-built index
+    if previous is not None:
+        log.warning("discarding the interrupted ingest of %r into %s (%d records read from %s); use --resume "
+                    "to continue such a build instead", alias, previous.physical, previous.read, previous.source)
+        if backend.index_exists(previous.physical):
+            backend.drop_index(previous.physical)
     physical = backend.begin_build(alias, spec)
     ckpt = Checkpoint(alias=alias, physical=physical, source=source, model=model)
     ckpt.save(ckpt_path)
@@ -276,7 +296,22 @@ def _store(
     run.commit(position, read, rejected, truncated)
 
 
-def _finish(backend: Backend, run: _Run, alias: str, rejects_path: Path, resumed: bool) -> IngestSummary:
+def _check_shrink(backend: Backend, alias: str, physical: str, stored: int, settings: Settings) -> None:
+    """Refuse to swap in a build much smaller than what the alias serves, unless the user allowed it."""
+    if settings.ingest.allow_shrink or alias == physical or not backend.index_exists(alias):
+        return
+    serving = backend.count(alias)
+    if stored < settings.ingest.min_kept_fraction * serving:
+        raise IndexingError(
+            f"this build would shrink {alias!r} from {serving} to {stored} documents (below "
+            f"ingest.min_kept_fraction = {settings.ingest.min_kept_fraction}), so {alias!r} is unchanged. If that "
+            f"is intended, rerun with --resume --allow-shrink to serve the build {physical}; otherwise check "
+            "the source and its fields"
+        )
+
+
+def _finish(backend: Backend, run: _Run, alias: str, rejects_path: Path, resumed: bool,
+            settings: Settings) -> IngestSummary:
     c = run.ckpt
     backend.refresh(c.physical)
     stored = backend.count(c.physical)
@@ -286,6 +321,12 @@ def _finish(backend: Backend, run: _Run, alias: str, rejects_path: Path, resumed
             f"count check failed for {c.physical}: {stored} stored, but {c.read} read - {c.rejected} rejected = "
             f"{expected}; the alias {alias!r} was not switched. Inspect {rejects_path} and rerun with --resume"
         )
+    if stored == 0:
+        raise _NothingStored(
+            f"nothing was stored: {c.read} read, {c.rejected} rejected (reasons in {rejects_path}); {alias!r} is "
+            "unchanged. Check the source and --id-field / --text-field"
+        )
+    _check_shrink(backend, alias, c.physical, stored, settings)
     backend.finish_build(alias, c.physical)
     run.ckpt_path.unlink(missing_ok=True)
     seconds = c.elapsed + time.perf_counter() - run.started

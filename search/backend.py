@@ -32,6 +32,7 @@ __all__ = [
     "ServerFusion",
     "check_index_name",
     "open_backend",
+    "previous_alias",
 ]
 
 Similarity = Literal["dot_product", "cosine"]
@@ -43,6 +44,11 @@ def check_index_name(name: str) -> None:
     """An index or alias name every backend accepts; ``ConfigError`` otherwise."""
     if not _INDEX_NAME.match(name):
         raise ConfigError(f"index name {name!r} is not valid: use lowercase letters, digits, '.', '_' or '-'")
+
+
+def previous_alias(alias: str) -> str:
+    """The alias that keeps ``alias``'s previous build searchable until the next build, for ``rollback``."""
+    return f"{alias}-previous"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +131,13 @@ class Backend(Protocol):
         """Create (or, with ``resume_from``, reopen) a physical index for a bulk load; return its name."""
 
     def finish_build(self, alias: str, physical: str) -> None:
-        """Make ``physical`` durable and searchable, point ``alias`` at it atomically, drop the old one."""
+        """Make ``physical`` durable and searchable and point ``alias`` at it atomically. The build it
+        replaces stays as ``previous_alias(alias)``; the one that alias held before is dropped."""
+
+    def rollback(self, alias: str) -> tuple[str, str]:
+        """Swap ``alias`` and its previous build atomically; return (now serving, now previous).
+
+        Raises ``IndexNotFound`` when there is no previous build."""
 
     def upsert(self, index: str, docs: Sequence[IndexedDocument]) -> BulkResult:
         """Store documents; an existing id is replaced, never duplicated."""
@@ -162,7 +174,7 @@ class Backend(Protocol):
         """Make everything upserted so far visible to searches and durable."""
 
     def drop_index(self, index: str) -> None:
-        """Delete the index (and an alias of that name with its physical index)."""
+        """Delete the index; for an alias, its physical index and its previous build."""
 
     def stats(self, index: str) -> IndexStats: ...
 

@@ -50,6 +50,8 @@ def _ingest_knobs(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("ingest")
     g.add_argument("--resume", action="store_true", help="continue an interrupted ingest of this index")
     g.add_argument("--strict", action="store_true", default=None, help="the first bad record is fatal")
+    g.add_argument("--allow-shrink", action="store_true", default=None,
+                   help="serve a build even if it holds far fewer documents than the alias serves now")
     g.add_argument("--batch-size", type=int, help="documents per encode + upsert step")
     g.add_argument("--analyzer", choices=["standard", "english"])
     g.add_argument("--id-field", help="id field of JSONL/CSV/Parquet records (default: _id, then id)")
@@ -110,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     _common(p)
 
+    p = sub.add_parser("rollback", help="serve the previous build of an index again (run twice to undo)")
+    p.add_argument("--index")
+    _common(p)
+
     p = sub.add_parser("dashboards", help="Kibana / OpenSearch Dashboards saved objects")
     dsub = p.add_subparsers(dest="dashboards_command", required=True, metavar="ACTION")
     d = dsub.add_parser("install", help="import the data views, visualizations and dashboard (overwrites)")
@@ -166,7 +172,8 @@ def _settings(args: argparse.Namespace) -> Any:
         "models": {"bi_encoder": g.get("model"), "cross_encoder": g.get("cross_encoder"), "device": g.get("device")},
         "index": {"name": g.get("index"), "analyzer": g.get("analyzer")},
         "logs": {"queries": g.get("log_queries"), "query_text": False if g.get("no_query_text") else None},
-        "ingest": {"batch_size": g.get("batch_size") if args.command != "bench" else None, "strict": g.get("strict")},
+        "ingest": {"batch_size": g.get("batch_size") if args.command != "bench" else None, "strict": g.get("strict"),
+                   "allow_shrink": g.get("allow_shrink")},
         "search": {
             "fusion": g.get("fusion"), "rrf_k": g.get("rrf_k"), "normalizer": g.get("normalizer"),
             "bm25_weight": g.get("bm25_weight"), "knn_weight": g.get("knn_weight"),
@@ -402,6 +409,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from search.backend import open_backend, previous_alias
+
+    settings = _settings(args)
+    alias = settings.index.name
+    with open_backend(settings) as backend:
+        serving, previous = backend.rollback(alias)
+        count = backend.count(alias)
+    print(f"{alias} now serves {serving} ({count} documents); {previous} is kept as {previous_alias(alias)} "
+          "(roll back again to undo)")
+    return 0
+
+
 def cmd_dashboards(args: argparse.Namespace) -> int:
     from search.dashboards import PRODUCTS, install_saved_objects
 
@@ -415,7 +435,7 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "eval": cmd_eval, "bench": cmd_bench,
-            "duplicates": cmd_duplicates, "duplicates-eval": cmd_duplicates_eval, "inspect": cmd_inspect,
+            "duplicates": cmd_duplicates, "duplicates-eval": cmd_duplicates_eval, "inspect": cmd_inspect, "rollback": cmd_rollback,
             "dashboards": cmd_dashboards}
 
 

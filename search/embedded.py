@@ -35,7 +35,15 @@ import numpy as np
 import tantivy
 
 from config.errors import ConfigError, FailedItem, FusionUnsupported, IndexNotFound, QueryError
-from search.backend import BulkResult, IndexedDocument, IndexSpec, IndexStats, ServerFusion, check_index_name
+from search.backend import (
+    BulkResult,
+    IndexedDocument,
+    IndexSpec,
+    IndexStats,
+    ServerFusion,
+    check_index_name,
+    previous_alias,
+)
 from search.filters import METADATA_FIELD, Filter, clauses, to_sql
 from search.hits import Hit
 from search.logs import JsonlLogSink
@@ -524,13 +532,27 @@ class EmbeddedBackend:
     def finish_build(self, alias: str, physical: str) -> None:
         self._get(physical).flush()
         aliases = self._aliases()
-        previous = aliases.get(alias)
+        keep = previous_alias(alias)
+        current, retired = aliases.get(alias), aliases.get(keep)
         if alias in self._all_physical() and alias != physical:
             self._drop_physical(alias)  # an older plain index of that name gives way to the alias
         aliases[alias] = physical
+        if current and current != physical:
+            aliases[keep] = current
+        self._write_aliases(aliases)  # one atomic file replace is the swap
+        if retired and retired not in aliases.values():
+            self._drop_physical(retired)
+
+    def rollback(self, alias: str) -> tuple[str, str]:
+        self._check_name(alias)
+        aliases = self._aliases()
+        keep = previous_alias(alias)
+        if alias not in aliases or keep not in aliases:
+            raise IndexNotFound(f"no previous build of {alias!r} to roll back to under {self.data_dir}: one is "
+                                "kept from the second successful ingest on")
+        aliases[alias], aliases[keep] = aliases[keep], aliases[alias]
         self._write_aliases(aliases)
-        if previous and previous != physical:
-            self._drop_physical(previous)
+        return aliases[alias], aliases[keep]
 
     def upsert(self, index: str, docs: Sequence[IndexedDocument]) -> BulkResult:
         return self._get(index).upsert(docs)
@@ -560,9 +582,10 @@ class EmbeddedBackend:
     def drop_index(self, index: str) -> None:
         aliases = self._aliases()
         if index in aliases:
-            physical = aliases.pop(index)
+            dropped = [aliases.pop(name) for name in (index, previous_alias(index)) if name in aliases]
             self._write_aliases(aliases)
-            self._drop_physical(physical)
+            for physical in dropped:
+                self._drop_physical(physical)
         elif self.index_exists(index):
             self._write_aliases({a: p for a, p in aliases.items() if p != index})
             self._drop_physical(index)

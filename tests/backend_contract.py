@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from config.errors import ConfigError, IndexNotFound
-from search.backend import IndexedDocument, IndexSpec
+from search.backend import IndexedDocument, IndexSpec, previous_alias
 
 DIMS = 8
 SPEC = IndexSpec(dims=DIMS, similarity="dot_product")
@@ -145,7 +145,27 @@ class BackendContract:
         assert backend.count(index) == 3  # searchers still see the old build
         backend.finish_build(index, second)
         assert backend.count(index) == len(corpus())
-        assert not backend.index_exists(first)
+        assert backend.count(previous_alias(index)) == 3  # the replaced build is kept for rollback
+        third = backend.begin_build(index, SPEC)
+        backend.upsert(third, corpus()[:5])
+        backend.finish_build(index, third)
+        assert backend.count(index) == 5 and backend.count(previous_alias(index)) == len(corpus())
+        assert not backend.index_exists(first)  # only one previous build is kept
+
+    def test_rollback_swaps_serving_and_previous_builds(self, backend, index):
+        with pytest.raises(IndexNotFound, match="no previous build"):
+            backend.rollback(index)
+        builds = []
+        for n in (4, 7):
+            builds.append(backend.begin_build(index, SPEC))
+            backend.upsert(builds[-1], corpus()[:n])
+            backend.finish_build(index, builds[-1])
+        assert backend.rollback(index) == (builds[0], builds[1])
+        assert (backend.count(index), backend.count(previous_alias(index))) == (4, 7)
+        assert backend.rollback(index) == (builds[1], builds[0])
+        assert backend.count(index) == 7
+        backend.drop_index(index)
+        assert not any(backend.index_exists(b) for b in builds)  # dropping an alias drops both builds
 
     def test_missing_index_is_a_clear_error(self, backend):
         with pytest.raises(IndexNotFound):

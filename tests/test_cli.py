@@ -61,3 +61,25 @@ def test_ingest_search_eval_on_the_sample(tmp_path):
         assert set(metrics["latency_ms"]) == {"p50", "p95"}
         assert 0.0 <= metrics["ndcg@10"] <= 1.0
     assert modes["hybrid+rerank"]["ndcg@10"] > modes["bm25"]["ndcg@10"]
+
+
+def test_a_typo_in_id_field_fails_and_keeps_the_index_then_rollback(tmp_path):
+    data = str(tmp_path / "data")
+    corpus = str(SAMPLE / "corpus.jsonl")
+    assert run("ingest", corpus, "--index", "live", "--data-dir", data, "--quiet").returncode == 0
+    out = run("ingest", corpus, "--index", "live", "--data-dir", data, "--quiet", "--id-field", "doc_id")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "nothing was stored: 40 read, 40 rejected" in out.stderr and "'live' is unchanged" in out.stderr
+    out = run("search", "green tea", "--index", "live", "--data-dir", data, "--mode", "bm25", "--json", "--quiet")
+    assert out.returncode == 0 and json.loads(out.stdout)["hits"]
+    out = run("rollback", "--index", "live", "--data-dir", data, "--quiet")
+    assert out.returncode == 2 and "no previous build of 'live'" in out.stderr
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(json.dumps({"_id": f"s{i}", "text": f"tea {i}"}) + "\n" for i in range(3)))
+    out = run("ingest", str(small), "--index", "live", "--data-dir", data, "--quiet")
+    assert out.returncode == 2 and "shrink 'live' from 40 to 3" in out.stderr
+    out = run("ingest", str(small), "--index", "live", "--data-dir", data, "--quiet", "--resume", "--allow-shrink")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["stored"] == 3
+    out = run("rollback", "--index", "live", "--data-dir", data, "--quiet")
+    assert out.returncode == 0 and "40 documents" in out.stdout

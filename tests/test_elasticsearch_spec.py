@@ -73,8 +73,8 @@ def test_settings_and_alias_bodies(spec, name):
     b = backend_at((8, 15, 3))
     for body in (b._loading_settings(), b._serving_settings()):
         ok(spec(name), "put", "/{index}/_settings", body)
-    ok(spec(name), "post", "/_aliases", alias_actions("docs", "docs-2", ["docs-1"], replace_index=False))
-    ok(spec(name), "post", "/_aliases", alias_actions("docs", "docs-2", [], replace_index=True))
+    ok(spec(name), "post", "/_aliases", alias_actions({"docs": (["docs-1"], "docs-2"), "docs-previous": (["docs-0"], "docs-1")}))
+    ok(spec(name), "post", "/_aliases", alias_actions({"docs": ([], "docs-2"), "docs-previous": ([], None)}, remove_index="docs"))
     broken(spec(name), "post", "/_aliases", {"actions": [{"add": {"indexx": "docs-2", "alias": "docs"}}]})
     broken(spec(name), "put", "/{index}/_settings", {"index": {"refresh_intervall": "1s"}})
 

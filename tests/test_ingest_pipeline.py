@@ -137,5 +137,8 @@ def test_reingest_replaces_the_previous_build(settings, encoder):
         first = run_ingest(open_source(SAMPLE), backend, encoder, settings, alias="sample")
         second = run_ingest(open_source(SAMPLE), backend, encoder, settings, alias="sample")
         assert first.physical != second.physical
+        assert backend.stats("sample-previous").physical == first.physical  # kept for rollback
+        third = run_ingest(open_source(SAMPLE), backend, encoder, settings, alias="sample")
         assert not backend.index_exists(first.physical)
+        assert backend.stats("sample-previous").physical == second.physical != third.physical
         assert backend.count("sample") == 40

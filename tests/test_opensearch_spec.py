@@ -63,8 +63,8 @@ def test_settings_alias_and_bulk_bodies(v):
     for body in ({"index": {"refresh_interval": "-1", "number_of_replicas": 0}},
                  {"index": {"refresh_interval": "1s", "number_of_replicas": 1}}):
         ok(v, "put", "/{index}/_settings", body)
-    ok(v, "post", "/_aliases", alias_actions("docs", "docs-2", ["docs-1"], replace_index=False))
-    ok(v, "post", "/_aliases", alias_actions("docs", "docs-2", [], replace_index=True))
+    ok(v, "post", "/_aliases", alias_actions({"docs": (["docs-1"], "docs-2"), "docs-previous": (["docs-0"], "docs-1")}))
+    ok(v, "post", "/_aliases", alias_actions({"docs": ([], "docs-2"), "docs-previous": ([], None)}, remove_index="docs"))
     broken(v, "post", "/_aliases", {"actions": [{"add": {"index": "docs-2", "aliass": "docs"}}]})
     from opensearchpy import helpers
 

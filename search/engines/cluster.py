@@ -35,7 +35,7 @@ from config.errors import (
     QueryError,
 )
 from config.settings import BackendSettings, IndexSettings
-from search.backend import BulkResult, IndexedDocument, IndexSpec, IndexStats, ServerFusion
+from search.backend import BulkResult, IndexedDocument, IndexSpec, IndexStats, ServerFusion, previous_alias
 from search.filters import METADATA_FIELD, Filter, to_query_dsl
 from search.hits import Hit
 from search.logs import mapping_fields, new_log_id
@@ -84,12 +84,17 @@ def bm25_body(query: str, k: int, flt: Filter | None) -> dict[str, Any]:
     return {"query": bm25_query(query, flt), "size": k, "_source": {"excludes": [VECTOR_FIELD]}}
 
 
-def alias_actions(alias: str, physical: str, previous: Sequence[str], *, replace_index: bool) -> dict[str, Any]:
-    """One atomic ``_aliases`` request moving ``alias`` to ``physical`` (dropping a plain index of that name)."""
-    actions: list[dict[str, Any]] = [{"remove": {"index": p, "alias": alias}} for p in previous]
-    if replace_index:
-        actions.append({"remove_index": {"index": alias}})
-    actions.append({"add": {"index": physical, "alias": alias}})
+def alias_actions(
+    targets: Mapping[str, tuple[Sequence[str], str | None]], *, remove_index: str | None = None
+) -> dict[str, Any]:
+    """One atomic ``_aliases`` request: each alias leaves the indexes it points at and joins the new one
+    (or none); ``remove_index`` drops a plain index in the same step (it gives way to an alias)."""
+    actions: list[dict[str, Any]] = []
+    for alias, (old, _) in targets.items():
+        actions += [{"remove": {"index": p, "alias": alias}} for p in old]
+    if remove_index:
+        actions.append({"remove_index": {"index": remove_index}})
+    actions += [{"add": {"index": new, "alias": alias}} for alias, (_, new) in targets.items() if new]
     return {"actions": actions}
 
 
@@ -251,21 +256,39 @@ class ClusterBackend(ABC):
         return physical
 
     def finish_build(self, alias: str, physical: str) -> None:
-        """Restore serving settings, refresh, then move the alias in one atomic request."""
+        """Restore serving settings, refresh, then move the alias (and the previous build's) in one request."""
         self._call("restore settings", self.client.indices.put_settings, index=physical,
                    body=self._serving_settings())
         self.refresh(physical)
-        targets = self._alias_targets(alias)
-        previous = [p for p in targets if p != physical]
+        keep = previous_alias(alias)
+        current = [p for p in self._alias_targets(alias) if p != physical]
+        retired = self._alias_targets(keep)
         # no alias of that name, but an index: a plain index built before gives way to the alias
-        plain = not targets and self._call("index exists", self.client.indices.exists, index=alias)
-        body = alias_actions(alias, physical, previous, replace_index=bool(plain))
+        plain = not current and alias != physical and self._call("index exists", self.client.indices.exists,
+                                                                   index=alias)
+        kept = current[0] if current else None
+        body = alias_actions({alias: (current, physical), keep: (retired, kept)},
+                             remove_index=alias if plain else None)
         self._call("swap alias", self.client.indices.update_aliases, body=body)
-        for old in previous:
-            self._call("drop old index", self.client.indices.delete, index=old)
+        for old in [*current[1:], *retired]:
+            if old not in (physical, kept):
+                self._call("drop old index", self.client.indices.delete, index=old)
+
+    def rollback(self, alias: str) -> tuple[str, str]:
+        self._check_name(alias)
+        keep = previous_alias(alias)
+        current, previous = self._alias_targets(alias), self._alias_targets(keep)
+        if len(current) != 1 or len(previous) != 1:
+            raise IndexNotFound(f"no previous build of {alias!r} to roll back to on {self.urls_text}: one is kept "
+                                "from the second successful ingest on")
+        body = alias_actions({alias: (current, previous[0]), keep: (previous, current[0])})
+        self._call("roll back alias", self.client.indices.update_aliases, body=body)
+        return previous[0], current[0]
 
     def drop_index(self, index: str) -> None:
         targets = self._alias_targets(index)
+        if targets:
+            targets += self._alias_targets(previous_alias(index))
         for physical in targets or ([index] if self.index_exists(index) else []):
             self._call("drop index", self.client.indices.delete, index=physical)
 

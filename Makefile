@@ -1,5 +1,6 @@
 # Two entry points: `make demo` (install, then evaluate the bundled sample offline on the embedded backend)
-# and `make test` (install with test tools, then run the test suite). Both create .venv on first use.
+# and `make test` (install with test tools, check formatting, lint and types, then run the test suite).
+# Both create .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo lint test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +23,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 demo: install
-	HF_HUB_OFFLINE=1 $(BIN)/hybrid-search eval examples/sample --index sample --data-dir .hybrid-search/demo \
+	HF_HUB_OFFLINE=1 $(BIN)/hybrid-search eval sample --index sample --data-dir .hybrid-search/demo \
 		--modes bm25,knn,hybrid,hybrid+rerank --quiet
 	HF_HUB_OFFLINE=1 $(BIN)/hybrid-search search "how do batteries make electricity" --index sample \
 		--data-dir .hybrid-search/demo --mode hybrid+rerank --top-k 3 --quiet
@@ -31,4 +32,4 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .hybrid-search .pytest_cache
+	rm -rf $(VENV) .hybrid-search .pytest_cache build

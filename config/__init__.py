@@ -1,6 +1,6 @@
 """Settings and errors shared by every hybrid-search package. Imports nothing heavy."""
 
-from config.errors import (
+from hybrid_search.config.errors import (
     BackendUnavailable,
     BadRecordError,
     ConfigError,
@@ -13,7 +13,7 @@ from config.errors import (
     QueryError,
     SourceError,
 )
-from config.settings import (
+from hybrid_search.config.settings import (
     BackendSettings,
     IndexSettings,
     IngestSettings,

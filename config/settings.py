@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from config.errors import ConfigError
+from hybrid_search.config.errors import ConfigError
 
 __all__ = [
     "BackendSettings",

@@ -1,12 +1,11 @@
 """Ingest: read a corpus, reject bad records with reasons, encode, and bulk-store into a backend.
 
-Importing this package loads no model and no torch; the encoder loads its model on first use.
+It depends on ``config``, ``encoding`` and ``backends`` (through the small ``IndexBuilder`` protocol), never
+on the application layer. Importing this package loads no model and no torch.
 """
 
-from ingest.encoder import EncodeResult, Encoder, PoolingConfig
-from ingest.models import OFFLINE_MODELS, resolve_model
-from ingest.pipeline import Checkpoint, IngestSummary, index_spec_for, run_ingest
-from ingest.sources import (
+from hybrid_search.ingest.pipeline import Checkpoint, IngestSummary, index_spec_for, run_ingest
+from hybrid_search.ingest.sources import (
     HUB_DATASETS,
     BeirFolder,
     CorpusSource,
@@ -19,25 +18,22 @@ from ingest.sources import (
     RawRecord,
     open_query_set,
     open_source,
+    sample_path,
 )
-from ingest.validate import Document, Reject, RejectsFile, validate
+from hybrid_search.ingest.validate import Document, Reject, RejectsFile, validate
 
 __all__ = [
     "HUB_DATASETS",
-    "OFFLINE_MODELS",
     "BeirFolder",
     "Checkpoint",
     "CorpusSource",
     "CsvFile",
     "Document",
-    "EncodeResult",
-    "Encoder",
     "FieldMap",
     "HubBeir",
     "IngestSummary",
     "JsonlFile",
     "ParquetFile",
-    "PoolingConfig",
     "QuerySet",
     "RawRecord",
     "Reject",
@@ -45,7 +41,7 @@ __all__ = [
     "index_spec_for",
     "open_query_set",
     "open_source",
-    "resolve_model",
+    "sample_path",
     "run_ingest",
     "validate",
 ]

@@ -14,21 +14,20 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from config.errors import BadRecordError, ConfigError, IndexingError, SourceError
-from config.settings import Settings
-from ingest.sources import CorpusSource
-from ingest.validate import Document, Reject, RejectsFile, validate
-from search.backend import Backend, IndexedDocument, IndexSpec
-from search.logs import INGEST_LOG_MAPPING, ingest_log_doc, ingest_log_index, now_iso
+from hybrid_search.config.errors import BadRecordError, ConfigError, IndexingError, SourceError
+from hybrid_search.config.settings import Settings
+from hybrid_search.ingest.sources import CorpusSource
+from hybrid_search.ingest.validate import Document, Reject, RejectsFile, validate
+from hybrid_search.backends.base import IndexBuilder, IndexedDocument, IndexSpec
 
 if TYPE_CHECKING:
-    from ingest.encoder import Encoder
+    from hybrid_search.encoding.encoder import Encoder
 
 __all__ = ["Checkpoint", "IngestSummary", "index_spec_for", "run_ingest"]
 
@@ -130,50 +129,39 @@ class _Run:
         self.ckpt.save(self.ckpt_path)
 
 
+IngestObserver = Callable[["IngestSummary | None", "BaseException | None"], None]
+
+
 def run_ingest(
     source: CorpusSource,
-    backend: Backend,
+    backend: IndexBuilder,
     encoder: Encoder,
     settings: Settings,
     *,
     alias: str,
     resume: bool = False,
     progress: bool = False,
+    on_finish: IngestObserver | None = None,
 ) -> IngestSummary:
     """Build (or with ``resume``, finish) ``alias`` from ``source``; see the module docstring.
 
-    Every run, finished or failed, leaves one summary document in ``<alias>-ingest`` (``settings.logs``).
+    ``on_finish`` hears of every run, finished (the summary) or failed (the exception); the application
+    uses it to write the ingest log. It is called before the exception propagates.
     """
-    started = now_iso()
     try:
         summary = _run_ingest(source, backend, encoder, settings, alias=alias, resume=resume, progress=progress)
     except BaseException as exc:
-        _log_run(backend, settings, None, alias, source.name, encoder.model_name, started,
-                 error=f"{type(exc).__name__}: {exc}")
+        if on_finish is not None:
+            on_finish(None, exc)
         raise
-    _log_run(backend, settings, summary, alias, source.name, encoder.model_name, started)
+    if on_finish is not None:
+        on_finish(summary, None)
     return summary
-
-
-def _log_run(backend: Backend, settings: Settings, summary: IngestSummary | None, alias: str, source: str,
-             model: str, started: str, error: str | None = None) -> None:
-    """Write the run's summary document; a log that cannot be written is a warning, never a failed ingest."""
-    if not settings.logs.ingest:
-        return
-    name = ingest_log_index(alias)
-    doc = ingest_log_doc(summary, backend=backend.name, started_at=started, alias=alias, source=source,
-                         model=model, error=error)
-    try:
-        sink = backend.log_sink()
-        sink.ensure(name, INGEST_LOG_MAPPING)
-        sink.append(name, [doc], refresh=True)
-    except Exception as exc:
-        log.warning("the ingest summary was not written to %s (%s): %s", name, exc, json.dumps(doc))
 
 
 def _run_ingest(
     source: CorpusSource,
-    backend: Backend,
+    backend: IndexBuilder,
     encoder: Encoder,
     settings: Settings,
     *,
@@ -206,14 +194,14 @@ class _NothingStored(Exception):
     """The build holds no document; it is discarded and the alias is left as it was."""
 
 
-def _discard(backend: Backend, run: _Run) -> None:
+def _discard(backend: IndexBuilder, run: _Run) -> None:
     if backend.index_exists(run.ckpt.physical):
         backend.drop_index(run.ckpt.physical)
     run.ckpt_path.unlink(missing_ok=True)
 
 
 def _start(
-    backend: Backend, spec: IndexSpec, ckpt_path: Path, alias: str, source: str, model: str, resume: bool
+    backend: IndexBuilder, spec: IndexSpec, ckpt_path: Path, alias: str, source: str, model: str, resume: bool
 ) -> tuple[Checkpoint, bool]:
     previous = Checkpoint.load(ckpt_path)
     if resume and previous is not None:
@@ -239,7 +227,7 @@ def _start(
 
 
 def _stream(
-    source: CorpusSource, backend: Backend, encoder: Encoder, settings: Settings, run: _Run, progress: bool
+    source: CorpusSource, backend: IndexBuilder, encoder: Encoder, settings: Settings, run: _Run, progress: bool
 ) -> None:
     from tqdm.auto import tqdm
 
@@ -271,7 +259,7 @@ def _stream(
 
 def _store(
     batch: list[Document], rejected: list[Reject], position: int, read: int,
-    backend: Backend, encoder: Encoder, settings: Settings, run: _Run,
+    backend: IndexBuilder, encoder: Encoder, settings: Settings, run: _Run,
 ) -> None:
     truncated = 0
     if batch:
@@ -296,7 +284,7 @@ def _store(
     run.commit(position, read, rejected, truncated)
 
 
-def _check_shrink(backend: Backend, alias: str, physical: str, stored: int, settings: Settings) -> None:
+def _check_shrink(backend: IndexBuilder, alias: str, physical: str, stored: int, settings: Settings) -> None:
     """Refuse to swap in a build much smaller than what the alias serves, unless the user allowed it."""
     if settings.ingest.allow_shrink or alias == physical or not backend.index_exists(alias):
         return
@@ -310,7 +298,7 @@ def _check_shrink(backend: Backend, alias: str, physical: str, stored: int, sett
         )
 
 
-def _finish(backend: Backend, run: _Run, alias: str, rejects_path: Path, resumed: bool,
+def _finish(backend: IndexBuilder, run: _Run, alias: str, rejects_path: Path, resumed: bool,
             settings: Settings) -> IngestSummary:
     c = run.ckpt
     backend.refresh(c.physical)

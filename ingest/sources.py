@@ -13,12 +13,18 @@ import io
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
-from config.errors import SourceError
+from hybrid_search.config.errors import SourceError
+from hybrid_search.config.extras import require
+
+SAMPLE_SOURCE = "sample"
 
 __all__ = [
+    "SAMPLE_SOURCE",
+    "sample_path",
     "BeirFolder",
     "CorpusSource",
     "CsvFile",
@@ -203,7 +209,7 @@ class HubBeir:
     def _load(self, *args: Any, **kwargs: Any) -> Any:
         loader = self._loader
         if loader is None:
-            from datasets import load_dataset as loader
+            loader = require("datasets", extra=None, purpose="reading corpora from the Hugging Face hub").load_dataset
         try:
             return loader(*args, **kwargs)
         except Exception as exc:  # datasets raises many types for network and hub errors
@@ -235,12 +241,20 @@ def _open_binary(path: Path) -> io.BufferedReader:
 _FILE_TYPES: dict[str, type] = {".jsonl": JsonlFile, ".ndjson": JsonlFile, ".csv": CsvFile, ".parquet": ParquetFile}
 
 
+def sample_path() -> Path:
+    """The bundled demo corpus (a small BEIR folder shipped inside the package), also named ``sample``."""
+    return Path(str(resources.files("hybrid_search.ingest") / "sample"))
+
+
 def open_source(spec: str | Path, fields: FieldMap | None = None) -> CorpusSource:
-    """``quora`` / ``nq`` (hub), a BEIR folder, or a ``.jsonl`` / ``.csv`` / ``.parquet`` file."""
+    """``quora`` / ``nq`` (hub), ``sample`` (bundled), a BEIR folder, or a ``.jsonl`` / ``.csv`` / ``.parquet``
+    file."""
     fields = fields or FieldMap()
     text = str(spec)
     if text in HUB_DATASETS:
         return HubBeir(HUB_DATASETS[text], fields)
+    if text == SAMPLE_SOURCE and not Path(text).exists():
+        return BeirFolder(sample_path(), fields)
     path = Path(text).expanduser()
     if path.is_dir():
         if (path / "corpus.jsonl").exists():

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from config.errors import BadRecordError
-from ingest.sources import FieldMap, RawRecord
+from hybrid_search.config.errors import BadRecordError
+from hybrid_search.ingest.sources import FieldMap, RawRecord
 
 __all__ = ["Document", "Reject", "RejectsFile", "validate"]
 

@@ -1,5 +1,8 @@
-"""Rerank: a cross-encoder rescoring the top hits, on transformers (GPU or CPU) or onnxruntime (CPU)."""
+"""Rerank: a cross-encoder scoring (query, passage) pairs, on transformers (GPU or CPU) or onnxruntime (CPU).
 
-from rerank.cross_encoder import CrossEncoderReranker, Reranker, rerank_hits
+It satisfies ``hybrid_search.search.interfaces.Reranker``; applying its scores to hits is the searcher's job.
+"""
 
-__all__ = ["CrossEncoderReranker", "Reranker", "rerank_hits"]
+from hybrid_search.rerank.cross_encoder import CrossEncoderReranker
+
+__all__ = ["CrossEncoderReranker"]

@@ -9,57 +9,22 @@ use; nothing here touches a backend.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from config.errors import ConfigError
-from config.settings import ModelSettings
-from ingest.encoder import pad_encodings, plan_batches, select_device, torch_dtype
-from ingest.models import resolve_model
-from search.hits import Hit
+from hybrid_search.config.errors import ConfigError
+from hybrid_search.config.settings import ModelSettings
+from hybrid_search.encoding.encoder import pad_encodings, plan_batches, select_device, torch_dtype
+from hybrid_search.encoding.models import resolve_model
 
-__all__ = ["CrossEncoderReranker", "Reranker", "rerank_hits"]
+__all__ = ["CrossEncoderReranker"]
 
 log = logging.getLogger(__name__)
-
-
-class Reranker(Protocol):
-    """Scores passages against a query; higher is more relevant."""
-
-    def score(self, query: str, passages: Sequence[str]) -> np.ndarray: ...
-
-    def close(self) -> None: ...
-
-
-def _passage(hit: Hit) -> str:
-    return f"{hit.title} {hit.text}".strip()
-
-
-def rerank_hits(reranker: Reranker, query: str, hits: Sequence[Hit], depth: int) -> list[Hit]:
-    """Reorder the first ``depth`` hits by cross-encoder score; the rest keep their order after them.
-
-    Reranked hits take the rerank score as their final ``score``; the tail keeps its previous score, so
-    ``rank`` (not ``score``) is the order across the boundary. Every hit keeps the rank it had before in
-    ``rank_before_rerank``, so the change the reranker made can be reported.
-    """
-    head, tail = list(hits[:depth]), list(hits[depth:])
-    if not head:
-        return list(hits)
-    scores = reranker.score(query, [_passage(h) for h in head])
-    order = sorted(range(len(head)), key=lambda i: (-float(scores[i]), head[i].rank))
-    reranked = [
-        dataclasses.replace(head[i], rank=r, score=float(scores[i]), rerank_score=float(scores[i]),
-                            rank_before_rerank=head[i].rank)
-        for r, i in enumerate(order, start=1)
-    ]
-    return reranked + [dataclasses.replace(h, rank=len(head) + r, rank_before_rerank=h.rank)
-                       for r, h in enumerate(tail, start=1)]
 
 
 class CrossEncoderReranker:
@@ -157,9 +122,6 @@ class CrossEncoderReranker:
             tensors = {k: torch.from_numpy(v).to(self.device) for k, v in inputs.items()}
             logits = self._torch_model(**tensors).logits
             return logits[:, 0].float().cpu().numpy()
-
-    def rerank(self, query: str, hits: Sequence[Hit], depth: int) -> list[Hit]:
-        return rerank_hits(self, query, hits, depth)
 
     def close(self) -> None:
         for name in ("_session", "_torch_model"):

@@ -1,52 +1,43 @@
-"""Search: the backend protocol and its embedded implementation, fusion, the hybrid searcher, evaluation.
+"""Search: the hybrid searcher, fusion, filters and typed results.
 
-Importing this package is cheap: engine libraries (tantivy, faiss) load only when ``EmbeddedBackend`` is
-first touched, and torch only when a model is used.
+``search`` imports only ``config``. What it needs from storage, the bi-encoder and the cross-encoder is
+declared here as small protocols (``search.interfaces``) that those packages implement.
 """
 
-from typing import Any
-
-from search.backend import Backend, BulkResult, IndexedDocument, IndexSpec, IndexStats, ServerFusion, open_backend
-from search.filters import Filter
-from search.fusion import FUSERS, NORMALIZERS, fuse, fuse_linear, fuse_rrf, normalize_minmax, normalize_zscore
-from search.hits import Hit, SearchResult
-from search.inspection import Inspection, inspect_index
-from search.logs import JsonlLogSink, LogSink, QueryLog, QueryLogStats
-from search.searcher import HybridSearcher, parse_mode
+from hybrid_search.search.filters import Filter
+from hybrid_search.search.fusion import (
+    FUSERS,
+    NORMALIZERS,
+    fuse,
+    fuse_linear,
+    fuse_rrf,
+    normalize_l2,
+    normalize_minmax,
+    normalize_zscore,
+)
+from hybrid_search.search.hits import Hit, SearchResult
+from hybrid_search.search.interfaces import QueryEncoder, Reranker, ResultRecorder, Retriever, ServerFusion
+from hybrid_search.search.searcher import BASE_MODES, HybridSearcher, parse_mode, rerank_hits
 
 __all__ = [
+    "BASE_MODES",
     "FUSERS",
     "NORMALIZERS",
-    "Backend",
-    "BulkResult",
-    "EmbeddedBackend",
     "Filter",
     "Hit",
     "HybridSearcher",
-    "IndexSpec",
-    "IndexStats",
-    "IndexedDocument",
-    "Inspection",
-    "JsonlLogSink",
-    "LogSink",
-    "QueryLog",
-    "QueryLogStats",
+    "QueryEncoder",
+    "Reranker",
+    "ResultRecorder",
+    "Retriever",
     "SearchResult",
     "ServerFusion",
     "fuse",
     "fuse_linear",
     "fuse_rrf",
-    "inspect_index",
+    "normalize_l2",
     "normalize_minmax",
     "normalize_zscore",
-    "open_backend",
     "parse_mode",
+    "rerank_hits",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "EmbeddedBackend":
-        from search.embedded import EmbeddedBackend
-
-        return EmbeddedBackend
-    raise AttributeError(f"module 'search' has no attribute {name!r}")

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeAlias
 
-from config.errors import QueryError
+from hybrid_search.config.errors import QueryError
 
 __all__ = ["Filter", "METADATA_FIELD", "clauses", "to_query_dsl", "to_sql"]
 
@@ -23,10 +23,10 @@ METADATA_FIELD = "metadata"
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 
 
-def clauses(flt: Filter | None) -> list[tuple[str, str, Any]]:
-    """Validate ``flt`` and return ``(operator, field, value)`` clauses; operator is ``eq`` or ``in``."""
+def clauses(filters: Filter | None) -> list[tuple[str, str, Any]]:
+    """Validate ``filters`` and return ``(operator, field, value)`` clauses; operator is ``eq`` or ``in``."""
     out: list[tuple[str, str, Any]] = []
-    for name, value in (flt or {}).items():
+    for name, value in (filters or {}).items():
         if not isinstance(name, str) or not _FIELD_NAME.match(name):
             raise QueryError(f"filter field {name!r} is not a valid metadata field name (letters, digits, _ . -)")
         if isinstance(value, (str, int, float, bool)):
@@ -45,9 +45,9 @@ _DSL: dict[str, Callable[[str, Any], dict[str, Any]]] = {
 }
 
 
-def to_query_dsl(flt: Filter | None) -> list[dict[str, Any]]:
+def to_query_dsl(filters: Filter | None) -> list[dict[str, Any]]:
     """Filter clauses for a ``bool.filter`` list (empty when there is no filter)."""
-    return [_DSL[op](name, value) for op, name, value in clauses(flt)]
+    return [_DSL[op](name, value) for op, name, value in clauses(filters)]
 
 
 # --- SQLite over a JSON metadata column (embedded backend) ---
@@ -63,9 +63,9 @@ def _sql_in(name: str, values: Any) -> tuple[str, list[Any]]:
 _SQL: dict[str, Callable[[str, Any], tuple[str, list[Any]]]] = {"eq": _sql_eq, "in": _sql_in}
 
 
-def to_sql(flt: Filter | None) -> tuple[str, list[Any]]:
+def to_sql(filters: Filter | None) -> tuple[str, list[Any]]:
     """A SQL ``WHERE`` expression and its parameters; ``("1", [])`` when there is no filter."""
-    parts = [_SQL[op](name, value) for op, name, value in clauses(flt)]
+    parts = [_SQL[op](name, value) for op, name, value in clauses(filters)]
     if not parts:
         return "1", []
     return " AND ".join(p for p, _ in parts), [x for _, params in parts for x in params]

@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
-from config.errors import ConfigError
+from hybrid_search.config.errors import ConfigError
 
 __all__ = [
     "FUSERS",

@@ -14,21 +14,17 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from config.errors import ConfigError, FusionUnsupported
-from config.settings import SearchSettings
-from search.backend import Backend, ServerFusion
-from search.filters import Filter
-from search.fusion import fuse
-from search.hits import Hit, SearchResult
+from hybrid_search.config.errors import ConfigError, FusionUnsupported
+from hybrid_search.config.settings import SearchSettings
+from hybrid_search.search.filters import Filter
+from hybrid_search.search.fusion import fuse
+from hybrid_search.search.hits import Hit, SearchResult
+from hybrid_search.search.interfaces import QueryEncoder, Reranker, ResultRecorder, Retriever, ServerFusion
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from ingest.encoder import Encoder
-    from rerank.cross_encoder import Reranker
-    from search.logs import QueryLog
-
-__all__ = ["BASE_MODES", "HybridSearcher", "parse_mode"]
+__all__ = ["BASE_MODES", "HybridSearcher", "parse_mode", "rerank_hits"]
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +48,13 @@ class HybridSearcher:
 
     def __init__(
         self,
-        backend: Backend,
+        backend: Retriever,
         *,
         index: str,
-        encoder: Encoder | None = None,
+        encoder: QueryEncoder | None = None,
         reranker: Reranker | None = None,
         settings: SearchSettings | None = None,
-        query_log: QueryLog | None = None,
+        query_log: ResultRecorder | None = None,
     ) -> None:
         self.backend = backend
         self.index = index
@@ -75,7 +71,7 @@ class HybridSearcher:
         mode: str | None = None,
         top_k: int | None = None,
         rerank: bool | None = None,
-        flt: Filter | None = None,
+        filters: Filter | None = None,
         vector: np.ndarray | None = None,
     ) -> SearchResult:
         """Search ``query``. ``mode`` may carry ``+rerank``; ``rerank`` overrides the settings' default.
@@ -88,15 +84,15 @@ class HybridSearcher:
         depth = max(top_k, self.settings.rerank_depth) if do_rerank else top_k
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        if base != "bm25" and vector is None:
-            vector = self._encode(query, timings)
         location = None
         if base == "bm25":
-            hits = self._bm25(query, depth, flt, timings)
-        elif base == "knn":
-            hits = self._knn(vector, depth, flt, timings)
+            hits = self._bm25(query, depth, filters, timings)
         else:
-            hits, location = self._hybrid(query, vector, depth, flt, timings)
+            dense = vector if vector is not None else self._encode(query, timings)
+            if base == "knn":
+                hits = self._knn(dense, depth, filters, timings)
+            else:
+                hits, location = self._hybrid(query, dense, depth, filters, timings)
         candidates = len(hits)
         if do_rerank:
             hits = self._rerank(query, hits, timings)
@@ -105,7 +101,7 @@ class HybridSearcher:
         result = SearchResult(query=query, mode=label, hits=tuple(hits[:top_k]), timings_ms=timings,
                               fusion_location=location, total_hits=candidates)
         if self.query_log is not None:
-            self.query_log.record(result, top_k=top_k, filtered=bool(flt))  # never blocks, never raises
+            self.query_log.record(result, top_k=top_k, filtered=bool(filters))  # never blocks, never raises
         return result
 
     # --- stages -----------------------------------------------------------------------------------
@@ -117,20 +113,20 @@ class HybridSearcher:
         timings["encode"] = _ms(t)
         return vector
 
-    def _bm25(self, query: str, k: int, flt: Filter | None, timings: dict[str, float]) -> list[Hit]:
+    def _bm25(self, query: str, k: int, filters: Filter | None, timings: dict[str, float]) -> list[Hit]:
         t = time.perf_counter()
-        hits = self.backend.search_bm25(self.index, query, k, flt)
+        hits = self.backend.search_bm25(self.index, query, k, filters)
         timings["bm25"] = _ms(t)
         return hits
 
-    def _knn(self, vector: np.ndarray, k: int, flt: Filter | None, timings: dict[str, float]) -> list[Hit]:
+    def _knn(self, vector: np.ndarray, k: int, filters: Filter | None, timings: dict[str, float]) -> list[Hit]:
         t = time.perf_counter()
-        hits = self.backend.search_knn(self.index, vector, k, max(self.settings.num_candidates, k), flt)
+        hits = self.backend.search_knn(self.index, vector, k, max(self.settings.num_candidates, k), filters)
         timings["knn"] = _ms(t)
         return hits
 
     def _hybrid(
-        self, query: str, vector: np.ndarray, k: int, flt: Filter | None, timings: dict[str, float]
+        self, query: str, vector: np.ndarray, k: int, filters: Filter | None, timings: dict[str, float]
     ) -> tuple[list[Hit], str]:
         s = self.settings
         bm25_depth, knn_depth = max(s.bm25_depth, k), max(s.knn_depth, k)
@@ -141,14 +137,14 @@ class HybridSearcher:
             try:
                 hits = self.backend.search_hybrid(
                     self.index, query, vector, k, bm25_depth=bm25_depth, knn_depth=knn_depth,
-                    num_candidates=max(s.num_candidates, knn_depth), fusion=fusion, flt=flt,
+                    num_candidates=max(s.num_candidates, knn_depth), fusion=fusion, filters=filters,
                 )
                 timings["fusion"] = _ms(t)
                 return hits, "server"
             except FusionUnsupported as exc:
                 self._log_fallback(s.fusion, exc)
-        lexical = self._bm25(query, bm25_depth, flt, timings)
-        dense = self._knn(vector, knn_depth, flt, timings)
+        lexical = self._bm25(query, bm25_depth, filters, timings)
+        dense = self._knn(vector, knn_depth, filters, timings)
         t = time.perf_counter()
         hits = self.fuse_hits(lexical, dense)[:k]
         timings["fusion"] = _ms(t)
@@ -177,8 +173,6 @@ class HybridSearcher:
     def _rerank(self, query: str, hits: list[Hit], timings: dict[str, float]) -> list[Hit]:
         if self.reranker is None:
             raise ConfigError("+rerank needs a reranker: construct HybridSearcher with reranker=...")
-        from rerank.cross_encoder import rerank_hits
-
         t = time.perf_counter()
         out = rerank_hits(self.reranker, query, hits, self.settings.rerank_depth)
         timings["rerank"] = _ms(t)
@@ -191,7 +185,8 @@ class HybridSearcher:
             log.info("%s cannot fuse %s on the server (%s); fusing in the client", self.backend.name, method, exc)
 
     def warm_up(self) -> None:
-        """Load the encoder and reranker now (each loads lazily on first use otherwise)."""
+        """Load the encoder and reranker now (each loads lazily on first use otherwise), so the first
+        search's ``timings_ms`` measure searching, not model loading."""
         if self.encoder is not None:
             self.encoder.encode_queries(["warm up"])
         if self.reranker is not None:
@@ -204,3 +199,28 @@ class HybridSearcher:
         for part in (self.encoder, self.reranker):
             if part is not None:
                 part.close()
+
+
+def _passage(hit: Hit) -> str:
+    return f"{hit.title} {hit.text}".strip()
+
+
+def rerank_hits(reranker: Reranker, query: str, hits: Sequence[Hit], depth: int) -> list[Hit]:
+    """Reorder the first ``depth`` hits by cross-encoder score; the rest keep their order after them.
+
+    Reranked hits take the rerank score as their final ``score``; the tail keeps its previous score, so
+    ``rank`` (not ``score``) is the order across the boundary. Every hit keeps the rank it had before in
+    ``rank_before_rerank``, so the change the reranker made can be reported.
+    """
+    head, tail = list(hits[:depth]), list(hits[depth:])
+    if not head:
+        return list(hits)
+    scores = reranker.score(query, [_passage(h) for h in head])
+    order = sorted(range(len(head)), key=lambda i: (-float(scores[i]), head[i].rank))
+    reranked = [
+        dataclasses.replace(head[i], rank=r, score=float(scores[i]), rerank_score=float(scores[i]),
+                            rank_before_rerank=head[i].rank)
+        for r, i in enumerate(order, start=1)
+    ]
+    return reranked + [dataclasses.replace(h, rank=len(head) + r, rank_before_rerank=h.rank)
+                       for r, h in enumerate(tail, start=1)]

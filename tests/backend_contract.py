@@ -12,8 +12,8 @@ import uuid
 import numpy as np
 import pytest
 
-from config.errors import ConfigError, IndexNotFound
-from search.backend import IndexedDocument, IndexSpec, previous_alias
+from hybrid_search.config.errors import ConfigError, IndexNotFound
+from hybrid_search.backends.base import IndexedDocument, IndexSpec, previous_alias
 
 DIMS = 8
 SPEC = IndexSpec(dims=DIMS, similarity="dot_product")
@@ -172,8 +172,8 @@ class BackendContract:
             backend.search_bm25(f"missing-{uuid.uuid4().hex[:8]}", "anything", 5)
 
     def test_logs_round_trip_under_a_strict_mapping(self, backend, index):
-        from config.errors import IndexingError
-        from search.logs import INGEST_LOG_MAPPING
+        from hybrid_search.config.errors import IndexingError
+        from hybrid_search.app.logs import INGEST_LOG_MAPPING
 
         sink, name = backend.log_sink(), f"{index}-ingest"
         assert sink.count(name) == 0 and sink.latest(name) is None

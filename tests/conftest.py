@@ -17,7 +17,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "examples" / "sample"
+SAMPLE = REPO / "ingest" / "sample"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -59,8 +59,8 @@ def shared_data(shared: Path) -> Path:
 @pytest.fixture(scope="session")
 def encoder():
     """The real all-MiniLM-L6-v2 from the offline package, loaded once per session."""
-    from config.settings import ModelSettings
-    from ingest.encoder import Encoder
+    from hybrid_search.config.settings import ModelSettings
+    from hybrid_search.encoding.encoder import Encoder
 
     enc = Encoder(settings=ModelSettings(device="cpu"))
     yield enc
@@ -70,8 +70,8 @@ def encoder():
 @pytest.fixture(scope="session")
 def reranker():
     """The real int8 ONNX ms-marco-MiniLM-L-12-v2 cross-encoder from the offline package."""
-    from config.settings import ModelSettings
-    from rerank.cross_encoder import CrossEncoderReranker
+    from hybrid_search.config.settings import ModelSettings
+    from hybrid_search.rerank.cross_encoder import CrossEncoderReranker
 
     ce = CrossEncoderReranker(settings=ModelSettings(device="cpu"))
     yield ce
@@ -80,7 +80,7 @@ def reranker():
 
 @pytest.fixture()
 def settings(tmp_path: Path):
-    from config.settings import load_settings
+    from hybrid_search.config.settings import load_settings
 
     return load_settings(overrides={"data_dir": str(tmp_path / "data"), "ingest": {"batch_size": 16}})
 
@@ -96,7 +96,7 @@ class MemoEncoder:
     def encode_documents(self, passages):
         import numpy as np
 
-        from ingest.encoder import EncodeResult
+        from hybrid_search.encoding.encoder import EncodeResult
 
         missing = [p for p in dict.fromkeys(passages) if p not in self.cache]
         truncated = 0
@@ -131,3 +131,12 @@ def osmem_url(tmp_path_factory):
 
     with osmem_opensearch(tmp_path_factory.mktemp("osmem")) as url:
         yield url
+
+
+def logged_ingest(source, backend, encoder, settings, *, alias, **kwargs):
+    """``run_ingest`` with the ingest log the application attaches (``HybridSearch.ingest`` does the same)."""
+    from hybrid_search.app.logs import IngestLog
+    from hybrid_search.ingest.pipeline import run_ingest
+
+    log = IngestLog(backend, settings.logs, alias=alias, source=source.name, model=encoder.model_name)
+    return run_ingest(source, backend, encoder, settings, alias=alias, on_finish=log, **kwargs)

@@ -237,7 +237,7 @@ def validator(path: str) -> SpecValidator:
 def log_request_cases(mapping: dict[str, Any]) -> list[tuple[str, str, Any, bool]]:
     """(method, path, body, valid) for every request the log sink sends about one log index, each broken
     twin marked invalid; both engines' spec tests run them."""
-    from search.engines.cluster import latest_body, log_index_body
+    from hybrid_search.backends.cluster import latest_body, log_index_body
 
     bad_index = log_index_body(mapping)
     bad_index["mappings"]["dynamic"] = "strictly"

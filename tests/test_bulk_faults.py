@@ -10,13 +10,13 @@ import json
 
 import pytest
 
-from config.errors import IndexingError
-from config.settings import load_settings
+from hybrid_search.config.errors import IndexingError
+from hybrid_search.config.settings import load_settings
 from faults import BulkFaults, OpenSearchBulkFaults
-from ingest.pipeline import run_ingest
-from ingest.sources import open_source
-from search.engines.elasticsearch import ElasticsearchBackend
-from search.engines.opensearch import OpenSearchBackend
+from hybrid_search.ingest.pipeline import run_ingest
+from hybrid_search.ingest.sources import open_source
+from hybrid_search.backends.elasticsearch import ElasticsearchBackend
+from hybrid_search.backends.opensearch import OpenSearchBackend
 ENGINES = {
     "elasticsearch": ("noida_url", ElasticsearchBackend, BulkFaults),
     "opensearch": ("osmem_url", OpenSearchBackend, OpenSearchBulkFaults),

@@ -9,16 +9,16 @@ import sys
 
 from conftest import REPO, SAMPLE
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "search.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "hybrid_search.app.cli", *args], capture_output=True, text=True,
                           env=ENV, cwd=cwd or REPO, timeout=300)
 
 
 def test_help_imports_no_heavy_library():
-    code = ("import sys, search.cli as c\n"
+    code = ("import sys, hybrid_search.app.cli as c\n"
             "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
             "print(sorted(m for m in ('torch', 'transformers', 'faiss', 'tantivy', 'onnxruntime', 'datasets') "
             "if m in sys.modules))")
@@ -83,3 +83,17 @@ def test_a_typo_in_id_field_fails_and_keeps_the_index_then_rollback(tmp_path):
     assert json.loads(out.stdout)["stored"] == 3
     out = run("rollback", "--index", "live", "--data-dir", data, "--quiet")
     assert out.returncode == 0 and "40 documents" in out.stdout
+
+
+def test_a_missing_extra_is_one_line_naming_it(tmp_path):
+    for backend, module, extra in (("elasticsearch", "elasticsearch", "elasticsearch"),
+                                   ("opensearch", "opensearchpy", "opensearch")):
+        code = (f"import sys; sys.modules[{module!r}] = None\n"  # as if the extra were not installed
+                "from hybrid_search.app.cli import main\n"
+                f"sys.exit(main(['search', 'x', '--mode', 'bm25', '--backend', {backend!r}, "
+                "'--url', 'http://127.0.0.1:9']))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=tmp_path)
+        assert out.returncode == 2 and "Traceback" not in out.stderr
+        assert out.stderr.strip().splitlines() == [
+            f"error: the {'Elasticsearch' if backend == 'elasticsearch' else 'OpenSearch'} backend needs the "
+            f"{module!r} package, which is not installed: pip install 'hybrid-search[{extra}]'"]

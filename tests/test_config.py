@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from config.errors import ConfigError
-from config.settings import Secret, load_settings
+from hybrid_search.config.errors import ConfigError
+from hybrid_search.config.settings import Secret, load_settings
 
 
 def test_precedence_file_env_overrides(tmp_path, monkeypatch):
@@ -73,7 +73,7 @@ def test_cluster_urls_and_logs_from_the_environment(monkeypatch):
 
 
 def test_credentials_resolve_when_a_connection_is_made(monkeypatch):
-    from config.settings import BackendSettings
+    from hybrid_search.config.settings import BackendSettings
 
     monkeypatch.delenv("HYBRID_SEARCH_API_KEY", raising=False)
     monkeypatch.delenv("HYBRID_SEARCH_PASSWORD", raising=False)

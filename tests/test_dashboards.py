@@ -26,9 +26,9 @@ from email.policy import default
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
-from config.errors import ConfigError, DashboardsError
-from search.dashboards import PRODUCTS, SAVED_OBJECTS_DIR, install_saved_objects, saved_objects
-from search.logs import mapping_fields
+from hybrid_search.config.errors import ConfigError, DashboardsError
+from hybrid_search.app.dashboards import PRODUCTS, SAVED_OBJECTS_DIR, install_saved_objects, saved_objects
+from hybrid_search.backends.logsinks import mapping_fields
 from servers import docker_available, free_port
 
 ENGINE = {"kibana": "elasticsearch", "opensearch-dashboards": "opensearch"}
@@ -74,10 +74,10 @@ def _referenced_fields(obj: dict) -> set[str]:
 
 @pytest.mark.parametrize("product", sorted(PRODUCTS))
 def test_every_referenced_field_exists_in_the_code_mappings(product):
-    from search.backend import IndexSpec
-    from search.engines.elasticsearch import es_index_body
-    from search.engines.opensearch import os_index_body
-    from search.logs import INGEST_LOG_MAPPING, QUERY_LOG_MAPPING
+    from hybrid_search.backends.base import IndexSpec
+    from hybrid_search.backends.elasticsearch import es_index_body
+    from hybrid_search.backends.opensearch import os_index_body
+    from hybrid_search.app.logs import INGEST_LOG_MAPPING, QUERY_LOG_MAPPING
 
     corpus = (es_index_body if ENGINE[product] == "elasticsearch" else os_index_body)(IndexSpec(dims=384))
     by_title = {"corpus": mapping_fields(corpus["mappings"]), "corpus-queries": mapping_fields(QUERY_LOG_MAPPING),

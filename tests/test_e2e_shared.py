@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from config.settings import load_settings
-from ingest.pipeline import run_ingest
-from ingest.sources import open_query_set, open_source
-from search.embedded import EmbeddedBackend
-from search.evaluate import evaluate, select_queries
-from search.searcher import HybridSearcher
+from hybrid_search.config.settings import load_settings
+from hybrid_search.ingest.pipeline import run_ingest
+from hybrid_search.ingest.sources import open_query_set, open_source
+from hybrid_search.backends.embedded import EmbeddedBackend
+from hybrid_search.app.evaluate import evaluate, select_queries
+from hybrid_search.search.searcher import HybridSearcher
 
 MODES = ("bm25", "knn", "hybrid", "hybrid+rerank")
 
@@ -77,7 +77,7 @@ def test_elasticsearch_matches_embedded_on_nq(shared_data, memo_encoder, tmp_pat
         for kind in ("embedded", "elasticsearch"):
             settings = load_settings(overrides={"data_dir": str(tmp_path / kind), "index": {"replicas": 0},
                                                 "backend": {"kind": kind, "urls": url}})
-            from search.backend import open_backend
+            from hybrid_search.backends.base import open_backend
 
             with open_backend(settings) as backend:
                 run_ingest(open_source(folder), backend, memo_encoder, settings, alias="nq")

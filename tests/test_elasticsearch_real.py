@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from backend_contract import SPEC, BackendContract, corpus, unit
-from config.settings import BackendSettings, IndexSettings
-from search.backend import ServerFusion
-from search.engines.elasticsearch import ElasticsearchBackend
+from hybrid_search.config.settings import BackendSettings, IndexSettings
+from hybrid_search.search.interfaces import ServerFusion
+from hybrid_search.backends.elasticsearch import ElasticsearchBackend
 from servers import docker_available
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration]

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from elasticsearch import helpers
 
-from config.settings import BackendSettings, IndexSettings
-from search.backend import IndexedDocument, IndexSpec, ServerFusion
-from search.engines.cluster import ServerInfo, alias_actions, bm25_body
-from search.engines.elasticsearch import ElasticsearchBackend, es_hybrid_body, es_index_body, es_knn_body
+from hybrid_search.config.settings import BackendSettings, IndexSettings
+from hybrid_search.backends.base import IndexedDocument, IndexSpec
+from hybrid_search.search.interfaces import ServerFusion
+from hybrid_search.backends.cluster import ServerInfo, alias_actions, bm25_body
+from hybrid_search.backends.elasticsearch import ElasticsearchBackend, es_hybrid_body, es_index_body, es_knn_body
 
 ES815, ES817, ESMAIN = ("es-8.15-elasticsearch-openapi.json", "es-8.17-elasticsearch-openapi.json",
                         "es-main-elasticsearch-serverless-openapi.json")
@@ -91,15 +92,15 @@ def test_bulk_action_lines(spec, name):
 
 
 @pytest.mark.parametrize("name", STACK + (ESMAIN,))
-@pytest.mark.parametrize("flt", FILTERS)
-def test_bm25_and_knn_search_bodies(spec, name, flt):
+@pytest.mark.parametrize("filters", FILTERS)
+def test_bm25_and_knn_search_bodies(spec, name, filters):
     v = spec(name)
-    ok(v, "post", "/{index}/_search", bm25_body('what "is" (a) query: AND', 10, flt))
-    ok(v, "post", "/{index}/_search", es_knn_body(VEC, 10, 100, flt))
-    bad = es_knn_body(VEC, 10, 100, flt)
+    ok(v, "post", "/{index}/_search", bm25_body('what "is" (a) query: AND', 10, filters))
+    ok(v, "post", "/{index}/_search", es_knn_body(VEC, 10, 100, filters))
+    bad = es_knn_body(VEC, 10, 100, filters)
     bad["knn"]["query_vectorr"] = bad["knn"].pop("query_vector")
     broken(v, "post", "/{index}/_search", bad)
-    bad = bm25_body("q", 10, flt)
+    bad = bm25_body("q", 10, filters)
     bad["querys"] = bad.pop("query")
     broken(v, "post", "/{index}/_search", bad)
 
@@ -110,11 +111,11 @@ def test_bm25_and_knn_search_bodies(spec, name, flt):
     (ESMAIN, (9, 1, 0), ServerFusion("rrf", bm25_weight=0.3, knn_weight=0.7)),
     (ESMAIN, (9, 0, 0), ServerFusion("linear", bm25_weight=0.3, knn_weight=0.7)),
 ])
-@pytest.mark.parametrize("flt", FILTERS)
-def test_server_fusion_bodies(spec, name, version, fusion, flt):
+@pytest.mark.parametrize("filters", FILTERS)
+def test_server_fusion_bodies(spec, name, version, fusion, filters):
     v = spec(name)
     body = es_hybrid_body("hybrid search", VEC, 10, bm25_depth=100, knn_depth=50, num_candidates=200,
-                          fusion=fusion, flt=flt, version=version)
+                          fusion=fusion, filters=filters, version=version)
     ok(v, "post", "/{index}/_search", body)
     bad = copy.deepcopy(body)
     inner = bad["retriever"][fusion.method]
@@ -123,22 +124,22 @@ def test_server_fusion_bodies(spec, name, version, fusion, flt):
 
 
 def test_retrievers_the_old_spec_lacks_are_gated(spec):
-    from config.errors import FusionUnsupported
+    from hybrid_search.config.errors import FusionUnsupported
 
     for fusion, version in ((ServerFusion("linear"), (8, 17, 0)), (ServerFusion("rrf", bm25_weight=0.2), (8, 17, 0)),
                             (ServerFusion("rrf"), (8, 13, 0)), (ServerFusion("linear", normalizer="zscore"), (9, 0, 0))):
         with pytest.raises(FusionUnsupported):
-            es_hybrid_body("q", VEC, 10, bm25_depth=10, knn_depth=10, num_candidates=10, fusion=fusion, flt=None,
+            es_hybrid_body("q", VEC, 10, bm25_depth=10, knn_depth=10, num_candidates=10, fusion=fusion, filters=None,
                            version=version)
     linear = es_hybrid_body("q", VEC, 10, bm25_depth=10, knn_depth=10, num_candidates=10,
-                            fusion=ServerFusion("linear"), flt=None, version=(9, 0, 0))
+                            fusion=ServerFusion("linear"), filters=None, version=(9, 0, 0))
     broken(spec(ES817), "post", "/{index}/_search", linear)  # 8.17's spec has no linear retriever either
 
 
 @pytest.mark.parametrize("name", STACK)
 @pytest.mark.parametrize("log_mapping", ["queries", "ingest"])
 def test_log_index_bodies(spec, name, log_mapping):
-    from search.logs import INGEST_LOG_MAPPING, QUERY_LOG_MAPPING
+    from hybrid_search.app.logs import INGEST_LOG_MAPPING, QUERY_LOG_MAPPING
     from specs import log_request_cases
 
     v = spec(name)

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from backend_contract import SPEC, BackendContract, corpus, unit
-from config.errors import BackendUnavailable, ConfigError
-from config.settings import BackendSettings, IndexSettings, SearchSettings
-from search.backend import IndexedDocument, ServerFusion
-from search.engines.elasticsearch import ElasticsearchBackend
-from search.searcher import HybridSearcher
+from hybrid_search.config.errors import BackendUnavailable, ConfigError
+from hybrid_search.config.settings import BackendSettings, IndexSettings, SearchSettings
+from hybrid_search.backends.base import IndexedDocument
+from hybrid_search.search.interfaces import ServerFusion
+from hybrid_search.backends.elasticsearch import ElasticsearchBackend
+from hybrid_search.search.searcher import HybridSearcher
 from servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -153,9 +154,9 @@ def test_cli_ingest_and_search_against_the_stand_in(es_url, tmp_path):
     from conftest import REPO, SAMPLE
 
     env_args = ["--backend", "elasticsearch", "--url", es_url, "--data-dir", str(tmp_path), "--quiet"]
-    run = lambda *a: subprocess.run([sys.executable, "-m", "search.cli", *a, *env_args], capture_output=True,  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "hybrid_search.app.cli", *a, *env_args], capture_output=True,  # noqa: E731
                                     text=True, cwd=REPO, timeout=300,
-                                    env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
+                                    env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     out = run("ingest", str(SAMPLE), "--index", "cli-sample")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["stored"] == 40
@@ -166,7 +167,7 @@ def test_cli_ingest_and_search_against_the_stand_in(es_url, tmp_path):
 
 
 def test_duplicate_mining_over_the_wire(backend):
-    from search.duplicates import mine_duplicates
+    from hybrid_search.app.duplicates import mine_duplicates
 
     backend.ensure_index("dups", SPEC)
     twin = IndexedDocument("d0-copy", "title 0", "the cat sat on the warm mat", corpus()[0].vector, {})

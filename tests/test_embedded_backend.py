@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from backend_contract import SPEC, BackendContract, corpus, unit
-from search.backend import IndexedDocument
-from search.embedded import EmbeddedBackend
+from hybrid_search.backends.base import IndexedDocument
+from hybrid_search.backends.embedded import EmbeddedBackend
 
 
 @pytest.fixture()
@@ -63,7 +63,7 @@ def test_many_replacements_compact_the_graph(tmp_path):
 
 
 def test_large_filtered_knn_uses_the_graph_with_a_selector(tmp_path, monkeypatch):
-    import search.embedded as embedded
+    import hybrid_search.backends.embedded as embedded
 
     monkeypatch.setattr(embedded, "_EXACT_FILTER_LIMIT", 5)
     with EmbeddedBackend(data_dir=tmp_path) as b:
@@ -77,7 +77,7 @@ def test_large_filtered_knn_uses_the_graph_with_a_selector(tmp_path, monkeypatch
 
 
 def test_english_analyzer_stems(tmp_path):
-    from search.backend import IndexSpec
+    from hybrid_search.backends.base import IndexSpec
 
     with EmbeddedBackend(data_dir=tmp_path) as b:
         b.ensure_index("en", IndexSpec(dims=8, analyzer="english"))

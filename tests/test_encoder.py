@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from config.errors import ConfigError
-from config.settings import ModelSettings
-from ingest.encoder import Encoder, PoolingConfig, plan_batches, pool
-from ingest.models import OFFLINE_MODELS, resolve_model
+from hybrid_search.config.errors import ConfigError
+from hybrid_search.config.settings import ModelSettings
+from hybrid_search.encoding.encoder import Encoder, PoolingConfig, plan_batches, pool
+from hybrid_search.encoding.models import OFFLINE_MODELS, resolve_model
 
 TEXTS = [
     "How do I learn Python quickly?",

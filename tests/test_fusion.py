@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from config.errors import ConfigError
-from search.fusion import FUSERS, fuse, fuse_linear, fuse_rrf, normalize_minmax, normalize_zscore
+from hybrid_search.config.errors import ConfigError
+from hybrid_search.search.fusion import FUSERS, fuse, fuse_linear, fuse_rrf, normalize_minmax, normalize_zscore
 
 BM25 = [("a", 12.0), ("b", 9.0), ("c", 3.0)]
 KNN = [("b", 0.9), ("d", 0.8), ("a", 0.5)]

@@ -10,10 +10,11 @@ import json
 
 import pytest
 
-from config.errors import BadRecordError, ConfigError, IndexingError
-from ingest.pipeline import Checkpoint, run_ingest
-from ingest.sources import open_source
-from search.embedded import EmbeddedBackend
+from hybrid_search.config.errors import BadRecordError, ConfigError, IndexingError
+from conftest import logged_ingest
+from hybrid_search.ingest.pipeline import Checkpoint, run_ingest
+from hybrid_search.ingest.sources import open_source
+from hybrid_search.backends.embedded import EmbeddedBackend
 
 
 class Crash(Exception):
@@ -96,7 +97,7 @@ def test_strict_stops_at_the_first_bad_record(settings, encoder, dirty):
 def test_resume_after_a_crash_stores_everything_once_without_reencoding(settings, encoder, dirty):
     counting = CountingEncoder(encoder)
     with EmbeddedBackend(data_dir=settings.data_dir) as real, pytest.raises(Crash):
-        run_ingest(dirty, CrashingBackend(real, crash_on=3), counting, settings, alias="resumed")
+        logged_ingest(dirty, CrashingBackend(real, crash_on=3), counting, settings, alias="resumed")
     ckpt = Checkpoint.load(Checkpoint.path_for(settings.data_dir, "resumed"))
     assert ckpt is not None and (ckpt.read, ckpt.rejected) == (35, 3)  # two batches of 16, three rejects
     with EmbeddedBackend(data_dir=settings.data_dir) as real:
@@ -104,7 +105,7 @@ def test_resume_after_a_crash_stores_everything_once_without_reencoding(settings
         failed = real.log_sink().latest("resumed-ingest")  # the failed run left its summary document
         assert failed["status"] == "failed" and "power cut" in failed["error"] and "physical" not in failed
         again = CountingEncoder(encoder)
-        summary = run_ingest(dirty, real, again, settings, alias="resumed", resume=True)
+        summary = logged_ingest(dirty, real, again, settings, alias="resumed", resume=True)
         assert summary.resumed and (summary.read, summary.stored, summary.rejected) == (50, 47, 3)
         assert again.encoded == 47 - 32  # only what was not stored before the crash
         assert real.count("resumed") == 47

@@ -13,10 +13,10 @@ import logging
 import pytest
 
 from conftest import SAMPLE
-from config.errors import BadRecordError, IndexingError, IndexNotFound
-from search.embedded import EmbeddedBackend
-from ingest.pipeline import Checkpoint, run_ingest
-from ingest.sources import FieldMap, open_source
+from hybrid_search.config.errors import BadRecordError, IndexingError, IndexNotFound
+from hybrid_search.backends.embedded import EmbeddedBackend
+from hybrid_search.ingest.pipeline import Checkpoint, run_ingest
+from hybrid_search.ingest.sources import FieldMap, open_source
 
 
 def _jsonl(tmp_path, name, n, start=0):

@@ -13,32 +13,31 @@ import threading
 
 import pytest
 
-from config.settings import LogSettings, SearchSettings, load_settings
-from ingest.pipeline import run_ingest
-from ingest.sources import open_source
-from search.embedded import EmbeddedBackend
-from search.logs import (
+from hybrid_search.config.settings import LogSettings, SearchSettings, load_settings
+from hybrid_search.ingest.pipeline import run_ingest
+from hybrid_search.ingest.sources import open_source
+from hybrid_search.backends.embedded import EmbeddedBackend
+from hybrid_search.app.logs import (
     INGEST_LOG_MAPPING,
     QUERY_LOG_MAPPING,
-    JsonlLogSink,
     QueryLog,
-    check_document,
     ingest_log_index,
     query_log_doc,
 )
-from search.searcher import HybridSearcher
+from hybrid_search.backends.logsinks import JsonlLogSink, check_document
+from hybrid_search.search.searcher import HybridSearcher
 
 MODES = ("bm25", "knn", "hybrid", "hybrid+rerank")
 
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory, encoder):
-    from conftest import SAMPLE
+    from conftest import SAMPLE, logged_ingest
 
     data = tmp_path_factory.mktemp("logs")
     settings = load_settings(overrides={"data_dir": str(data)})
     with EmbeddedBackend(data_dir=data) as backend:
-        summary = run_ingest(open_source(SAMPLE), backend, encoder, settings, alias="sample")
+        summary = logged_ingest(open_source(SAMPLE), backend, encoder, settings, alias="sample")
         yield backend, summary
 
 
@@ -174,7 +173,7 @@ def test_close_gives_up_on_a_writer_that_never_returns(sample, tmp_path, caplog)
     for i in range(5):
         searcher.search(f"coffee {i}", mode="bm25")
     assert sink.entered.wait(10)
-    with caplog.at_level(logging.WARNING, logger="search.logs"):
+    with caplog.at_level(logging.WARNING, logger="hybrid_search.app.logs"):
         stats = qlog.close(timeout=0.2)
     assert stats.recorded == 5 and stats.written == 0 and stats.in_flight == 1 and stats.dropped == 4
     assert any("4 dropped" in r.message for r in caplog.records)
@@ -189,7 +188,7 @@ def test_a_broken_sink_never_fails_a_search(sample, tmp_path, caplog):
     blocker.write_text("a file where the log directory should be")
     qlog = QueryLog(JsonlLogSink(blocker), index="sample", backend="embedded", settings=LogSettings(batch_size=2))
     searcher = HybridSearcher(backend, index="sample", query_log=qlog)
-    with caplog.at_level(logging.WARNING, logger="search.logs"):
+    with caplog.at_level(logging.WARNING, logger="hybrid_search.app.logs"):
         hits = [searcher.search(f"bread {i}", mode="bm25").hits for i in range(6)]
         stats = qlog.close()
     assert all(hits)
@@ -204,9 +203,9 @@ def test_construction_does_no_io(tmp_path):
 
 
 def test_latest_reads_the_last_line_of_a_large_log(tmp_path, monkeypatch):
-    import search.logs
+    import hybrid_search.backends.logsinks as logsinks
 
-    monkeypatch.setattr(search.logs, "TAIL_BYTES", 4096)  # lines longer than the window: it reads further back
+    monkeypatch.setattr(logsinks, "TAIL_BYTES", 4096)  # lines longer than the window: it reads further back
     sink = JsonlLogSink(tmp_path)
     sink.ensure("big-ingest", INGEST_LOG_MAPPING)
     docs = [{"@timestamp": f"2026-01-0{i}T00:00:00Z", "status": "failed", "error": "x" * 9000} for i in (1, 2, 4, 3)]
@@ -219,7 +218,7 @@ def test_latest_reads_the_last_line_of_a_large_log(tmp_path, monkeypatch):
 
 
 def test_bench_querylog_reports_both_latencies_and_what_the_log_wrote(tmp_path):
-    from search.bench import run_bench
+    from hybrid_search.app.bench import run_bench
 
     settings = load_settings(overrides={"data_dir": str(tmp_path / "data"), "index": {"name": "bench"}})
     report = run_bench("querylog", settings, queries=4, repeats=1)

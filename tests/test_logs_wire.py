@@ -11,14 +11,15 @@ import threading
 
 import pytest
 
-from config.settings import BackendSettings, IndexSettings, LogSettings, load_settings
-from ingest.pipeline import run_ingest
-from ingest.sources import open_source
-from search.engines.elasticsearch import ElasticsearchBackend
-from search.engines.opensearch import OpenSearchBackend
-from search.inspection import inspect_index
-from search.logs import INGEST_LOG_MAPPING, QUERY_LOG_MAPPING, QueryLog, check_document, mapping_fields
-from search.searcher import HybridSearcher
+from hybrid_search.config.settings import BackendSettings, IndexSettings, LogSettings, load_settings
+from hybrid_search.ingest.pipeline import run_ingest
+from hybrid_search.ingest.sources import open_source
+from hybrid_search.backends.elasticsearch import ElasticsearchBackend
+from hybrid_search.backends.opensearch import OpenSearchBackend
+from hybrid_search.app.inspection import inspect_index
+from hybrid_search.app.logs import INGEST_LOG_MAPPING, QUERY_LOG_MAPPING, QueryLog
+from hybrid_search.backends.logsinks import check_document, mapping_fields
+from hybrid_search.search.searcher import HybridSearcher
 from servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -39,14 +40,14 @@ def engine(request):
 
 @pytest.fixture(scope="module")
 def ingested(engine, encoder, tmp_path_factory):
-    from conftest import SAMPLE
+    from conftest import SAMPLE, logged_ingest
 
     kind, url = engine
     settings = load_settings(overrides={"data_dir": str(tmp_path_factory.mktemp(f"logs-{kind}"))})
     with _backend(kind, url) as backend:
         for name in ("logged", "logged-ingest", "logged-queries"):
             backend.drop_index(name)
-        summary = run_ingest(open_source(SAMPLE), backend, encoder, settings, alias="logged")
+        summary = logged_ingest(open_source(SAMPLE), backend, encoder, settings, alias="logged")
         yield kind, backend, summary
 
 

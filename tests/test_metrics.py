@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from search.evaluate import score_run, select_queries
+from hybrid_search.app.evaluate import score_run, select_queries
 
 QRELS = {"q1": {"a": 1, "c": 1}, "q2": {"x": 2, "y": 1}, "q3": {"z": 0}}
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 
 from backend_contract import SPEC, BackendContract, corpus, unit
-from config.settings import BackendSettings, IndexSettings
-from search.backend import ServerFusion
-from search.engines.opensearch import OpenSearchBackend
+from hybrid_search.config.settings import BackendSettings, IndexSettings
+from hybrid_search.search.interfaces import ServerFusion
+from hybrid_search.backends.opensearch import OpenSearchBackend
 from servers import docker_available
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration]

@@ -12,10 +12,11 @@ import copy
 import numpy as np
 import pytest
 
-from config.errors import ConfigError, FusionUnsupported
-from search.backend import IndexedDocument, IndexSpec, ServerFusion
-from search.engines.cluster import alias_actions, bm25_body
-from search.engines.opensearch import os_hybrid_query, os_index_body, os_knn_body, os_pipeline_body
+from hybrid_search.config.errors import ConfigError, FusionUnsupported
+from hybrid_search.backends.base import IndexedDocument, IndexSpec
+from hybrid_search.search.interfaces import ServerFusion
+from hybrid_search.backends.cluster import alias_actions, bm25_body
+from hybrid_search.backends.opensearch import os_hybrid_query, os_index_body, os_knn_body, os_pipeline_body
 
 SPEC_FILE = "opensearch-openapi.gh-pages.yaml"
 VEC = np.linspace(-1, 1, 8).astype(np.float32)
@@ -68,8 +69,8 @@ def test_settings_alias_and_bulk_bodies(v):
     broken(v, "post", "/_aliases", {"actions": [{"add": {"index": "docs-2", "aliass": "docs"}}]})
     from opensearchpy import helpers
 
-    from config.settings import BackendSettings
-    from search.engines.opensearch import OpenSearchBackend
+    from hybrid_search.config.settings import BackendSettings
+    from hybrid_search.backends.opensearch import OpenSearchBackend
 
     b = OpenSearchBackend(BackendSettings(kind="opensearch", urls=("http://127.0.0.1:9",)))
     doc = IndexedDocument("d1", "t", "x", VEC, {"lang": "en"})
@@ -81,15 +82,15 @@ def test_settings_alias_and_bulk_bodies(v):
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("flt", FILTERS)
-def test_bm25_knn_and_hybrid_queries(v, version, flt):
-    ok(v, "post", "/{index}/_search", bm25_body('a "quoted" (query) AND: text', 10, flt))
-    knn = os_knn_body(VEC, 10, 100, flt, version)
+@pytest.mark.parametrize("filters", FILTERS)
+def test_bm25_knn_and_hybrid_queries(v, version, filters):
+    ok(v, "post", "/{index}/_search", bm25_body('a "quoted" (query) AND: text', 10, filters))
+    knn = os_knn_body(VEC, 10, 100, filters, version)
     ok(v, "post", "/{index}/_search", knn)
     bad = copy.deepcopy(knn)
     bad["query"]["knn"]["vector"]["kk"] = bad["query"]["knn"]["vector"].pop("k")
     broken(v, "post", "/{index}/_search", bad)
-    hybrid = os_hybrid_query("hybrid", VEC, 10, bm25_depth=100, knn_depth=50, num_candidates=200, flt=flt,
+    hybrid = os_hybrid_query("hybrid", VEC, 10, bm25_depth=100, knn_depth=50, num_candidates=200, filters=filters,
                              version=version)
     assert hybrid["query"]["hybrid"]["pagination_depth"] == 100  # size beyond the candidate depth is bounded
     ok(v, "post", "/{index}/_search", hybrid)
@@ -125,7 +126,7 @@ def test_what_opensearch_cannot_fuse_is_refused_before_sending():
 
 @pytest.mark.parametrize("log_mapping", ["queries", "ingest"])
 def test_log_index_bodies(v, log_mapping):
-    from search.logs import INGEST_LOG_MAPPING, QUERY_LOG_MAPPING
+    from hybrid_search.app.logs import INGEST_LOG_MAPPING, QUERY_LOG_MAPPING
     from specs import log_request_cases
 
     for method, path, body, valid in log_request_cases(QUERY_LOG_MAPPING if log_mapping == "queries"

@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 
 from backend_contract import SPEC, BackendContract, corpus
-from config.errors import BackendUnavailable, FusionUnsupported, QueryError
-from config.settings import BackendSettings, IndexSettings
-from search.backend import ServerFusion
-from search.engines.opensearch import OpenSearchBackend
+from hybrid_search.config.errors import BackendUnavailable, FusionUnsupported, QueryError
+from hybrid_search.config.settings import BackendSettings, IndexSettings
+from hybrid_search.search.interfaces import ServerFusion
+from hybrid_search.backends.opensearch import OpenSearchBackend
 from servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -113,10 +113,10 @@ def test_cli_ingest_and_bm25_search_against_the_stand_in(os_url, tmp_path):
     from conftest import REPO, SAMPLE
 
     common = ["--backend", "opensearch", "--url", os_url, "--data-dir", str(tmp_path), "--quiet"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "search.cli", *args, *common], capture_output=True,
+        return subprocess.run([sys.executable, "-m", "hybrid_search.app.cli", *args, *common], capture_output=True,
                               text=True, cwd=REPO, timeout=300, env=env)
 
     out = run("ingest", str(SAMPLE), "--index", "cli-sample")

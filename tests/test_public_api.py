@@ -7,12 +7,22 @@ import importlib
 import pytest
 
 PUBLIC = {
-    "config": {"Settings", "load_settings", "Secret", "HybridSearchError", "ConfigError", "BackendUnavailable",
-               "IndexingError", "QueryError", "FusionUnsupported", "IndexNotFound", "DashboardsError", "LogSettings"},
-    "ingest": {"Encoder", "run_ingest", "open_source", "open_query_set", "validate", "IngestSummary", "resolve_model"},
-    "search": {"Backend", "HybridSearcher", "Hit", "SearchResult", "EmbeddedBackend", "fuse_rrf", "fuse_linear",
-               "open_backend", "QueryLog", "QueryLogStats", "JsonlLogSink", "inspect_index", "Inspection"},
-    "rerank": {"CrossEncoderReranker", "Reranker", "rerank_hits"},
+    "hybrid_search": {"HybridSearch", "load_settings", "Settings", "Hit", "SearchResult", "IngestSummary",
+                      "EvalReport", "HybridSearchError", "ConfigError", "IndexNotFound", "__version__"},
+    "hybrid_search.config": {"Settings", "load_settings", "Secret", "HybridSearchError", "ConfigError",
+                             "BackendUnavailable", "IndexingError", "QueryError", "FusionUnsupported",
+                             "IndexNotFound", "DashboardsError", "LogSettings"},
+    "hybrid_search.search": {"HybridSearcher", "Hit", "SearchResult", "Filter", "fuse_rrf", "fuse_linear",
+                             "parse_mode", "rerank_hits", "Retriever", "QueryEncoder", "Reranker", "ServerFusion"},
+    "hybrid_search.encoding": {"Encoder", "EncodeResult", "PoolingConfig", "resolve_model", "OFFLINE_MODELS"},
+    "hybrid_search.rerank": {"CrossEncoderReranker"},
+    "hybrid_search.backends": {"Backend", "IndexBuilder", "LogStore", "Inspectable", "EmbeddedBackend",
+                               "open_backend", "IndexSpec", "IndexedDocument", "BulkResult", "IndexStats",
+                               "JsonlLogSink", "LogSink", "previous_alias", "check_index_name"},
+    "hybrid_search.ingest": {"run_ingest", "open_source", "open_query_set", "validate", "IngestSummary",
+                             "FieldMap", "sample_path", "Checkpoint"},
+    "hybrid_search.app": {"HybridSearch", "evaluate", "EvalReport", "QueryLog", "QueryLogStats", "IngestLog",
+                          "inspect_index", "Inspection"},
 }
 
 
@@ -25,7 +35,7 @@ def test_exported_members(package):
 
 
 def test_every_error_derives_from_one_base():
-    import config
+    from hybrid_search import config
 
     for name in config.__all__:
         obj = getattr(config, name)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from config.settings import ModelSettings
-from rerank.cross_encoder import CrossEncoderReranker, rerank_hits
-from search.bench import random_cross_encoder
-from search.hits import Hit
+from hybrid_search.config.settings import ModelSettings
+from hybrid_search.rerank.cross_encoder import CrossEncoderReranker
+from hybrid_search.search.searcher import rerank_hits
+from hybrid_search.app.bench import random_cross_encoder
+from hybrid_search.search.hits import Hit
 
 QUERY = "how many people live in berlin"
 PASSAGES = [
@@ -50,7 +51,7 @@ def test_torch_runtime_matches_sentence_transformers(tmp_path, reranker):
 
 def test_runtime_choice_errors_say_what_to_use(reranker):
     forced = CrossEncoderReranker(str(reranker.folder), settings=ModelSettings(rerank_runtime="torch"))
-    from config.errors import ConfigError
+    from hybrid_search.config.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--rerank-runtime onnx"):
         forced.runtime

@@ -6,18 +6,18 @@ import logging
 
 import pytest
 
-from config.errors import ConfigError
-from config.settings import SearchSettings
-from ingest.pipeline import run_ingest
-from ingest.sources import open_source
-from search.embedded import EmbeddedBackend
-from search.fusion import fuse_rrf
-from search.searcher import HybridSearcher, parse_mode
+from hybrid_search.config.errors import ConfigError
+from hybrid_search.config.settings import SearchSettings
+from hybrid_search.ingest.pipeline import run_ingest
+from hybrid_search.ingest.sources import open_source
+from hybrid_search.backends.embedded import EmbeddedBackend
+from hybrid_search.search.fusion import fuse_rrf
+from hybrid_search.search.searcher import HybridSearcher, parse_mode
 
 
 @pytest.fixture(scope="module")
 def sample_backend(tmp_path_factory, encoder):
-    from config.settings import load_settings
+    from hybrid_search.config.settings import load_settings
     from conftest import SAMPLE
 
     data = tmp_path_factory.mktemp("searcher")
@@ -39,7 +39,7 @@ def test_hybrid_fuses_bm25_and_knn_in_the_client(sample_backend, encoder, caplog
     s = SearchSettings(bm25_depth=10, knn_depth=10, top_k=5)
     searcher = HybridSearcher(sample_backend, index="sample", encoder=encoder, settings=s)
     query = "why does bread get hard after a few days"
-    with caplog.at_level(logging.INFO, logger="search.searcher"):
+    with caplog.at_level(logging.INFO, logger="hybrid_search.search.searcher"):
         result = searcher.search(query, mode="hybrid")
         searcher.search(query, mode="hybrid")
     assert result.fusion_location == "client"
@@ -60,7 +60,7 @@ def test_linear_fusion_and_filters(sample_backend, encoder):
     result = searcher.search("coffee", top_k=3)
     assert result.mode == "hybrid" and len(result.hits) == 3
     assert {h.doc_id for h in result.hits} & {"d04", "d05"}
-    assert searcher.search("coffee", mode="bm25", flt={"nothing": "here"}).hits == ()
+    assert searcher.search("coffee", mode="bm25", filters={"nothing": "here"}).hits == ()
 
 
 def test_rerank_puts_the_cross_encoders_choice_first(sample_backend, encoder, reranker):

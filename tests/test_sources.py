@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from config.errors import BadRecordError, SourceError
-from ingest.sources import BeirFolder, CsvFile, FieldMap, HubBeir, JsonlFile, ParquetFile, open_query_set, open_source
-from ingest.validate import Document, Reject, validate
+from hybrid_search.config.errors import BadRecordError, SourceError
+from hybrid_search.ingest.sources import BeirFolder, CsvFile, FieldMap, HubBeir, JsonlFile, ParquetFile, open_query_set, open_source
+from hybrid_search.ingest.validate import Document, Reject, validate
 
 BAD_JSONL = b"\n".join([
     b'{"_id": "1", "title": "T", "text": "first good"}',

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from config.errors import ConfigError, FusionUnsupported
-from search.backend import IndexSpec, ServerFusion
-from search.engines.cluster import (
+from hybrid_search.config.errors import ConfigError, FusionUnsupported
+from hybrid_search.backends.base import IndexSpec
+from hybrid_search.search.interfaces import ServerFusion
+from hybrid_search.backends.cluster import (
     SPEC_META_KEY,
     TEXT_FIELDS,
     VECTOR_FIELD,
@@ -29,7 +30,7 @@ from search.engines.cluster import (
     metadata_dynamic_template,
     parse_version,
 )
-from search.filters import METADATA_FIELD, Filter, to_query_dsl
+from hybrid_search.search.filters import METADATA_FIELD, Filter, to_query_dsl
 
 __all__ = ["OpenSearchBackend", "os_hybrid_query", "os_index_body", "os_knn_body", "os_pipeline_body"]
 
@@ -69,21 +70,21 @@ def os_index_body(spec: IndexSpec, *, engine: str = "lucene", fp16: bool = False
     }
 
 
-def os_knn_query(vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None,
+def os_knn_query(vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None,
                  version: tuple[int, int, int]) -> dict[str, Any]:
     """The ``knn`` query; a filter goes inside it, so the engine filters while it searches the graph."""
     clause: dict[str, Any] = {"vector": [float(x) for x in np.asarray(vector).ravel()], "k": k}
-    filters = to_query_dsl(flt)
-    if filters:
-        clause["filter"] = {"bool": {"filter": filters}}
+    dsl = to_query_dsl(filters)
+    if dsl:
+        clause["filter"] = {"bool": {"filter": dsl}}
     if version >= METHOD_PARAMETERS_SINCE:
         clause["method_parameters"] = {"ef_search": max(num_candidates, k)}
     return {"knn": {VECTOR_FIELD: clause}}
 
 
-def os_knn_body(vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None,
+def os_knn_body(vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None,
                 version: tuple[int, int, int]) -> dict[str, Any]:
-    return {"size": k, "query": os_knn_query(vector, k, num_candidates, flt, version),
+    return {"size": k, "query": os_knn_query(vector, k, num_candidates, filters, version),
             "_source": {"excludes": [VECTOR_FIELD]}}
 
 
@@ -113,10 +114,10 @@ def os_pipeline_body(fusion: ServerFusion, version: tuple[int, int, int]) -> dic
 
 
 def os_hybrid_query(query: str, vector: np.ndarray, k: int, *, bm25_depth: int, knn_depth: int,
-                    num_candidates: int, flt: Filter | None, version: tuple[int, int, int]) -> dict[str, Any]:
+                    num_candidates: int, filters: Filter | None, version: tuple[int, int, int]) -> dict[str, Any]:
     """The ``hybrid`` search body; ``pagination_depth`` bounds each sub-query's results (2.19+)."""
-    hybrid: dict[str, Any] = {"queries": [bm25_query(query, flt),
-                                          os_knn_query(vector, knn_depth, num_candidates, flt, version)]}
+    hybrid: dict[str, Any] = {"queries": [bm25_query(query, filters),
+                                          os_knn_query(vector, knn_depth, num_candidates, filters, version)]}
     if version >= PAGINATION_DEPTH_SINCE:
         hybrid["pagination_depth"] = max(bm25_depth, knn_depth, k)
     return {"size": k, "query": {"hybrid": hybrid}, "_source": {"excludes": [VECTOR_FIELD]}}
@@ -193,11 +194,11 @@ class OpenSearchBackend(ClusterBackend):
             return score - 1.0
         return 1.0 - 1.0 / score if score > 0 else -1.0
 
-    def knn_body(self, vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None) -> dict[str, Any]:
-        return os_knn_body(vector, k, num_candidates, flt, self.server.version)
+    def knn_body(self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None) -> dict[str, Any]:
+        return os_knn_body(vector, k, num_candidates, filters, self.server.version)
 
     def hybrid_body(self, query: str, vector: np.ndarray, k: int, *, bm25_depth: int, knn_depth: int,
-                    num_candidates: int, fusion: ServerFusion, flt: Filter | None) -> dict[str, Any]:
+                    num_candidates: int, fusion: ServerFusion, filters: Filter | None) -> dict[str, Any]:
         if NEURAL_PLUGIN not in self.server.plugins:
             raise FusionUnsupported(f"OpenSearch at {self.urls_text} has no neural-search plugin")
         pipeline = os_pipeline_body(fusion, self.server.version)
@@ -207,7 +208,7 @@ class OpenSearchBackend(ClusterBackend):
                        f"/_search/pipeline/{name}", body=pipeline)
             self._pipelines.add(name)
         body = os_hybrid_query(query, vector, k, bm25_depth=bm25_depth, knn_depth=knn_depth,
-                               num_candidates=num_candidates, flt=flt, version=self.server.version)
+                               num_candidates=num_candidates, filters=filters, version=self.server.version)
         return {"pipeline": name, "body": body}
 
     def _hybrid_search(self, index: str, body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from config.errors import (
+from hybrid_search.config.errors import (
     BackendUnavailable,
     ConfigError,
     FailedItem,
@@ -34,11 +34,12 @@ from config.errors import (
     IndexNotFound,
     QueryError,
 )
-from config.settings import BackendSettings, IndexSettings
-from search.backend import BulkResult, IndexedDocument, IndexSpec, IndexStats, ServerFusion, previous_alias
-from search.filters import METADATA_FIELD, Filter, to_query_dsl
-from search.hits import Hit
-from search.logs import mapping_fields, new_log_id
+from hybrid_search.config.settings import BackendSettings, IndexSettings
+from hybrid_search.backends.base import BulkResult, IndexedDocument, IndexSpec, IndexStats, previous_alias
+from hybrid_search.search.interfaces import ServerFusion
+from hybrid_search.search.filters import METADATA_FIELD, Filter, to_query_dsl
+from hybrid_search.search.hits import Hit
+from hybrid_search.backends.logsinks import mapping_fields, new_log_id
 
 __all__ = [
     "ClusterBackend", "ClusterLogSink", "ServerInfo", "alias_actions", "bm25_body", "bm25_query",
@@ -72,16 +73,16 @@ def parse_version(text: str) -> tuple[int, int, int]:
 
 
 # --- request-body pieces both engines accept unchanged ----------------------------------------------
-def bm25_query(query: str, flt: Filter | None) -> dict[str, Any]:
+def bm25_query(query: str, filters: Filter | None) -> dict[str, Any]:
     """``multi_match`` over title and text (best field wins); the text is analysed, never parsed as syntax."""
     match = {"multi_match": {"query": query, "fields": list(TEXT_FIELDS), "type": "best_fields"}}
-    filters = to_query_dsl(flt)
-    return {"bool": {"must": [match], "filter": filters}} if filters else match
+    dsl = to_query_dsl(filters)
+    return {"bool": {"must": [match], "filter": dsl}} if dsl else match
 
 
-def bm25_body(query: str, k: int, flt: Filter | None) -> dict[str, Any]:
+def bm25_body(query: str, k: int, filters: Filter | None) -> dict[str, Any]:
     """The BM25 search request (vectors left out of the returned ``_source``)."""
-    return {"query": bm25_query(query, flt), "size": k, "_source": {"excludes": [VECTOR_FIELD]}}
+    return {"query": bm25_query(query, filters), "size": k, "_source": {"excludes": [VECTOR_FIELD]}}
 
 
 def alias_actions(
@@ -415,11 +416,11 @@ class ClusterBackend(ABC):
             ))
         return hits
 
-    def search_bm25(self, index: str, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
-        return self._hits(self._search(index, bm25_body(query, k, flt)), "bm25")
+    def search_bm25(self, index: str, query: str, k: int, filters: Filter | None = None) -> list[Hit]:
+        return self._hits(self._search(index, bm25_body(query, k, filters)), "bm25")
 
     @abstractmethod
-    def knn_body(self, vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None) -> dict[str, Any]:
+    def knn_body(self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None) -> dict[str, Any]:
         """The engine's kNN search request."""
 
     def similarity(self, score: float) -> float:
@@ -427,14 +428,14 @@ class ClusterBackend(ABC):
         return score
 
     def search_knn(self, index: str, vector: np.ndarray, k: int, num_candidates: int,
-                   flt: Filter | None = None) -> list[Hit]:
-        raw = self._search(index, self.knn_body(vector, k, num_candidates, flt))
+                   filters: Filter | None = None) -> list[Hit]:
+        raw = self._search(index, self.knn_body(vector, k, num_candidates, filters))
         for h in raw:  # report the similarity itself, as the embedded backend does
             h["_score"] = self.similarity(float(h.get("_score") or 0.0))
         return self._hits(raw, "knn")
 
     def hybrid_body(self, query: str, vector: np.ndarray, k: int, *, bm25_depth: int, knn_depth: int,
-                    num_candidates: int, fusion: ServerFusion, flt: Filter | None) -> dict[str, Any]:
+                    num_candidates: int, fusion: ServerFusion, filters: Filter | None) -> dict[str, Any]:
         """The server-side fusion request; raise ``FusionUnsupported`` where this server cannot."""
         raise FusionUnsupported(f"{self.name} has no server-side fusion")
 
@@ -443,12 +444,12 @@ class ClusterBackend(ABC):
 
     def search_hybrid(self, index: str, query: str, vector: np.ndarray, k: int, *, bm25_depth: int,
                       knn_depth: int, num_candidates: int, fusion: ServerFusion,
-                      flt: Filter | None = None) -> list[Hit]:
+                      filters: Filter | None = None) -> list[Hit]:
         refused = self._server_fusion_refused.get(fusion.method)
         if refused:
             raise FusionUnsupported(refused)
         body = self.hybrid_body(query, vector, k, bm25_depth=bm25_depth, knn_depth=knn_depth,
-                                num_candidates=num_candidates, fusion=fusion, flt=flt)
+                                num_candidates=num_candidates, fusion=fusion, filters=filters)
         try:
             raw = self._hybrid_search(index, body)
         except QueryError as exc:

@@ -34,19 +34,19 @@ import faiss
 import numpy as np
 import tantivy
 
-from config.errors import ConfigError, FailedItem, FusionUnsupported, IndexNotFound, QueryError
-from search.backend import (
+from hybrid_search.config.errors import ConfigError, FailedItem, FusionUnsupported, IndexNotFound, QueryError
+from hybrid_search.backends.base import (
     BulkResult,
     IndexedDocument,
     IndexSpec,
     IndexStats,
-    ServerFusion,
     check_index_name,
     previous_alias,
 )
-from search.filters import METADATA_FIELD, Filter, clauses, to_sql
-from search.hits import Hit
-from search.logs import JsonlLogSink
+from hybrid_search.search.filters import METADATA_FIELD, Filter, clauses, to_sql
+from hybrid_search.search.hits import Hit
+from hybrid_search.search.interfaces import ServerFusion
+from hybrid_search.backends.logsinks import JsonlLogSink
 
 __all__ = ["EmbeddedBackend"]
 
@@ -81,7 +81,7 @@ def _analyzer(kind: str) -> tantivy.TextAnalyzer:
     return builder.build()
 
 
-def _tantivy_filter(schema: tantivy.Schema, flt: Filter | None) -> list[tantivy.Query]:
+def _tantivy_filter(schema: tantivy.Schema, filters: Filter | None) -> list[tantivy.Query]:
     field = METADATA_FIELD
     ops = {
         "eq": lambda name, v: tantivy.Query.term_query(schema, f"{field}.{name}", v),
@@ -89,7 +89,7 @@ def _tantivy_filter(schema: tantivy.Schema, flt: Filter | None) -> list[tantivy.
             [(tantivy.Occur.Should, tantivy.Query.term_query(schema, f"{field}.{name}", v)) for v in vs]
         ),
     }
-    return [ops[op](name, value) for op, name, value in clauses(flt)]
+    return [ops[op](name, value) for op, name, value in clauses(filters)]
 
 
 class _PhysicalIndex:
@@ -319,9 +319,9 @@ class _PhysicalIndex:
     def _vec(blob: bytes) -> np.ndarray:
         return np.frombuffer(blob, dtype=np.float32)
 
-    def bm25(self, query: str, k: int, flt: Filter | None) -> list[Hit]:
+    def bm25(self, query: str, k: int, filters: Filter | None) -> list[Hit]:
         schema = self.text_index.schema
-        filters = _tantivy_filter(schema, flt)
+        restrict = _tantivy_filter(schema, filters)
         terms = [t for t in self.analyzer.analyze(query)]
         if not terms:
             return []
@@ -331,29 +331,29 @@ class _PhysicalIndex:
         ]
         # best_fields, as Elasticsearch's multi_match: the better field's score counts
         scored = tantivy.Query.disjunction_max_query(per_field, tie_breaker=0.0)
-        if filters:
+        if restrict:
             scored = tantivy.Query.boolean_query(
                 [(tantivy.Occur.Must, scored)]
-                + [(tantivy.Occur.Must, tantivy.Query.const_score_query(f, 0.0)) for f in filters]
+                + [(tantivy.Occur.Must, tantivy.Query.const_score_query(f, 0.0)) for f in restrict]
             )
         searcher = self.text_index.searcher()
         found = searcher.search(scored, limit=k, count=False).hits
         ids = [searcher.doc(addr)["doc_id"][0] for _score, addr in found]
         rows = self._rows_by("doc_id", ids)
-        hits = []
+        hits: list[Hit] = []
         for (score, _addr), doc_id in zip(found, ids):
             if doc_id in rows:
                 hits.append(self._hit(rows[doc_id], len(hits) + 1, float(score), bm25=float(score)))
         return hits
 
-    def knn(self, vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None) -> list[Hit]:
+    def knn(self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None) -> list[Hit]:
         query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         if query.shape[1] != self.spec.dims:
             raise QueryError(f"query vector has {query.shape[1]} dims, the index has {self.spec.dims}")
         if self.spec.similarity == "cosine":
             query = query / max(float(np.linalg.norm(query)), 1e-12)
-        if flt:
-            where, params = to_sql(flt)
+        if filters:
+            where, params = to_sql(filters)
             allowed = [r[0] for r in self.db.execute(f"SELECT key FROM docs WHERE {where}", params)]
             if len(allowed) <= _EXACT_FILTER_LIMIT:
                 return self._exact_knn(query[0], allowed, k)
@@ -369,7 +369,8 @@ class _PhysicalIndex:
         params: dict[str, Any] = {"efSearch": max(num_candidates, k, self.ef_search)}
         if selector is not None:
             params["sel"] = selector
-        return self.vectors.search(queries, k, params=faiss.SearchParametersHNSW(**params))
+        hnsw_params = faiss.SearchParametersHNSW  # type: ignore[attr-defined]  # missing from faiss's stubs
+        return self.vectors.search(queries, k, params=hnsw_params(**params))
 
     def _exact_knn(self, query: np.ndarray, keys: Sequence[int], k: int) -> list[Hit]:
         if not keys:
@@ -382,7 +383,7 @@ class _PhysicalIndex:
 
     def _knn_hits(self, found: Sequence[tuple[int, float]]) -> list[Hit]:
         rows = self._rows_by("key", [key for key, _ in found])
-        hits = []
+        hits: list[Hit] = []
         for key, score in found:
             if key in rows:
                 hits.append(self._hit(rows[key], len(hits) + 1, score, knn=score))
@@ -560,17 +561,17 @@ class EmbeddedBackend:
     def delete(self, index: str, doc_ids: Sequence[str]) -> int:
         return self._get(index).delete(doc_ids)
 
-    def search_bm25(self, index: str, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
-        return self._get(index).bm25(query, k, flt)
+    def search_bm25(self, index: str, query: str, k: int, filters: Filter | None = None) -> list[Hit]:
+        return self._get(index).bm25(query, k, filters)
 
     def search_knn(
-        self, index: str, vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None = None
+        self, index: str, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None = None
     ) -> list[Hit]:
-        return self._get(index).knn(vector, k, num_candidates, flt)
+        return self._get(index).knn(vector, k, num_candidates, filters)
 
     def search_hybrid(self, index: str, query: str, vector: np.ndarray, k: int, *, bm25_depth: int,
                       knn_depth: int, num_candidates: int, fusion: ServerFusion,
-                      flt: Filter | None = None) -> list[Hit]:
+                      filters: Filter | None = None) -> list[Hit]:
         raise FusionUnsupported("the embedded backend fuses in the client")
 
     def count(self, index: str) -> int:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from config.errors import ConfigError
+from hybrid_search.config.errors import ConfigError
 
 __all__ = ["DuplicatePair", "PairScoring", "average_precision", "best_f1", "mine_duplicates", "write_pairs"]
 

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from search.backend import Backend, IndexStats
-from search.logs import ingest_log_index, query_log_index
+from hybrid_search.backends.base import Backend, IndexStats
+from hybrid_search.app.logs import ingest_log_index, query_log_index
 
 __all__ = ["Inspection", "inspect_index"]
 

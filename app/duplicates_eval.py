@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from config.errors import SourceError
-from config.settings import Settings
-from search.duplicates import PairScoring, average_precision, best_f1, mine_duplicates
+from hybrid_search.config.extras import require
+from hybrid_search.config.errors import SourceError
+from hybrid_search.config.settings import Settings
+from hybrid_search.app.duplicates import PairScoring, average_precision, best_f1, mine_duplicates
 
 
 def read_labelled_pairs(path: str | Path, max_pairs: int | None = None) -> tuple[dict[str, str], list[tuple[str, str, int]]]:
@@ -51,11 +52,11 @@ def _scoring(name: str, pair_scores: dict[tuple[str, str], float], labelled: lis
 
 def run_duplicates_eval(pairs_csv: str | Path, settings: Settings, *, top_k: int = 10,
                         max_pairs: int | None = None, progress: bool = False) -> dict[str, Any]:
-    from ingest.encoder import Encoder
-    from ingest.pipeline import run_ingest
-    from ingest.sources import open_source
-    from rerank.cross_encoder import CrossEncoderReranker
-    from search.embedded import EmbeddedBackend
+    from hybrid_search.encoding.encoder import Encoder
+    from hybrid_search.ingest.pipeline import run_ingest
+    from hybrid_search.ingest.sources import open_source
+    from hybrid_search.rerank.cross_encoder import CrossEncoderReranker
+    from hybrid_search.backends.embedded import EmbeddedBackend
 
     questions, labelled = read_labelled_pairs(pairs_csv, max_pairs)
     encoder = Encoder(settings=settings.models)
@@ -82,8 +83,8 @@ def run_duplicates_eval(pairs_csv: str | Path, settings: Settings, *, top_k: int
         results.append(_scoring("hybrid-search + cross-encoder confirmation", confirmed, labelled,
                                 results[0].seconds + time.perf_counter() - start))
 
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.util import paraphrase_mining
+    SentenceTransformer = _sentence_transformers().SentenceTransformer
+    paraphrase_mining = _sentence_transformers().util.paraphrase_mining
 
     reference = SentenceTransformer(str(encoder.folder), device=encoder.device)
     ids = list(questions)
@@ -91,10 +92,15 @@ def run_duplicates_eval(pairs_csv: str | Path, settings: Settings, *, top_k: int
     found = paraphrase_mining(reference, [questions[q] for q in ids], top_k=top_k, max_pairs=10 ** 9)
     ref_scores: dict[tuple[str, str], float] = {}
     for score, i, j in found:
-        a, b = ids[i], ids[j]
+        a, b = ids[int(i)], ids[int(j)]
         ref_scores[(a, b) if a < b else (b, a)] = float(score)
     results.append(_scoring("sentence-transformers paraphrase_mining", ref_scores, labelled,
                             time.perf_counter() - start))
     return {"pairs": len(labelled), "questions": len(questions), "duplicates": sum(y for *_, y in labelled),
             "top_k": top_k, "model": encoder.model_name, "device": encoder.device,
             "methods": {r.name: r.to_dict() for r in results}}
+
+
+def _sentence_transformers() -> Any:
+    """The reference implementation the comparison runs beside (in the ``dev`` extra)."""
+    return require("sentence_transformers", extra="dev", purpose="the sentence-transformers reference")

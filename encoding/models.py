@@ -13,7 +13,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from config.errors import ConfigError
+from hybrid_search.config.errors import ConfigError
 
 __all__ = ["OFFLINE_MODELS", "resolve_model"]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from search.searcher import HybridSearcher, parse_mode
+from hybrid_search.search.searcher import HybridSearcher, parse_mode
 
 __all__ = ["METRICS", "EvalReport", "ModeReport", "evaluate", "score_run", "select_queries"]
 

@@ -24,20 +24,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from config.errors import ConfigError
-from config.settings import Settings
+from hybrid_search.config.extras import require
+from hybrid_search.config.errors import ConfigError
+from hybrid_search.config.settings import Settings
 
 __all__ = ["random_cross_encoder", "run_bench"]
 
-SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample"
 
 
 def _texts(source: str | None, n: int) -> tuple[list[str], list[str]]:
     """Up to ``n`` passages and the queries of ``source`` (a BEIR folder or file; default the sample)."""
-    from ingest.sources import BeirFolder, open_source
-    from ingest.validate import Document, validate
+    from hybrid_search.ingest.sources import BeirFolder, open_source
+    from hybrid_search.ingest.validate import Document, validate
 
-    src = open_source(source or SAMPLE)
+    src = open_source(source or "sample")
     passages: list[str] = []
     for item in validate(src.records(), src.fields):
         if isinstance(item, Document):
@@ -71,9 +71,9 @@ def _machine(device: str) -> dict[str, Any]:
 
 
 def bench_encode(settings: Settings, source: str | None, docs: int, batch_size: int, repeats: int) -> dict[str, Any]:
-    from sentence_transformers import SentenceTransformer
+    SentenceTransformer = _sentence_transformers().SentenceTransformer
 
-    from ingest.encoder import Encoder
+    from hybrid_search.encoding.encoder import Encoder
 
     passages, _ = _texts(source, docs)
     ours = Encoder(settings=settings.models)
@@ -103,8 +103,9 @@ def random_cross_encoder(tokenizer_dir: Path, out: Path, *, layers: int = 12, hi
     from transformers import BertConfig, BertForSequenceClassification
 
     vocab = sum(1 for _ in (tokenizer_dir / "vocab.txt").open(encoding="utf-8"))
-    config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=intermediate, num_labels=1)
+    shape: dict[str, Any] = {"vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": layers,
+                             "num_attention_heads": heads, "intermediate_size": intermediate, "num_labels": 1}
+    config = BertConfig(**shape)
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(out)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
@@ -114,9 +115,9 @@ def random_cross_encoder(tokenizer_dir: Path, out: Path, *, layers: int = 12, hi
 
 
 def bench_rerank(settings: Settings, source: str | None, docs: int, batch_size: int, repeats: int) -> dict[str, Any]:
-    from sentence_transformers import CrossEncoder
+    CrossEncoder = _sentence_transformers().CrossEncoder
 
-    from rerank.cross_encoder import CrossEncoderReranker
+    from hybrid_search.rerank.cross_encoder import CrossEncoderReranker
 
     passages, queries = _texts(source, docs)
     query = queries[0] if queries else "what is this about"
@@ -159,18 +160,18 @@ def _queries(source: str | None, n: int) -> list[str]:
 
 def _ensure_indexed(backend: Any, encoder: Any, settings: Settings, source: str | None) -> None:
     """Ingest the source (default: the bundled sample) into the settings' index unless it exists."""
-    from ingest.pipeline import run_ingest
-    from ingest.sources import open_source
+    from hybrid_search.ingest.pipeline import run_ingest
+    from hybrid_search.ingest.sources import open_source
 
     if not backend.index_exists(settings.index.name):
-        run_ingest(open_source(source or SAMPLE), backend, encoder, settings, alias=settings.index.name)
+        run_ingest(open_source(source or "sample"), backend, encoder, settings, alias=settings.index.name)
 
 
 def bench_search(settings: Settings, source: str | None, queries: int, repeats: int) -> dict[str, Any]:
-    from ingest.encoder import Encoder
-    from rerank.cross_encoder import CrossEncoderReranker
-    from search.backend import open_backend
-    from search.searcher import HybridSearcher
+    from hybrid_search.encoding.encoder import Encoder
+    from hybrid_search.rerank.cross_encoder import CrossEncoderReranker
+    from hybrid_search.backends.base import open_backend
+    from hybrid_search.search.searcher import HybridSearcher
 
     query_texts = _queries(source, queries)
     encoder = Encoder(settings=settings.models)
@@ -199,10 +200,11 @@ def bench_query_log(settings: Settings, source: str | None, queries: int, repeat
     The log goes to a temporary JSONL sink on the embedded backend, and to ``<index>-bench-queries`` on a
     cluster (through the same bulk writer as the real log).
     """
-    from ingest.encoder import Encoder
-    from search.backend import open_backend
-    from search.logs import JsonlLogSink, QueryLog
-    from search.searcher import HybridSearcher
+    from hybrid_search.encoding.encoder import Encoder
+    from hybrid_search.backends.base import open_backend
+    from hybrid_search.app.logs import QueryLog
+    from hybrid_search.backends.logsinks import JsonlLogSink
+    from hybrid_search.search.searcher import HybridSearcher
 
     query_texts = _queries(source, queries)
     encoder = Encoder(settings=settings.models)
@@ -246,9 +248,9 @@ def bench_duplicates(settings: Settings, docs: int) -> dict[str, Any]:
 
     import numpy as np
 
-    from search.backend import IndexedDocument, IndexSpec
-    from search.duplicates import mine_duplicates
-    from search.embedded import EmbeddedBackend
+    from hybrid_search.backends.base import IndexedDocument, IndexSpec
+    from hybrid_search.app.duplicates import mine_duplicates
+    from hybrid_search.backends.embedded import EmbeddedBackend
 
     rng = np.random.default_rng(0)
     dims, sizes, runs = 384, [docs, 2 * docs, 4 * docs], []
@@ -295,3 +297,8 @@ def run_bench(what: str, settings: Settings, *, source: str | None = None, docs:
     else:
         raise ConfigError(f"unknown benchmark {what!r}: choose encode, rerank, search, querylog or duplicates")
     return json.loads(json.dumps(report, default=float))
+
+
+def _sentence_transformers() -> Any:
+    """The reference implementation the comparison runs beside (in the ``dev`` extra)."""
+    return require("sentence_transformers", extra="dev", purpose="the sentence-transformers reference")

@@ -14,18 +14,19 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any
 
-from config.errors import ConfigError, DashboardsError
-from config.settings import BackendSettings
-from search.backend import check_index_name
+from hybrid_search.config.errors import ConfigError, DashboardsError
+from hybrid_search.config.settings import BackendSettings
+from hybrid_search.backends.base import check_index_name
 
 __all__ = ["PRODUCTS", "InstallResult", "Product", "install_saved_objects", "saved_objects"]
 
 log = logging.getLogger(__name__)
 
-SAVED_OBJECTS_DIR = Path(__file__).resolve().parent.parent / "config" / "dashboards"
+SAVED_OBJECTS_DIR: Traversable = resources.files("hybrid_search.app.saved_objects")  # inside the package
 DEFAULT_ALIAS = "corpus"
 _ID_PREFIX = f"hybrid-search-{DEFAULT_ALIAS}"
 _RETRY_STATUS = frozenset({502, 503, 504})  # Kibana answers 503 while it starts
@@ -75,7 +76,7 @@ def _rename(value: Any, alias: str) -> Any:
     return value
 
 
-def saved_objects(product: str, alias: str = DEFAULT_ALIAS, directory: Path = SAVED_OBJECTS_DIR) -> list[dict[str, Any]]:
+def saved_objects(product: str, alias: str = DEFAULT_ALIAS, directory: Traversable = SAVED_OBJECTS_DIR) -> list[dict[str, Any]]:
     """The product's saved objects, renamed for ``alias``."""
     if product not in PRODUCTS:
         raise ConfigError(f"unknown dashboards product {product!r}: use {' or '.join(PRODUCTS)}")

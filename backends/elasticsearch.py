@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from config.errors import ConfigError, FusionUnsupported
-from search.backend import IndexSpec, ServerFusion
-from search.engines.cluster import (
+from hybrid_search.config.errors import ConfigError, FusionUnsupported
+from hybrid_search.backends.base import IndexSpec
+from hybrid_search.search.interfaces import ServerFusion
+from hybrid_search.backends.cluster import (
     SPEC_META_KEY,
     TEXT_FIELDS,
     VECTOR_FIELD,
@@ -25,7 +26,7 @@ from search.engines.cluster import (
     metadata_dynamic_template,
     parse_version,
 )
-from search.filters import METADATA_FIELD, Filter, to_query_dsl
+from hybrid_search.search.filters import METADATA_FIELD, Filter, to_query_dsl
 
 __all__ = [
     "ElasticsearchBackend",
@@ -62,30 +63,30 @@ def es_index_body(spec: IndexSpec, *, index_options: str = "hnsw", replicas: int
     }
 
 
-def es_knn_clause(vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None) -> dict[str, Any]:
+def es_knn_clause(vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None) -> dict[str, Any]:
     """The kNN clause shared by the top-level ``knn`` search and the ``knn`` retriever."""
     clause: dict[str, Any] = {"field": VECTOR_FIELD, "query_vector": [float(x) for x in np.asarray(vector).ravel()],
                               "k": k, "num_candidates": max(num_candidates, k)}
-    filters = to_query_dsl(flt)
-    if filters:
-        clause["filter"] = filters
+    dsl = to_query_dsl(filters)
+    if dsl:
+        clause["filter"] = dsl
     return clause
 
 
-def es_knn_body(vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None) -> dict[str, Any]:
-    return {"knn": es_knn_clause(vector, k, num_candidates, flt), "size": k,
+def es_knn_body(vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None) -> dict[str, Any]:
+    return {"knn": es_knn_clause(vector, k, num_candidates, filters), "size": k,
             "_source": {"excludes": [VECTOR_FIELD]}}
 
 
 def es_hybrid_body(query: str, vector: np.ndarray, k: int, *, bm25_depth: int, knn_depth: int,
-                   num_candidates: int, fusion: ServerFusion, flt: Filter | None,
+                   num_candidates: int, fusion: ServerFusion, filters: Filter | None,
                    version: tuple[int, int, int]) -> dict[str, Any]:
     """A ``retriever`` search fusing BM25 and kNN on the server; ``FusionUnsupported`` where it cannot."""
     standard: dict[str, Any] = {"standard": {"query": bm25_query(query, None)}}
-    filters = to_query_dsl(flt)
-    if filters:
-        standard["standard"]["filter"] = filters
-    knn = {"knn": es_knn_clause(vector, knn_depth, num_candidates, flt)}
+    dsl = to_query_dsl(filters)
+    if dsl:
+        standard["standard"]["filter"] = dsl
+    knn = {"knn": es_knn_clause(vector, knn_depth, num_candidates, filters)}
     window = max(bm25_depth, knn_depth, k)
     if fusion.method == "rrf":
         if version < RRF_SINCE:
@@ -184,10 +185,10 @@ class ElasticsearchBackend(ClusterBackend):
         # dot_product and cosine both score (1 + similarity) / 2 for unit vectors
         return 2.0 * score - 1.0
 
-    def knn_body(self, vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None) -> dict[str, Any]:
-        return es_knn_body(vector, k, num_candidates, flt)
+    def knn_body(self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None) -> dict[str, Any]:
+        return es_knn_body(vector, k, num_candidates, filters)
 
     def hybrid_body(self, query: str, vector: np.ndarray, k: int, *, bm25_depth: int, knn_depth: int,
-                    num_candidates: int, fusion: ServerFusion, flt: Filter | None) -> dict[str, Any]:
+                    num_candidates: int, fusion: ServerFusion, filters: Filter | None) -> dict[str, Any]:
         return es_hybrid_body(query, vector, k, bm25_depth=bm25_depth, knn_depth=knn_depth,
-                              num_candidates=num_candidates, fusion=fusion, flt=flt, version=self.server.version)
+                              num_candidates=num_candidates, fusion=fusion, filters=filters, version=self.server.version)

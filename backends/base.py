@@ -13,23 +13,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from config.errors import ConfigError, FailedItem
-from search.filters import Filter
-from search.hits import Hit
+from hybrid_search.config.errors import ConfigError, FailedItem
+from hybrid_search.config.extras import require
+from hybrid_search.search.interfaces import Retriever
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from config.settings import Settings
-    from search.logs import LogSink
+    from hybrid_search.config.settings import Settings
+    from hybrid_search.backends.logsinks import LogSink
 
 __all__ = [
     "Backend",
+    "IndexBuilder",
+    "Inspectable",
+    "LogStore",
     "BulkResult",
     "IndexSpec",
     "IndexedDocument",
     "IndexStats",
-    "ServerFusion",
     "check_index_name",
     "open_backend",
     "previous_alias",
@@ -102,20 +104,9 @@ class IndexStats:
     fields: Mapping[str, str] = field(default_factory=dict)  # field path -> type, as the engine maps it
 
 
-@dataclass(frozen=True, slots=True)
-class ServerFusion:
-    """A request for fusion on the server: the method and its parameters, as the searcher would do it."""
-
-    method: Literal["rrf", "linear"]
-    rrf_k: int = 60
-    normalizer: Literal["minmax", "zscore", "l2"] = "minmax"
-    bm25_weight: float = 0.5
-    knn_weight: float = 0.5
-
-
 @runtime_checkable
-class Backend(Protocol):
-    """Storage and first-stage retrieval. ``index`` may name an alias or a physical index."""
+class IndexBuilder(Protocol):
+    """Creating, loading and swapping indexes: what ingest needs. ``index`` may name an alias."""
 
     name: str
 
@@ -145,29 +136,6 @@ class Backend(Protocol):
     def delete(self, index: str, doc_ids: Sequence[str]) -> int:
         """Remove documents; return how many existed."""
 
-    def search_bm25(self, index: str, query: str, k: int, flt: Filter | None = None) -> list[Hit]:
-        """BM25 over title and text; user text is never parsed as query syntax."""
-
-    def search_knn(
-        self, index: str, vector: np.ndarray, k: int, num_candidates: int, flt: Filter | None = None
-    ) -> list[Hit]:
-        """Approximate nearest neighbours of ``vector``, nearest first; ``flt`` restricts the candidates."""
-
-    def search_hybrid(
-        self,
-        index: str,
-        query: str,
-        vector: np.ndarray,
-        k: int,
-        *,
-        bm25_depth: int,
-        knn_depth: int,
-        num_candidates: int,
-        fusion: ServerFusion,
-        flt: Filter | None = None,
-    ) -> list[Hit]:
-        """Server-side fusion; raises ``FusionUnsupported`` when the engine cannot, so the caller fuses."""
-
     def count(self, index: str) -> int: ...
 
     def refresh(self, index: str) -> None:
@@ -176,10 +144,30 @@ class Backend(Protocol):
     def drop_index(self, index: str) -> None:
         """Delete the index; for an alias, its physical index and its previous build."""
 
+
+@runtime_checkable
+class LogStore(Protocol):
+    """Where the application's query and ingest logs live (``hybrid_search.app.logs``)."""
+
+    name: str
+
+    def log_sink(self) -> LogSink: ...
+
+
+@runtime_checkable
+class Inspectable(Protocol):
+    """What ``inspect`` reads about an index."""
+
     def stats(self, index: str) -> IndexStats: ...
 
-    def log_sink(self) -> LogSink:
-        """Where this backend keeps the query and ingest logs (``search.logs``)."""
+    def count(self, index: str) -> int: ...
+
+
+@runtime_checkable
+class Backend(Retriever, IndexBuilder, LogStore, Inspectable, Protocol):
+    """A whole storage engine: every small protocol above, plus ``close`` and use as a context manager.
+
+    Callers type against the small protocol they need; ``open_backend`` returns this."""
 
     def close(self) -> None: ...
 
@@ -192,16 +180,20 @@ def open_backend(settings: Settings) -> Backend:
     """The backend the settings name. Nothing connects until first use."""
     kind = settings.backend.kind
     if kind == "embedded":
-        from search.embedded import EmbeddedBackend
+        from hybrid_search.backends.embedded import EmbeddedBackend
 
         return EmbeddedBackend(data_dir=settings.data_dir, ef_search=settings.index.hnsw_ef_search,
                                flush_seconds=settings.ingest.checkpoint_seconds)
     if kind == "elasticsearch":
-        from search.engines.elasticsearch import ElasticsearchBackend
+        for module in ("elasticsearch", "tenacity"):
+            require(module, extra="elasticsearch", purpose="the Elasticsearch backend")
+        from hybrid_search.backends.elasticsearch import ElasticsearchBackend
 
         return ElasticsearchBackend(settings.backend, settings.index)
     if kind == "opensearch":
-        from search.engines.opensearch import OpenSearchBackend
+        for module in ("opensearchpy", "tenacity"):
+            require(module, extra="opensearch", purpose="the OpenSearch backend")
+        from hybrid_search.backends.opensearch import OpenSearchBackend
 
         return OpenSearchBackend(settings.backend, settings.index)
     raise ConfigError(f"unknown backend {kind!r}: use embedded, elasticsearch or opensearch")

@@ -15,38 +15,32 @@ reports the counts. This module must never make a search wait for a log write.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
 import time
-import uuid
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from config.errors import FailedItem, IndexingError
-from config.settings import LogSettings
+from hybrid_search.backends.logsinks import LogSink
+from hybrid_search.config.errors import IndexingError
+from hybrid_search.config.settings import LogSettings
 
 if TYPE_CHECKING:
-    from ingest.pipeline import IngestSummary
-    from search.hits import SearchResult
+    from hybrid_search.backends.base import LogStore
+    from hybrid_search.ingest.pipeline import IngestSummary
+    from hybrid_search.search.hits import SearchResult
 
 __all__ = [
+    "IngestLog",
     "INGEST_LOG_MAPPING",
     "QUERY_LOG_MAPPING",
     "STAGES",
-    "JsonlLogSink",
-    "LogSink",
     "QueryLog",
     "QueryLogStats",
-    "check_document",
     "ingest_log_doc",
     "ingest_log_index",
-    "mapping_fields",
-    "new_log_id",
     "now_iso",
     "query_log_doc",
     "query_log_index",
@@ -55,7 +49,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STAGES = ("encode", "bm25", "knn", "fusion", "rerank", "total")
-TAIL_BYTES = 1 << 20  # how far back JsonlLogSink.latest looks for the newest document
 QUERY_TEXT_LIMIT = 1024  # longer queries are kept in _source but not aggregated (keyword ignore_above)
 
 _KEYWORD = {"type": "keyword"}
@@ -193,138 +186,29 @@ def ingest_log_doc(summary: IngestSummary | None, *, backend: str, started_at: s
     return doc
 
 
-# --- mappings -------------------------------------------------------------------------------------
-def mapping_fields(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Every field path a mapping defines, multi-fields included, with its type (objects as ``object``)."""
-    out: dict[str, str] = {}
-    for name, spec in (mapping.get("properties") or {}).items():
-        path = f"{prefix}{name}"
-        out[path] = spec.get("type", "object")
-        if "properties" in spec:
-            out.update(mapping_fields(spec, path + "."))
-        for sub, sub_spec in (spec.get("fields") or {}).items():
-            out[f"{path}.{sub}"] = sub_spec.get("type", "object")
-    return out
+class IngestLog:
+    """Writes one ``<alias>-ingest`` document per run; give it to ``run_ingest(on_finish=...)``.
 
+    A log that cannot be written is a warning, never a failed ingest."""
 
-_PY_TYPES: dict[str, tuple[type, ...]] = {
-    "keyword": (str,), "text": (str,), "date": (str,), "boolean": (bool,),
-    "float": (int, float), "integer": (int,), "long": (int,), "short": (int,), "byte": (int,),
-}
+    def __init__(self, backend: LogStore, settings: LogSettings, *, alias: str, source: str, model: str) -> None:
+        self.backend, self.settings = backend, settings
+        self.alias, self.source, self.model = alias, source, model
+        self.started_at = now_iso()
 
-
-def check_document(doc: Mapping[str, Any], mapping: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """What a strict mapping would refuse in ``doc``: unknown fields and values of the wrong kind."""
-    problems = []
-    props = mapping.get("properties") or {}
-    for name, value in doc.items():
-        path, spec = f"{prefix}{name}", props.get(name)
-        if spec is None:
-            problems.append(f"{path}: not in the mapping")
-            continue
-        values = value if isinstance(value, list) else [value]
-        for v in values:
-            if "properties" in spec:
-                problems += (check_document(v, spec, path + ".") if isinstance(v, Mapping)
-                             else [f"{path}: expected an object"])
-            elif v is not None:
-                kinds = _PY_TYPES.get(spec.get("type", ""), (object,))
-                if not isinstance(v, kinds) or (bool not in kinds and isinstance(v, bool)):
-                    problems.append(f"{path}: {type(v).__name__} for a {spec.get('type')} field")
-    return problems
-
-
-# --- sinks ----------------------------------------------------------------------------------------
-class LogSink(Protocol):
-    """Where log documents are stored. Each method may raise; ``QueryLog`` catches and counts."""
-
-    location: str
-
-    def ensure(self, name: str, mapping: Mapping[str, Any]) -> None:
-        """Create the log ``name`` with ``mapping`` if missing; add new fields to an existing one."""
-
-    def append(self, name: str, docs: Sequence[Mapping[str, Any]], *, refresh: bool = False) -> int:
-        """Store documents (visible to searches at once with ``refresh``); return how many were stored.
-
-        Refused ones raise ``IndexingError`` naming each with its reason.
-        """
-
-    def latest(self, name: str) -> dict[str, Any] | None:
-        """The newest document by ``@timestamp``, or ``None`` when the log is empty or missing."""
-
-    def count(self, name: str) -> int:
-        """Documents in the log (0 when it does not exist)."""
-
-
-class JsonlLogSink:
-    """Logs of the embedded backend: ``<dir>/<name>.jsonl`` with the mapping beside it in ``<name>.mapping.json``.
-
-    Documents are checked against the mapping as a strict cluster would, so the embedded backend writes
-    exactly what an engine would accept (and the files can be bulk-loaded into one later).
-    """
-
-    def __init__(self, directory: str | Path) -> None:
-        self.directory = Path(directory)
-        self.location = str(self.directory)
-        self._lock = threading.Lock()
-        self._mappings: dict[str, Mapping[str, Any]] = {}
-
-    def _path(self, name: str) -> Path:
-        return self.directory / f"{name}.jsonl"
-
-    def ensure(self, name: str, mapping: Mapping[str, Any]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / f"{name}.mapping.json").write_text(json.dumps(mapping, indent=1), encoding="utf-8")
-        self._mappings[name] = mapping
-
-    def append(self, name: str, docs: Sequence[Mapping[str, Any]], *, refresh: bool = False) -> int:
-        mapping = self._mappings.get(name) or self._stored_mapping(name)
-        failed, good = [], []
-        for i, doc in enumerate(docs):
-            problems = check_document(doc, mapping) if mapping else []
-            if problems:
-                failed.append(FailedItem(str(i), "; ".join(problems)))
-            else:
-                good.append(json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
-        if good:
-            with self._lock, self._path(name).open("a", encoding="utf-8") as fh:
-                fh.write("\n".join(good) + "\n")
-        if failed:
-            raise IndexingError(f"{len(failed)} log documents do not fit the {name} mapping", failed=failed)
-        return len(good)
-
-    def _stored_mapping(self, name: str) -> Mapping[str, Any] | None:
-        path = self.directory / f"{name}.mapping.json"
-        if not path.exists():
-            return None
-        self._mappings[name] = json.loads(path.read_text(encoding="utf-8"))
-        return self._mappings[name]
-
-    def latest(self, name: str) -> dict[str, Any] | None:
-        # Writers append within seconds of each document's timestamp, so the newest is among the last lines:
-        # the newest of the final TAIL_BYTES (at least one whole line) is the newest of the file.
-        path = self._path(name)
-        if not path.exists():
-            return None
-        with self._lock, path.open("rb") as fh:
-            end = fh.seek(0, 2)
-            start = max(0, end - TAIL_BYTES)
-            fh.seek(start)
-            tail = fh.read()
-            while start > 0 and tail.count(b"\n") < 2:  # one huge last line: read further back
-                start = max(0, start - TAIL_BYTES)
-                fh.seek(start)
-                tail = fh.read()
-        lines = tail.splitlines()[1 if start > 0 else 0:]  # the first may be cut in half
-        docs = [json.loads(line) for line in lines if line.strip()]
-        return max(docs, key=lambda d: d.get("@timestamp", "")) if docs else None
-
-    def count(self, name: str) -> int:
-        path = self._path(name)
-        if not path.exists():
-            return 0
-        with self._lock, path.open("rb") as fh:
-            return sum(1 for line in fh if line.strip())
+    def __call__(self, summary: IngestSummary | None, error: BaseException | None) -> None:
+        if not self.settings.ingest:
+            return
+        name = ingest_log_index(self.alias)
+        doc = ingest_log_doc(summary, backend=self.backend.name, started_at=self.started_at, alias=self.alias,
+                             source=self.source, model=self.model,
+                             error=f"{type(error).__name__}: {error}" if error is not None else None)
+        try:
+            sink = self.backend.log_sink()
+            sink.ensure(name, INGEST_LOG_MAPPING)
+            sink.append(name, [doc], refresh=True)
+        except Exception as exc:
+            log.warning("the ingest summary was not written to %s (%s)", name, exc)
 
 
 # --- the query log --------------------------------------------------------------------------------
@@ -491,8 +375,3 @@ class QueryLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def new_log_id() -> str:
-    """An id for a log document, so a retried write cannot store it twice."""
-    return uuid.uuid4().hex

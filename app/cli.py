@@ -15,6 +15,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from hybrid_search.search.searcher import parse_mode
+
 __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("hybrid-search")
@@ -30,8 +32,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", help="bi-encoder: hub id or local folder")
     g.add_argument("--cross-encoder", help="cross-encoder: hub id or local folder")
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("-v", "--verbose", action="store_true", help="also show informational logs")
     g.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    g.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _search_knobs(p: argparse.ArgumentParser) -> None:
@@ -72,10 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hybrid-search",
         description="Hybrid BM25 + dense search with fusion and cross-encoder reranking.",
     )
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version("hybrid-search")
+    except PackageNotFoundError:
+        installed = "unknown"
+    parser.add_argument("--version", action="version", version=f"hybrid-search {installed}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("ingest", help="read, encode and index a corpus")
-    p.add_argument("source", help="quora, nq, a BEIR folder, or a .jsonl/.csv/.parquet file")
+    p.add_argument("source", help="quora, nq, sample (bundled), a BEIR folder, or a .jsonl/.csv/.parquet file")
     p.add_argument("--index", help="index (alias) name")
     _ingest_knobs(p)
     _common(p)
@@ -157,13 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --- settings and components ----------------------------------------------------------------------
 def _settings(args: argparse.Namespace) -> Any:
-    from config.settings import load_settings
+    from hybrid_search.config.settings import load_settings
 
     g = vars(args)
     mode, rerank = g.get("mode"), g.get("rerank")
     if mode:
-        from search.searcher import parse_mode
-
         mode, in_mode = parse_mode(mode)
         rerank = True if in_mode else rerank
     overrides = {
@@ -186,7 +194,7 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _field_map(args: argparse.Namespace) -> Any:
-    from ingest.sources import FieldMap
+    from hybrid_search.ingest.sources import FieldMap
 
     ids = (args.id_field,) if args.id_field else ("_id", "id")
     meta = tuple(f.strip() for f in args.metadata_fields.split(",") if f.strip())
@@ -203,25 +211,22 @@ def _quiet_model_loading() -> None:
         pass
 
 
-def _encoder(settings: Any) -> Any:
-    from ingest.encoder import Encoder
+def _client(settings: Any) -> Any:
+    from hybrid_search.app.client import HybridSearch
 
     _quiet_model_loading()
-    return Encoder(settings=settings.models)
+    return HybridSearch.from_settings(settings)
 
 
 def _reranker(settings: Any) -> Any:
-    from rerank.cross_encoder import CrossEncoderReranker
+    from hybrid_search.rerank.cross_encoder import CrossEncoderReranker
 
     _quiet_model_loading()
     return CrossEncoderReranker(settings=settings.models)
 
 
-def _ingest(settings: Any, source: Any, backend: Any, encoder: Any, resume: bool, progress: bool) -> Any:
-    from ingest.pipeline import run_ingest
-
-    summary = run_ingest(source, backend, encoder, settings, alias=settings.index.name, resume=resume,
-                         progress=progress)
+def _ingest(hs: Any, args: argparse.Namespace) -> Any:
+    summary = hs.ingest(args.source, fields=_field_map(args), resume=args.resume, progress=not args.quiet)
     print(
         f"ingested {summary.alias} -> {summary.physical}: read {summary.read}, stored {summary.stored}, "
         f"rejected {summary.rejected}, truncated {summary.truncated}, {summary.docs_per_s:.1f} docs/s "
@@ -231,18 +236,10 @@ def _ingest(settings: Any, source: Any, backend: Any, encoder: Any, resume: bool
     return summary
 
 
-def _query_log(settings: Any, backend: Any) -> Any:
-    if not settings.logs.queries:
-        return None
-    from search.logs import QueryLog
-
-    return QueryLog(backend.log_sink(), index=settings.index.name, backend=backend.name, settings=settings.logs)
-
-
-def _close_searcher(searcher: Any) -> None:
-    """Close the searcher; say where the query log went and what it could not write."""
-    query_log = searcher.query_log
-    searcher.close()
+def _close_client(hs: Any) -> None:
+    """Close the client; say where the query log went and what it could not write."""
+    query_log = hs._query_log
+    hs.close()
     if query_log is not None:
         s = query_log.stats
         print(f"query log {query_log.name} at {query_log.sink.location}: {s.written} written, {s.dropped} dropped, "
@@ -251,19 +248,14 @@ def _close_searcher(searcher: Any) -> None:
 
 # --- commands -------------------------------------------------------------------------------------
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from ingest.sources import open_source
-    from search.backend import open_backend
-
-    settings = _settings(args)
-    source = open_source(args.source, _field_map(args))
-    with open_backend(settings) as backend:
-        summary = _ingest(settings, source, backend, _encoder(settings), args.resume, not args.quiet)
+    with _client(_settings(args)) as hs:
+        summary = _ingest(hs, args)
     print(json.dumps(summary.to_dict()))
     return 0
 
 
 def _parse_filters(items: Sequence[str]) -> dict[str, Any] | None:
-    from config.errors import ConfigError
+    from hybrid_search.config.errors import ConfigError
 
     out: dict[str, Any] = {}
     for item in items:
@@ -275,23 +267,16 @@ def _parse_filters(items: Sequence[str]) -> dict[str, Any] | None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from search.backend import open_backend
-    from search.searcher import HybridSearcher, parse_mode
-
     settings = _settings(args)
     base, rerank_in_mode = parse_mode(settings.search.mode)
-    needs_rerank = rerank_in_mode or settings.search.rerank
-    with open_backend(settings) as backend:
-        searcher = HybridSearcher(
-            backend, index=settings.index.name,
-            encoder=_encoder(settings) if base != "bm25" else None,
-            reranker=_reranker(settings) if needs_rerank else None,
-            settings=settings.search, query_log=_query_log(settings, backend),
-        )
-        flt = _parse_filters(args.filter)
-        searcher.warm_up()  # model loading is not part of the reported search time
-        result = searcher.search(args.query, flt=flt)
-        _close_searcher(searcher)
+    filters = _parse_filters(args.filter)
+    hs = _client(settings)
+    try:
+        hs.check_index()  # a missing index or an unreachable cluster is reported before any model loads
+        hs.warm_up(rerank=rerank_in_mode or settings.search.rerank)  # loading is not part of the search time
+        result = hs.search(args.query, filters=filters)
+    finally:
+        _close_client(hs)
     if args.json:
         from dataclasses import asdict
 
@@ -309,36 +294,25 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ingest.sources import open_query_set, open_source
-    from search.backend import open_backend
-    from search.evaluate import evaluate, select_queries
-    from search.searcher import parse_mode
-
     settings = _settings(args)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    parsed = [parse_mode(m) for m in modes]
-    query_set = open_query_set(args.source, args.split)
-    queries = select_queries(query_set.queries, query_set.qrels, args.max_queries)
-    encoder = _encoder(settings)
-    with open_backend(settings) as backend:
-        if not backend.index_exists(settings.index.name) or args.resume:
-            _ingest(settings, open_source(args.source, _field_map(args)), backend, encoder, args.resume,
-                    not args.quiet)
-        from search.searcher import HybridSearcher
-
-        searcher = HybridSearcher(
-            backend, index=settings.index.name, encoder=encoder,
-            reranker=_reranker(settings) if any(r for _, r in parsed) else None, settings=settings.search,
-            query_log=_query_log(settings, backend),
-        )
-        report = evaluate(searcher, queries, query_set.qrels, modes,
-                          ignore_identical_ids=not args.keep_identical_ids, progress=not args.quiet)
-        _close_searcher(searcher)
+    for mode in modes:
+        parse_mode(mode)
+    hs = _client(settings)
+    try:
+        if args.resume or not hs.exists():
+            _ingest(hs, args)
+        report = hs.evaluate(args.source, modes=modes, split=args.split, max_queries=args.max_queries,
+                             ignore_identical_ids=not args.keep_identical_ids, progress=not args.quiet)
+        backend_name = hs.backend.name
+    finally:
+        _close_client(hs)
     print(report.table())
     if args.json_out:
         payload = report.to_dict()
-        payload["settings"] = {"source": args.source, "index": settings.index.name, "backend": backend.name,
-                               "split": args.split, "queries": len(queries),
+        payload["settings"] = {"source": args.source, "index": settings.index.name, "backend": backend_name,
+                               "split": args.split, "queries": next(iter(report.modes.values())).queries if
+                               report.modes else 0,
                                "search": settings.search.model_dump(), "models": settings.models.model_dump()}
         with open(args.json_out, "w", encoding="utf-8") as fh:
             json.dump(payload, fh, indent=2, default=str)
@@ -355,7 +329,7 @@ def _emit_json(report: dict[str, Any], path: str | None) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from search.bench import run_bench
+    from hybrid_search.app.bench import run_bench
 
     settings = _settings(args)
     _quiet_model_loading()
@@ -368,18 +342,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_duplicates(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from search.backend import open_backend
-    from search.duplicates import mine_duplicates, write_pairs
+    from hybrid_search.app.duplicates import mine_duplicates, write_pairs
 
-    settings = _settings(args)
-    index = settings.index.name
-    with open_backend(settings) as backend:
-        total = backend.count(index)
-        confirm = None
-        if args.confirm:
-            confirm = _reranker(settings).score_pairs
+    with _client(_settings(args)) as hs:
+        total = hs.backend.count(hs.index)
+        confirm = hs.reranker.score_pairs if args.confirm else None
         with tqdm(total=total, unit="doc", desc="duplicates", disable=args.quiet) as bar:
-            pairs = mine_duplicates(backend, index, threshold=args.threshold, top_k=args.top_k,
+            pairs = mine_duplicates(hs.backend, hs.index, threshold=args.threshold, top_k=args.top_k,
                                     confirm=confirm, progress=bar.update)
     write_pairs(pairs, args.out)
     print(f"{len(pairs)} pairs with similarity >= {args.threshold} among {total} documents -> {args.out}",
@@ -388,7 +357,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
 
 
 def cmd_duplicates_eval(args: argparse.Namespace) -> int:
-    from search.duplicates_eval import run_duplicates_eval
+    from hybrid_search.app.duplicates_eval import run_duplicates_eval
 
     settings = _settings(args)
     _quiet_model_loading()
@@ -399,31 +368,25 @@ def cmd_duplicates_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from search.backend import open_backend
-    from search.inspection import inspect_index
-
-    settings = _settings(args)
-    with open_backend(settings) as backend:
-        report = inspect_index(backend, settings.index.name)
+    with _client(_settings(args)) as hs:
+        report = hs.inspect()
     print(report.to_json() if args.json else report.table())
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from search.backend import open_backend, previous_alias
+    from hybrid_search.backends.base import previous_alias
 
-    settings = _settings(args)
-    alias = settings.index.name
-    with open_backend(settings) as backend:
-        serving, previous = backend.rollback(alias)
-        count = backend.count(alias)
-    print(f"{alias} now serves {serving} ({count} documents); {previous} is kept as {previous_alias(alias)} "
+    with _client(_settings(args)) as hs:
+        serving, previous = hs.rollback()
+        count = hs.backend.count(hs.index)
+    print(f"{hs.index} now serves {serving} ({count} documents); {previous} is kept as {previous_alias(hs.index)} "
           "(roll back again to undo)")
     return 0
 
 
 def cmd_dashboards(args: argparse.Namespace) -> int:
-    from search.dashboards import PRODUCTS, install_saved_objects
+    from hybrid_search.app.dashboards import PRODUCTS, install_saved_objects
 
     settings = _settings(args)
     product, url = ("kibana", args.kibana_url) if args.kibana_url else ("opensearch-dashboards", args.dashboards_url)
@@ -441,13 +404,13 @@ COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "eval": cmd_eval, "bench
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "faiss"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     for chatty in ("elastic_transport", "opensearch"):  # per-retry warnings with tracebacks; our errors say it
         logging.getLogger(chatty).setLevel(logging.DEBUG if args.debug else logging.ERROR)
-    from config.errors import HybridSearchError
+    from hybrid_search.config.errors import HybridSearchError
 
     try:
         return COMMANDS[args.command](args)

@@ -1,6 +1,6 @@
 """Writes the saved objects that ``hybrid-search dashboards install`` imports (run after changing a mapping).
 
-    python config/dashboards/generate.py
+    python -m hybrid_search.app.saved_objects.generate
 
 The files are what Kibana and OpenSearch Dashboards export (NDJSON, one saved object per line), for the
 default alias ``corpus``; ``install`` renames them for another alias. They can also be imported by hand
@@ -13,17 +13,16 @@ script's output and that every field they name exists in the mappings the code c
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent.parent))
+from hybrid_search.app.logs import INGEST_LOG_MAPPING, QUERY_LOG_MAPPING, STAGES
+from hybrid_search.backends.base import IndexSpec
+from hybrid_search.backends.elasticsearch import es_index_body
+from hybrid_search.backends.logsinks import mapping_fields
+from hybrid_search.backends.opensearch import os_index_body
 
-from search.backend import IndexSpec  # noqa: E402
-from search.engines.elasticsearch import es_index_body  # noqa: E402
-from search.engines.opensearch import os_index_body  # noqa: E402
-from search.logs import INGEST_LOG_MAPPING, QUERY_LOG_MAPPING, STAGES, mapping_fields  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 ALIAS = "corpus"
 PREFIX = f"hybrid-search-{ALIAS}"

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from config.errors import ConfigError
-from config.settings import ModelSettings
-from ingest.models import resolve_model
+from hybrid_search.config.errors import ConfigError
+from hybrid_search.config.settings import ModelSettings
+from hybrid_search.encoding.models import resolve_model
 
 if TYPE_CHECKING:
     import torch
@@ -259,8 +259,8 @@ class Encoder:
         model = self._model
         with torch.inference_mode():
             for batch in plan_batches(lengths, self.batch_tokens, self.settings.max_batch_size):
-                inputs = pad_encodings([encodings[i] for i in batch], pad_id, with_types)
-                inputs = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in inputs.items()}
+                arrays = pad_encodings([encodings[i] for i in batch], pad_id, with_types)
+                inputs = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in arrays.items()}
                 hidden = model(**inputs).last_hidden_state
                 vectors = pool(hidden, inputs["attention_mask"], self.pooling.mode).float()
                 if self.pooling.normalize:

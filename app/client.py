@@ -1,0 +1,277 @@
+"""``HybridSearch``: the one object a Python user (and the CLI) works with.
+
+It owns the backend, the lazily loaded bi-encoder and cross-encoder, and the query log, for one index::
+
+    with HybridSearch(index="nq") as hs:                  # embedded backend under ./.hybrid-search
+        hs.ingest("corpus.jsonl")
+        result = hs.search("who wrote hamlet", mode="hybrid+rerank", top_k=5, filters={"lang": "en"})
+
+Construction validates the settings and does no I/O; the backend connects and each model loads on first
+use (``warm_up`` loads them now). One instance may be shared by several threads: components are created
+once under a lock, and every search uses only thread-safe parts. ``close`` releases models, the query log
+and connections.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hybrid_search.backends.base import Backend, IndexStats, open_backend
+from hybrid_search.config.errors import ConfigError
+from hybrid_search.config.settings import Settings, load_settings
+from hybrid_search.search.filters import Filter
+from hybrid_search.search.hits import SearchResult
+from hybrid_search.search.searcher import HybridSearcher, parse_mode
+
+if TYPE_CHECKING:
+    from hybrid_search.app.evaluate import EvalReport
+    from hybrid_search.app.inspection import Inspection
+    from hybrid_search.app.logs import QueryLog
+    from hybrid_search.encoding.encoder import Encoder
+    from hybrid_search.ingest.pipeline import IngestSummary
+    from hybrid_search.ingest.sources import CorpusSource, FieldMap
+    from hybrid_search.rerank.cross_encoder import CrossEncoderReranker
+
+__all__ = ["DEFAULT_MODES", "HybridSearch"]
+
+DEFAULT_MODES = ("bm25", "knn", "hybrid", "hybrid+rerank")
+
+
+class HybridSearch:
+    """Ingest, search, evaluate and manage one index on one backend. See the module docstring."""
+
+    def __init__(
+        self,
+        index: str | None = None,
+        *,
+        backend: str | None = None,
+        url: str | Sequence[str] | None = None,
+        data_dir: str | Path | None = None,
+        config: str | Path | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``index`` (default ``corpus``), ``backend`` (``embedded``, ``elasticsearch`` or ``opensearch``),
+        ``url`` of a cluster, ``data_dir`` of the embedded backend, a settings file, and nested
+        ``overrides`` (e.g. ``{"search": {"rrf_k": 20}}``), over defaults < file < environment."""
+        urls = ",".join(url) if url is not None and not isinstance(url, str) else url
+        given: dict[str, Any] = {"data_dir": str(data_dir) if data_dir is not None else None,
+                                 "backend": {"kind": backend, "urls": urls}, "index": {"name": index}}
+        settings = load_settings(config, _merge(given, overrides or {}))
+        self._init(settings)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, index: str | None = None) -> HybridSearch:
+        """A client over already loaded settings (``load_settings(...)``); ``index`` overrides theirs."""
+        self = cls.__new__(cls)
+        if index is not None:
+            settings = settings.model_copy(update={"index": settings.index.model_copy(update={"name": index})})
+        self._init(settings)
+        return self
+
+    def _init(self, settings: Settings) -> None:
+        self.settings = settings
+        self.index = settings.index.name
+        self._lock = threading.RLock()
+        self._backend: Backend | None = None
+        self._encoder: Encoder | None = None
+        self._reranker: CrossEncoderReranker | None = None
+        self._searcher: HybridSearcher | None = None
+        self._query_log: QueryLog | None = None
+        self._closed = False
+
+    # --- components, each created once on first use -------------------------------------------
+    @property
+    def backend(self) -> Backend:
+        with self._lock:
+            self._check_open()
+            if self._backend is None:
+                self._backend = open_backend(self.settings)
+            return self._backend
+
+    @property
+    def encoder(self) -> Encoder:
+        with self._lock:
+            self._check_open()
+            if self._encoder is None:
+                from hybrid_search.encoding.encoder import Encoder
+
+                self._encoder = Encoder(settings=self.settings.models)
+            return self._encoder
+
+    @property
+    def reranker(self) -> CrossEncoderReranker:
+        with self._lock:
+            self._check_open()
+            if self._reranker is None:
+                from hybrid_search.rerank.cross_encoder import CrossEncoderReranker
+
+                self._reranker = CrossEncoderReranker(settings=self.settings.models)
+            return self._reranker
+
+    @property
+    def searcher(self) -> HybridSearcher:
+        with self._lock:
+            if self._searcher is None:
+                backend = self.backend
+                self._query_log = self._new_query_log(backend)
+                self._searcher = HybridSearcher(backend, index=self.index, encoder=self.encoder,
+                                                reranker=self.reranker, settings=self.settings.search,
+                                                query_log=self._query_log)
+            return self._searcher
+
+    @property
+    def query_log(self) -> QueryLog | None:
+        """The query log searches are recorded in, when ``logs.queries`` is on (``None`` otherwise)."""
+        self.searcher  # noqa: B018 - the log is created with the searcher
+        return self._query_log
+
+    def _new_query_log(self, backend: Backend) -> QueryLog | None:
+        if not self.settings.logs.queries:
+            return None
+        from hybrid_search.app.logs import QueryLog
+
+        return QueryLog(backend.log_sink(), index=self.index, backend=backend.name, settings=self.settings.logs)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConfigError("this HybridSearch is closed: create a new one")
+
+    # --- the work -----------------------------------------------------------------------------------
+    def ingest(
+        self,
+        source: str | Path | CorpusSource,
+        *,
+        metadata_fields: Sequence[str] = (),
+        id_field: str | None = None,
+        title_field: str = "title",
+        text_field: str = "text",
+        fields: FieldMap | None = None,
+        resume: bool = False,
+        progress: bool = False,
+    ) -> IngestSummary:
+        """Read, encode and store ``source`` (``quora``, ``nq``, ``sample``, a BEIR folder or a
+        .jsonl/.csv/.parquet file) into a new build of the index, then switch the index to it.
+
+        ``metadata_fields`` are kept as filterable metadata; ``id_field`` (default ``_id``, then ``id``),
+        ``title_field`` and ``text_field`` name the record's fields (or give a whole ``FieldMap``).
+        Every run, finished or failed, is recorded in ``<index>-ingest`` (``logs.ingest``)."""
+        from hybrid_search.app.logs import IngestLog
+        from hybrid_search.ingest.pipeline import run_ingest
+        from hybrid_search.ingest.sources import FieldMap, open_source
+
+        if fields is None:
+            fields = FieldMap(id_fields=(id_field,) if id_field else ("_id", "id"), title_field=title_field,
+                              text_field=text_field, metadata_fields=tuple(metadata_fields))
+        corpus = open_source(source, fields) if isinstance(source, (str, Path)) else source
+        backend, encoder = self.backend, self.encoder
+        log = IngestLog(backend, self.settings.logs, alias=self.index, source=corpus.name,
+                        model=encoder.model_name)
+        return run_ingest(corpus, backend, encoder, self.settings, alias=self.index, resume=resume,
+                          progress=progress, on_finish=log)
+
+    def search(
+        self,
+        query: str,
+        *,
+        mode: str | None = None,
+        top_k: int | None = None,
+        filters: Filter | None = None,
+        rerank: bool | None = None,
+    ) -> SearchResult:
+        """Search the index. ``mode``: ``bm25``, ``knn`` or ``hybrid``, optionally ``+rerank`` (default from
+        the settings); ``filters``: ``{"field": value}`` or ``{"field": [any, of]}`` on metadata fields."""
+        return self.searcher.search(query, mode=mode, top_k=top_k, rerank=rerank, filters=filters)
+
+    def evaluate(
+        self,
+        source: str | Path,
+        *,
+        modes: Iterable[str] = DEFAULT_MODES,
+        split: str = "test",
+        max_queries: int | None = None,
+        ignore_identical_ids: bool = True,
+        progress: bool = False,
+    ) -> EvalReport:
+        """nDCG@10, Recall@100, MRR@10 and latency per mode, on the queries and qrels of ``source``."""
+        from hybrid_search.app.evaluate import evaluate, select_queries
+        from hybrid_search.ingest.sources import open_query_set
+
+        modes = list(modes)
+        for mode in modes:
+            parse_mode(mode)
+        query_set = open_query_set(source, split)
+        queries = select_queries(query_set.queries, query_set.qrels, max_queries)
+        return evaluate(self.searcher, queries, query_set.qrels, modes,
+                        ignore_identical_ids=ignore_identical_ids, progress=progress)
+
+    def check_index(self) -> int:
+        """Connect and check the index exists (``IndexNotFound`` says how to create it); return its count.
+
+        Cheap: call it before anything slow, such as loading models."""
+        return self.backend.count(self.index)
+
+    def exists(self) -> bool:
+        """Whether the index exists on the backend."""
+        return self.backend.index_exists(self.index)
+
+    def stats(self) -> IndexStats:
+        """Alias, physical index, count, size, vector field and mapping of the index."""
+        return self.backend.stats(self.index)
+
+    def inspect(self) -> Inspection:
+        """``stats`` plus the last ingest run and the query log's size (what ``hybrid-search inspect`` shows)."""
+        from hybrid_search.app.inspection import inspect_index
+
+        return inspect_index(self.backend, self.index)
+
+    def rollback(self) -> tuple[str, str]:
+        """Serve the previous build again; return (now serving, now previous). Twice undoes it."""
+        return self.backend.rollback(self.index)
+
+    def delete(self) -> None:
+        """Delete the index: its current and previous builds (the logs are kept)."""
+        self.backend.drop_index(self.index)
+
+    def warm_up(self, *, rerank: bool = True) -> None:
+        """Load the bi-encoder (and the cross-encoder) now, so the first search measures searching."""
+        self.encoder.encode_queries(["warm up"])
+        if rerank:
+            self.reranker.score("warm up", ["warm up"])
+
+    def close(self) -> None:
+        """Drain the query log, release the models and close the backend's connections. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            searcher, self._searcher = self._searcher, None
+            if searcher is not None:
+                searcher.close()  # the query log, the encoder and the reranker
+            else:
+                for part in (self._encoder, self._reranker):
+                    if part is not None:
+                        part.close()
+            if self._backend is not None:
+                self._backend.close()
+
+    def __enter__(self) -> HybridSearch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"HybridSearch(index={self.index!r}, backend={self.settings.backend.kind!r})"
+
+
+def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,1 +1,0 @@
-"""Cluster backends. Each engine module imports its client only when the backend is constructed."""

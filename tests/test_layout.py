@@ -1,0 +1,81 @@
+"""The package map holds: one namespace, each subpackage imports only the ones below it, every module
+imports on its own in a fresh interpreter, and nothing imports the old generic top-level names."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+# subpackage -> the subpackages it may import (besides itself); README "Package map" says the same
+ALLOWED = {
+    "config": set(),
+    "search": {"config"},
+    "encoding": {"config"},
+    "rerank": {"config", "encoding"},
+    "backends": {"config", "search"},
+    "ingest": {"config", "encoding", "backends"},
+    "app": {"config", "search", "encoding", "rerank", "backends", "ingest"},
+}
+FOLDERS = {name: REPO / name for name in ALLOWED}
+
+
+def _modules() -> list[tuple[str, str, Path]]:
+    out = []
+    for package, folder in FOLDERS.items():
+        for path in sorted(folder.rglob("*.py")):
+            parts = path.relative_to(folder).with_suffix("").parts
+            dotted = ".".join(("hybrid_search", package, *[p for p in parts if p != "__init__"]))
+            out.append((package, dotted, path))
+    return out
+
+
+def _imports(path: Path) -> list[str]:
+    """Every module an import statement names, at any depth (lazy and TYPE_CHECKING imports included)."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0 or node.module, path
+            names.append(node.module or "")
+    return names
+
+
+def test_packages_import_only_the_packages_below_them():
+    violations = []
+    for package, dotted, path in _modules():
+        for name in _imports(path):
+            parts = name.split(".")
+            if parts[0] in ("config", "search", "ingest", "rerank", "encoding", "backends", "app"):
+                violations.append(f"{dotted} imports the bare top-level {name!r}")
+            elif parts[0] == "hybrid_search":
+                if len(parts) == 1:
+                    violations.append(f"{dotted} imports the hybrid_search facade")
+                elif parts[1] != package and parts[1] not in ALLOWED[package]:
+                    violations.append(f"{dotted} ({package}) imports {name} ({parts[1]})")
+    assert violations == []
+
+
+def test_the_facade_is_imported_by_no_package():
+    assert all("hybrid_search" not in _imports(path) for _, _, path in _modules())
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_every_module_imports_alone_in_a_fresh_interpreter(package, tmp_path):
+    modules = [dotted for pkg, dotted, _ in _modules() if pkg == package]
+
+    def load(dotted: str) -> tuple[str, int, str]:
+        out = subprocess.run([sys.executable, "-c", f"import {dotted}"], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=120)
+        return dotted, out.returncode, out.stderr[-400:]
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        failures = [r for r in pool.map(load, modules) if r[1] != 0]
+    assert failures == []

@@ -38,8 +38,9 @@ def link_tree() -> Path:
 
 def main() -> int:
     root = link_tree()
-    out, err, status = api.run([*sys.argv[1:], "--config-file", str(REPO / "pyproject.toml"),
-                                str(root / "hybrid_search")])
+    out, err, status = api.run(
+        [*sys.argv[1:], "--config-file", str(REPO / "pyproject.toml"), str(root / "hybrid_search")]
+    )
     sys.stdout.write(out.replace(str(root) + "/", ""))
     sys.stderr.write(err)
     return status

@@ -24,12 +24,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hybrid_search.config.extras import require
 from hybrid_search.config.errors import ConfigError
+from hybrid_search.config.extras import require
 from hybrid_search.config.settings import Settings
 
 __all__ = ["random_cross_encoder", "run_bench"]
-
 
 
 def _texts(source: str | None, n: int) -> tuple[list[str], list[str]]:
@@ -63,8 +62,12 @@ def _time(fn: Callable[[], Any], repeats: int) -> float:
 def _machine(device: str) -> dict[str, Any]:
     import torch
 
-    info: dict[str, Any] = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                            "cpu": platform.processor() or platform.machine()}
+    info: dict[str, Any] = {
+        "device": device,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+    }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -83,16 +86,23 @@ def bench_encode(settings: Settings, source: str | None, docs: int, batch_size: 
     t_ours = _time(lambda: ours.encode_documents(passages), repeats)
     t_ref = _time(lambda: reference.encode(passages, batch_size=batch_size, normalize_embeddings=True), repeats)
     return {
-        "bench": "encode", "model": ours.model_name, "texts": len(passages), "machine": _machine(ours.device),
+        "bench": "encode",
+        "model": ours.model_name,
+        "texts": len(passages),
+        "machine": _machine(ours.device),
         "ours": {"docs_per_s": len(passages) / t_ours, "batch_tokens": ours.batch_tokens},
-        "reference": {"name": "sentence_transformers.SentenceTransformer.encode", "batch_size": batch_size,
-                      "docs_per_s": len(passages) / t_ref},
+        "reference": {
+            "name": "sentence_transformers.SentenceTransformer.encode",
+            "batch_size": batch_size,
+            "docs_per_s": len(passages) / t_ref,
+        },
         "ratio_ours_to_reference": t_ref / t_ours,
     }
 
 
-def random_cross_encoder(tokenizer_dir: Path, out: Path, *, layers: int = 12, hidden: int = 384,
-                         heads: int = 12, intermediate: int = 1536) -> Path:
+def random_cross_encoder(
+    tokenizer_dir: Path, out: Path, *, layers: int = 12, hidden: int = 384, heads: int = 12, intermediate: int = 1536
+) -> Path:
     """Save a randomly initialised BERT cross-encoder (default: ms-marco-MiniLM-L-12-v2's shape) with a tokenizer.
 
     Same architecture means the same compute, so throughput compares; its scores mean nothing.
@@ -103,8 +113,14 @@ def random_cross_encoder(tokenizer_dir: Path, out: Path, *, layers: int = 12, hi
     from transformers import BertConfig, BertForSequenceClassification
 
     vocab = sum(1 for _ in (tokenizer_dir / "vocab.txt").open(encoding="utf-8"))
-    shape: dict[str, Any] = {"vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": layers,
-                             "num_attention_heads": heads, "intermediate_size": intermediate, "num_labels": 1}
+    shape: dict[str, Any] = {
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "intermediate_size": intermediate,
+        "num_labels": 1,
+    }
     config = BertConfig(**shape)
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(out)
@@ -128,27 +144,34 @@ def bench_rerank(settings: Settings, source: str | None, docs: int, batch_size: 
         torch_dir = folder if has_torch else random_cross_encoder(folder, Path(tmp) / "ce")
         models = settings.models.model_copy(update={"rerank_batch_size": batch_size, "rerank_runtime": "torch"})
         ours_torch = CrossEncoderReranker(str(torch_dir), settings=models)
-        reference = CrossEncoder(str(torch_dir), device=ours_torch.device,
-                                 max_length=settings.models.rerank_max_length)
+        reference = CrossEncoder(str(torch_dir), device=ours_torch.device, max_length=settings.models.rerank_max_length)
         if ours_torch.device.startswith("cuda") and ours_torch._torch_model.dtype != reference.model.dtype:
             reference.model.to(ours_torch._torch_model.dtype)
         pairs = [(query, p) for p in passages]
         t_ref = _time(lambda: reference.predict(pairs, batch_size=batch_size), repeats)
         t_torch = _time(lambda: ours_torch.score(query, passages), repeats)
         result: dict[str, Any] = {
-            "bench": "rerank", "model": configured.model_name, "pairs": len(pairs),
+            "bench": "rerank",
+            "model": configured.model_name,
+            "pairs": len(pairs),
             "machine": _machine(ours_torch.device),
             "weights": "configured model" if has_torch else "random init, same architecture (only ONNX at hand)",
-            "reference": {"name": "sentence_transformers.CrossEncoder.predict", "batch_size": batch_size,
-                          "pairs_per_s": len(pairs) / t_ref},
+            "reference": {
+                "name": "sentence_transformers.CrossEncoder.predict",
+                "batch_size": batch_size,
+                "pairs_per_s": len(pairs) / t_ref,
+            },
             "ours_torch": {"pairs_per_s": len(pairs) / t_torch, "ratio_to_reference": t_ref / t_torch},
         }
         if (folder / "model.onnx").exists():
             onnx_models = settings.models.model_copy(update={"rerank_batch_size": batch_size, "rerank_runtime": "onnx"})
             ours_onnx = CrossEncoderReranker(str(folder), settings=onnx_models)
             t_onnx = _time(lambda: ours_onnx.score(query, passages), repeats)
-            result["ours_onnx"] = {"pairs_per_s": len(pairs) / t_onnx, "ratio_to_reference": t_ref / t_onnx,
-                                   "note": "the model's ONNX export (int8 for the offline default) vs fp32 reference"}
+            result["ours_onnx"] = {
+                "pairs_per_s": len(pairs) / t_onnx,
+                "ratio_to_reference": t_ref / t_onnx,
+                "note": "the model's ONNX export (int8 for the offline default) vs fp32 reference",
+            }
         return result
 
 
@@ -168,20 +191,30 @@ def _ensure_indexed(backend: Any, encoder: Any, settings: Settings, source: str 
 
 
 def bench_search(settings: Settings, source: str | None, queries: int, repeats: int) -> dict[str, Any]:
+    from hybrid_search.backends.base import open_backend
     from hybrid_search.encoding.encoder import Encoder
     from hybrid_search.rerank.cross_encoder import CrossEncoderReranker
-    from hybrid_search.backends.base import open_backend
     from hybrid_search.search.searcher import HybridSearcher
 
     query_texts = _queries(source, queries)
     encoder = Encoder(settings=settings.models)
     modes = ["bm25", "knn", "hybrid", "hybrid+rerank"]
-    out: dict[str, Any] = {"bench": "search", "index": settings.index.name, "queries": len(query_texts),
-                           "backend": settings.backend.kind, "modes": {}}
+    out: dict[str, Any] = {
+        "bench": "search",
+        "index": settings.index.name,
+        "queries": len(query_texts),
+        "backend": settings.backend.kind,
+        "modes": {},
+    }
     with open_backend(settings) as backend:
         _ensure_indexed(backend, encoder, settings, source)
-        searcher = HybridSearcher(backend, index=settings.index.name, encoder=encoder,
-                                  reranker=CrossEncoderReranker(settings=settings.models), settings=settings.search)
+        searcher = HybridSearcher(
+            backend,
+            index=settings.index.name,
+            encoder=encoder,
+            reranker=CrossEncoderReranker(settings=settings.models),
+            settings=settings.search,
+        )
         for mode in modes:
             searcher.search(query_texts[0], mode=mode)  # warm-up
             lat = sorted(searcher.search(q, mode=mode).timings_ms["total"] for q in query_texts for _ in range(repeats))
@@ -200,23 +233,29 @@ def bench_query_log(settings: Settings, source: str | None, queries: int, repeat
     The log goes to a temporary JSONL sink on the embedded backend, and to ``<index>-bench-queries`` on a
     cluster (through the same bulk writer as the real log).
     """
-    from hybrid_search.encoding.encoder import Encoder
-    from hybrid_search.backends.base import open_backend
     from hybrid_search.app.logs import QueryLog
+    from hybrid_search.backends.base import open_backend
     from hybrid_search.backends.logsinks import JsonlLogSink
+    from hybrid_search.encoding.encoder import Encoder
     from hybrid_search.search.searcher import HybridSearcher
 
     query_texts = _queries(source, queries)
     encoder = Encoder(settings=settings.models)
-    out: dict[str, Any] = {"bench": "querylog", "index": settings.index.name, "queries": len(query_texts),
-                           "backend": settings.backend.kind, "modes": {}}
+    out: dict[str, Any] = {
+        "bench": "querylog",
+        "index": settings.index.name,
+        "queries": len(query_texts),
+        "backend": settings.backend.kind,
+        "modes": {},
+    }
     with open_backend(settings) as backend, tempfile.TemporaryDirectory() as tmp:
         _ensure_indexed(backend, encoder, settings, source)
         sink = JsonlLogSink(tmp) if backend.name == "embedded" else backend.log_sink()
         qlog = QueryLog(sink, index=f"{settings.index.name}-bench", backend=backend.name, settings=settings.logs)
         plain = HybridSearcher(backend, index=settings.index.name, encoder=encoder, settings=settings.search)
-        logged = HybridSearcher(backend, index=settings.index.name, encoder=encoder, settings=settings.search,
-                                query_log=qlog)
+        logged = HybridSearcher(
+            backend, index=settings.index.name, encoder=encoder, settings=settings.search, query_log=qlog
+        )
         for mode in ("bm25", "hybrid"):
             plain.search(query_texts[0], mode=mode)  # warm-up (the writer thread starts here too)
             logged.search(query_texts[0], mode=mode)
@@ -227,13 +266,20 @@ def bench_query_log(settings: Settings, source: str | None, queries: int, repeat
                     searcher.search(q, mode=mode)
                     times[name].append((time.perf_counter() - t) * 1000.0)
             p50 = {name: _pct(sorted(v), 50) for name, v in times.items()}
-            out["modes"][mode] = {"plain_p50_ms": p50["plain"], "logged_p50_ms": p50["logged"],
-                                  "logged_p95_ms": _pct(sorted(times["logged"]), 95),
-                                  "plain_p95_ms": _pct(sorted(times["plain"]), 95),
-                                  "p50_ratio_logged_to_plain": p50["logged"] / (p50["plain"] or 1e-9)}
+            out["modes"][mode] = {
+                "plain_p50_ms": p50["plain"],
+                "logged_p50_ms": p50["logged"],
+                "logged_p95_ms": _pct(sorted(times["logged"]), 95),
+                "plain_p95_ms": _pct(sorted(times["plain"]), 95),
+                "p50_ratio_logged_to_plain": p50["logged"] / (p50["plain"] or 1e-9),
+            }
         stats = qlog.close()
-        out["log"] = {"recorded": stats.recorded, "written": stats.written, "dropped": stats.dropped,
-                      "failed": stats.failed}
+        out["log"] = {
+            "recorded": stats.recorded,
+            "written": stats.written,
+            "dropped": stats.dropped,
+            "failed": stats.failed,
+        }
         out["machine"] = _machine(encoder.device)
     return out
 
@@ -248,8 +294,8 @@ def bench_duplicates(settings: Settings, docs: int) -> dict[str, Any]:
 
     import numpy as np
 
-    from hybrid_search.backends.base import IndexedDocument, IndexSpec
     from hybrid_search.app.duplicates import mine_duplicates
+    from hybrid_search.backends.base import IndexedDocument, IndexSpec
     from hybrid_search.backends.embedded import EmbeddedBackend
 
     rng = np.random.default_rng(0)
@@ -270,8 +316,15 @@ def bench_duplicates(settings: Settings, docs: int) -> dict[str, Any]:
             seconds = time.perf_counter() - t
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
-            runs.append({"docs": size, "peak_mib": peak / 2**20, "seconds": seconds, "pairs": len(pairs),
-                         "all_pairs_matrix_mib": size * size * 4 / 2**20})
+            runs.append(
+                {
+                    "docs": size,
+                    "peak_mib": peak / 2**20,
+                    "seconds": seconds,
+                    "pairs": len(pairs),
+                    "all_pairs_matrix_mib": size * size * 4 / 2**20,
+                }
+            )
     return {"bench": "duplicates", "runs": runs, "peak_ratio_4n_to_n": runs[-1]["peak_mib"] / runs[0]["peak_mib"]}
 
 
@@ -281,8 +334,16 @@ def _pct(sorted_values: Sequence[float], pct: float) -> float:
     return float(np.percentile(sorted_values, pct)) if sorted_values else 0.0
 
 
-def run_bench(what: str, settings: Settings, *, source: str | None = None, docs: int = 512, batch_size: int = 32,
-              repeats: int = 3, queries: int = 50) -> dict[str, Any]:
+def run_bench(
+    what: str,
+    settings: Settings,
+    *,
+    source: str | None = None,
+    docs: int = 512,
+    batch_size: int = 32,
+    repeats: int = 3,
+    queries: int = 50,
+) -> dict[str, Any]:
     """Run one benchmark and return its JSON-ready report."""
     if what == "encode":
         report = bench_encode(settings, source, docs, batch_size, repeats)

@@ -53,8 +53,12 @@ def _ingest_knobs(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("ingest")
     g.add_argument("--resume", action="store_true", help="continue an interrupted ingest of this index")
     g.add_argument("--strict", action="store_true", default=None, help="the first bad record is fatal")
-    g.add_argument("--allow-shrink", action="store_true", default=None,
-                   help="serve a build even if it holds far fewer documents than the alias serves now")
+    g.add_argument(
+        "--allow-shrink",
+        action="store_true",
+        default=None,
+        help="serve a build even if it holds far fewer documents than the alias serves now",
+    )
     g.add_argument("--batch-size", type=int, help="documents per encode + upsert step")
     g.add_argument("--analyzer", choices=["standard", "english"])
     g.add_argument("--id-field", help="id field of JSONL/CSV/Parquet records (default: _id, then id)")
@@ -65,8 +69,12 @@ def _ingest_knobs(p: argparse.ArgumentParser) -> None:
 
 def _log_knobs(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("query log")
-    g.add_argument("--log-queries", action="store_true", default=None,
-                   help="record each search in <index>-queries (also HYBRID_SEARCH_LOGS__QUERIES=true)")
+    g.add_argument(
+        "--log-queries",
+        action="store_true",
+        default=None,
+        help="record each search in <index>-queries (also HYBRID_SEARCH_LOGS__QUERIES=true)",
+    )
     g.add_argument("--no-query-text", action="store_true", help="log searches without their query text")
 
 
@@ -96,8 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", help="bm25, knn or hybrid, optionally +rerank")
     p.add_argument("--rerank", action="store_true", default=None)
     p.add_argument("--top-k", type=int)
-    p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
-                   help="metadata filter; repeat for AND, separate values by | for any-of")
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="metadata filter; repeat for AND, separate values by | for any-of",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _search_knobs(p)
     _log_knobs(p)
@@ -110,8 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--max-queries", type=int)
     p.add_argument("--json", dest="json_out", metavar="OUT", help="write the report as JSON here")
-    p.add_argument("--keep-identical-ids", action="store_true",
-                   help="do not drop documents whose id equals the query id (BEIR drops them)")
+    p.add_argument(
+        "--keep-identical-ids",
+        action="store_true",
+        help="do not drop documents whose id equals the query id (BEIR drops them)",
+    )
     _search_knobs(p)
     _ingest_knobs(p)
     _log_knobs(p)
@@ -180,13 +196,22 @@ def _settings(args: argparse.Namespace) -> Any:
         "models": {"bi_encoder": g.get("model"), "cross_encoder": g.get("cross_encoder"), "device": g.get("device")},
         "index": {"name": g.get("index"), "analyzer": g.get("analyzer")},
         "logs": {"queries": g.get("log_queries"), "query_text": False if g.get("no_query_text") else None},
-        "ingest": {"batch_size": g.get("batch_size") if args.command != "bench" else None, "strict": g.get("strict"),
-                   "allow_shrink": g.get("allow_shrink")},
+        "ingest": {
+            "batch_size": g.get("batch_size") if args.command != "bench" else None,
+            "strict": g.get("strict"),
+            "allow_shrink": g.get("allow_shrink"),
+        },
         "search": {
-            "fusion": g.get("fusion"), "rrf_k": g.get("rrf_k"), "normalizer": g.get("normalizer"),
-            "bm25_weight": g.get("bm25_weight"), "knn_weight": g.get("knn_weight"),
-            "rerank_depth": g.get("rerank_depth"), "num_candidates": g.get("num_candidates"),
-            "top_k": g.get("top_k"), "mode": mode, "rerank": rerank,
+            "fusion": g.get("fusion"),
+            "rrf_k": g.get("rrf_k"),
+            "normalizer": g.get("normalizer"),
+            "bm25_weight": g.get("bm25_weight"),
+            "knn_weight": g.get("knn_weight"),
+            "rerank_depth": g.get("rerank_depth"),
+            "num_candidates": g.get("num_candidates"),
+            "top_k": g.get("top_k"),
+            "mode": mode,
+            "rerank": rerank,
             "server_fusion": False if g.get("client_fusion") else None,
         },
     }
@@ -242,8 +267,11 @@ def _close_client(hs: Any) -> None:
     hs.close()
     if query_log is not None:
         s = query_log.stats
-        print(f"query log {query_log.name} at {query_log.sink.location}: {s.written} written, {s.dropped} dropped, "
-              f"{s.failed} failed of {s.recorded}", file=sys.stderr)
+        print(
+            f"query log {query_log.name} at {query_log.sink.location}: {s.written} written, {s.dropped} dropped, "
+            f"{s.failed} failed of {s.recorded}",
+            file=sys.stderr,
+        )
 
 
 # --- commands -------------------------------------------------------------------------------------
@@ -282,12 +310,21 @@ def cmd_search(args: argparse.Namespace) -> int:
 
         print(json.dumps(asdict(result), default=str, ensure_ascii=False))
         return 0
-    print(f"{result.mode} on {settings.index.name}: {len(result.hits)} hits in {result.timings_ms['total']:.1f} ms"
-          + (f" (fusion: {result.fusion_location})" if result.fusion_location else ""))
+    print(
+        f"{result.mode} on {settings.index.name}: {len(result.hits)} hits in {result.timings_ms['total']:.1f} ms"
+        + (f" (fusion: {result.fusion_location})" if result.fusion_location else "")
+    )
     for hit in result.hits:
-        stages = " ".join(f"{name}={value:.3f}" for name, value in (
-            ("bm25", hit.bm25_score), ("knn", hit.knn_score), ("fused", hit.fusion_score),
-            ("rerank", hit.rerank_score)) if value is not None)
+        stages = " ".join(
+            f"{name}={value:.3f}"
+            for name, value in (
+                ("bm25", hit.bm25_score),
+                ("knn", hit.knn_score),
+                ("fused", hit.fusion_score),
+                ("rerank", hit.rerank_score),
+            )
+            if value is not None
+        )
         text = f"{hit.title}: {hit.text}" if hit.title else hit.text
         print(f"{hit.rank:>3}. [{hit.doc_id}] {hit.score:.4f}  {stages}\n     {text[:160]}")
     return 0
@@ -302,18 +339,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         if args.resume or not hs.exists():
             _ingest(hs, args)
-        report = hs.evaluate(args.source, modes=modes, split=args.split, max_queries=args.max_queries,
-                             ignore_identical_ids=not args.keep_identical_ids, progress=not args.quiet)
+        report = hs.evaluate(
+            args.source,
+            modes=modes,
+            split=args.split,
+            max_queries=args.max_queries,
+            ignore_identical_ids=not args.keep_identical_ids,
+            progress=not args.quiet,
+        )
         backend_name = hs.backend.name
     finally:
         _close_client(hs)
     print(report.table())
     if args.json_out:
         payload = report.to_dict()
-        payload["settings"] = {"source": args.source, "index": settings.index.name, "backend": backend_name,
-                               "split": args.split, "queries": next(iter(report.modes.values())).queries if
-                               report.modes else 0,
-                               "search": settings.search.model_dump(), "models": settings.models.model_dump()}
+        payload["settings"] = {
+            "source": args.source,
+            "index": settings.index.name,
+            "backend": backend_name,
+            "split": args.split,
+            "queries": next(iter(report.modes.values())).queries if report.modes else 0,
+            "search": settings.search.model_dump(),
+            "models": settings.models.model_dump(),
+        }
         with open(args.json_out, "w", encoding="utf-8") as fh:
             json.dump(payload, fh, indent=2, default=str)
     return 0
@@ -333,8 +381,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _quiet_model_loading()
-    report = run_bench(args.what, settings, source=args.source, docs=args.docs, batch_size=args.batch_size,
-                       repeats=args.repeats, queries=args.queries)
+    report = run_bench(
+        args.what,
+        settings,
+        source=args.source,
+        docs=args.docs,
+        batch_size=args.batch_size,
+        repeats=args.repeats,
+        queries=args.queries,
+    )
     _emit_json(report, args.json_out)
     return 0
 
@@ -348,11 +403,13 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
         total = hs.backend.count(hs.index)
         confirm = hs.reranker.score_pairs if args.confirm else None
         with tqdm(total=total, unit="doc", desc="duplicates", disable=args.quiet) as bar:
-            pairs = mine_duplicates(hs.backend, hs.index, threshold=args.threshold, top_k=args.top_k,
-                                    confirm=confirm, progress=bar.update)
+            pairs = mine_duplicates(
+                hs.backend, hs.index, threshold=args.threshold, top_k=args.top_k, confirm=confirm, progress=bar.update
+            )
     write_pairs(pairs, args.out)
-    print(f"{len(pairs)} pairs with similarity >= {args.threshold} among {total} documents -> {args.out}",
-          file=sys.stderr)
+    print(
+        f"{len(pairs)} pairs with similarity >= {args.threshold} among {total} documents -> {args.out}", file=sys.stderr
+    )
     return 0
 
 
@@ -361,8 +418,9 @@ def cmd_duplicates_eval(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _quiet_model_loading()
-    report = run_duplicates_eval(args.pairs, settings, top_k=args.top_k, max_pairs=args.max_pairs,
-                                 progress=not args.quiet)
+    report = run_duplicates_eval(
+        args.pairs, settings, top_k=args.top_k, max_pairs=args.max_pairs, progress=not args.quiet
+    )
     _emit_json(report, args.json_out)
     return 0
 
@@ -380,8 +438,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     with _client(_settings(args)) as hs:
         serving, previous = hs.rollback()
         count = hs.backend.count(hs.index)
-    print(f"{hs.index} now serves {serving} ({count} documents); {previous} is kept as {previous_alias(hs.index)} "
-          "(roll back again to undo)")
+    print(
+        f"{hs.index} now serves {serving} ({count} documents); {previous} is kept as {previous_alias(hs.index)} "
+        "(roll back again to undo)"
+    )
     return 0
 
 
@@ -392,14 +452,24 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
     product, url = ("kibana", args.kibana_url) if args.kibana_url else ("opensearch-dashboards", args.dashboards_url)
     result = install_saved_objects(url, product, settings.index.name, settings=settings.backend, space=args.space)
     base = url.rstrip("/") + (f"/s/{args.space}" if args.space else "")
-    print(f"imported {len(result.objects)} saved objects into {PRODUCTS[product].title} for {result.alias} "
-          f"(and {result.alias}-queries, {result.alias}-ingest); open {base}/app/dashboards#/view/{result.dashboard_id}")
+    print(
+        f"imported {len(result.objects)} saved objects into {PRODUCTS[product].title} for {result.alias} "
+        f"(and {result.alias}-queries, {result.alias}-ingest); open {base}/app/dashboards#/view/{result.dashboard_id}"
+    )
     return 0
 
 
-COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "eval": cmd_eval, "bench": cmd_bench,
-            "duplicates": cmd_duplicates, "duplicates-eval": cmd_duplicates_eval, "inspect": cmd_inspect, "rollback": cmd_rollback,
-            "dashboards": cmd_dashboards}
+COMMANDS = {
+    "ingest": cmd_ingest,
+    "search": cmd_search,
+    "eval": cmd_eval,
+    "bench": cmd_bench,
+    "duplicates": cmd_duplicates,
+    "duplicates-eval": cmd_duplicates_eval,
+    "inspect": cmd_inspect,
+    "rollback": cmd_rollback,
+    "dashboards": cmd_dashboards,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -420,14 +490,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted" + (": rerun with --resume to continue" if args.command == "ingest" else ""),
-              file=sys.stderr)
+        print(
+            "interrupted" + (": rerun with --resume to continue" if args.command == "ingest" else ""), file=sys.stderr
+        )
         return 130
     except Exception as exc:  # anything unplanned still reaches the user as one line
         if args.debug:
             raise
-        print(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        print(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
 
 

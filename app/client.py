@@ -57,8 +57,11 @@ class HybridSearch:
         ``url`` of a cluster, ``data_dir`` of the embedded backend, a settings file, and nested
         ``overrides`` (e.g. ``{"search": {"rrf_k": 20}}``), over defaults < file < environment."""
         urls = ",".join(url) if url is not None and not isinstance(url, str) else url
-        given: dict[str, Any] = {"data_dir": str(data_dir) if data_dir is not None else None,
-                                 "backend": {"kind": backend, "urls": urls}, "index": {"name": index}}
+        given: dict[str, Any] = {
+            "data_dir": str(data_dir) if data_dir is not None else None,
+            "backend": {"kind": backend, "urls": urls},
+            "index": {"name": index},
+        }
         settings = load_settings(config, _merge(given, overrides or {}))
         self._init(settings)
 
@@ -117,9 +120,14 @@ class HybridSearch:
             if self._searcher is None:
                 backend = self.backend
                 self._query_log = self._new_query_log(backend)
-                self._searcher = HybridSearcher(backend, index=self.index, encoder=self.encoder,
-                                                reranker=self.reranker, settings=self.settings.search,
-                                                query_log=self._query_log)
+                self._searcher = HybridSearcher(
+                    backend,
+                    index=self.index,
+                    encoder=self.encoder,
+                    reranker=self.reranker,
+                    settings=self.settings.search,
+                    query_log=self._query_log,
+                )
             return self._searcher
 
     @property
@@ -163,14 +171,18 @@ class HybridSearch:
         from hybrid_search.ingest.sources import FieldMap, open_source
 
         if fields is None:
-            fields = FieldMap(id_fields=(id_field,) if id_field else ("_id", "id"), title_field=title_field,
-                              text_field=text_field, metadata_fields=tuple(metadata_fields))
+            fields = FieldMap(
+                id_fields=(id_field,) if id_field else ("_id", "id"),
+                title_field=title_field,
+                text_field=text_field,
+                metadata_fields=tuple(metadata_fields),
+            )
         corpus = open_source(source, fields) if isinstance(source, (str, Path)) else source
         backend, encoder = self.backend, self.encoder
-        log = IngestLog(backend, self.settings.logs, alias=self.index, source=corpus.name,
-                        model=encoder.model_name)
-        return run_ingest(corpus, backend, encoder, self.settings, alias=self.index, resume=resume,
-                          progress=progress, on_finish=log)
+        log = IngestLog(backend, self.settings.logs, alias=self.index, source=corpus.name, model=encoder.model_name)
+        return run_ingest(
+            corpus, backend, encoder, self.settings, alias=self.index, resume=resume, progress=progress, on_finish=log
+        )
 
     def search(
         self,
@@ -204,8 +216,9 @@ class HybridSearch:
             parse_mode(mode)
         query_set = open_query_set(source, split)
         queries = select_queries(query_set.queries, query_set.qrels, max_queries)
-        return evaluate(self.searcher, queries, query_set.qrels, modes,
-                        ignore_identical_ids=ignore_identical_ids, progress=progress)
+        return evaluate(
+            self.searcher, queries, query_set.qrels, modes, ignore_identical_ids=ignore_identical_ids, progress=progress
+        )
 
     def check_index(self) -> int:
         """Connect and check the index exists (``IndexNotFound`` says how to create it); return its count.

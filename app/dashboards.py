@@ -18,9 +18,9 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from typing import Any
 
+from hybrid_search.backends.base import check_index_name
 from hybrid_search.config.errors import ConfigError, DashboardsError
 from hybrid_search.config.settings import BackendSettings
-from hybrid_search.backends.base import check_index_name
 
 __all__ = ["PRODUCTS", "InstallResult", "Product", "install_saved_objects", "saved_objects"]
 
@@ -45,8 +45,9 @@ class Product:
 
 PRODUCTS: dict[str, Product] = {
     "kibana": Product("kibana", "Kibana", "kibana.ndjson", "kbn-xsrf", "elasticsearch"),
-    "opensearch-dashboards": Product("opensearch-dashboards", "OpenSearch Dashboards",
-                                     "opensearch-dashboards.ndjson", "osd-xsrf", "opensearch"),
+    "opensearch-dashboards": Product(
+        "opensearch-dashboards", "OpenSearch Dashboards", "opensearch-dashboards.ndjson", "osd-xsrf", "opensearch"
+    ),
 }
 
 
@@ -67,7 +68,7 @@ class InstallResult:
 def _rename(value: Any, alias: str) -> Any:
     if isinstance(value, str):
         if value.startswith(_ID_PREFIX):
-            value = f"hybrid-search-{alias}" + value[len(_ID_PREFIX):]
+            value = f"hybrid-search-{alias}" + value[len(_ID_PREFIX) :]
         return value.replace(f"[{DEFAULT_ALIAS}]", f"[{alias}]")
     if isinstance(value, list):
         return [_rename(v, alias) for v in value]
@@ -76,7 +77,9 @@ def _rename(value: Any, alias: str) -> Any:
     return value
 
 
-def saved_objects(product: str, alias: str = DEFAULT_ALIAS, directory: Traversable = SAVED_OBJECTS_DIR) -> list[dict[str, Any]]:
+def saved_objects(
+    product: str, alias: str = DEFAULT_ALIAS, directory: Traversable = SAVED_OBJECTS_DIR
+) -> list[dict[str, Any]]:
     """The product's saved objects, renamed for ``alias``."""
     if product not in PRODUCTS:
         raise ConfigError(f"unknown dashboards product {product!r}: use {' or '.join(PRODUCTS)}")
@@ -89,7 +92,7 @@ def saved_objects(product: str, alias: str = DEFAULT_ALIAS, directory: Traversab
     for obj in renamed:
         if obj["type"] == "index-pattern":  # titles name the indexes: corpus, corpus-queries, corpus-ingest
             title = obj["attributes"]["title"]
-            obj["attributes"]["title"] = alias + title[len(DEFAULT_ALIAS):]
+            obj["attributes"]["title"] = alias + title[len(DEFAULT_ALIAS) :]
     return renamed
 
 
@@ -148,21 +151,27 @@ def install_saved_objects(
             if attempt >= attempts:
                 raise DashboardsError(
                     f"{info.title} at {url} did not answer ({type(exc).__name__}); check the URL and that it is "
-                    f"up (docker compose --profile {info.compose_profile} up -d)") from exc
+                    f"up (docker compose --profile {info.compose_profile} up -d)"
+                ) from exc
         log.info("%s at %s is not ready (attempt %d of %d); retrying", info.title, url, attempt, attempts)
-        sleep(min(2.0 ** attempt, 30.0))
+        sleep(min(2.0**attempt, 30.0))
         attempt += 1
 
 
-def _result(info: Product, url: str, alias: str, objects: list[dict[str, Any]], status: int,
-            data: bytes) -> InstallResult:
+def _result(
+    info: Product, url: str, alias: str, objects: list[dict[str, Any]], status: int, data: bytes
+) -> InstallResult:
     text = data.decode("utf-8", "replace")
     if status in (401, 403):
-        raise DashboardsError(f"{info.title} at {url} refused the credentials (HTTP {status}): set "
-                              "HYBRID_SEARCH_API_KEY, or --username and HYBRID_SEARCH_PASSWORD")
+        raise DashboardsError(
+            f"{info.title} at {url} refused the credentials (HTTP {status}): set "
+            "HYBRID_SEARCH_API_KEY, or --username and HYBRID_SEARCH_PASSWORD"
+        )
     if status == 404:
-        raise DashboardsError(f"{url} has no saved-objects import API (HTTP 404): is this {info.title}'s URL "
-                              "(and the space, if you gave one)?")
+        raise DashboardsError(
+            f"{url} has no saved-objects import API (HTTP 404): is this {info.title}'s URL "
+            "(and the space, if you gave one)?"
+        )
     try:
         answer: Mapping[str, Any] = json.loads(text)
     except json.JSONDecodeError:
@@ -171,11 +180,16 @@ def _result(info: Product, url: str, alias: str, objects: list[dict[str, Any]], 
         raise DashboardsError(f"{info.title} at {url} answered HTTP {status}: {text[:300]}")
     errors = answer.get("errors") or []
     if not answer.get("success") or errors:
-        listed = "; ".join(f"{e.get('type')} {e.get('id')}: {(e.get('error') or {}).get('type', e.get('error'))}"
-                           for e in errors[:5])
-        raise DashboardsError(f"{info.title} imported {answer.get('successCount', 0)} of {len(objects)} saved "
-                              f"objects; refused: {listed or text[:300]}")
+        listed = "; ".join(
+            f"{e.get('type')} {e.get('id')}: {(e.get('error') or {}).get('type', e.get('error'))}" for e in errors[:5]
+        )
+        raise DashboardsError(
+            f"{info.title} imported {answer.get('successCount', 0)} of {len(objects)} saved "
+            f"objects; refused: {listed or text[:300]}"
+        )
     if answer.get("successCount") != len(objects):
-        raise DashboardsError(f"{info.title} reported {answer.get('successCount')} objects imported, "
-                              f"expected {len(objects)}: {text[:300]}")
+        raise DashboardsError(
+            f"{info.title} reported {answer.get('successCount')} objects imported, "
+            f"expected {len(objects)}: {text[:300]}"
+        )
     return InstallResult(info.key, url, alias, tuple((o["type"], o["id"]) for o in objects))

@@ -28,7 +28,9 @@ __all__ = ["DuplicatePair", "PairScoring", "average_precision", "best_f1", "mine
 class MinableBackend(Protocol):
     def iter_vectors(self, index: str, batch: int = ...) -> Iterable[tuple[list[str], np.ndarray]]: ...
 
-    def knn_batch(self, index: str, vectors: np.ndarray, k: int, num_candidates: int) -> list[list[tuple[str, float]]]: ...
+    def knn_batch(
+        self, index: str, vectors: np.ndarray, k: int, num_candidates: int
+    ) -> list[list[tuple[str, float]]]: ...
 
     def get_texts(self, index: str, doc_ids: Sequence[str]) -> dict[str, str]: ...
 
@@ -65,7 +67,7 @@ def mine_duplicates(
     best: dict[tuple[str, str], float] = {}
     for ids, vectors in backend.iter_vectors(index, chunk):
         neighbours = backend.knn_batch(index, vectors, top_k + 1, max(num_candidates, top_k + 1))
-        for doc_id, found in zip(ids, neighbours):
+        for doc_id, found in zip(ids, neighbours, strict=True):
             for other, score in found:
                 if other == doc_id or score < threshold:
                     continue
@@ -80,8 +82,13 @@ def mine_duplicates(
     if confirm is not None and pairs:
         logits = confirm([(p.a_text, p.b_text) for p in pairs])
         probs = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
-        pairs = sorted((DuplicatePair(p.a_id, p.b_id, p.score, p.a_text, p.b_text, float(pr))
-                        for p, pr in zip(pairs, probs)), key=lambda p: (-(p.rerank_score or 0.0), -p.score))
+        pairs = sorted(
+            (
+                DuplicatePair(p.a_id, p.b_id, p.score, p.a_text, p.b_text, float(pr))
+                for p, pr in zip(pairs, probs, strict=True)
+            ),
+            key=lambda p: (-(p.rerank_score or 0.0), -p.score),
+        )
     return pairs
 
 
@@ -90,8 +97,16 @@ def write_pairs(pairs: Sequence[DuplicatePair], path: str | Path) -> None:
         out = csv.writer(fh)
         out.writerow(["a_id", "b_id", "score", "rerank_score", "a_text", "b_text"])
         for p in pairs:
-            out.writerow([p.a_id, p.b_id, f"{p.score:.6f}",
-                          "" if p.rerank_score is None else f"{p.rerank_score:.6f}", p.a_text, p.b_text])
+            out.writerow(
+                [
+                    p.a_id,
+                    p.b_id,
+                    f"{p.score:.6f}",
+                    "" if p.rerank_score is None else f"{p.rerank_score:.6f}",
+                    p.a_text,
+                    p.b_text,
+                ]
+            )
 
 
 def average_precision(scores: Sequence[float], labels: Sequence[int]) -> float:
@@ -134,5 +149,9 @@ class PairScoring:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"average_precision": round(self.average_precision, 4), "best_f1": round(self.best_f1, 4),
-                "threshold": round(self.threshold, 4), "seconds": round(self.seconds, 2)}
+        return {
+            "average_precision": round(self.average_precision, 4),
+            "best_f1": round(self.best_f1, 4),
+            "threshold": round(self.threshold, 4),
+            "seconds": round(self.seconds, 2),
+        }

@@ -18,13 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from hybrid_search.config.extras import require
-from hybrid_search.config.errors import SourceError
-from hybrid_search.config.settings import Settings
 from hybrid_search.app.duplicates import PairScoring, average_precision, best_f1, mine_duplicates
+from hybrid_search.config.errors import SourceError
+from hybrid_search.config.extras import require
+from hybrid_search.config.settings import Settings
 
 
-def read_labelled_pairs(path: str | Path, max_pairs: int | None = None) -> tuple[dict[str, str], list[tuple[str, str, int]]]:
+def read_labelled_pairs(
+    path: str | Path, max_pairs: int | None = None
+) -> tuple[dict[str, str], list[tuple[str, str, int]]]:
     """(question id -> text, [(qid1, qid2, is_duplicate)]) from a Quora-style pairs CSV."""
     questions: dict[str, str] = {}
     pairs: list[tuple[str, str, int]] = []
@@ -42,29 +44,32 @@ def read_labelled_pairs(path: str | Path, max_pairs: int | None = None) -> tuple
     return questions, pairs
 
 
-def _scoring(name: str, pair_scores: dict[tuple[str, str], float], labelled: list[tuple[str, str, int]],
-             seconds: float) -> PairScoring:
+def _scoring(
+    name: str, pair_scores: dict[tuple[str, str], float], labelled: list[tuple[str, str, int]], seconds: float
+) -> PairScoring:
     scores = [pair_scores.get((a, b) if a < b else (b, a), 0.0) for a, b, _ in labelled]
     labels = [y for _, _, y in labelled]
     f1, threshold = best_f1(scores, labels)
     return PairScoring(name, average_precision(scores, labels), f1, threshold, seconds)
 
 
-def run_duplicates_eval(pairs_csv: str | Path, settings: Settings, *, top_k: int = 10,
-                        max_pairs: int | None = None, progress: bool = False) -> dict[str, Any]:
+def run_duplicates_eval(
+    pairs_csv: str | Path, settings: Settings, *, top_k: int = 10, max_pairs: int | None = None, progress: bool = False
+) -> dict[str, Any]:
+    from hybrid_search.backends.embedded import EmbeddedBackend
     from hybrid_search.encoding.encoder import Encoder
     from hybrid_search.ingest.pipeline import run_ingest
     from hybrid_search.ingest.sources import open_source
     from hybrid_search.rerank.cross_encoder import CrossEncoderReranker
-    from hybrid_search.backends.embedded import EmbeddedBackend
 
     questions, labelled = read_labelled_pairs(pairs_csv, max_pairs)
     encoder = Encoder(settings=settings.models)
     results: list[PairScoring] = []
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "questions.jsonl"
-        corpus.write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in questions.items()),
-                          encoding="utf-8")
+        corpus.write_text(
+            "".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in questions.items()), encoding="utf-8"
+        )
         data = settings.model_copy(update={"data_dir": Path(tmp) / "data"})
         encoder.dims  # noqa: B018 - resolve the model before timing starts, as the reference's load is not timed
         start = time.perf_counter()
@@ -79,9 +84,15 @@ def run_duplicates_eval(pairs_csv: str | Path, settings: Settings, *, top_k: int
         to_confirm = [k for k in ours if k in labelled_keys]
         start = time.perf_counter()
         logits = reranker.score_pairs([(questions[a], questions[b]) for a, b in to_confirm])
-        confirmed = dict(zip(to_confirm, (1.0 / (1.0 + np.exp(-logits))).tolist()))
-        results.append(_scoring("hybrid-search + cross-encoder confirmation", confirmed, labelled,
-                                results[0].seconds + time.perf_counter() - start))
+        confirmed = dict(zip(to_confirm, (1.0 / (1.0 + np.exp(-logits))).tolist(), strict=True))
+        results.append(
+            _scoring(
+                "hybrid-search + cross-encoder confirmation",
+                confirmed,
+                labelled,
+                results[0].seconds + time.perf_counter() - start,
+            )
+        )
 
     SentenceTransformer = _sentence_transformers().SentenceTransformer
     paraphrase_mining = _sentence_transformers().util.paraphrase_mining
@@ -89,16 +100,23 @@ def run_duplicates_eval(pairs_csv: str | Path, settings: Settings, *, top_k: int
     reference = SentenceTransformer(str(encoder.folder), device=encoder.device)
     ids = list(questions)
     start = time.perf_counter()
-    found = paraphrase_mining(reference, [questions[q] for q in ids], top_k=top_k, max_pairs=10 ** 9)
+    found = paraphrase_mining(reference, [questions[q] for q in ids], top_k=top_k, max_pairs=10**9)
     ref_scores: dict[tuple[str, str], float] = {}
     for score, i, j in found:
         a, b = ids[int(i)], ids[int(j)]
         ref_scores[(a, b) if a < b else (b, a)] = float(score)
-    results.append(_scoring("sentence-transformers paraphrase_mining", ref_scores, labelled,
-                            time.perf_counter() - start))
-    return {"pairs": len(labelled), "questions": len(questions), "duplicates": sum(y for *_, y in labelled),
-            "top_k": top_k, "model": encoder.model_name, "device": encoder.device,
-            "methods": {r.name: r.to_dict() for r in results}}
+    results.append(
+        _scoring("sentence-transformers paraphrase_mining", ref_scores, labelled, time.perf_counter() - start)
+    )
+    return {
+        "pairs": len(labelled),
+        "questions": len(questions),
+        "duplicates": sum(y for *_, y in labelled),
+        "top_k": top_k,
+        "model": encoder.model_name,
+        "device": encoder.device,
+        "methods": {r.name: r.to_dict() for r in results},
+    }
 
 
 def _sentence_transformers() -> Any:

@@ -33,9 +33,11 @@ class ModeReport:
     queries: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {**{k: round(v, 4) for k, v in self.metrics.items()},
-                "latency_ms": {"p50": round(self.latency_p50_ms, 2), "p95": round(self.latency_p95_ms, 2)},
-                "queries": self.queries}
+        return {
+            **{k: round(v, 4) for k, v in self.metrics.items()},
+            "latency_ms": {"p50": round(self.latency_p50_ms, 2), "p95": round(self.latency_p95_ms, 2)},
+            "queries": self.queries,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +53,10 @@ class EvalReport:
         lines = [head, "-" * len(head)]
         for mode, r in self.modes.items():
             m = r.metrics
-            lines.append(f"{mode:<16}{m['ndcg@10']:>9.4f}{m['recall@100']:>9.4f}{m['mrr@10']:>9.4f}"
-                         f"{r.latency_p50_ms:>9.1f}{r.latency_p95_ms:>9.1f}{r.queries:>9d}")
+            lines.append(
+                f"{mode:<16}{m['ndcg@10']:>9.4f}{m['recall@100']:>9.4f}{m['mrr@10']:>9.4f}"
+                f"{r.latency_p50_ms:>9.1f}{r.latency_p95_ms:>9.1f}{r.queries:>9d}"
+            )
         return "\n".join(lines)
 
 
@@ -77,7 +81,7 @@ def score_run(
     totals = {m: 0.0 for m in measures}
     for metric in ir_measures.iter_calc(measures, judged, scored):
         totals[metric.measure] += metric.value
-    names = dict(zip(measures, METRICS))
+    names = dict(zip(measures, METRICS, strict=True))
     return {names[m]: totals[m] / len(judged) for m in measures}  # empty runs count as zeros
 
 
@@ -85,8 +89,7 @@ def select_queries(
     queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]], max_queries: int | None
 ) -> list[tuple[str, str]]:
     """Judged queries in source order, the first ``max_queries`` of them."""
-    chosen = [(qid, text) for qid, text in queries.items()
-              if qid in qrels and any(g > 0 for g in qrels[qid].values())]
+    chosen = [(qid, text) for qid, text in queries.items() if qid in qrels and any(g > 0 for g in qrels[qid].values())]
     return chosen[:max_queries] if max_queries else chosen
 
 

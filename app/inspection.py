@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hybrid_search.backends.base import Backend, IndexStats
 from hybrid_search.app.logs import ingest_log_index, query_log_index
+from hybrid_search.backends.base import Backend, IndexStats
 
 __all__ = ["Inspection", "inspect_index"]
 
@@ -53,13 +53,25 @@ class Inspection:
             lines.append("vector field   " + ", ".join(f"{k}={_short(v)}" for k, v in s.vector.items()))
         lines.append("mapping")
         lines += [f"  {name:<28} {kind}" for name, kind in sorted(s.fields.items())]
-        lines.append("last ingest    " + (_ingest_line(self.last_ingest) if self.last_ingest else
-                                          "none logged (ingest with logs.ingest on, the default)"))
+        lines.append(
+            "last ingest    "
+            + (
+                _ingest_line(self.last_ingest)
+                if self.last_ingest
+                else "none logged (ingest with logs.ingest on, the default)"
+            )
+        )
         queries = f"{self.queries_logged:,} searches logged"
         if self.last_query:
             queries += f", last at {self.last_query.get('@timestamp')} ({self.last_query.get('mode')})"
-        lines.append("query log      " + (queries if self.queries_logged else
-                                          "empty (search with --log-queries or HYBRID_SEARCH_LOGS__QUERIES=true)"))
+        lines.append(
+            "query log      "
+            + (
+                queries
+                if self.queries_logged
+                else "empty (search with --log-queries or HYBRID_SEARCH_LOGS__QUERIES=true)"
+            )
+        )
         return "\n".join(lines)
 
 
@@ -81,10 +93,12 @@ def _ingest_line(doc: Mapping[str, Any]) -> str:
     status = doc.get("status", "?")
     if status != "completed":
         return f"{status} at {doc.get('@timestamp')}: {doc.get('error', '')}"
-    return (f"{doc.get('@timestamp')} from {doc.get('source')} with {doc.get('model')}: read {doc.get('read'):,}, "
-            f"stored {doc.get('stored'):,}, rejected {doc.get('rejected'):,}, truncated {doc.get('truncated'):,}; "
-            f"{doc.get('duration_s')} s, encode {doc.get('encode_docs_per_s')} docs/s, "
-            f"bulk {doc.get('bulk_docs_per_s')} docs/s -> {doc.get('physical')}")
+    return (
+        f"{doc.get('@timestamp')} from {doc.get('source')} with {doc.get('model')}: read {doc.get('read'):,}, "
+        f"stored {doc.get('stored'):,}, rejected {doc.get('rejected'):,}, truncated {doc.get('truncated'):,}; "
+        f"{doc.get('duration_s')} s, encode {doc.get('encode_docs_per_s')} docs/s, "
+        f"bulk {doc.get('bulk_docs_per_s')} docs/s -> {doc.get('physical')}"
+    )
 
 
 def inspect_index(backend: Backend, index: str) -> Inspection:
@@ -95,6 +109,10 @@ def inspect_index(backend: Backend, index: str) -> Inspection:
     queries = query_log_index(alias)
     logged = sink.count(queries)
     return Inspection(
-        backend=backend.name, location=sink.location, stats=stats, last_ingest=sink.latest(ingest_log_index(alias)),
-        queries_logged=logged, last_query=sink.latest(queries) if logged else None,
+        backend=backend.name,
+        location=sink.location,
+        stats=stats,
+        last_ingest=sink.latest(ingest_log_index(alias)),
+        queries_logged=logged,
+        last_query=sink.latest(queries) if logged else None,
     )

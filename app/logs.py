@@ -76,16 +76,29 @@ QUERY_LOG_MAPPING: dict[str, Any] = {
         "total_hits": _INT,
         "returned": _INT,
         "zero_result": {"type": "byte"},  # 0/1, so its average is the zero-result rate
-        "hits": {"type": "object", "properties": {
-            "id": _KEYWORD, "rank": _INT, "score": _FLOAT, "bm25_score": _FLOAT, "knn_score": _FLOAT,
-            "fusion_score": _FLOAT, "rerank_score": _FLOAT, "rank_before_rerank": _INT, "rank_change": _INT,
-        }},
-        "rerank": {"type": "object", "properties": {
-            "moved": _INT,  # returned hits whose rank changed
-            "mean_abs_change": _FLOAT,
-            "max_promotion": _INT,  # most places any returned hit climbed
-            "top1_changed": _BOOL,
-        }},
+        "hits": {
+            "type": "object",
+            "properties": {
+                "id": _KEYWORD,
+                "rank": _INT,
+                "score": _FLOAT,
+                "bm25_score": _FLOAT,
+                "knn_score": _FLOAT,
+                "fusion_score": _FLOAT,
+                "rerank_score": _FLOAT,
+                "rank_before_rerank": _INT,
+                "rank_change": _INT,
+            },
+        },
+        "rerank": {
+            "type": "object",
+            "properties": {
+                "moved": _INT,  # returned hits whose rank changed
+                "mean_abs_change": _FLOAT,
+                "max_promotion": _INT,  # most places any returned hit climbed
+                "top1_changed": _BOOL,
+            },
+        },
     },
 }
 
@@ -132,23 +145,47 @@ def _score(value: float | None) -> float | None:
     return None if value is None else round(float(value), 6)
 
 
-def query_log_doc(result: SearchResult, *, at: str, index: str, backend: str, top_k: int | None = None,
-                  filtered: bool = False, with_text: bool = True) -> dict[str, Any]:
+def query_log_doc(
+    result: SearchResult,
+    *,
+    at: str,
+    index: str,
+    backend: str,
+    top_k: int | None = None,
+    filtered: bool = False,
+    with_text: bool = True,
+) -> dict[str, Any]:
     """The ``<alias>-queries`` document for one search result."""
     base, _, suffix = result.mode.partition("+")
     hits = []
     for h in result.hits:
-        item = {"id": h.doc_id, "rank": h.rank, "score": _score(h.score), "bm25_score": _score(h.bm25_score),
-                "knn_score": _score(h.knn_score), "fusion_score": _score(h.fusion_score),
-                "rerank_score": _score(h.rerank_score), "rank_before_rerank": h.rank_before_rerank,
-                "rank_change": h.rank_change}
+        item = {
+            "id": h.doc_id,
+            "rank": h.rank,
+            "score": _score(h.score),
+            "bm25_score": _score(h.bm25_score),
+            "knn_score": _score(h.knn_score),
+            "fusion_score": _score(h.fusion_score),
+            "rerank_score": _score(h.rerank_score),
+            "rank_before_rerank": h.rank_before_rerank,
+            "rank_change": h.rank_change,
+        }
         hits.append({k: v for k, v in item.items() if v is not None})
     total = result.total_hits if result.total_hits is not None else len(result.hits)
     doc: dict[str, Any] = {
-        "@timestamp": at, "index": index, "backend": backend, "mode": result.mode, "base_mode": base,
-        "reranked": suffix == "rerank", "query_chars": len(result.query), "filtered": filtered,
+        "@timestamp": at,
+        "index": index,
+        "backend": backend,
+        "mode": result.mode,
+        "base_mode": base,
+        "reranked": suffix == "rerank",
+        "query_chars": len(result.query),
+        "filtered": filtered,
         "latency_ms": {k: round(float(v), 3) for k, v in result.timings_ms.items() if k in STAGES},
-        "total_hits": total, "returned": len(result.hits), "zero_result": int(total == 0), "hits": hits,
+        "total_hits": total,
+        "returned": len(result.hits),
+        "zero_result": int(total == 0),
+        "hits": hits,
     }
     if top_k is not None:
         doc["top_k"] = top_k
@@ -167,22 +204,45 @@ def query_log_doc(result: SearchResult, *, at: str, index: str, backend: str, to
     return doc
 
 
-def ingest_log_doc(summary: IngestSummary | None, *, backend: str, started_at: str, alias: str,
-                   source: str, model: str, error: str | None = None) -> dict[str, Any]:
+def ingest_log_doc(
+    summary: IngestSummary | None,
+    *,
+    backend: str,
+    started_at: str,
+    alias: str,
+    source: str,
+    model: str,
+    error: str | None = None,
+) -> dict[str, Any]:
     """The ``<alias>-ingest`` document for one run; ``summary`` is ``None`` when the run failed."""
-    doc: dict[str, Any] = {"@timestamp": now_iso(), "started_at": started_at, "alias": alias, "backend": backend,
-                           "source": source, "model": model, "status": "failed" if error else "completed"}
+    doc: dict[str, Any] = {
+        "@timestamp": now_iso(),
+        "started_at": started_at,
+        "alias": alias,
+        "backend": backend,
+        "source": source,
+        "model": model,
+        "status": "failed" if error else "completed",
+    }
     if error:
         doc["error"] = error
     if summary is not None:
         s = summary
-        doc.update({
-            "physical": s.physical, "read": s.read, "stored": s.stored, "rejected": s.rejected,
-            "truncated": s.truncated, "duration_s": round(s.seconds, 3), "docs_per_s": round(s.docs_per_s, 1),
-            "encode_docs_per_s": round(s.encoded / s.encode_seconds, 1) if s.encode_seconds > 0 else 0.0,
-            "bulk_docs_per_s": round(s.encoded / s.upsert_seconds, 1) if s.upsert_seconds > 0 else 0.0,
-            "resumed": s.resumed, "rejects_path": s.rejects_path,
-        })
+        doc.update(
+            {
+                "physical": s.physical,
+                "read": s.read,
+                "stored": s.stored,
+                "rejected": s.rejected,
+                "truncated": s.truncated,
+                "duration_s": round(s.seconds, 3),
+                "docs_per_s": round(s.docs_per_s, 1),
+                "encode_docs_per_s": round(s.encoded / s.encode_seconds, 1) if s.encode_seconds > 0 else 0.0,
+                "bulk_docs_per_s": round(s.encoded / s.upsert_seconds, 1) if s.upsert_seconds > 0 else 0.0,
+                "resumed": s.resumed,
+                "rejects_path": s.rejects_path,
+            }
+        )
     return doc
 
 
@@ -200,9 +260,15 @@ class IngestLog:
         if not self.settings.ingest:
             return
         name = ingest_log_index(self.alias)
-        doc = ingest_log_doc(summary, backend=self.backend.name, started_at=self.started_at, alias=self.alias,
-                             source=self.source, model=self.model,
-                             error=f"{type(error).__name__}: {error}" if error is not None else None)
+        doc = ingest_log_doc(
+            summary,
+            backend=self.backend.name,
+            started_at=self.started_at,
+            alias=self.alias,
+            source=self.source,
+            model=self.model,
+            error=f"{type(error).__name__}: {error}" if error is not None else None,
+        )
         try:
             sink = self.backend.log_sink()
             sink.ensure(name, INGEST_LOG_MAPPING)
@@ -322,8 +388,15 @@ class QueryLog:
         return batch, False
 
     def _doc(self, e: _Entry) -> dict[str, Any]:
-        return query_log_doc(e.result, at=e.at, index=self.index, backend=self.backend, top_k=e.top_k,
-                             filtered=e.filtered, with_text=self.settings.query_text)
+        return query_log_doc(
+            e.result,
+            at=e.at,
+            index=self.index,
+            backend=self.backend,
+            top_k=e.top_k,
+            filtered=e.filtered,
+            with_text=self.settings.query_text,
+        )
 
     def _count_failure(self, failed: int, written: int, exc: Exception) -> None:
         with self._lock:
@@ -332,8 +405,12 @@ class QueryLog:
             first = not self._warned
             self._warned = True
         if first:  # once per log: a down cluster would otherwise warn for every batch
-            log.warning("query log %s: %d entries not written (%s); searches go on, failures are counted",
-                        self.name, failed, exc)
+            log.warning(
+                "query log %s: %d entries not written (%s); searches go on, failures are counted",
+                self.name,
+                failed,
+                exc,
+            )
 
     # --- shutdown ----------------------------------------------------------------------------------
     def close(self, timeout: float | None = None) -> QueryLogStats:
@@ -353,9 +430,15 @@ class QueryLog:
                 self._drain_unwritten()
         stats = self.stats
         if (stats.dropped or stats.failed) and not already:
-            log.warning("query log %s: %d of %d searches not logged (%d dropped: queue full or closed, %d refused "
-                        "or unreachable); raise logs.queue_size or check the cluster",
-                        self.name, stats.dropped + stats.failed, stats.recorded, stats.dropped, stats.failed)
+            log.warning(
+                "query log %s: %d of %d searches not logged (%d dropped: queue full or closed, %d refused "
+                "or unreachable); raise logs.queue_size or check the cluster",
+                self.name,
+                stats.dropped + stats.failed,
+                stats.recorded,
+                stats.dropped,
+                stats.failed,
+            )
         return stats
 
     def _drain_unwritten(self) -> None:

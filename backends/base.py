@@ -8,7 +8,6 @@ that is the searcher's job, so every engine gets the same pipeline. Construction
 from __future__ import annotations
 
 import re
-
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -20,8 +19,8 @@ from hybrid_search.search.interfaces import Retriever
 if TYPE_CHECKING:
     import numpy as np
 
-    from hybrid_search.config.settings import Settings
     from hybrid_search.backends.logsinks import LogSink
+    from hybrid_search.config.settings import Settings
 
 __all__ = [
     "Backend",
@@ -182,8 +181,11 @@ def open_backend(settings: Settings) -> Backend:
     if kind == "embedded":
         from hybrid_search.backends.embedded import EmbeddedBackend
 
-        return EmbeddedBackend(data_dir=settings.data_dir, ef_search=settings.index.hnsw_ef_search,
-                               flush_seconds=settings.ingest.checkpoint_seconds)
+        return EmbeddedBackend(
+            data_dir=settings.data_dir,
+            ef_search=settings.index.hnsw_ef_search,
+            flush_seconds=settings.ingest.checkpoint_seconds,
+        )
     if kind == "elasticsearch":
         for module in ("elasticsearch", "tenacity"):
             require(module, extra="elasticsearch", purpose="the Elasticsearch backend")

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
+from hybrid_search.backends.base import BulkResult, IndexedDocument, IndexSpec, IndexStats, previous_alias
+from hybrid_search.backends.logsinks import mapping_fields, new_log_id
 from hybrid_search.config.errors import (
     BackendUnavailable,
     ConfigError,
@@ -35,15 +37,20 @@ from hybrid_search.config.errors import (
     QueryError,
 )
 from hybrid_search.config.settings import BackendSettings, IndexSettings
-from hybrid_search.backends.base import BulkResult, IndexedDocument, IndexSpec, IndexStats, previous_alias
-from hybrid_search.search.interfaces import ServerFusion
 from hybrid_search.search.filters import METADATA_FIELD, Filter, to_query_dsl
 from hybrid_search.search.hits import Hit
-from hybrid_search.backends.logsinks import mapping_fields, new_log_id
+from hybrid_search.search.interfaces import ServerFusion
 
 __all__ = [
-    "ClusterBackend", "ClusterLogSink", "ServerInfo", "alias_actions", "bm25_body", "bm25_query",
-    "latest_body", "log_index_body", "metadata_dynamic_template",
+    "ClusterBackend",
+    "ClusterLogSink",
+    "ServerInfo",
+    "alias_actions",
+    "bm25_body",
+    "bm25_query",
+    "latest_body",
+    "log_index_body",
+    "metadata_dynamic_template",
 ]
 
 log = logging.getLogger(__name__)
@@ -101,14 +108,18 @@ def alias_actions(
 
 def metadata_dynamic_template() -> dict[str, Any]:
     """Metadata strings are exact-match keywords, so filters compare whole values."""
-    return {"metadata_keywords": {"path_match": f"{METADATA_FIELD}.*", "match_mapping_type": "string",
-                                  "mapping": {"type": "keyword"}}}
+    return {
+        "metadata_keywords": {
+            "path_match": f"{METADATA_FIELD}.*",
+            "match_mapping_type": "string",
+            "mapping": {"type": "keyword"},
+        }
+    }
 
 
 def log_index_body(mapping: Mapping[str, Any]) -> dict[str, Any]:
     """A log index: one shard, a replica only where a second node can hold it, the log's strict mapping."""
-    return {"settings": {"index": {"number_of_shards": 1, "auto_expand_replicas": "0-1"}},
-            "mappings": dict(mapping)}
+    return {"settings": {"index": {"number_of_shards": 1, "auto_expand_replicas": "0-1"}}, "mappings": dict(mapping)}
 
 
 def latest_body() -> dict[str, Any]:
@@ -126,8 +137,13 @@ class ClusterBackend(ABC):
     name = "cluster"
     distribution = ""
 
-    def __init__(self, settings: BackendSettings, index_settings: IndexSettings | None = None, *,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        settings: BackendSettings,
+        index_settings: IndexSettings | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         if not settings.urls:
             raise ConfigError(f"--backend {self.name} needs --url (or HYBRID_SEARCH_BACKEND__URLS)")
         for url in settings.urls:
@@ -160,8 +176,10 @@ class ClusterBackend(ABC):
         """Connect, read the version and plugins, and check this is the engine we expect."""
         info = self._call("connect", self._probe)
         if info.distribution != self.distribution:
-            raise BackendUnavailable(f"{self.urls_text} is {info.distribution} {info.version_text}, not "
-                                     f"{self.distribution}: use --backend {info.distribution}")
+            raise BackendUnavailable(
+                f"{self.urls_text} is {info.distribution} {info.version_text}, not "
+                f"{self.distribution}: use --backend {info.distribution}"
+            )
         log.info("connected to %s %s at %s", info.distribution, info.version_text, self.urls_text)
         return info
 
@@ -194,8 +212,10 @@ class ClusterBackend(ABC):
                     f"{self.settings.api_key.env_var}, or username and {self.settings.password.env_var}"
                 ) from exc
             if status == 404 and "index_not_found" in str(exc):
-                raise IndexNotFound(f"index {kwargs.get('index', '?')!r} does not exist on {self.urls_text}: run "
-                                    "`hybrid-search ingest` first") from exc
+                raise IndexNotFound(
+                    f"index {kwargs.get('index', '?')!r} does not exist on {self.urls_text}: run "
+                    "`hybrid-search ingest` first"
+                ) from exc
             raise
 
     # --- index lifecycle --------------------------------------------------------------------------
@@ -204,7 +224,12 @@ class ClusterBackend(ABC):
         """Settings and mappings of a new physical index."""
 
     def _check_name(self, name: str) -> None:
-        if not name or name != name.lower() or name.startswith(("_", "-", "+")) or any(c in name for c in ' "*\\<|,>/?#:'):
+        if (
+            not name
+            or name != name.lower()
+            or name.startswith(("_", "-", "+"))
+            or any(c in name for c in ' "*\\<|,>/?#:')
+        ):
             raise ConfigError(f"index name {name!r} is not valid here: use lowercase letters, digits, '.', '_' or '-'")
 
     def ensure_index(self, index: str, spec: IndexSpec) -> None:
@@ -213,8 +238,10 @@ class ClusterBackend(ABC):
         if existing is None:
             self._create(index, spec, loading=False)
         elif existing.dims != spec.dims:
-            raise ConfigError(f"index {index!r} holds {existing.dims}-dim vectors but the model gives {spec.dims}: "
-                              "use another --index or the model it was built with")
+            raise ConfigError(
+                f"index {index!r} holds {existing.dims}-dim vectors but the model gives {spec.dims}: "
+                "use another --index or the model it was built with"
+            )
 
     def _create(self, index: str, spec: IndexSpec, *, loading: bool) -> None:
         self.server  # noqa: B018 - connect (and check the version) before building bodies that depend on it
@@ -247,10 +274,12 @@ class ClusterBackend(ABC):
         self._check_name(alias)
         if resume_from is not None:
             if not self.index_exists(resume_from):
-                raise IndexNotFound(f"cannot resume: index {resume_from!r} is gone from {self.urls_text}; "
-                                    "ingest without --resume")
-            self._call("relax settings", self.client.indices.put_settings, index=resume_from,
-                       body=self._loading_settings())
+                raise IndexNotFound(
+                    f"cannot resume: index {resume_from!r} is gone from {self.urls_text}; ingest without --resume"
+                )
+            self._call(
+                "relax settings", self.client.indices.put_settings, index=resume_from, body=self._loading_settings()
+            )
             return resume_from
         physical = f"{alias}-{datetime.now(UTC).strftime('%Y%m%d%H%M%S%f')}"
         self._create(physical, spec, loading=True)
@@ -258,18 +287,17 @@ class ClusterBackend(ABC):
 
     def finish_build(self, alias: str, physical: str) -> None:
         """Restore serving settings, refresh, then move the alias (and the previous build's) in one request."""
-        self._call("restore settings", self.client.indices.put_settings, index=physical,
-                   body=self._serving_settings())
+        self._call("restore settings", self.client.indices.put_settings, index=physical, body=self._serving_settings())
         self.refresh(physical)
         keep = previous_alias(alias)
         current = [p for p in self._alias_targets(alias) if p != physical]
         retired = self._alias_targets(keep)
         # no alias of that name, but an index: a plain index built before gives way to the alias
-        plain = not current and alias != physical and self._call("index exists", self.client.indices.exists,
-                                                                   index=alias)
+        plain = (
+            not current and alias != physical and self._call("index exists", self.client.indices.exists, index=alias)
+        )
         kept = current[0] if current else None
-        body = alias_actions({alias: (current, physical), keep: (retired, kept)},
-                             remove_index=alias if plain else None)
+        body = alias_actions({alias: (current, physical), keep: (retired, kept)}, remove_index=alias if plain else None)
         self._call("swap alias", self.client.indices.update_aliases, body=body)
         for old in [*current[1:], *retired]:
             if old not in (physical, kept):
@@ -280,8 +308,10 @@ class ClusterBackend(ABC):
         keep = previous_alias(alias)
         current, previous = self._alias_targets(alias), self._alias_targets(keep)
         if len(current) != 1 or len(previous) != 1:
-            raise IndexNotFound(f"no previous build of {alias!r} to roll back to on {self.urls_text}: one is kept "
-                                "from the second successful ingest on")
+            raise IndexNotFound(
+                f"no previous build of {alias!r} to roll back to on {self.urls_text}: one is kept "
+                "from the second successful ingest on"
+            )
         body = alias_actions({alias: (current, previous[0]), keep: (previous, current[0])})
         self._call("roll back alias", self.client.indices.update_aliases, body=body)
         return previous[0], current[0]
@@ -295,8 +325,12 @@ class ClusterBackend(ABC):
 
     # --- documents --------------------------------------------------------------------------------
     def _source(self, doc: IndexedDocument) -> dict[str, Any]:
-        return {"title": doc.title, "text": doc.text, VECTOR_FIELD: np.asarray(doc.vector, dtype=np.float32),
-                METADATA_FIELD: dict(doc.metadata)}
+        return {
+            "title": doc.title,
+            "text": doc.text,
+            VECTOR_FIELD: np.asarray(doc.vector, dtype=np.float32),
+            METADATA_FIELD: dict(doc.metadata),
+        }
 
     def _bulk_actions(self, index: str, docs: Iterable[IndexedDocument]) -> Iterable[dict[str, Any]]:
         for doc in docs:
@@ -310,8 +344,13 @@ class ClusterBackend(ABC):
     def _streaming_bulk(self, actions: Iterable[dict[str, Any]]) -> Iterable[tuple[bool, dict[str, Any]]]:
         """``(ok, item)`` per action; failures come back as items (our retry loop decides), never raised."""
         return self.helpers.streaming_bulk(
-            self.client, actions, chunk_size=self.settings.bulk_docs, max_chunk_bytes=self.settings.bulk_bytes,
-            raise_on_error=False, raise_on_exception=False, max_retries=0,
+            self.client,
+            actions,
+            chunk_size=self.settings.bulk_docs,
+            max_chunk_bytes=self.settings.bulk_bytes,
+            raise_on_error=False,
+            raise_on_exception=False,
+            max_retries=0,
         )
 
     def upsert(self, index: str, docs: Sequence[IndexedDocument]) -> BulkResult:
@@ -346,8 +385,9 @@ class ClusterBackend(ABC):
             ) from exc
         return BulkResult(stored=tuple(stored), failed=tuple(failed))
 
-    def _bulk_once(self, index: str, pending: dict[str, IndexedDocument], stored: list[str],
-                   failed: list[FailedItem]) -> None:
+    def _bulk_once(
+        self, index: str, pending: dict[str, IndexedDocument], stored: list[str], failed: list[FailedItem]
+    ) -> None:
         """One pass over the pending documents; settled ones leave ``pending``, retryable ones stay."""
         self.server  # noqa: B018
         retry_statuses: dict[Any, int] = {}
@@ -387,13 +427,20 @@ class ClusterBackend(ABC):
         raw = self._call("stats", self.client.indices.stats, index=physical, metric="store")
         size = raw["indices"][physical]["total"]["store"]["size_in_bytes"]
         body = self._mapping(physical)
-        return IndexStats(alias=index if targets else "", physical=physical, count=self.count(index),
-                          spec=_spec_from_mapping(body), store_bytes=int(size),
-                          vector=dict(body.get("properties", {}).get(VECTOR_FIELD) or {}), fields=mapping_fields(body))
+        return IndexStats(
+            alias=index if targets else "",
+            physical=physical,
+            count=self.count(index),
+            spec=_spec_from_mapping(body),
+            store_bytes=int(size),
+            vector=dict(body.get("properties", {}).get(VECTOR_FIELD) or {}),
+            fields=mapping_fields(body),
+        )
 
     # --- search -----------------------------------------------------------------------------------
-    def _search(self, index: str, body: Mapping[str, Any], params: Mapping[str, str] | None = None
-                ) -> list[dict[str, Any]]:
+    def _search(
+        self, index: str, body: Mapping[str, Any], params: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
         self.server  # noqa: B018
         extra = {"params": dict(params)} if params else {}
         try:
@@ -407,13 +454,19 @@ class ClusterBackend(ABC):
         for rank, h in enumerate(raw, start=1):
             src = h.get("_source") or {}
             score = float(h.get("_score") or 0.0)
-            hits.append(Hit(
-                doc_id=str(h["_id"]), rank=rank, score=score, title=src.get("title", ""), text=src.get("text", ""),
-                metadata=src.get(METADATA_FIELD) or {},
-                bm25_score=score if stage == "bm25" else None,
-                knn_score=score if stage == "knn" else None,
-                fusion_score=score if stage == "fusion" else None,
-            ))
+            hits.append(
+                Hit(
+                    doc_id=str(h["_id"]),
+                    rank=rank,
+                    score=score,
+                    title=src.get("title", ""),
+                    text=src.get("text", ""),
+                    metadata=src.get(METADATA_FIELD) or {},
+                    bm25_score=score if stage == "bm25" else None,
+                    knn_score=score if stage == "knn" else None,
+                    fusion_score=score if stage == "fusion" else None,
+                )
+            )
         return hits
 
     def search_bm25(self, index: str, query: str, k: int, filters: Filter | None = None) -> list[Hit]:
@@ -427,29 +480,58 @@ class ClusterBackend(ABC):
         """The vector similarity behind an engine's kNN ``_score`` (engines rescale it to be positive)."""
         return score
 
-    def search_knn(self, index: str, vector: np.ndarray, k: int, num_candidates: int,
-                   filters: Filter | None = None) -> list[Hit]:
+    def search_knn(
+        self, index: str, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None = None
+    ) -> list[Hit]:
         raw = self._search(index, self.knn_body(vector, k, num_candidates, filters))
         for h in raw:  # report the similarity itself, as the embedded backend does
             h["_score"] = self.similarity(float(h.get("_score") or 0.0))
         return self._hits(raw, "knn")
 
-    def hybrid_body(self, query: str, vector: np.ndarray, k: int, *, bm25_depth: int, knn_depth: int,
-                    num_candidates: int, fusion: ServerFusion, filters: Filter | None) -> dict[str, Any]:
+    def hybrid_body(
+        self,
+        query: str,
+        vector: np.ndarray,
+        k: int,
+        *,
+        bm25_depth: int,
+        knn_depth: int,
+        num_candidates: int,
+        fusion: ServerFusion,
+        filters: Filter | None,
+    ) -> dict[str, Any]:
         """The server-side fusion request; raise ``FusionUnsupported`` where this server cannot."""
         raise FusionUnsupported(f"{self.name} has no server-side fusion")
 
     def _hybrid_search(self, index: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         return self._search(index, body)
 
-    def search_hybrid(self, index: str, query: str, vector: np.ndarray, k: int, *, bm25_depth: int,
-                      knn_depth: int, num_candidates: int, fusion: ServerFusion,
-                      filters: Filter | None = None) -> list[Hit]:
+    def search_hybrid(
+        self,
+        index: str,
+        query: str,
+        vector: np.ndarray,
+        k: int,
+        *,
+        bm25_depth: int,
+        knn_depth: int,
+        num_candidates: int,
+        fusion: ServerFusion,
+        filters: Filter | None = None,
+    ) -> list[Hit]:
         refused = self._server_fusion_refused.get(fusion.method)
         if refused:
             raise FusionUnsupported(refused)
-        body = self.hybrid_body(query, vector, k, bm25_depth=bm25_depth, knn_depth=knn_depth,
-                                num_candidates=num_candidates, fusion=fusion, filters=filters)
+        body = self.hybrid_body(
+            query,
+            vector,
+            k,
+            bm25_depth=bm25_depth,
+            knn_depth=knn_depth,
+            num_candidates=num_candidates,
+            fusion=fusion,
+            filters=filters,
+        )
         try:
             raw = self._hybrid_search(index, body)
         except QueryError as exc:
@@ -498,10 +580,14 @@ class ClusterBackend(ABC):
         return out
 
     def get_texts(self, index: str, doc_ids: Sequence[str]) -> dict[str, str]:
-        response = self._call("mget", self.client.mget, index=index, body={"ids": list(doc_ids)},
-                              _source_includes=list(TEXT_FIELDS))
-        return {d["_id"]: f"{d['_source'].get('title', '')} {d['_source'].get('text', '')}".strip()
-                for d in response["docs"] if d.get("found")}
+        response = self._call(
+            "mget", self.client.mget, index=index, body={"ids": list(doc_ids)}, _source_includes=list(TEXT_FIELDS)
+        )
+        return {
+            d["_id"]: f"{d['_source'].get('title', '')} {d['_source'].get('text', '')}".strip()
+            for d in response["docs"]
+            if d.get("found")
+        }
 
     def log_sink(self) -> ClusterLogSink:
         """Query and ingest logs as indexes beside the corpus on this cluster."""
@@ -536,8 +622,9 @@ class ClusterLogSink:
                 if "resource_already_exists" not in str(exc):  # another process created it first: fine
                     raise
         # an index made by an older version gains the fields added since (mappings only ever grow)
-        b._call("update log mapping", b.client.indices.put_mapping, index=name,
-                body={"properties": mapping["properties"]})
+        b._call(
+            "update log mapping", b.client.indices.put_mapping, index=name, body={"properties": mapping["properties"]}
+        )
 
     def append(self, name: str, docs: Sequence[Mapping[str, Any]], *, refresh: bool = False) -> int:
         b = self.backend
@@ -553,8 +640,9 @@ class ClusterLogSink:
         if refresh:
             b.refresh(name)
         if failed:
-            raise IndexingError(f"{b.name} refused {len(failed)} documents for {name}: {failed[0].reason}",
-                                failed=failed)
+            raise IndexingError(
+                f"{b.name} refused {len(failed)} documents for {name}: {failed[0].reason}", failed=failed
+            )
         return stored
 
     def latest(self, name: str) -> dict[str, Any] | None:

@@ -13,9 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from hybrid_search.config.errors import ConfigError, FusionUnsupported
 from hybrid_search.backends.base import IndexSpec
-from hybrid_search.search.interfaces import ServerFusion
 from hybrid_search.backends.cluster import (
     SPEC_META_KEY,
     TEXT_FIELDS,
@@ -26,7 +24,9 @@ from hybrid_search.backends.cluster import (
     metadata_dynamic_template,
     parse_version,
 )
+from hybrid_search.config.errors import ConfigError, FusionUnsupported
 from hybrid_search.search.filters import METADATA_FIELD, Filter, to_query_dsl
+from hybrid_search.search.interfaces import ServerFusion
 
 __all__ = [
     "ElasticsearchBackend",
@@ -43,8 +43,9 @@ INDEX_OPTIONS_SINCE = {"hnsw": (8, 0, 0), "int8_hnsw": (8, 12, 0), "bbq_hnsw": (
 SERVER_NORMALIZERS = {"minmax": ("minmax", LINEAR_SINCE), "l2": ("l2_norm", (9, 1, 0))}  # no server zscore
 
 
-def es_index_body(spec: IndexSpec, *, index_options: str = "hnsw", replicas: int = 1,
-                  refresh_interval: str = "1s") -> dict[str, Any]:
+def es_index_body(
+    spec: IndexSpec, *, index_options: str = "hnsw", replicas: int = 1, refresh_interval: str = "1s"
+) -> dict[str, Any]:
     """Settings and mappings: analysed title/text, an HNSW ``dense_vector``, keyword metadata."""
     analyzer = "english" if spec.analyzer == "english" else "standard"
     options = {"type": index_options, "m": spec.hnsw_m, "ef_construction": spec.hnsw_ef_construction}
@@ -55,8 +56,13 @@ def es_index_body(spec: IndexSpec, *, index_options: str = "hnsw", replicas: int
             "dynamic_templates": [metadata_dynamic_template()],
             "properties": {
                 **{f: {"type": "text", "analyzer": analyzer} for f in TEXT_FIELDS},
-                VECTOR_FIELD: {"type": "dense_vector", "dims": spec.dims, "index": True,
-                               "similarity": spec.similarity, "index_options": options},
+                VECTOR_FIELD: {
+                    "type": "dense_vector",
+                    "dims": spec.dims,
+                    "index": True,
+                    "similarity": spec.similarity,
+                    "index_options": options,
+                },
                 METADATA_FIELD: {"type": "object"},
             },
         },
@@ -65,8 +71,12 @@ def es_index_body(spec: IndexSpec, *, index_options: str = "hnsw", replicas: int
 
 def es_knn_clause(vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None) -> dict[str, Any]:
     """The kNN clause shared by the top-level ``knn`` search and the ``knn`` retriever."""
-    clause: dict[str, Any] = {"field": VECTOR_FIELD, "query_vector": [float(x) for x in np.asarray(vector).ravel()],
-                              "k": k, "num_candidates": max(num_candidates, k)}
+    clause: dict[str, Any] = {
+        "field": VECTOR_FIELD,
+        "query_vector": [float(x) for x in np.asarray(vector).ravel()],
+        "k": k,
+        "num_candidates": max(num_candidates, k),
+    }
     dsl = to_query_dsl(filters)
     if dsl:
         clause["filter"] = dsl
@@ -74,13 +84,25 @@ def es_knn_clause(vector: np.ndarray, k: int, num_candidates: int, filters: Filt
 
 
 def es_knn_body(vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None) -> dict[str, Any]:
-    return {"knn": es_knn_clause(vector, k, num_candidates, filters), "size": k,
-            "_source": {"excludes": [VECTOR_FIELD]}}
+    return {
+        "knn": es_knn_clause(vector, k, num_candidates, filters),
+        "size": k,
+        "_source": {"excludes": [VECTOR_FIELD]},
+    }
 
 
-def es_hybrid_body(query: str, vector: np.ndarray, k: int, *, bm25_depth: int, knn_depth: int,
-                   num_candidates: int, fusion: ServerFusion, filters: Filter | None,
-                   version: tuple[int, int, int]) -> dict[str, Any]:
+def es_hybrid_body(
+    query: str,
+    vector: np.ndarray,
+    k: int,
+    *,
+    bm25_depth: int,
+    knn_depth: int,
+    num_candidates: int,
+    fusion: ServerFusion,
+    filters: Filter | None,
+    version: tuple[int, int, int],
+) -> dict[str, Any]:
     """A ``retriever`` search fusing BM25 and kNN on the server; ``FusionUnsupported`` where it cannot."""
     standard: dict[str, Any] = {"standard": {"query": bm25_query(query, None)}}
     dsl = to_query_dsl(filters)
@@ -95,21 +117,28 @@ def es_hybrid_body(query: str, vector: np.ndarray, k: int, *, bm25_depth: int, k
         if fusion.bm25_weight != fusion.knn_weight:
             if version < WEIGHTED_RRF_SINCE:
                 raise FusionUnsupported(f"weighted rrf needs Elasticsearch {_v(WEIGHTED_RRF_SINCE)}+")
-            retrievers = [{"retriever": standard, "weight": fusion.bm25_weight},
-                          {"retriever": knn, "weight": fusion.knn_weight}]
-        retriever = {"rrf": {"retrievers": retrievers, "rank_window_size": window,
-                             "rank_constant": fusion.rrf_k}}
+            retrievers = [
+                {"retriever": standard, "weight": fusion.bm25_weight},
+                {"retriever": knn, "weight": fusion.knn_weight},
+            ]
+        retriever = {"rrf": {"retrievers": retrievers, "rank_window_size": window, "rank_constant": fusion.rrf_k}}
     elif fusion.method == "linear":
         if version < LINEAR_SINCE:
             raise FusionUnsupported(f"the linear retriever needs Elasticsearch {_v(LINEAR_SINCE)}+")
         normalizer, since = SERVER_NORMALIZERS.get(fusion.normalizer, (None, LINEAR_SINCE))
         if normalizer is None or version < since:
-            raise FusionUnsupported(f"Elasticsearch {_v(version)}'s linear retriever has no {fusion.normalizer} "
-                                    "normalizer")
-        retriever = {"linear": {"retrievers": [
-            {"retriever": standard, "weight": fusion.bm25_weight, "normalizer": normalizer},
-            {"retriever": knn, "weight": fusion.knn_weight, "normalizer": normalizer},
-        ], "rank_window_size": window}}
+            raise FusionUnsupported(
+                f"Elasticsearch {_v(version)}'s linear retriever has no {fusion.normalizer} normalizer"
+            )
+        retriever = {
+            "linear": {
+                "retrievers": [
+                    {"retriever": standard, "weight": fusion.bm25_weight, "normalizer": normalizer},
+                    {"retriever": knn, "weight": fusion.knn_weight, "normalizer": normalizer},
+                ],
+                "rank_window_size": window,
+            }
+        }
     else:
         raise FusionUnsupported(f"unknown fusion {fusion.method!r}")
     return {"retriever": retriever, "size": k, "_source": {"excludes": [VECTOR_FIELD]}}
@@ -131,8 +160,13 @@ class ElasticsearchBackend(ClusterBackend):
         except ImportError as exc:  # pragma: no cover - a core dependency
             raise ConfigError("the elasticsearch client is missing: pip install 'hybrid-search'") from exc
         s = self.settings
-        kwargs: dict[str, Any] = {"request_timeout": s.request_timeout, "max_retries": s.max_retries,
-                                  "retry_on_timeout": True, "verify_certs": s.verify_certs, **self._auth()}
+        kwargs: dict[str, Any] = {
+            "request_timeout": s.request_timeout,
+            "max_retries": s.max_retries,
+            "retry_on_timeout": True,
+            "verify_certs": s.verify_certs,
+            **self._auth(),
+        }
         if s.ca_certs:
             kwargs["ca_certs"] = str(s.ca_certs)
         return Elasticsearch(list(s.urls), **kwargs)
@@ -172,11 +206,14 @@ class ElasticsearchBackend(ClusterBackend):
         option = self.index_settings.es_vector_index
         since = INDEX_OPTIONS_SINCE[option]
         if self.server.version < since:
-            raise ConfigError(f"{option} needs Elasticsearch {_v(since)}+, this server is "
-                              f"{self.server.version_text}: choose hnsw or int8_hnsw")
+            raise ConfigError(
+                f"{option} needs Elasticsearch {_v(since)}+, this server is "
+                f"{self.server.version_text}: choose hnsw or int8_hnsw"
+            )
         serving = self._serving_settings()["index"]
         return es_index_body(
-            spec, index_options=option,
+            spec,
+            index_options=option,
             replicas=0 if loading else serving["number_of_replicas"],
             refresh_interval="-1" if loading else serving["refresh_interval"],
         )
@@ -188,7 +225,26 @@ class ElasticsearchBackend(ClusterBackend):
     def knn_body(self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None) -> dict[str, Any]:
         return es_knn_body(vector, k, num_candidates, filters)
 
-    def hybrid_body(self, query: str, vector: np.ndarray, k: int, *, bm25_depth: int, knn_depth: int,
-                    num_candidates: int, fusion: ServerFusion, filters: Filter | None) -> dict[str, Any]:
-        return es_hybrid_body(query, vector, k, bm25_depth=bm25_depth, knn_depth=knn_depth,
-                              num_candidates=num_candidates, fusion=fusion, filters=filters, version=self.server.version)
+    def hybrid_body(
+        self,
+        query: str,
+        vector: np.ndarray,
+        k: int,
+        *,
+        bm25_depth: int,
+        knn_depth: int,
+        num_candidates: int,
+        fusion: ServerFusion,
+        filters: Filter | None,
+    ) -> dict[str, Any]:
+        return es_hybrid_body(
+            query,
+            vector,
+            k,
+            bm25_depth=bm25_depth,
+            knn_depth=knn_depth,
+            num_candidates=num_candidates,
+            fusion=fusion,
+            filters=filters,
+            version=self.server.version,
+        )

@@ -34,7 +34,6 @@ import faiss
 import numpy as np
 import tantivy
 
-from hybrid_search.config.errors import ConfigError, FailedItem, FusionUnsupported, IndexNotFound, QueryError
 from hybrid_search.backends.base import (
     BulkResult,
     IndexedDocument,
@@ -43,10 +42,11 @@ from hybrid_search.backends.base import (
     check_index_name,
     previous_alias,
 )
+from hybrid_search.backends.logsinks import JsonlLogSink
+from hybrid_search.config.errors import ConfigError, FailedItem, FusionUnsupported, IndexNotFound, QueryError
 from hybrid_search.search.filters import METADATA_FIELD, Filter, clauses, to_sql
 from hybrid_search.search.hits import Hit
 from hybrid_search.search.interfaces import ServerFusion
-from hybrid_search.backends.logsinks import JsonlLogSink
 
 __all__ = ["EmbeddedBackend"]
 
@@ -215,9 +215,7 @@ class _PhysicalIndex:
             self.db.executemany("INSERT OR IGNORE INTO dead(key) VALUES (?)", [(k,) for k in old])
             self._delete_keys(old)
             self._dead_epoch += bool(old)
-            self.db.executemany(
-                "INSERT INTO docs(doc_id, title, text, metadata, vector) VALUES (?, ?, ?, ?, ?)", rows
-            )
+            self.db.executemany("INSERT INTO docs(doc_id, title, text, metadata, vector) VALUES (?, ?, ?, ?, ?)", rows)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -341,7 +339,7 @@ class _PhysicalIndex:
         ids = [searcher.doc(addr)["doc_id"][0] for _score, addr in found]
         rows = self._rows_by("doc_id", ids)
         hits: list[Hit] = []
-        for (score, _addr), doc_id in zip(found, ids):
+        for (score, _addr), doc_id in zip(found, ids, strict=True):
             if doc_id in rows:
                 hits.append(self._hit(rows[doc_id], len(hits) + 1, float(score), bm25=float(score)))
         return hits
@@ -361,7 +359,7 @@ class _PhysicalIndex:
         else:
             selector = self._not_dead_selector()
         scores, keys = self._graph_search(query, k, num_candidates, selector)
-        found = [(int(key), float(s)) for key, s in zip(keys[0], scores[0]) if key >= 0]
+        found = [(int(key), float(s)) for key, s in zip(keys[0], scores[0], strict=True) if key >= 0]
         return self._knn_hits(found)
 
     def _graph_search(self, queries: np.ndarray, k: int, num_candidates: int, selector: Any) -> tuple[Any, Any]:
@@ -420,8 +418,14 @@ class _PhysicalIndex:
     @staticmethod
     def _hit(row: tuple, rank: int, score: float, *, bm25: float | None = None, knn: float | None = None) -> Hit:
         return Hit(
-            doc_id=row[1], rank=rank, score=score, title=row[2], text=row[3], metadata=json.loads(row[4]),
-            bm25_score=bm25, knn_score=knn,
+            doc_id=row[1],
+            rank=rank,
+            score=score,
+            title=row[2],
+            text=row[3],
+            metadata=json.loads(row[4]),
+            bm25_score=bm25,
+            knn_score=knn,
         )
 
     def knn_batch(self, vectors: np.ndarray, k: int, num_candidates: int) -> list[list[tuple[str, float]]]:
@@ -429,8 +433,10 @@ class _PhysicalIndex:
         query = np.ascontiguousarray(vectors, dtype=np.float32)
         scores, keys = self._graph_search(query, k, num_candidates, self._not_dead_selector())
         ids = self._ids_by_key(sorted({int(x) for x in keys.ravel() if x >= 0}))
-        return [[(ids[int(key)], float(sc)) for key, sc in zip(krow, srow) if key >= 0 and int(key) in ids]
-                for krow, srow in zip(keys, scores)]
+        return [
+            [(ids[int(key)], float(sc)) for key, sc in zip(krow, srow, strict=True) if key >= 0 and int(key) in ids]
+            for krow, srow in zip(keys, scores, strict=True)
+        ]
 
     def iter_vectors(self, batch: int = 10_000) -> Iterable[tuple[list[str], np.ndarray]]:
         """Every stored (ids, vectors) in key order, a batch at a time."""
@@ -489,8 +495,10 @@ class EmbeddedBackend:
         if physical not in self._open:
             path = self._path(physical)
             if not (path / "spec.json").exists():
-                raise IndexNotFound(f"index {index!r} does not exist under {self.data_dir}: run "
-                                    f"`hybrid-search ingest SOURCE --index {index}` first")
+                raise IndexNotFound(
+                    f"index {index!r} does not exist under {self.data_dir}: run "
+                    f"`hybrid-search ingest SOURCE --index {index}` first"
+                )
             self._open[physical] = _PhysicalIndex(path, _PhysicalIndex.read_spec(path), **self._index_kwargs)
         return self._open[physical]
 
@@ -508,8 +516,10 @@ class EmbeddedBackend:
             physical = self._physical(index)
             self._open[physical] = _PhysicalIndex.create(self._path(physical), spec, **self._index_kwargs)
         elif existing.dims != spec.dims:
-            raise ConfigError(f"index {index!r} holds {existing.dims}-dim vectors but the model gives "
-                              f"{spec.dims}: use another --index or the model it was built with")
+            raise ConfigError(
+                f"index {index!r} holds {existing.dims}-dim vectors but the model gives "
+                f"{spec.dims}: use another --index or the model it was built with"
+            )
 
     def index_exists(self, index: str) -> bool:
         return (self._path(self._physical(index)) / "spec.json").exists()
@@ -549,8 +559,10 @@ class EmbeddedBackend:
         aliases = self._aliases()
         keep = previous_alias(alias)
         if alias not in aliases or keep not in aliases:
-            raise IndexNotFound(f"no previous build of {alias!r} to roll back to under {self.data_dir}: one is "
-                                "kept from the second successful ingest on")
+            raise IndexNotFound(
+                f"no previous build of {alias!r} to roll back to under {self.data_dir}: one is "
+                "kept from the second successful ingest on"
+            )
         aliases[alias], aliases[keep] = aliases[keep], aliases[alias]
         self._write_aliases(aliases)
         return aliases[alias], aliases[keep]
@@ -569,9 +581,19 @@ class EmbeddedBackend:
     ) -> list[Hit]:
         return self._get(index).knn(vector, k, num_candidates, filters)
 
-    def search_hybrid(self, index: str, query: str, vector: np.ndarray, k: int, *, bm25_depth: int,
-                      knn_depth: int, num_candidates: int, fusion: ServerFusion,
-                      filters: Filter | None = None) -> list[Hit]:
+    def search_hybrid(
+        self,
+        index: str,
+        query: str,
+        vector: np.ndarray,
+        k: int,
+        *,
+        bm25_depth: int,
+        knn_depth: int,
+        num_candidates: int,
+        fusion: ServerFusion,
+        filters: Filter | None = None,
+    ) -> list[Hit]:
         raise FusionUnsupported("the embedded backend fuses in the client")
 
     def count(self, index: str) -> int:
@@ -594,14 +616,32 @@ class EmbeddedBackend:
     def stats(self, index: str) -> IndexStats:
         idx = self._get(index)
         spec = idx.spec
-        vector = {"type": "faiss IndexHNSWFlat", "dims": spec.dims, "metric": "inner_product",
-                  "similarity": spec.similarity, "m": spec.hnsw_m, "ef_construction": spec.hnsw_ef_construction,
-                  "ef_search": self.ef_search, "vectors_in_graph": idx.vectors.ntotal,
-                  "tombstones": idx._dead_count()}
-        fields = {"title": f"text (tantivy, {spec.analyzer})", "text": f"text (tantivy, {spec.analyzer})",
-                  "vector": f"float32[{spec.dims}] (SQLite + faiss HNSW)", METADATA_FIELD: "json (tantivy raw terms)"}
-        return IndexStats(alias=index if index in self._aliases() else "", physical=idx.path.name,
-                          count=idx.count(), spec=spec, store_bytes=idx.store_bytes(), vector=vector, fields=fields)
+        vector = {
+            "type": "faiss IndexHNSWFlat",
+            "dims": spec.dims,
+            "metric": "inner_product",
+            "similarity": spec.similarity,
+            "m": spec.hnsw_m,
+            "ef_construction": spec.hnsw_ef_construction,
+            "ef_search": self.ef_search,
+            "vectors_in_graph": idx.vectors.ntotal,
+            "tombstones": idx._dead_count(),
+        }
+        fields = {
+            "title": f"text (tantivy, {spec.analyzer})",
+            "text": f"text (tantivy, {spec.analyzer})",
+            "vector": f"float32[{spec.dims}] (SQLite + faiss HNSW)",
+            METADATA_FIELD: "json (tantivy raw terms)",
+        }
+        return IndexStats(
+            alias=index if index in self._aliases() else "",
+            physical=idx.path.name,
+            count=idx.count(),
+            spec=spec,
+            store_bytes=idx.store_bytes(),
+            vector=vector,
+            fields=fields,
+        )
 
     def log_sink(self) -> JsonlLogSink:
         """Query and ingest logs as JSONL files under ``data_dir/logs`` (each with its mapping beside it)."""

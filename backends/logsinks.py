@@ -37,8 +37,15 @@ def mapping_fields(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, st
 
 
 _PY_TYPES: dict[str, tuple[type, ...]] = {
-    "keyword": (str,), "text": (str,), "date": (str,), "boolean": (bool,),
-    "float": (int, float), "integer": (int,), "long": (int,), "short": (int,), "byte": (int,),
+    "keyword": (str,),
+    "text": (str,),
+    "date": (str,),
+    "boolean": (bool,),
+    "float": (int, float),
+    "integer": (int,),
+    "long": (int,),
+    "short": (int,),
+    "byte": (int,),
 }
 
 
@@ -54,8 +61,9 @@ def check_document(doc: Mapping[str, Any], mapping: Mapping[str, Any], prefix: s
         values = value if isinstance(value, list) else [value]
         for v in values:
             if "properties" in spec:
-                problems += (check_document(v, spec, path + ".") if isinstance(v, Mapping)
-                             else [f"{path}: expected an object"])
+                problems += (
+                    check_document(v, spec, path + ".") if isinstance(v, Mapping) else [f"{path}: expected an object"]
+                )
             elif v is not None:
                 kinds = _PY_TYPES.get(spec.get("type", ""), (object,))
                 if not isinstance(v, kinds) or (bool not in kinds and isinstance(v, bool)):
@@ -144,7 +152,7 @@ class JsonlLogSink:
                 start = max(0, start - TAIL_BYTES)
                 fh.seek(start)
                 tail = fh.read()
-        lines = tail.splitlines()[1 if start > 0 else 0:]  # the first may be cut in half
+        lines = tail.splitlines()[1 if start > 0 else 0 :]  # the first may be cut in half
         docs = [json.loads(line) for line in lines if line.strip()]
         return max(docs, key=lambda d: d.get("@timestamp", "")) if docs else None
 
@@ -154,8 +162,6 @@ class JsonlLogSink:
             return 0
         with self._lock, path.open("rb") as fh:
             return sum(1 for line in fh if line.strip())
-
-
 
 
 def new_log_id() -> str:

@@ -17,9 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from hybrid_search.config.errors import ConfigError, FusionUnsupported
 from hybrid_search.backends.base import IndexSpec
-from hybrid_search.search.interfaces import ServerFusion
 from hybrid_search.backends.cluster import (
     SPEC_META_KEY,
     TEXT_FIELDS,
@@ -30,7 +28,9 @@ from hybrid_search.backends.cluster import (
     metadata_dynamic_template,
     parse_version,
 )
+from hybrid_search.config.errors import ConfigError, FusionUnsupported
 from hybrid_search.search.filters import METADATA_FIELD, Filter, to_query_dsl
+from hybrid_search.search.interfaces import ServerFusion
 
 __all__ = ["OpenSearchBackend", "os_hybrid_query", "os_index_body", "os_knn_body", "os_pipeline_body"]
 
@@ -42,8 +42,15 @@ METHOD_PARAMETERS_SINCE = (2, 16, 0)
 NORMALIZATION = {"minmax": "min_max", "l2": "l2"}  # OpenSearch has no z-score technique
 
 
-def os_index_body(spec: IndexSpec, *, engine: str = "lucene", fp16: bool = False, ef_search: int = 100,
-                  replicas: int = 1, refresh_interval: str = "1s") -> dict[str, Any]:
+def os_index_body(
+    spec: IndexSpec,
+    *,
+    engine: str = "lucene",
+    fp16: bool = False,
+    ef_search: int = 100,
+    replicas: int = 1,
+    refresh_interval: str = "1s",
+) -> dict[str, Any]:
     """``index.knn`` settings and a mapping with analysed text, an HNSW ``knn_vector`` and keyword metadata."""
     if fp16 and engine != "faiss":
         raise ConfigError("the fp16 scalar-quantisation encoder needs the faiss engine: set opensearch_engine=faiss")
@@ -52,15 +59,22 @@ def os_index_body(spec: IndexSpec, *, engine: str = "lucene", fp16: bool = False
         parameters["encoder"] = {"name": "sq", "parameters": {"type": "fp16"}}
     analyzer = "english" if spec.analyzer == "english" else "standard"
     return {
-        "settings": {"index": {"knn": True, "knn.algo_param.ef_search": ef_search,
-                               "number_of_replicas": replicas, "refresh_interval": refresh_interval}},
+        "settings": {
+            "index": {
+                "knn": True,
+                "knn.algo_param.ef_search": ef_search,
+                "number_of_replicas": replicas,
+                "refresh_interval": refresh_interval,
+            }
+        },
         "mappings": {
             "_meta": {SPEC_META_KEY: spec.to_dict()},
             "dynamic_templates": [metadata_dynamic_template()],
             "properties": {
                 **{f: {"type": "text", "analyzer": analyzer} for f in TEXT_FIELDS},
                 VECTOR_FIELD: {
-                    "type": "knn_vector", "dimension": spec.dims,
+                    "type": "knn_vector",
+                    "dimension": spec.dims,
                     "space_type": "innerproduct" if spec.similarity == "dot_product" else "cosinesimil",
                     "method": {"name": "hnsw", "engine": engine, "parameters": parameters},
                 },
@@ -70,8 +84,9 @@ def os_index_body(spec: IndexSpec, *, engine: str = "lucene", fp16: bool = False
     }
 
 
-def os_knn_query(vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None,
-                 version: tuple[int, int, int]) -> dict[str, Any]:
+def os_knn_query(
+    vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None, version: tuple[int, int, int]
+) -> dict[str, Any]:
     """The ``knn`` query; a filter goes inside it, so the engine filters while it searches the graph."""
     clause: dict[str, Any] = {"vector": [float(x) for x in np.asarray(vector).ravel()], "k": k}
     dsl = to_query_dsl(filters)
@@ -82,10 +97,14 @@ def os_knn_query(vector: np.ndarray, k: int, num_candidates: int, filters: Filte
     return {"knn": {VECTOR_FIELD: clause}}
 
 
-def os_knn_body(vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None,
-                version: tuple[int, int, int]) -> dict[str, Any]:
-    return {"size": k, "query": os_knn_query(vector, k, num_candidates, filters, version),
-            "_source": {"excludes": [VECTOR_FIELD]}}
+def os_knn_body(
+    vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None, version: tuple[int, int, int]
+) -> dict[str, Any]:
+    return {
+        "size": k,
+        "query": os_knn_query(vector, k, num_candidates, filters, version),
+        "_source": {"excludes": [VECTOR_FIELD]},
+    }
 
 
 def os_pipeline_body(fusion: ServerFusion, version: tuple[int, int, int]) -> dict[str, Any]:
@@ -95,8 +114,9 @@ def os_pipeline_body(fusion: ServerFusion, version: tuple[int, int, int]) -> dic
             raise FusionUnsupported("RRF in a search pipeline needs OpenSearch 2.19+")
         if fusion.bm25_weight != fusion.knn_weight:
             raise FusionUnsupported("OpenSearch's score-ranker-processor has no per-query weights")
-        processor: dict[str, Any] = {"score-ranker-processor": {
-            "combination": {"technique": "rrf", "rank_constant": fusion.rrf_k}}}
+        processor: dict[str, Any] = {
+            "score-ranker-processor": {"combination": {"technique": "rrf", "rank_constant": fusion.rrf_k}}
+        }
     elif fusion.method == "linear":
         technique = NORMALIZATION.get(fusion.normalizer)
         if technique is None:
@@ -105,19 +125,32 @@ def os_pipeline_body(fusion: ServerFusion, version: tuple[int, int, int]) -> dic
         if total <= 0:
             raise FusionUnsupported("fusion weights sum to zero")
         weights = [fusion.bm25_weight / total, fusion.knn_weight / total]  # the processor wants them to sum to 1
-        processor = {"normalization-processor": {
-            "normalization": {"technique": technique},
-            "combination": {"technique": "arithmetic_mean", "parameters": {"weights": weights}}}}
+        processor = {
+            "normalization-processor": {
+                "normalization": {"technique": technique},
+                "combination": {"technique": "arithmetic_mean", "parameters": {"weights": weights}},
+            }
+        }
     else:
         raise FusionUnsupported(f"unknown fusion {fusion.method!r}")
     return {"description": "hybrid-search: BM25 + kNN fusion", "phase_results_processors": [processor]}
 
 
-def os_hybrid_query(query: str, vector: np.ndarray, k: int, *, bm25_depth: int, knn_depth: int,
-                    num_candidates: int, filters: Filter | None, version: tuple[int, int, int]) -> dict[str, Any]:
+def os_hybrid_query(
+    query: str,
+    vector: np.ndarray,
+    k: int,
+    *,
+    bm25_depth: int,
+    knn_depth: int,
+    num_candidates: int,
+    filters: Filter | None,
+    version: tuple[int, int, int],
+) -> dict[str, Any]:
     """The ``hybrid`` search body; ``pagination_depth`` bounds each sub-query's results (2.19+)."""
-    hybrid: dict[str, Any] = {"queries": [bm25_query(query, filters),
-                                          os_knn_query(vector, knn_depth, num_candidates, filters, version)]}
+    hybrid: dict[str, Any] = {
+        "queries": [bm25_query(query, filters), os_knn_query(vector, knn_depth, num_candidates, filters, version)]
+    }
     if version >= PAGINATION_DEPTH_SINCE:
         hybrid["pagination_depth"] = max(bm25_depth, knn_depth, k)
     return {"size": k, "query": {"hybrid": hybrid}, "_source": {"excludes": [VECTOR_FIELD]}}
@@ -142,8 +175,12 @@ class OpenSearchBackend(ClusterBackend):
         from opensearchpy import OpenSearch
 
         s = self.settings
-        kwargs: dict[str, Any] = {"timeout": s.request_timeout, "max_retries": s.max_retries,
-                                  "retry_on_timeout": True, "verify_certs": s.verify_certs}
+        kwargs: dict[str, Any] = {
+            "timeout": s.request_timeout,
+            "max_retries": s.max_retries,
+            "retry_on_timeout": True,
+            "verify_certs": s.verify_certs,
+        }
         auth = self._auth()
         if "basic_auth" in auth:
             kwargs["http_auth"] = auth["basic_auth"]
@@ -178,15 +215,23 @@ class OpenSearchBackend(ClusterBackend):
     def _probe(self) -> ServerInfo:
         version = self.client.info()["version"]
         plugins = frozenset(p.get("component", "") for p in self.client.cat.plugins(format="json"))
-        return ServerInfo(distribution=version.get("distribution", "elasticsearch"),
-                          version=parse_version(version["number"]), plugins=plugins)
+        return ServerInfo(
+            distribution=version.get("distribution", "elasticsearch"),
+            version=parse_version(version["number"]),
+            plugins=plugins,
+        )
 
     def index_body(self, spec: IndexSpec, *, loading: bool) -> dict[str, Any]:
         s = self.index_settings
         serving = self._serving_settings()["index"]
-        return os_index_body(spec, engine=s.opensearch_engine, fp16=s.opensearch_fp16, ef_search=s.hnsw_ef_search,
-                             replicas=0 if loading else serving["number_of_replicas"],
-                             refresh_interval="-1" if loading else serving["refresh_interval"])
+        return os_index_body(
+            spec,
+            engine=s.opensearch_engine,
+            fp16=s.opensearch_fp16,
+            ef_search=s.hnsw_ef_search,
+            replicas=0 if loading else serving["number_of_replicas"],
+            refresh_interval="-1" if loading else serving["refresh_interval"],
+        )
 
     def similarity(self, score: float) -> float:
         # innerproduct (the space for normalised models) scores d + 1 for d >= 0 and 1 / (1 - d) below
@@ -197,18 +242,41 @@ class OpenSearchBackend(ClusterBackend):
     def knn_body(self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None) -> dict[str, Any]:
         return os_knn_body(vector, k, num_candidates, filters, self.server.version)
 
-    def hybrid_body(self, query: str, vector: np.ndarray, k: int, *, bm25_depth: int, knn_depth: int,
-                    num_candidates: int, fusion: ServerFusion, filters: Filter | None) -> dict[str, Any]:
+    def hybrid_body(
+        self,
+        query: str,
+        vector: np.ndarray,
+        k: int,
+        *,
+        bm25_depth: int,
+        knn_depth: int,
+        num_candidates: int,
+        fusion: ServerFusion,
+        filters: Filter | None,
+    ) -> dict[str, Any]:
         if NEURAL_PLUGIN not in self.server.plugins:
             raise FusionUnsupported(f"OpenSearch at {self.urls_text} has no neural-search plugin")
         pipeline = os_pipeline_body(fusion, self.server.version)
         name = pipeline_name(pipeline)
         if name not in self._pipelines:  # PUT is idempotent; once per process is enough
-            self._call("put search pipeline", self.client.transport.perform_request, "PUT",
-                       f"/_search/pipeline/{name}", body=pipeline)
+            self._call(
+                "put search pipeline",
+                self.client.transport.perform_request,
+                "PUT",
+                f"/_search/pipeline/{name}",
+                body=pipeline,
+            )
             self._pipelines.add(name)
-        body = os_hybrid_query(query, vector, k, bm25_depth=bm25_depth, knn_depth=knn_depth,
-                               num_candidates=num_candidates, filters=filters, version=self.server.version)
+        body = os_hybrid_query(
+            query,
+            vector,
+            k,
+            bm25_depth=bm25_depth,
+            knn_depth=knn_depth,
+            num_candidates=num_candidates,
+            filters=filters,
+            version=self.server.version,
+        )
         return {"pipeline": name, "body": body}
 
     def _hybrid_search(self, index: str, body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -170,8 +170,10 @@ class BackendSettings(_Section):
             return api_key, None
         password = self.password.resolve()
         if not password:
-            raise ConfigError(f"username {self.username!r} given but {self.password.env_var} is not set: export "
-                              "the password in that variable")
+            raise ConfigError(
+                f"username {self.username!r} given but {self.password.env_var} is not set: export "
+                "the password in that variable"
+            )
         return None, (self.username, password)
 
     @field_validator("password", "api_key", mode="before")
@@ -198,9 +200,7 @@ class _FileSource(PydanticBaseSettingsSource):
 class Settings(BaseSettings):
     """All settings of hybrid-search. Build it with :func:`load_settings`."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True)
 
     data_dir: Path = DEFAULT_DATA_DIR
     models: ModelSettings = ModelSettings()
@@ -237,9 +237,7 @@ def _read_settings_file(path: Path) -> dict[str, Any]:
     raise ConfigError(f"settings file {path}: use a .toml, .yaml or .yml file")
 
 
-def load_settings(
-    config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None
-) -> Settings:
+def load_settings(config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
     """Settings from defaults < file < environment < ``overrides`` (nested dicts, e.g. CLI flags).
 
     ``None`` values in ``overrides`` mean "not given" and are ignored, so CLI flags can be passed as they are.
@@ -251,8 +249,9 @@ def load_settings(
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"invalid setting {where}: {first['msg']} (check flags, {CONFIG_ENV} and "
-                          f"{ENV_PREFIX}* variables)") from exc
+        raise ConfigError(
+            f"invalid setting {where}: {first['msg']} (check flags, {CONFIG_ENV} and {ENV_PREFIX}* variables)"
+        ) from exc
     finally:
         _config_path.reset(token)
 

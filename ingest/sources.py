@@ -130,7 +130,7 @@ class CsvFile:
                 if len(row) != len(header):
                     yield RawRecord(position, error=f"malformed row: {len(row)} fields, header has {len(header)}")
                     continue
-                yield RawRecord(position, fields=dict(zip(header, row)))
+                yield RawRecord(position, fields=dict(zip(header, row, strict=True)))
 
 
 class ParquetFile:

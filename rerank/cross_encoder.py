@@ -88,7 +88,8 @@ class CrossEncoderReranker:
 
         with torch.inference_mode():
             model = AutoModelForSequenceClassification.from_pretrained(
-                self.folder, dtype=torch_dtype(self.settings.dtype, self.device),
+                self.folder,
+                dtype=torch_dtype(self.settings.dtype, self.device),
                 trust_remote_code=self.settings.trust_remote_code,
             )
         return model.to(self.device).eval()

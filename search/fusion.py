@@ -54,7 +54,7 @@ def fuse_rrf(runs: Sequence[Run], *, k: int = 60, weights: Sequence[float] | Non
     if k < 1:
         raise ConfigError(f"RRF constant k must be at least 1, got {k}")
     fused: dict[str, float] = {}
-    for run, weight in zip(runs, _weights(runs, weights)):
+    for run, weight in zip(runs, _weights(runs, weights), strict=True):
         for rank, (doc_id, _score) in enumerate(run, start=1):
             fused[doc_id] = fused.get(doc_id, 0.0) + weight / (k + rank)
     return _ranked(fused)
@@ -104,8 +104,8 @@ def fuse_linear(
         raise ConfigError(f"unknown normalizer {normalizer!r}: choose one of {sorted(NORMALIZERS)}")
     norm = NORMALIZERS[normalizer]
     fused: dict[str, float] = {}
-    for run, weight in zip(runs, _weights(runs, weights)):
-        for (doc_id, _), value in zip(run, norm([s for _, s in run])):
+    for run, weight in zip(runs, _weights(runs, weights), strict=True):
+        for (doc_id, _), value in zip(run, norm([s for _, s in run]), strict=True):
             fused[doc_id] = fused.get(doc_id, 0.0) + weight * value
     return _ranked(fused)
 

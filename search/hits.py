@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 __all__ = ["Hit", "SearchResult"]
 
 
-
 @dataclass(frozen=True, slots=True)
 class Hit:
     """One retrieved document. ``score`` is the final score that decided ``rank`` (1-based).

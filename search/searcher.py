@@ -98,8 +98,14 @@ class HybridSearcher:
             hits = self._rerank(query, hits, timings)
         timings["total"] = _ms(start)
         label = base + ("+rerank" if do_rerank else "")
-        result = SearchResult(query=query, mode=label, hits=tuple(hits[:top_k]), timings_ms=timings,
-                              fusion_location=location, total_hits=candidates)
+        result = SearchResult(
+            query=query,
+            mode=label,
+            hits=tuple(hits[:top_k]),
+            timings_ms=timings,
+            fusion_location=location,
+            total_hits=candidates,
+        )
         if self.query_log is not None:
             self.query_log.record(result, top_k=top_k, filtered=bool(filters))  # never blocks, never raises
         return result
@@ -131,13 +137,25 @@ class HybridSearcher:
         s = self.settings
         bm25_depth, knn_depth = max(s.bm25_depth, k), max(s.knn_depth, k)
         if s.server_fusion:
-            fusion = ServerFusion(method=s.fusion, rrf_k=s.rrf_k, normalizer=s.normalizer,
-                                  bm25_weight=s.bm25_weight, knn_weight=s.knn_weight)
+            fusion = ServerFusion(
+                method=s.fusion,
+                rrf_k=s.rrf_k,
+                normalizer=s.normalizer,
+                bm25_weight=s.bm25_weight,
+                knn_weight=s.knn_weight,
+            )
             t = time.perf_counter()
             try:
                 hits = self.backend.search_hybrid(
-                    self.index, query, vector, k, bm25_depth=bm25_depth, knn_depth=knn_depth,
-                    num_candidates=max(s.num_candidates, knn_depth), fusion=fusion, filters=filters,
+                    self.index,
+                    query,
+                    vector,
+                    k,
+                    bm25_depth=bm25_depth,
+                    knn_depth=knn_depth,
+                    num_candidates=max(s.num_candidates, knn_depth),
+                    fusion=fusion,
+                    filters=filters,
                 )
                 timings["fusion"] = _ms(t)
                 return hits, "server"
@@ -164,10 +182,16 @@ class HybridSearcher:
         out = []
         for rank, (doc_id, score) in enumerate(fused, start=1):
             b, v = by_id_bm25.get(doc_id), by_id_knn.get(doc_id)
-            out.append(dataclasses.replace(
-                b or by_id_knn[doc_id], rank=rank, score=score, fusion_score=score,
-                bm25_score=b.bm25_score if b else None, knn_score=v.knn_score if v else None,
-            ))
+            out.append(
+                dataclasses.replace(
+                    b or by_id_knn[doc_id],
+                    rank=rank,
+                    score=score,
+                    fusion_score=score,
+                    bm25_score=b.bm25_score if b else None,
+                    knn_score=v.knn_score if v else None,
+                )
+            )
         return out
 
     def _rerank(self, query: str, hits: list[Hit], timings: dict[str, float]) -> list[Hit]:
@@ -218,9 +242,11 @@ def rerank_hits(reranker: Reranker, query: str, hits: Sequence[Hit], depth: int)
     scores = reranker.score(query, [_passage(h) for h in head])
     order = sorted(range(len(head)), key=lambda i: (-float(scores[i]), head[i].rank))
     reranked = [
-        dataclasses.replace(head[i], rank=r, score=float(scores[i]), rerank_score=float(scores[i]),
-                            rank_before_rerank=head[i].rank)
+        dataclasses.replace(
+            head[i], rank=r, score=float(scores[i]), rerank_score=float(scores[i]), rank_before_rerank=head[i].rank
+        )
         for r, i in enumerate(order, start=1)
     ]
-    return reranked + [dataclasses.replace(h, rank=len(head) + r, rank_before_rerank=h.rank)
-                       for r, h in enumerate(tail, start=1)]
+    return reranked + [
+        dataclasses.replace(h, rank=len(head) + r, rank_before_rerank=h.rank) for r, h in enumerate(tail, start=1)
+    ]

@@ -12,8 +12,8 @@ import uuid
 import numpy as np
 import pytest
 
-from hybrid_search.config.errors import ConfigError, IndexNotFound
 from hybrid_search.backends.base import IndexedDocument, IndexSpec, previous_alias
+from hybrid_search.config.errors import ConfigError, IndexNotFound
 
 DIMS = 8
 SPEC = IndexSpec(dims=DIMS, similarity="dot_product")
@@ -44,10 +44,15 @@ def corpus() -> list[IndexedDocument]:
         axis = [0.0] * DIMS
         axis[i % DIMS] = 1.0
         axis[(i + 1) % DIMS] = 0.1 * (i // DIMS + 1)
-        docs.append(IndexedDocument(
-            doc_id=f"d{i}", title=f"title {i}", text=text, vector=unit(*axis),
-            metadata={"topic": "finance" if i in (3, 4) else "other", "lang": "en"},
-        ))
+        docs.append(
+            IndexedDocument(
+                doc_id=f"d{i}",
+                title=f"title {i}",
+                text=text,
+                vector=unit(*axis),
+                metadata={"topic": "finance" if i in (3, 4) else "other", "lang": "en"},
+            )
+        )
     return docs
 
 
@@ -113,7 +118,7 @@ class BackendContract:
         assert hits[0].bm25_score == hits[0].score
 
     def test_bm25_never_parses_query_syntax(self, backend, loaded):
-        for text in ('text:soup AND (tomato', 'soup" OR -garlic +[basil'):
+        for text in ("text:soup AND (tomato", 'soup" OR -garlic +[basil'):
             hits = backend.search_bm25(loaded, text, 5)
             assert hits and {h.doc_id for h in hits} <= {"d7", "d9"}, text
         assert backend.search_bm25(loaded, "*?~^/\\{}:!", 5) == []
@@ -172,15 +177,17 @@ class BackendContract:
             backend.search_bm25(f"missing-{uuid.uuid4().hex[:8]}", "anything", 5)
 
     def test_logs_round_trip_under_a_strict_mapping(self, backend, index):
-        from hybrid_search.config.errors import IndexingError
         from hybrid_search.app.logs import INGEST_LOG_MAPPING
+        from hybrid_search.config.errors import IndexingError
 
         sink, name = backend.log_sink(), f"{index}-ingest"
         assert sink.count(name) == 0 and sink.latest(name) is None
         sink.ensure(name, INGEST_LOG_MAPPING)
         sink.ensure(name, INGEST_LOG_MAPPING)  # idempotent
-        docs = [{"@timestamp": f"2026-01-0{i}T00:00:00Z", "alias": index, "status": "completed", "stored": i}
-                for i in (1, 3, 2)]
+        docs = [
+            {"@timestamp": f"2026-01-0{i}T00:00:00Z", "alias": index, "status": "completed", "stored": i}
+            for i in (1, 3, 2)
+        ]
         assert sink.append(name, docs[:2], refresh=True) == 2
         with pytest.raises(IndexingError) as refused:
             sink.append(name, [docs[2], {"@timestamp": "2026-01-04T00:00:00Z", "not_mapped": 1}], refresh=True)

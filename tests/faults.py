@@ -27,8 +27,13 @@ class BulkFaults:
     def _meta(self, status: int) -> Any:
         from elastic_transport import ApiResponseMeta, HttpHeaders, NodeConfig
 
-        return ApiResponseMeta(status=status, http_version="1.1", headers=HttpHeaders({"content-type": "application/json"}),
-                               duration=0.0, node=NodeConfig("http", "127.0.0.1", 9200))
+        return ApiResponseMeta(
+            status=status,
+            http_version="1.1",
+            headers=HttpHeaders({"content-type": "application/json"}),
+            duration=0.0,
+            node=NodeConfig("http", "127.0.0.1", 9200),
+        )
 
     def _perform(self, method: str, target: str, **kwargs: Any) -> Any:
         if not target.split("?")[0].endswith("/_bulk"):
@@ -38,8 +43,10 @@ class BulkFaults:
         from elastic_transport import ConnectionError
 
         if fault == "storm429":
-            return self._meta(429), {"error": {"type": "es_rejected_execution_exception",
-                                               "reason": "rejected execution of bulk"}, "status": 429}
+            return self._meta(429), {
+                "error": {"type": "es_rejected_execution_exception", "reason": "rejected execution of bulk"},
+                "status": 429,
+            }
         if fault in ("http502", "http503", "http504"):
             status = int(fault[4:])
             return self._meta(status), {"error": {"type": "unavailable", "reason": f"HTTP {status}"}, "status": status}
@@ -52,8 +59,12 @@ class BulkFaults:
             items = body["items"]
             for item in items[: max(1, len(items) // 2)]:
                 op = next(iter(item.values()))
-                op.update({"status": 429, "error": {"type": "es_rejected_execution_exception",
-                                                     "reason": "rejected execution (injected)"}})
+                op.update(
+                    {
+                        "status": 429,
+                        "error": {"type": "es_rejected_execution_exception", "reason": "rejected execution (injected)"},
+                    }
+                )
             body["errors"] = True
         return meta, body
 

@@ -68,8 +68,16 @@ def noida_elasticsearch(workdir: Path) -> contextlib.AbstractContextManager[str]
     if binary is None:
         pytest.skip("noida-db is not installed (it is in the dev extra: pip install -e '.[dev]')")
     port = free_port()
-    cmd = [str(binary), "start", "--only", "elasticsearch", "--elasticsearch-port", str(port),
-           "--data-dir", str(workdir / "data")]
+    cmd = [
+        str(binary),
+        "start",
+        "--only",
+        "elasticsearch",
+        "--elasticsearch-port",
+        str(port),
+        "--data-dir",
+        str(workdir / "data"),
+    ]
     return running(cmd, f"http://127.0.0.1:{port}", workdir)
 
 

@@ -38,12 +38,18 @@ FIELD_MAPS = {"_types.query_dsl:TermsQuery", "_types.query_dsl.TermsQuery"}
 
 
 # ``SortOptions`` keyed by a field name: what the Elasticsearch OpenAPI output lost (OpenSearch has it).
-FIELD_SORTS = {"_types:SortOptions": {
-    "type": "object",
-    "properties": {"order": {"$ref": "#/components/schemas/_types:SortOrder"}, "missing": {},
-                   "mode": {"$ref": "#/components/schemas/_types:SortMode"}, "unmapped_type": {"type": "string"}},
-    "additionalProperties": False,
-}}
+FIELD_SORTS = {
+    "_types:SortOptions": {
+        "type": "object",
+        "properties": {
+            "order": {"$ref": "#/components/schemas/_types:SortOrder"},
+            "missing": {},
+            "mode": {"$ref": "#/components/schemas/_types:SortMode"},
+            "unmapped_type": {"type": "string"},
+        },
+        "additionalProperties": False,
+    }
+}
 
 
 def _one_of_keys(node: dict[str, Any]) -> dict[str, Any]:
@@ -52,7 +58,7 @@ def _one_of_keys(node: dict[str, Any]) -> dict[str, Any]:
         keys = list(node["properties"])
         node = {k: v for k, v in node.items() if k not in ("minProperties", "maxProperties")}
         node["anyOf"] = [{"required": [k]} for k in keys]
-        node["not"] = {"anyOf": [{"required": [a, b]} for i, a in enumerate(keys) for b in keys[i + 1:]]}
+        node["not"] = {"anyOf": [{"required": [a, b]} for i, a in enumerate(keys) for b in keys[i + 1 :]]}
     return node
 
 
@@ -105,8 +111,9 @@ def _rewrite(node: Any, *, branch: bool = False) -> Any:
     if out.get("type") == "object" and not _KEYED & set(out) and "allOf" not in out and "anyOf" not in out:
         out["additionalProperties"] = True  # free-form (e.g. "_meta" values)
         return out
-    if "allOf" in out and not ("properties" in out or any(
-            isinstance(b, dict) and ("properties" in b or "$ref" in b) for b in out["allOf"])):
+    if "allOf" in out and not (
+        "properties" in out or any(isinstance(b, dict) and ("properties" in b or "$ref" in b) for b in out["allOf"])
+    ):
         return out
     return _close(out)
 
@@ -118,7 +125,7 @@ def _inheritance_bases(components: dict[str, Any], prefix: str) -> set[str]:
         for branch in schema.get("allOf", []) if isinstance(schema, dict) else []:
             ref = branch.get("$ref", "") if isinstance(branch, dict) else ""
             if ref.startswith(prefix):
-                bases.add(ref[len(prefix):])
+                bases.add(ref[len(prefix) :])
     return bases
 
 
@@ -187,8 +194,10 @@ def _relocate(node: Any) -> Any:
     if isinstance(node, list):
         return [_relocate(v) for v in node]
     if isinstance(node, dict):
-        return {k: (ROOT + v if k == "$ref" and isinstance(v, str) and v.startswith("#") else _relocate(v))
-                for k, v in node.items()}
+        return {
+            k: (ROOT + v if k == "$ref" and isinstance(v, str) and v.startswith("#") else _relocate(v))
+            for k, v in node.items()
+        }
     return node
 
 
@@ -202,7 +211,7 @@ class SpecValidator:
 
     def _resolve(self, node: dict[str, Any]) -> dict[str, Any]:
         while "$ref" in node:
-            pointer = node["$ref"][len(ROOT) + 1:]
+            pointer = node["$ref"][len(ROOT) + 1 :]
             node = self.doc
             for part in pointer.strip("/").split("/"):
                 node = node[part.replace("~1", "/").replace("~0", "~")]
@@ -222,8 +231,10 @@ class SpecValidator:
 
     def errors(self, schema: dict[str, Any], instance: Any) -> list[str]:
         validator = jsonschema.Draft202012Validator(schema, registry=self.registry)
-        return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message[:300]}"
-                for e in validator.iter_errors(instance)]
+        return [
+            f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message[:300]}"
+            for e in validator.iter_errors(instance)
+        ]
 
     def check_request(self, method: str, path: str, body: Any) -> list[str]:
         return self.errors(self.request_schema(method, path), body)
@@ -243,8 +254,10 @@ def log_request_cases(mapping: dict[str, Any]) -> list[tuple[str, str, Any, bool
     bad_index["mappings"]["dynamic"] = "strictly"
     bad_latest = latest_body()
     bad_latest["sort"] = [{"@timestamp": {"order": "newest"}}]
-    return [("put", "/{index}", log_index_body(mapping), True),
-            ("put", "/{index}/_mapping", {"properties": mapping["properties"]}, True),
-            ("post", "/{index}/_search", latest_body(), True),
-            ("put", "/{index}", bad_index, False),
-            ("post", "/{index}/_search", bad_latest, False)]
+    return [
+        ("put", "/{index}", log_index_body(mapping), True),
+        ("put", "/{index}/_mapping", {"properties": mapping["properties"]}, True),
+        ("post", "/{index}/_search", latest_body(), True),
+        ("put", "/{index}", bad_index, False),
+        ("post", "/{index}/_search", bad_latest, False),
+    ]

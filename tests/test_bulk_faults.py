@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from hybrid_search.config.errors import IndexingError
-from hybrid_search.config.settings import load_settings
 from faults import BulkFaults, OpenSearchBulkFaults
-from hybrid_search.ingest.pipeline import run_ingest
-from hybrid_search.ingest.sources import open_source
+
 from hybrid_search.backends.elasticsearch import ElasticsearchBackend
 from hybrid_search.backends.opensearch import OpenSearchBackend
+from hybrid_search.config.errors import IndexingError
+from hybrid_search.config.settings import load_settings
+from hybrid_search.ingest.pipeline import run_ingest
+from hybrid_search.ingest.sources import open_source
+
 ENGINES = {
     "elasticsearch": ("noida_url", ElasticsearchBackend, BulkFaults),
     "opensearch": ("osmem_url", OpenSearchBackend, OpenSearchBulkFaults),
@@ -36,8 +37,14 @@ def engine(request):
 
 @pytest.fixture()
 def corpus(tmp_path):
-    rows = [{"_id": f"g{i}", "title": "" if f"g{i}" in BAD else f"Doc {i}", "text": "" if f"g{i}" in BAD else f"fault tolerant ingest {i}"}
-            for i in range(DOCS)]
+    rows = [
+        {
+            "_id": f"g{i}",
+            "title": "" if f"g{i}" in BAD else f"Doc {i}",
+            "text": "" if f"g{i}" in BAD else f"fault tolerant ingest {i}",
+        }
+        for i in range(DOCS)
+    ]
     path = tmp_path / "corpus.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return open_source(path)
@@ -45,12 +52,14 @@ def corpus(tmp_path):
 
 def _setup(engine, tmp_path, attempts=8):
     kind, url, backend_cls, faults_cls = engine
-    settings = load_settings(overrides={
-        "data_dir": str(tmp_path / "data"),
-        "backend": {"kind": kind, "urls": url, "bulk_docs": 10, "bulk_attempts": attempts,
-                    "backoff_max": 4.0},
-        "index": {"replicas": 0}, "ingest": {"batch_size": 100},
-    })
+    settings = load_settings(
+        overrides={
+            "data_dir": str(tmp_path / "data"),
+            "backend": {"kind": kind, "urls": url, "bulk_docs": 10, "bulk_attempts": attempts, "backoff_max": 4.0},
+            "index": {"replicas": 0},
+            "ingest": {"batch_size": 100},
+        }
+    )
     sleeps: list[float] = []
     backend = backend_cls(settings.backend, settings.index, sleep=sleeps.append)
     return settings, backend, sleeps, faults_cls
@@ -66,8 +75,11 @@ def _ids_stored_once(backend, alias):
 def test_every_fault_kind_during_bulk_loses_and_duplicates_nothing(engine, tmp_path, corpus, encoder):
     settings, backend, sleeps, faults_cls = _setup(engine, tmp_path)
     storm = ["storm429"] * 4  # a storm: four bulk requests in a row answered 429
-    faults_in_order = storm + ["item429", "http502", "drop_after", "http503", "drop_before", "http504",
-                               "item429", "drop_after"] + storm
+    faults_in_order = (
+        storm
+        + ["item429", "http502", "drop_after", "http503", "drop_before", "http504", "item429", "drop_after"]
+        + storm
+    )
     script = [step for fault in faults_in_order for step in (fault, None)]  # healthy answers in between
     with backend:
         faults = faults_cls(backend.client, script)
@@ -77,8 +89,15 @@ def test_every_fault_kind_during_bulk_loses_and_duplicates_nothing(engine, tmp_p
         ids, unique = _ids_stored_once(backend, "faulty")
         assert unique and set(ids) == {f"g{i}" for i in range(DOCS)} - BAD
         assert backend.count("faulty") == DOCS - len(BAD)
-        assert set(f for f in faults.seen if f) == {"storm429", "item429", "http502", "http503", "http504",
-                                                     "drop_before", "drop_after"}
+        assert set(f for f in faults.seen if f) == {
+            "storm429",
+            "item429",
+            "http502",
+            "http503",
+            "http504",
+            "drop_before",
+            "drop_after",
+        }
         assert sleeps and max(sleeps) <= 4.0  # backoff is capped
         assert len(set(sleeps)) > 1  # and jittered
         backend.drop_index("faulty")

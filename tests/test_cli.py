@@ -13,15 +13,23 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hybrid_search.app.cli", *args], capture_output=True, text=True,
-                          env=ENV, cwd=cwd or REPO, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "hybrid_search.app.cli", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=cwd or REPO,
+        timeout=300,
+    )
 
 
 def test_help_imports_no_heavy_library():
-    code = ("import sys, hybrid_search.app.cli as c\n"
-            "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('torch', 'transformers', 'faiss', 'tantivy', 'onnxruntime', 'datasets') "
-            "if m in sys.modules))")
+    code = (
+        "import sys, hybrid_search.app.cli as c\n"
+        "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'faiss', 'tantivy', 'onnxruntime', 'datasets') "
+        "if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=REPO)
     assert out.returncode == 0
     assert out.stdout.strip().endswith("[]")
@@ -50,8 +58,21 @@ def test_ingest_search_eval_on_the_sample(tmp_path):
     assert result["mode"] == "hybrid" and result["hits"][0]["doc_id"] == "d06"
 
     report = tmp_path / "eval.json"
-    out = run("eval", str(SAMPLE), "--index", "demo", "--data-dir", data, "--quiet", "--json", str(report),
-              "--modes", "bm25,knn,hybrid,hybrid+rerank", "--rerank-depth", "10")
+    out = run(
+        "eval",
+        str(SAMPLE),
+        "--index",
+        "demo",
+        "--data-dir",
+        data,
+        "--quiet",
+        "--json",
+        str(report),
+        "--modes",
+        "bm25,knn,hybrid,hybrid+rerank",
+        "--rerank-depth",
+        "10",
+    )
     assert out.returncode == 0, out.stderr
     assert "hybrid+rerank" in out.stdout and "nDCG@10" in out.stdout
     modes = json.loads(report.read_text())["modes"]
@@ -86,14 +107,19 @@ def test_a_typo_in_id_field_fails_and_keeps_the_index_then_rollback(tmp_path):
 
 
 def test_a_missing_extra_is_one_line_naming_it(tmp_path):
-    for backend, module, extra in (("elasticsearch", "elasticsearch", "elasticsearch"),
-                                   ("opensearch", "opensearchpy", "opensearch")):
-        code = (f"import sys; sys.modules[{module!r}] = None\n"  # as if the extra were not installed
-                "from hybrid_search.app.cli import main\n"
-                f"sys.exit(main(['search', 'x', '--mode', 'bm25', '--backend', {backend!r}, "
-                "'--url', 'http://127.0.0.1:9']))")
+    for backend, module, extra in (
+        ("elasticsearch", "elasticsearch", "elasticsearch"),
+        ("opensearch", "opensearchpy", "opensearch"),
+    ):
+        code = (
+            f"import sys; sys.modules[{module!r}] = None\n"  # as if the extra were not installed
+            "from hybrid_search.app.cli import main\n"
+            f"sys.exit(main(['search', 'x', '--mode', 'bm25', '--backend', {backend!r}, "
+            "'--url', 'http://127.0.0.1:9']))"
+        )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=tmp_path)
         assert out.returncode == 2 and "Traceback" not in out.stderr
         assert out.stderr.strip().splitlines() == [
             f"error: the {'Elasticsearch' if backend == 'elasticsearch' else 'OpenSearch'} backend needs the "
-            f"{module!r} package, which is not installed: pip install 'hybrid-search[{extra}]'"]
+            f"{module!r} package, which is not installed: pip install 'hybrid-search[{extra}]'"
+        ]

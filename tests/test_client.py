@@ -6,12 +6,16 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from conftest import SAMPLE
+
 from hybrid_search import ConfigError, HybridSearch, IndexNotFound, load_settings
 
-QUERIES = ["how do I keep my sourdough starter alive", "what temperature water for green tea",
-           "why does bread get hard after a few days", "how do batteries make electricity"]
+QUERIES = [
+    "how do I keep my sourdough starter alive",
+    "what temperature water for green tea",
+    "why does bread get hard after a few days",
+    "how do batteries make electricity",
+]
 
 
 @pytest.fixture()
@@ -104,8 +108,9 @@ def test_the_snippet_through_elasticsearch(noida_url, corpus):
     index = "client-es"
     with HybridSearch(index=index, backend="elasticsearch", url=noida_url) as hs:
         hs.ingest(str(corpus), metadata_fields=["lang"])
-        result = hs.search("what temperature water for green tea", mode="hybrid+rerank", top_k=5,
-                           filters={"lang": "en"})
+        result = hs.search(
+            "what temperature water for green tea", mode="hybrid+rerank", top_k=5, filters={"lang": "en"}
+        )
         assert result.hits[0].doc_id == "d06" and result.fusion_location == "server"
         assert all(h.metadata["lang"] == "en" for h in result.hits)
         assert hs.stats().count == 40

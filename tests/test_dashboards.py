@@ -24,12 +24,13 @@ import urllib.request
 from email.parser import BytesParser
 from email.policy import default
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-import pytest
 
-from hybrid_search.config.errors import ConfigError, DashboardsError
+import pytest
+from servers import docker_available, free_port
+
 from hybrid_search.app.dashboards import PRODUCTS, SAVED_OBJECTS_DIR, install_saved_objects, saved_objects
 from hybrid_search.backends.logsinks import mapping_fields
-from servers import docker_available, free_port
+from hybrid_search.config.errors import ConfigError, DashboardsError
 
 ENGINE = {"kibana": "elasticsearch", "opensearch-dashboards": "opensearch"}
 
@@ -45,8 +46,9 @@ def _generator():
 @pytest.mark.parametrize("product", sorted(PRODUCTS))
 def test_files_are_what_the_generator_writes(product):
     gen = _generator()
-    assert (SAVED_OBJECTS_DIR / PRODUCTS[product].file).read_text(encoding="utf-8") == gen.render(product), \
+    assert (SAVED_OBJECTS_DIR / PRODUCTS[product].file).read_text(encoding="utf-8") == gen.render(product), (
         "saved objects are stale: run python config/dashboards/generate.py and commit the result"
+    )
 
 
 def _kuery_fields(query: str) -> set[str]:
@@ -74,14 +76,17 @@ def _referenced_fields(obj: dict) -> set[str]:
 
 @pytest.mark.parametrize("product", sorted(PRODUCTS))
 def test_every_referenced_field_exists_in_the_code_mappings(product):
+    from hybrid_search.app.logs import INGEST_LOG_MAPPING, QUERY_LOG_MAPPING
     from hybrid_search.backends.base import IndexSpec
     from hybrid_search.backends.elasticsearch import es_index_body
     from hybrid_search.backends.opensearch import os_index_body
-    from hybrid_search.app.logs import INGEST_LOG_MAPPING, QUERY_LOG_MAPPING
 
     corpus = (es_index_body if ENGINE[product] == "elasticsearch" else os_index_body)(IndexSpec(dims=384))
-    by_title = {"corpus": mapping_fields(corpus["mappings"]), "corpus-queries": mapping_fields(QUERY_LOG_MAPPING),
-                "corpus-ingest": mapping_fields(INGEST_LOG_MAPPING)}
+    by_title = {
+        "corpus": mapping_fields(corpus["mappings"]),
+        "corpus-queries": mapping_fields(QUERY_LOG_MAPPING),
+        "corpus-ingest": mapping_fields(INGEST_LOG_MAPPING),
+    }
     objects = saved_objects(product)
     patterns = {o["id"]: o["attributes"]["title"] for o in objects if o["type"] == "index-pattern"}
     assert sorted(patterns.values()) == sorted(by_title)
@@ -93,8 +98,12 @@ def test_every_referenced_field_exists_in_the_code_mappings(product):
             assert name in by_title[title], f"{obj['type']} {obj['id']} uses {name!r}, not in the {title} mapping"
             checked += 1
     assert checked > 40
-    assert "vector" in json.loads(next(o for o in objects if o["id"] == "hybrid-search-corpus")
-                                  ["attributes"]["sourceFilters"])[0]["value"]  # hidden in Discover
+    assert (
+        "vector"
+        in json.loads(next(o for o in objects if o["id"] == "hybrid-search-corpus")["attributes"]["sourceFilters"])[0][
+            "value"
+        ]
+    )  # hidden in Discover
 
 
 @pytest.mark.parametrize("product", sorted(PRODUCTS))
@@ -109,8 +118,14 @@ def test_references_resolve_and_the_dashboard_has_every_panel(product):
     panels = json.loads(dash["attributes"]["panelsJSON"])
     assert {p["panelRefName"] for p in panels} == {r["name"] for r in dash["references"]}
     titles = {o["attributes"]["title"] for o in objects if o["type"] in ("visualization", "search")}
-    for wanted in ("Searches over time", "Latency p50 / p95", "Zero-result rate", "Top queries",
-                   "Reranker rank changes", "Ingest runs"):
+    for wanted in (
+        "Searches over time",
+        "Latency p50 / p95",
+        "Zero-result rate",
+        "Top queries",
+        "Reranker rank changes",
+        "Ingest runs",
+    ):
         assert any(t.startswith(wanted) for t in titles), wanted
     envelope = "typeMigrationVersion" if product == "kibana" else "migrationVersion"
     assert all(envelope in o for o in objects)
@@ -147,7 +162,8 @@ class ImportApi:
             return 400, {"message": f"Request must contain a {self.header} header."}
         raw = handler.rfile.read(int(handler.headers["Content-Length"]))
         message = BytesParser(policy=default).parsebytes(
-            f"Content-Type: {handler.headers['Content-Type']}\r\n\r\n".encode() + raw)
+            f"Content-Type: {handler.headers['Content-Type']}\r\n\r\n".encode() + raw
+        )
         (part,) = [p for p in message.iter_parts() if p.get_param("name", header="content-disposition") == "file"]
         lines = part.get_payload(decode=True).decode("utf-8").splitlines()
         objects = [json.loads(line) for line in lines if line.strip()]
@@ -166,7 +182,7 @@ class ImportApi:
 @contextlib.contextmanager
 def serve(api: ImportApi):
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's naming
+        def do_POST(self):
             if not self.path.startswith(("/api/saved_objects/_import", "/s/")):
                 status, body = 404, {"message": "Not Found"}
             else:
@@ -212,10 +228,25 @@ def test_install_waits_for_a_starting_product_and_names_refused_objects():
         api.script = [(503, {"message": "Kibana server is not ready yet"})] * 2
         result = install_saved_objects(url, "kibana", sleep=naps.append)
         assert len(naps) == 2 and len(result.objects) == len(api.stored)
-        api.script = [(200, {"success": False, "successCount": 13, "errors": [
-            {"id": "hybrid-search-corpus-latency", "type": "visualization", "error": {"type": "missing_references"}}]})]
-        with pytest.raises(DashboardsError, match="refused: visualization hybrid-search-corpus-latency: "
-                                                   "missing_references"):
+        api.script = [
+            (
+                200,
+                {
+                    "success": False,
+                    "successCount": 13,
+                    "errors": [
+                        {
+                            "id": "hybrid-search-corpus-latency",
+                            "type": "visualization",
+                            "error": {"type": "missing_references"},
+                        }
+                    ],
+                },
+            )
+        ]
+        with pytest.raises(
+            DashboardsError, match="refused: visualization hybrid-search-corpus-latency: missing_references"
+        ):
             install_saved_objects(url, "kibana")
         api.script = [(401, {"message": "Unauthorized"})]
         with pytest.raises(DashboardsError, match="refused the credentials"):
@@ -229,21 +260,22 @@ def test_install_waits_for_a_starting_product_and_names_refused_objects():
 
 def test_install_against_nothing_says_what_to_check():
     with pytest.raises(DashboardsError, match=r"did not answer .*docker compose --profile opensearch up"):
-        install_saved_objects(f"http://127.0.0.1:{free_port()}", "opensearch-dashboards", attempts=2,
-                              sleep=lambda s: None)
+        install_saved_objects(
+            f"http://127.0.0.1:{free_port()}", "opensearch-dashboards", attempts=2, sleep=lambda s: None
+        )
     with pytest.raises(ConfigError, match="http://"):
         install_saved_objects("localhost:5601", "kibana")
 
 
 def test_cli_install_inspect_and_query_log(tmp_path):
-    from test_cli import run
-
     from conftest import SAMPLE
+    from test_cli import run
 
     data = str(tmp_path / "data")
     assert run("ingest", str(SAMPLE), "--index", "demo", "--data-dir", data, "--quiet").returncode == 0
-    out = run("search", "green tea", "--index", "demo", "--data-dir", data, "--mode", "bm25", "--log-queries",
-              "--quiet")
+    out = run(
+        "search", "green tea", "--index", "demo", "--data-dir", data, "--mode", "bm25", "--log-queries", "--quiet"
+    )
     assert out.returncode == 0 and "1 written, 0 dropped, 0 failed of 1" in out.stderr
     out = run("inspect", "--index", "demo", "--data-dir", data, "--json")
     assert out.returncode == 0, out.stderr
@@ -262,13 +294,18 @@ def test_cli_install_inspect_and_query_log(tmp_path):
 
 # --- real products (testcontainers) ---------------------------------------------------------------
 STACKS = {
-    "kibana": ("docker.elastic.co/elasticsearch/elasticsearch:9.1.5", "docker.elastic.co/kibana/kibana:9.1.5",
-               {"discovery.type": "single-node", "xpack.security.enabled": "false"},
-               {"ELASTICSEARCH_HOSTS": "http://engine:9200"}),
-    "opensearch-dashboards": ("opensearchproject/opensearch:3.2.0", "opensearchproject/opensearch-dashboards:3.2.0",
-                              {"discovery.type": "single-node", "DISABLE_SECURITY_PLUGIN": "true",
-                               "DISABLE_INSTALL_DEMO_CONFIG": "true"},
-                              {"OPENSEARCH_HOSTS": '["http://engine:9200"]', "DISABLE_SECURITY_DASHBOARDS_PLUGIN": "true"}),
+    "kibana": (
+        "docker.elastic.co/elasticsearch/elasticsearch:9.1.5",
+        "docker.elastic.co/kibana/kibana:9.1.5",
+        {"discovery.type": "single-node", "xpack.security.enabled": "false"},
+        {"ELASTICSEARCH_HOSTS": "http://engine:9200"},
+    ),
+    "opensearch-dashboards": (
+        "opensearchproject/opensearch:3.2.0",
+        "opensearchproject/opensearch-dashboards:3.2.0",
+        {"discovery.type": "single-node", "DISABLE_SECURITY_PLUGIN": "true", "DISABLE_INSTALL_DEMO_CONFIG": "true"},
+        {"OPENSEARCH_HOSTS": '["http://engine:9200"]', "DISABLE_SECURITY_DASHBOARDS_PLUGIN": "true"},
+    ),
 }
 
 

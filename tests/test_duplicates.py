@@ -7,11 +7,11 @@ import math
 
 import pytest
 
+from hybrid_search.app.duplicates import average_precision, best_f1, mine_duplicates, write_pairs
+from hybrid_search.backends.embedded import EmbeddedBackend
 from hybrid_search.config.settings import load_settings
 from hybrid_search.ingest.pipeline import run_ingest
 from hybrid_search.ingest.sources import open_source
-from hybrid_search.app.duplicates import average_precision, best_f1, mine_duplicates, write_pairs
-from hybrid_search.backends.embedded import EmbeddedBackend
 
 QUESTIONS = {
     "a1": "How do I learn Python programming quickly?",

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 
+from hybrid_search.app.evaluate import evaluate, select_queries
+from hybrid_search.backends.embedded import EmbeddedBackend
 from hybrid_search.config.settings import load_settings
 from hybrid_search.ingest.pipeline import run_ingest
 from hybrid_search.ingest.sources import open_query_set, open_source
-from hybrid_search.backends.embedded import EmbeddedBackend
-from hybrid_search.app.evaluate import evaluate, select_queries
 from hybrid_search.search.searcher import HybridSearcher
 
 MODES = ("bm25", "knn", "hybrid", "hybrid+rerank")
@@ -28,11 +28,14 @@ CASES = {
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("name", [
-    "nq-open-gold-passages",
-    # 20k documents take about two minutes to encode on two cores: opt-in to keep the suite short
-    pytest.param("quora-duplicates-20k", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "nq-open-gold-passages",
+        # 20k documents take about two minutes to encode on two cores: opt-in to keep the suite short
+        pytest.param("quora-duplicates-20k", marks=pytest.mark.slow),
+    ],
+)
 def test_every_mode_meets_its_floor(name, shared_data, memo_encoder, reranker, tmp_path, capsys):
     folder = shared_data / name
     if not folder.is_dir():
@@ -44,7 +47,9 @@ def test_every_mode_meets_its_floor(name, shared_data, memo_encoder, reranker, t
         assert summary.rejected == 0 and summary.stored == summary.read == backend.count(name)
         qs = open_query_set(folder)
         queries = select_queries(qs.queries, qs.qrels, n_queries)
-        searcher = HybridSearcher(backend, index=name, encoder=memo_encoder, reranker=reranker, settings=settings.search)
+        searcher = HybridSearcher(
+            backend, index=name, encoder=memo_encoder, reranker=reranker, settings=settings.search
+        )
         report = evaluate(searcher, queries, qs.qrels, MODES)
     with capsys.disabled():
         print(f"\n{name} ({len(queries)} queries, rerank depth {depth}, {summary.docs_per_s:.0f} docs/s ingest)")
@@ -75,8 +80,13 @@ def test_elasticsearch_matches_embedded_on_nq(shared_data, memo_encoder, tmp_pat
     reports = {}
     with noida_elasticsearch(tmp_path / "noida") as url:
         for kind in ("embedded", "elasticsearch"):
-            settings = load_settings(overrides={"data_dir": str(tmp_path / kind), "index": {"replicas": 0},
-                                                "backend": {"kind": kind, "urls": url}})
+            settings = load_settings(
+                overrides={
+                    "data_dir": str(tmp_path / kind),
+                    "index": {"replicas": 0},
+                    "backend": {"kind": kind, "urls": url},
+                }
+            )
             from hybrid_search.backends.base import open_backend
 
             with open_backend(settings) as backend:

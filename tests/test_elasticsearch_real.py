@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from backend_contract import SPEC, BackendContract, corpus, unit
+from servers import docker_available
+
+from hybrid_search.backends.elasticsearch import ElasticsearchBackend
 from hybrid_search.config.settings import BackendSettings, IndexSettings
 from hybrid_search.search.interfaces import ServerFusion
-from hybrid_search.backends.elasticsearch import ElasticsearchBackend
-from servers import docker_available
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration]
 
-IMAGES = ["docker.elastic.co/elasticsearch/elasticsearch:8.15.3",
-          "docker.elastic.co/elasticsearch/elasticsearch:9.1.5"]
+IMAGES = ["docker.elastic.co/elasticsearch/elasticsearch:8.15.3", "docker.elastic.co/elasticsearch/elasticsearch:9.1.5"]
 
 
 @pytest.fixture(scope="module", params=IMAGES, ids=["es8", "es9"])
@@ -52,7 +51,8 @@ def test_server_side_fusion_on_a_real_engine(backend, method):
     query_vec = unit(0, 0, 0, 0, 0, 0, 0, 1.0)
     if method == "linear" and backend.server.version < (8, 18, 0):
         pytest.skip(f"linear retriever needs 8.18+, this image is {backend.server.version_text}")
-    hits = backend.search_hybrid("fusion", "tomato soup", query_vec, 3, bm25_depth=10, knn_depth=10,
-                                 num_candidates=20, fusion=fusion)
+    hits = backend.search_hybrid(
+        "fusion", "tomato soup", query_vec, 3, bm25_depth=10, knn_depth=10, num_candidates=20, fusion=fusion
+    )
     assert hits[0].doc_id in {"d7", "d9"} and np.isfinite(hits[0].score)
     backend.drop_index("fusion")

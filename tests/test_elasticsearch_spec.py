@@ -11,14 +11,17 @@ import numpy as np
 import pytest
 from elasticsearch import helpers
 
-from hybrid_search.config.settings import BackendSettings, IndexSettings
 from hybrid_search.backends.base import IndexedDocument, IndexSpec
-from hybrid_search.search.interfaces import ServerFusion
 from hybrid_search.backends.cluster import ServerInfo, alias_actions, bm25_body
 from hybrid_search.backends.elasticsearch import ElasticsearchBackend, es_hybrid_body, es_index_body, es_knn_body
+from hybrid_search.config.settings import BackendSettings, IndexSettings
+from hybrid_search.search.interfaces import ServerFusion
 
-ES815, ES817, ESMAIN = ("es-8.15-elasticsearch-openapi.json", "es-8.17-elasticsearch-openapi.json",
-                        "es-main-elasticsearch-serverless-openapi.json")
+ES815, ES817, ESMAIN = (
+    "es-8.15-elasticsearch-openapi.json",
+    "es-8.17-elasticsearch-openapi.json",
+    "es-main-elasticsearch-serverless-openapi.json",
+)
 STACK = (ES815, ES817)
 VEC = np.linspace(-1, 1, 8).astype(np.float32)
 FILTERS = (None, {"lang": "en"}, {"lang": "en", "topic": ["a", "b"]})
@@ -35,8 +38,9 @@ def spec(shared):
 
 
 def backend_at(version, **index_kw) -> ElasticsearchBackend:
-    b = ElasticsearchBackend(BackendSettings(kind="elasticsearch", urls=("http://127.0.0.1:9",)),
-                             IndexSettings(**index_kw))
+    b = ElasticsearchBackend(
+        BackendSettings(kind="elasticsearch", urls=("http://127.0.0.1:9",)), IndexSettings(**index_kw)
+    )
     b.__dict__["server"] = ServerInfo("elasticsearch", version)  # bodies only: nothing connects
     return b
 
@@ -54,8 +58,9 @@ def broken(v, method, path, body):
 @pytest.mark.parametrize("options", ["hnsw", "int8_hnsw"])
 @pytest.mark.parametrize("loading", [True, False])
 def test_index_creation(spec, name, options, loading):
-    body = backend_at((8, 17, 0), es_vector_index=options).index_body(IndexSpec(dims=384, analyzer="english"),
-                                                                      loading=loading)
+    body = backend_at((8, 17, 0), es_vector_index=options).index_body(
+        IndexSpec(dims=384, analyzer="english"), loading=loading
+    )
     ok(spec(name), "put", "/{index}", body)
     bad = copy.deepcopy(body)
     bad["mappings"]["properties"]["vector"]["dimz"] = bad["mappings"]["properties"]["vector"].pop("dims")
@@ -74,8 +79,18 @@ def test_settings_and_alias_bodies(spec, name):
     b = backend_at((8, 15, 3))
     for body in (b._loading_settings(), b._serving_settings()):
         ok(spec(name), "put", "/{index}/_settings", body)
-    ok(spec(name), "post", "/_aliases", alias_actions({"docs": (["docs-1"], "docs-2"), "docs-previous": (["docs-0"], "docs-1")}))
-    ok(spec(name), "post", "/_aliases", alias_actions({"docs": ([], "docs-2"), "docs-previous": ([], None)}, remove_index="docs"))
+    ok(
+        spec(name),
+        "post",
+        "/_aliases",
+        alias_actions({"docs": (["docs-1"], "docs-2"), "docs-previous": (["docs-0"], "docs-1")}),
+    )
+    ok(
+        spec(name),
+        "post",
+        "/_aliases",
+        alias_actions({"docs": ([], "docs-2"), "docs-previous": ([], None)}, remove_index="docs"),
+    )
     broken(spec(name), "post", "/_aliases", {"actions": [{"add": {"indexx": "docs-2", "alias": "docs"}}]})
     broken(spec(name), "put", "/{index}/_settings", {"index": {"refresh_intervall": "1s"}})
 
@@ -105,17 +120,29 @@ def test_bm25_and_knn_search_bodies(spec, name, filters):
     broken(v, "post", "/{index}/_search", bad)
 
 
-@pytest.mark.parametrize("name,version,fusion", [
-    (ES815, (8, 15, 3), ServerFusion("rrf", rrf_k=20)),
-    (ES817, (8, 17, 0), ServerFusion("rrf")),
-    (ESMAIN, (9, 1, 0), ServerFusion("rrf", bm25_weight=0.3, knn_weight=0.7)),
-    (ESMAIN, (9, 0, 0), ServerFusion("linear", bm25_weight=0.3, knn_weight=0.7)),
-])
+@pytest.mark.parametrize(
+    "name,version,fusion",
+    [
+        (ES815, (8, 15, 3), ServerFusion("rrf", rrf_k=20)),
+        (ES817, (8, 17, 0), ServerFusion("rrf")),
+        (ESMAIN, (9, 1, 0), ServerFusion("rrf", bm25_weight=0.3, knn_weight=0.7)),
+        (ESMAIN, (9, 0, 0), ServerFusion("linear", bm25_weight=0.3, knn_weight=0.7)),
+    ],
+)
 @pytest.mark.parametrize("filters", FILTERS)
 def test_server_fusion_bodies(spec, name, version, fusion, filters):
     v = spec(name)
-    body = es_hybrid_body("hybrid search", VEC, 10, bm25_depth=100, knn_depth=50, num_candidates=200,
-                          fusion=fusion, filters=filters, version=version)
+    body = es_hybrid_body(
+        "hybrid search",
+        VEC,
+        10,
+        bm25_depth=100,
+        knn_depth=50,
+        num_candidates=200,
+        fusion=fusion,
+        filters=filters,
+        version=version,
+    )
     ok(v, "post", "/{index}/_search", body)
     bad = copy.deepcopy(body)
     inner = bad["retriever"][fusion.method]
@@ -126,25 +153,49 @@ def test_server_fusion_bodies(spec, name, version, fusion, filters):
 def test_retrievers_the_old_spec_lacks_are_gated(spec):
     from hybrid_search.config.errors import FusionUnsupported
 
-    for fusion, version in ((ServerFusion("linear"), (8, 17, 0)), (ServerFusion("rrf", bm25_weight=0.2), (8, 17, 0)),
-                            (ServerFusion("rrf"), (8, 13, 0)), (ServerFusion("linear", normalizer="zscore"), (9, 0, 0))):
+    for fusion, version in (
+        (ServerFusion("linear"), (8, 17, 0)),
+        (ServerFusion("rrf", bm25_weight=0.2), (8, 17, 0)),
+        (ServerFusion("rrf"), (8, 13, 0)),
+        (ServerFusion("linear", normalizer="zscore"), (9, 0, 0)),
+    ):
         with pytest.raises(FusionUnsupported):
-            es_hybrid_body("q", VEC, 10, bm25_depth=10, knn_depth=10, num_candidates=10, fusion=fusion, filters=None,
-                           version=version)
-    linear = es_hybrid_body("q", VEC, 10, bm25_depth=10, knn_depth=10, num_candidates=10,
-                            fusion=ServerFusion("linear"), filters=None, version=(9, 0, 0))
+            es_hybrid_body(
+                "q",
+                VEC,
+                10,
+                bm25_depth=10,
+                knn_depth=10,
+                num_candidates=10,
+                fusion=fusion,
+                filters=None,
+                version=version,
+            )
+    linear = es_hybrid_body(
+        "q",
+        VEC,
+        10,
+        bm25_depth=10,
+        knn_depth=10,
+        num_candidates=10,
+        fusion=ServerFusion("linear"),
+        filters=None,
+        version=(9, 0, 0),
+    )
     broken(spec(ES817), "post", "/{index}/_search", linear)  # 8.17's spec has no linear retriever either
 
 
 @pytest.mark.parametrize("name", STACK)
 @pytest.mark.parametrize("log_mapping", ["queries", "ingest"])
 def test_log_index_bodies(spec, name, log_mapping):
-    from hybrid_search.app.logs import INGEST_LOG_MAPPING, QUERY_LOG_MAPPING
     from specs import log_request_cases
 
+    from hybrid_search.app.logs import INGEST_LOG_MAPPING, QUERY_LOG_MAPPING
+
     v = spec(name)
-    for method, path, body, valid in log_request_cases(QUERY_LOG_MAPPING if log_mapping == "queries"
-                                                       else INGEST_LOG_MAPPING):
+    for method, path, body, valid in log_request_cases(
+        QUERY_LOG_MAPPING if log_mapping == "queries" else INGEST_LOG_MAPPING
+    ):
         (ok if valid else broken)(v, method, path, body)
     header, _ = helpers.expand_action({"_op_type": "create", "_index": "x-queries", "_id": "a1", "_source": {}})
     assert v.errors(v.schema("_global.bulk:OperationContainer"), header) == []

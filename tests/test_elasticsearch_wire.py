@@ -12,15 +12,15 @@ import logging
 
 import numpy as np
 import pytest
-
 from backend_contract import SPEC, BackendContract, corpus, unit
+from servers import free_port
+
+from hybrid_search.backends.base import IndexedDocument
+from hybrid_search.backends.elasticsearch import ElasticsearchBackend
 from hybrid_search.config.errors import BackendUnavailable, ConfigError
 from hybrid_search.config.settings import BackendSettings, IndexSettings, SearchSettings
-from hybrid_search.backends.base import IndexedDocument
 from hybrid_search.search.interfaces import ServerFusion
-from hybrid_search.backends.elasticsearch import ElasticsearchBackend
 from hybrid_search.search.searcher import HybridSearcher
-from servers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -105,8 +105,16 @@ def test_rrf_runs_on_the_server(backend, caplog):
     backend.upsert("rrf", corpus())
     backend.refresh("rrf")
     fusion = ServerFusion(method="rrf", rrf_k=60)
-    hits = backend.search_hybrid("rrf", "tomato soup", unit(0, 0, 0, 0, 0, 0, 0, 1.0), 3, bm25_depth=10,
-                                 knn_depth=10, num_candidates=20, fusion=fusion)
+    hits = backend.search_hybrid(
+        "rrf",
+        "tomato soup",
+        unit(0, 0, 0, 0, 0, 0, 0, 1.0),
+        3,
+        bm25_depth=10,
+        knn_depth=10,
+        num_candidates=20,
+        fusion=fusion,
+    )
     assert hits[0].doc_id in {"d7", "d9"} and hits[0].fusion_score == hits[0].score
     backend.drop_index("rrf")
 
@@ -154,9 +162,14 @@ def test_cli_ingest_and_search_against_the_stand_in(es_url, tmp_path):
     from conftest import REPO, SAMPLE
 
     env_args = ["--backend", "elasticsearch", "--url", es_url, "--data-dir", str(tmp_path), "--quiet"]
-    run = lambda *a: subprocess.run([sys.executable, "-m", "hybrid_search.app.cli", *a, *env_args], capture_output=True,  # noqa: E731
-                                    text=True, cwd=REPO, timeout=300,
-                                    env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    run = lambda *a: subprocess.run(
+        [sys.executable, "-m", "hybrid_search.app.cli", *a, *env_args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
     out = run("ingest", str(SAMPLE), "--index", "cli-sample")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["stored"] == 40

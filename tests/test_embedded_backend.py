@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from backend_contract import SPEC, BackendContract, corpus, unit
+
 from hybrid_search.backends.base import IndexedDocument
 from hybrid_search.backends.embedded import EmbeddedBackend
 

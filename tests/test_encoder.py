@@ -70,7 +70,9 @@ def test_pool_modes_by_hand():
 def test_pooling_config_is_read_from_the_model(tmp_path, encoder):
     assert PoolingConfig.from_model_dir(encoder.folder) == PoolingConfig("mean", True)
     (tmp_path / "1_Pooling").mkdir()
-    (tmp_path / "modules.json").write_text(json.dumps([{"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (tmp_path / "modules.json").write_text(
+        json.dumps([{"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}])
+    )
     (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
     assert PoolingConfig.from_model_dir(tmp_path).mode == "cls"
     assert PoolingConfig.from_model_dir(tmp_path / "1_Pooling").mode == "mean"  # no modules.json

@@ -37,7 +37,9 @@ def test_minmax_by_hand_and_zero_range():
 
 def test_zscore_by_hand_and_zero_spread():
     # mean 8, population std sqrt(((4)^2 + 1^2 + 5^2)/3) = sqrt(14)
-    assert normalize_zscore([12.0, 9.0, 3.0]) == pytest.approx([4 / math.sqrt(14), 1 / math.sqrt(14), -5 / math.sqrt(14)])
+    assert normalize_zscore([12.0, 9.0, 3.0]) == pytest.approx(
+        [4 / math.sqrt(14), 1 / math.sqrt(14), -5 / math.sqrt(14)]
+    )
     assert normalize_zscore([2.0]) == [0.0]
     assert normalize_zscore([]) == []
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from hybrid_search.config.errors import BadRecordError, ConfigError, IndexingError
 from conftest import logged_ingest
+
+from hybrid_search.backends.embedded import EmbeddedBackend
+from hybrid_search.config.errors import BadRecordError, ConfigError, IndexingError
 from hybrid_search.ingest.pipeline import Checkpoint, run_ingest
 from hybrid_search.ingest.sources import open_source
-from hybrid_search.backends.embedded import EmbeddedBackend
 
 
 class Crash(Exception):
@@ -41,8 +41,7 @@ class LossyBackend(CrashingBackend):
     """The real backend, acknowledging one document it never stores."""
 
     def upsert(self, index, docs):
-        return self.inner.upsert(index, docs[1:]).__class__(
-            stored=tuple(d.doc_id for d in docs), failed=())
+        return self.inner.upsert(index, docs[1:]).__class__(stored=tuple(d.doc_id for d in docs), failed=())
 
 
 class CountingEncoder:
@@ -61,7 +60,9 @@ class CountingEncoder:
 
 @pytest.fixture()
 def dirty(tmp_path):
-    lines = [json.dumps({"_id": f"g{i}", "title": f"Title {i}", "text": f"good document number {i}"}) for i in range(50)]
+    lines = [
+        json.dumps({"_id": f"g{i}", "title": f"Title {i}", "text": f"good document number {i}"}) for i in range(50)
+    ]
     lines[10] = '{"_id": "g10", "text": '  # malformed
     lines[20] = json.dumps({"_id": "g3", "text": "duplicate"})
     lines[30] = json.dumps({"_id": "g30", "text": ""})

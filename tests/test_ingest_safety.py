@@ -11,18 +11,20 @@ import json
 import logging
 
 import pytest
-
 from conftest import SAMPLE
-from hybrid_search.config.errors import BadRecordError, IndexingError, IndexNotFound
+
 from hybrid_search.backends.embedded import EmbeddedBackend
+from hybrid_search.config.errors import BadRecordError, IndexingError, IndexNotFound
 from hybrid_search.ingest.pipeline import Checkpoint, run_ingest
 from hybrid_search.ingest.sources import FieldMap, open_source
 
 
 def _jsonl(tmp_path, name, n, start=0):
     path = tmp_path / name
-    path.write_text("".join(json.dumps({"_id": f"x{i}", "text": f"short document {i}"}) + "\n"
-                            for i in range(start, start + n)), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps({"_id": f"x{i}", "text": f"short document {i}"}) + "\n" for i in range(start, start + n)),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -47,7 +49,9 @@ def serving(settings, encoder):
 
 def test_all_records_rejected_keeps_the_serving_index(settings, encoder, serving):
     before = _physical_indexes(serving)
-    typo = open_source(SAMPLE / "corpus.jsonl", FieldMap(id_fields=("doc_id",)))  # a typo in --id-field: every record lacks it
+    typo = open_source(
+        SAMPLE / "corpus.jsonl", FieldMap(id_fields=("doc_id",))
+    )  # a typo in --id-field: every record lacks it
     with pytest.raises(IndexingError, match=r"nothing was stored.*40 read, 40 rejected.*'live' is unchanged"):
         run_ingest(typo, serving, encoder, settings, alias="live")
     assert serving.count("live") == 40
@@ -78,8 +82,7 @@ def test_a_much_smaller_build_is_refused_unless_allowed(settings, encoder, servi
         run_ingest(small, serving, encoder, settings, alias="live")
     assert serving.count("live") == 40
     # the refused build is complete and kept: --resume with --allow-shrink serves it without re-encoding
-    summary = run_ingest(small, serving, encoder, _with_ingest(settings, allow_shrink=True), alias="live",
-                         resume=True)
+    summary = run_ingest(small, serving, encoder, _with_ingest(settings, allow_shrink=True), alias="live", resume=True)
     assert summary.resumed and summary.stored == 5 and serving.count("live") == 5
 
 
@@ -127,6 +130,8 @@ def test_a_fresh_ingest_says_it_discards_an_interrupted_build(settings, encoder,
     Checkpoint(alias="live", physical=physical, source="old.jsonl", model="m", read=12).save(ckpt_path)
     with caplog.at_level(logging.WARNING):
         run_ingest(open_source(_jsonl(tmp_path, "n.jsonl", 39)), serving, encoder, settings, alias="live")
-    assert any("discarding the interrupted ingest of 'live'" in r.getMessage() and "12 records" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "discarding the interrupted ingest of 'live'" in r.getMessage() and "12 records" in r.getMessage()
+        for r in caplog.records
+    )
     assert not serving.index_exists(physical)

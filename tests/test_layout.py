@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 # subpackage -> the subpackages it may import (besides itself); README "Package map" says the same
@@ -72,8 +71,9 @@ def test_every_module_imports_alone_in_a_fresh_interpreter(package, tmp_path):
     modules = [dotted for pkg, dotted, _ in _modules() if pkg == package]
 
     def load(dotted: str) -> tuple[str, int, str]:
-        out = subprocess.run([sys.executable, "-c", f"import {dotted}"], capture_output=True, text=True,
-                             cwd=tmp_path, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-c", f"import {dotted}"], capture_output=True, text=True, cwd=tmp_path, timeout=120
+        )
         return dotted, out.returncode, out.stderr[-400:]
 
     with ThreadPoolExecutor(max_workers=2) as pool:

@@ -13,10 +13,6 @@ import threading
 
 import pytest
 
-from hybrid_search.config.settings import LogSettings, SearchSettings, load_settings
-from hybrid_search.ingest.pipeline import run_ingest
-from hybrid_search.ingest.sources import open_source
-from hybrid_search.backends.embedded import EmbeddedBackend
 from hybrid_search.app.logs import (
     INGEST_LOG_MAPPING,
     QUERY_LOG_MAPPING,
@@ -24,7 +20,10 @@ from hybrid_search.app.logs import (
     ingest_log_index,
     query_log_doc,
 )
+from hybrid_search.backends.embedded import EmbeddedBackend
 from hybrid_search.backends.logsinks import JsonlLogSink, check_document
+from hybrid_search.config.settings import LogSettings, SearchSettings, load_settings
+from hybrid_search.ingest.sources import open_source
 from hybrid_search.search.searcher import HybridSearcher
 
 MODES = ("bm25", "knn", "hybrid", "hybrid+rerank")
@@ -68,8 +67,14 @@ def test_every_mode_logs_what_the_mapping_accepts(sample, encoder, reranker, tmp
     backend, _ = sample
     sink = JsonlLogSink(tmp_path / "logs")
     qlog = QueryLog(sink, index="sample", backend=backend.name)
-    searcher = HybridSearcher(backend, index="sample", encoder=encoder, reranker=reranker,
-                              settings=SearchSettings(rerank_depth=20), query_log=qlog)
+    searcher = HybridSearcher(
+        backend,
+        index="sample",
+        encoder=encoder,
+        reranker=reranker,
+        settings=SearchSettings(rerank_depth=20),
+        query_log=qlog,
+    )
     query = "how long should green tea steep"
     results = {mode: searcher.search(query, mode=mode) for mode in MODES}
     stats = qlog.close()
@@ -102,8 +107,7 @@ def test_every_mode_logs_what_the_mapping_accepts(sample, encoder, reranker, tmp
 
 def test_query_text_can_be_kept_out(sample, tmp_path):
     backend, _ = sample
-    qlog = QueryLog(JsonlLogSink(tmp_path), index="sample", backend="embedded",
-                    settings=LogSettings(query_text=False))
+    qlog = QueryLog(JsonlLogSink(tmp_path), index="sample", backend="embedded", settings=LogSettings(query_text=False))
     HybridSearcher(backend, index="sample", query_log=qlog).search("private words", mode="bm25")
     assert qlog.close().written == 1
     (doc,) = _lines(tmp_path / "sample-queries.jsonl")
@@ -120,11 +124,17 @@ def test_zero_results_are_flagged(sample, tmp_path):
 
 def test_the_mapping_check_can_fail():
     assert check_document({"@timestamp": "x", "mode": "bm25"}, QUERY_LOG_MAPPING) == []
-    problems = check_document({"mode": 3, "extra": 1, "hits": [{"id": "a", "rank": "1"}],
-                               "reranked": 1, "latency_ms": {"total": "fast"}}, QUERY_LOG_MAPPING)
-    assert sorted(problems) == ["extra: not in the mapping", "hits.rank: str for a integer field",
-                                "latency_ms.total: str for a float field", "mode: int for a keyword field",
-                                "reranked: int for a boolean field"]
+    problems = check_document(
+        {"mode": 3, "extra": 1, "hits": [{"id": "a", "rank": "1"}], "reranked": 1, "latency_ms": {"total": "fast"}},
+        QUERY_LOG_MAPPING,
+    )
+    assert sorted(problems) == [
+        "extra: not in the mapping",
+        "hits.rank: str for a integer field",
+        "latency_ms.total: str for a float field",
+        "mode: int for a keyword field",
+        "reranked: int for a boolean field",
+    ]
     with pytest.raises(Exception, match="do not fit"):
         sink = JsonlLogSink("/nonexistent-never-written")
         sink._mappings["x"] = QUERY_LOG_MAPPING
@@ -144,15 +154,17 @@ def test_each_ingest_run_is_logged(sample):
 def test_a_burst_never_waits_for_a_hung_writer(sample, tmp_path):
     backend, _ = sample
     sink = GatedSink(JsonlLogSink(tmp_path))
-    qlog = QueryLog(sink, index="sample", backend="embedded",
-                    settings=LogSettings(queue_size=8, batch_size=4, flush_seconds=0.01))
+    qlog = QueryLog(
+        sink, index="sample", backend="embedded", settings=LogSettings(queue_size=8, batch_size=4, flush_seconds=0.01)
+    )
     searcher = HybridSearcher(backend, index="sample", query_log=qlog)
     searcher.search("warm up", mode="bm25")
     assert sink.entered.wait(10)  # the writer now hangs inside a write holding one entry
     burst = 200
     results = []
-    worker = threading.Thread(target=lambda: results.extend(searcher.search(f"tea {i}", mode="bm25")
-                                                            for i in range(burst)))
+    worker = threading.Thread(
+        target=lambda: results.extend(searcher.search(f"tea {i}", mode="bm25") for i in range(burst))
+    )
     worker.start()
     worker.join(60)
     assert not worker.is_alive() and len(results) == burst  # no search waited for the hung writer

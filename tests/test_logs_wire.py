@@ -10,22 +10,23 @@ from __future__ import annotations
 import threading
 
 import pytest
+from servers import free_port
 
-from hybrid_search.config.settings import BackendSettings, IndexSettings, LogSettings, load_settings
-from hybrid_search.ingest.pipeline import run_ingest
-from hybrid_search.ingest.sources import open_source
-from hybrid_search.backends.elasticsearch import ElasticsearchBackend
-from hybrid_search.backends.opensearch import OpenSearchBackend
 from hybrid_search.app.inspection import inspect_index
 from hybrid_search.app.logs import INGEST_LOG_MAPPING, QUERY_LOG_MAPPING, QueryLog
+from hybrid_search.backends.elasticsearch import ElasticsearchBackend
 from hybrid_search.backends.logsinks import check_document, mapping_fields
+from hybrid_search.backends.opensearch import OpenSearchBackend
+from hybrid_search.config.settings import BackendSettings, IndexSettings, LogSettings, load_settings
+from hybrid_search.ingest.sources import open_source
 from hybrid_search.search.searcher import HybridSearcher
-from servers import free_port
 
 pytestmark = pytest.mark.integration
 
-ENGINES = {"elasticsearch": ("noida_url", ElasticsearchBackend, ("bm25", "knn", "hybrid", "hybrid+rerank")),
-           "opensearch": ("osmem_url", OpenSearchBackend, ("bm25", "bm25+rerank"))}
+ENGINES = {
+    "elasticsearch": ("noida_url", ElasticsearchBackend, ("bm25", "knn", "hybrid", "hybrid+rerank")),
+    "opensearch": ("osmem_url", OpenSearchBackend, ("bm25", "bm25+rerank")),
+}
 
 
 def _backend(kind, url):
@@ -120,14 +121,16 @@ def test_a_burst_against_a_hung_cluster_writer(ingested):
 
     name = "burst"
     backend.drop_index(f"{name}-queries")
-    qlog = QueryLog(Hung(), index=name, backend=kind,
-                    settings=LogSettings(queue_size=16, batch_size=8, flush_seconds=0.01))
+    qlog = QueryLog(
+        Hung(), index=name, backend=kind, settings=LogSettings(queue_size=16, batch_size=8, flush_seconds=0.01)
+    )
     searcher = HybridSearcher(backend, index="logged", query_log=qlog)
     searcher.search("first", mode="bm25")
     assert entered.wait(10)
     searches = []
-    worker = threading.Thread(target=lambda: searches.extend(searcher.search(f"tea {i}", mode="bm25")
-                                                             for i in range(150)))
+    worker = threading.Thread(
+        target=lambda: searches.extend(searcher.search(f"tea {i}", mode="bm25") for i in range(150))
+    )
     worker.start()
     worker.join(120)
     assert not worker.is_alive() and len(searches) == 150 and all(r.hits for r in searches)

@@ -6,12 +6,12 @@ with the reason, where no Docker daemon answers.
 from __future__ import annotations
 
 import pytest
-
 from backend_contract import SPEC, BackendContract, corpus, unit
+from servers import docker_available
+
+from hybrid_search.backends.opensearch import OpenSearchBackend
 from hybrid_search.config.settings import BackendSettings, IndexSettings
 from hybrid_search.search.interfaces import ServerFusion
-from hybrid_search.backends.opensearch import OpenSearchBackend
-from servers import docker_available
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration]
 
@@ -41,13 +41,27 @@ class TestRealOpenSearchContract(BackendContract):
     pass
 
 
-@pytest.mark.parametrize("fusion", [ServerFusion("rrf"), ServerFusion("linear"),
-                                    ServerFusion("linear", normalizer="l2", bm25_weight=0.3, knn_weight=0.7)])
+@pytest.mark.parametrize(
+    "fusion",
+    [
+        ServerFusion("rrf"),
+        ServerFusion("linear"),
+        ServerFusion("linear", normalizer="l2", bm25_weight=0.3, knn_weight=0.7),
+    ],
+)
 def test_hybrid_query_with_a_search_pipeline(backend, fusion):
     backend.ensure_index("fusion", SPEC)
     backend.upsert("fusion", corpus())
     backend.refresh("fusion")
-    hits = backend.search_hybrid("fusion", "tomato soup", unit(0, 0, 0, 0, 0, 0, 0, 1.0), 3, bm25_depth=10,
-                                 knn_depth=10, num_candidates=20, fusion=fusion)
+    hits = backend.search_hybrid(
+        "fusion",
+        "tomato soup",
+        unit(0, 0, 0, 0, 0, 0, 0, 1.0),
+        3,
+        bm25_depth=10,
+        knn_depth=10,
+        num_candidates=20,
+        fusion=fusion,
+    )
     assert hits[0].doc_id in {"d7", "d9"}
     backend.drop_index("fusion")

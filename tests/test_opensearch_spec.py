@@ -12,11 +12,11 @@ import copy
 import numpy as np
 import pytest
 
-from hybrid_search.config.errors import ConfigError, FusionUnsupported
 from hybrid_search.backends.base import IndexedDocument, IndexSpec
-from hybrid_search.search.interfaces import ServerFusion
 from hybrid_search.backends.cluster import alias_actions, bm25_body
 from hybrid_search.backends.opensearch import os_hybrid_query, os_index_body, os_knn_body, os_pipeline_body
+from hybrid_search.config.errors import ConfigError, FusionUnsupported
+from hybrid_search.search.interfaces import ServerFusion
 
 SPEC_FILE = "opensearch-openapi.gh-pages.yaml"
 VEC = np.linspace(-1, 1, 8).astype(np.float32)
@@ -61,16 +61,23 @@ def test_fp16_needs_faiss():
 
 
 def test_settings_alias_and_bulk_bodies(v):
-    for body in ({"index": {"refresh_interval": "-1", "number_of_replicas": 0}},
-                 {"index": {"refresh_interval": "1s", "number_of_replicas": 1}}):
+    for body in (
+        {"index": {"refresh_interval": "-1", "number_of_replicas": 0}},
+        {"index": {"refresh_interval": "1s", "number_of_replicas": 1}},
+    ):
         ok(v, "put", "/{index}/_settings", body)
     ok(v, "post", "/_aliases", alias_actions({"docs": (["docs-1"], "docs-2"), "docs-previous": (["docs-0"], "docs-1")}))
-    ok(v, "post", "/_aliases", alias_actions({"docs": ([], "docs-2"), "docs-previous": ([], None)}, remove_index="docs"))
+    ok(
+        v,
+        "post",
+        "/_aliases",
+        alias_actions({"docs": ([], "docs-2"), "docs-previous": ([], None)}, remove_index="docs"),
+    )
     broken(v, "post", "/_aliases", {"actions": [{"add": {"index": "docs-2", "aliass": "docs"}}]})
     from opensearchpy import helpers
 
-    from hybrid_search.config.settings import BackendSettings
     from hybrid_search.backends.opensearch import OpenSearchBackend
+    from hybrid_search.config.settings import BackendSettings
 
     b = OpenSearchBackend(BackendSettings(kind="opensearch", urls=("http://127.0.0.1:9",)))
     doc = IndexedDocument("d1", "t", "x", VEC, {"lang": "en"})
@@ -90,8 +97,9 @@ def test_bm25_knn_and_hybrid_queries(v, version, filters):
     bad = copy.deepcopy(knn)
     bad["query"]["knn"]["vector"]["kk"] = bad["query"]["knn"]["vector"].pop("k")
     broken(v, "post", "/{index}/_search", bad)
-    hybrid = os_hybrid_query("hybrid", VEC, 10, bm25_depth=100, knn_depth=50, num_candidates=200, filters=filters,
-                             version=version)
+    hybrid = os_hybrid_query(
+        "hybrid", VEC, 10, bm25_depth=100, knn_depth=50, num_candidates=200, filters=filters, version=version
+    )
     assert hybrid["query"]["hybrid"]["pagination_depth"] == 100  # size beyond the candidate depth is bounded
     ok(v, "post", "/{index}/_search", hybrid)
     bad = copy.deepcopy(hybrid)
@@ -99,12 +107,15 @@ def test_bm25_knn_and_hybrid_queries(v, version, filters):
     broken(v, "post", "/{index}/_search", bad)
 
 
-@pytest.mark.parametrize("fusion", [
-    ServerFusion("rrf", rrf_k=60),
-    ServerFusion("rrf", rrf_k=10),
-    ServerFusion("linear"),
-    ServerFusion("linear", normalizer="l2", bm25_weight=0.2, knn_weight=0.6),
-])
+@pytest.mark.parametrize(
+    "fusion",
+    [
+        ServerFusion("rrf", rrf_k=60),
+        ServerFusion("rrf", rrf_k=10),
+        ServerFusion("linear"),
+        ServerFusion("linear", normalizer="l2", bm25_weight=0.2, knn_weight=0.6),
+    ],
+)
 def test_search_pipelines(v, fusion):
     body = os_pipeline_body(fusion, (3, 1, 0))
     ok(v, "put", "/_search/pipeline/{id}", body)
@@ -118,19 +129,24 @@ def test_search_pipelines(v, fusion):
 
 
 def test_what_opensearch_cannot_fuse_is_refused_before_sending():
-    for fusion, version in ((ServerFusion("rrf"), (2, 18, 0)), (ServerFusion("linear", normalizer="zscore"), (3, 1, 0)),
-                            (ServerFusion("rrf", bm25_weight=0.1), (3, 1, 0))):
+    for fusion, version in (
+        (ServerFusion("rrf"), (2, 18, 0)),
+        (ServerFusion("linear", normalizer="zscore"), (3, 1, 0)),
+        (ServerFusion("rrf", bm25_weight=0.1), (3, 1, 0)),
+    ):
         with pytest.raises(FusionUnsupported):
             os_pipeline_body(fusion, version)
 
 
 @pytest.mark.parametrize("log_mapping", ["queries", "ingest"])
 def test_log_index_bodies(v, log_mapping):
-    from hybrid_search.app.logs import INGEST_LOG_MAPPING, QUERY_LOG_MAPPING
     from specs import log_request_cases
 
-    for method, path, body, valid in log_request_cases(QUERY_LOG_MAPPING if log_mapping == "queries"
-                                                       else INGEST_LOG_MAPPING):
+    from hybrid_search.app.logs import INGEST_LOG_MAPPING, QUERY_LOG_MAPPING
+
+    for method, path, body, valid in log_request_cases(
+        QUERY_LOG_MAPPING if log_mapping == "queries" else INGEST_LOG_MAPPING
+    ):
         (ok if valid else broken)(v, method, path, body)
     header = {"create": {"_index": "x-queries", "_id": "a1"}}
     assert v.errors(v.schema("_core.bulk___OperationContainer"), header) == []

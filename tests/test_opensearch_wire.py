@@ -9,13 +9,13 @@ testcontainers layer), never faked here.
 from __future__ import annotations
 
 import pytest
-
 from backend_contract import SPEC, BackendContract, corpus
+from servers import free_port
+
+from hybrid_search.backends.opensearch import OpenSearchBackend
 from hybrid_search.config.errors import BackendUnavailable, FusionUnsupported, QueryError
 from hybrid_search.config.settings import BackendSettings, IndexSettings
 from hybrid_search.search.interfaces import ServerFusion
-from hybrid_search.backends.opensearch import OpenSearchBackend
-from servers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -80,8 +80,9 @@ def test_index_is_created_with_knn_settings(backend):
 def test_without_the_neural_plugin_hybrid_falls_back(backend):
     assert backend.server.distribution == "opensearch"
     with pytest.raises(FusionUnsupported, match="neural-search"):
-        backend.search_hybrid("x", "q", corpus()[0].vector, 3, bm25_depth=5, knn_depth=5, num_candidates=10,
-                              fusion=ServerFusion("rrf"))
+        backend.search_hybrid(
+            "x", "q", corpus()[0].vector, 3, bm25_depth=5, knn_depth=5, num_candidates=10, fusion=ServerFusion("rrf")
+        )
 
 
 def test_knn_on_the_stand_in_is_a_clear_query_error(backend):
@@ -116,8 +117,14 @@ def test_cli_ingest_and_bm25_search_against_the_stand_in(os_url, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "hybrid_search.app.cli", *args, *common], capture_output=True,
-                              text=True, cwd=REPO, timeout=300, env=env)
+        return subprocess.run(
+            [sys.executable, "-m", "hybrid_search.app.cli", *args, *common],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=300,
+            env=env,
+        )
 
     out = run("ingest", str(SAMPLE), "--index", "cli-sample")
     assert out.returncode == 0, out.stderr

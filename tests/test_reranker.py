@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from hybrid_search.app.bench import random_cross_encoder
 from hybrid_search.config.settings import ModelSettings
 from hybrid_search.rerank.cross_encoder import CrossEncoderReranker
-from hybrid_search.search.searcher import rerank_hits
-from hybrid_search.app.bench import random_cross_encoder
 from hybrid_search.search.hits import Hit
+from hybrid_search.search.searcher import rerank_hits
 
 QUERY = "how many people live in berlin"
 PASSAGES = [
@@ -40,8 +40,9 @@ def test_torch_runtime_matches_sentence_transformers(tmp_path, reranker):
     from sentence_transformers import CrossEncoder
 
     folder = random_cross_encoder(reranker.folder, tmp_path / "tiny", layers=2, hidden=64, heads=2, intermediate=128)
-    ours = CrossEncoderReranker(str(folder), settings=ModelSettings(device="cpu", rerank_runtime="auto",
-                                                                    rerank_batch_size=2))
+    ours = CrossEncoderReranker(
+        str(folder), settings=ModelSettings(device="cpu", rerank_runtime="auto", rerank_batch_size=2)
+    )
     assert ours.runtime == "torch"  # no ONNX file there
     reference = CrossEncoder(str(folder), device="cpu")
     expected = reference.predict([(QUERY, p) for p in PASSAGES], batch_size=2)

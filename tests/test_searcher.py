@@ -6,19 +6,20 @@ import logging
 
 import pytest
 
+from hybrid_search.backends.embedded import EmbeddedBackend
 from hybrid_search.config.errors import ConfigError
 from hybrid_search.config.settings import SearchSettings
 from hybrid_search.ingest.pipeline import run_ingest
 from hybrid_search.ingest.sources import open_source
-from hybrid_search.backends.embedded import EmbeddedBackend
 from hybrid_search.search.fusion import fuse_rrf
 from hybrid_search.search.searcher import HybridSearcher, parse_mode
 
 
 @pytest.fixture(scope="module")
 def sample_backend(tmp_path_factory, encoder):
-    from hybrid_search.config.settings import load_settings
     from conftest import SAMPLE
+
+    from hybrid_search.config.settings import load_settings
 
     data = tmp_path_factory.mktemp("searcher")
     settings = load_settings(overrides={"data_dir": str(data)})

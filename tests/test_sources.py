@@ -9,20 +9,31 @@ import pyarrow.parquet as pq
 import pytest
 
 from hybrid_search.config.errors import BadRecordError, SourceError
-from hybrid_search.ingest.sources import BeirFolder, CsvFile, FieldMap, HubBeir, JsonlFile, ParquetFile, open_query_set, open_source
+from hybrid_search.ingest.sources import (
+    BeirFolder,
+    CsvFile,
+    FieldMap,
+    HubBeir,
+    JsonlFile,
+    ParquetFile,
+    open_query_set,
+    open_source,
+)
 from hybrid_search.ingest.validate import Document, Reject, validate
 
-BAD_JSONL = b"\n".join([
-    b'{"_id": "1", "title": "T", "text": "first good"}',
-    b'{"title": "no id", "text": "x"}',
-    b'{"_id": "3", "title": "", "text": "   "}',
-    b'{"_id": "4", "text": "bad bytes \xff\xfe here"}',
-    b'{"_id": "1", "text": "duplicate of the first"}',
-    b'{"_id": "6", "text": "unterminated',
-    b'["not", "an", "object"]',
-    b"",
-    b'{"id": 9, "text": "numeric id under id"}',
-])
+BAD_JSONL = b"\n".join(
+    [
+        b'{"_id": "1", "title": "T", "text": "first good"}',
+        b'{"title": "no id", "text": "x"}',
+        b'{"_id": "3", "title": "", "text": "   "}',
+        b'{"_id": "4", "text": "bad bytes \xff\xfe here"}',
+        b'{"_id": "1", "text": "duplicate of the first"}',
+        b'{"_id": "6", "text": "unterminated',
+        b'["not", "an", "object"]',
+        b"",
+        b'{"id": 9, "text": "numeric id under id"}',
+    ]
+)
 
 
 def _split(items):
@@ -59,25 +70,30 @@ def test_strict_makes_the_first_reject_fatal(tmp_path):
 def test_csv_with_fields_and_metadata(tmp_path):
     path = tmp_path / "c.csv"
     path.write_bytes(
-        b'doc,headline,body,lang\n'
+        b"doc,headline,body,lang\n"
         b'a,Hello,"multi\nline body",en\n'
-        b'b,Too,many,fields,here\n'
-        b'c,Bad,\xff\xfe,de\n'
-        b'd,,plain,fr\n'
+        b"b,Too,many,fields,here\n"
+        b"c,Bad,\xff\xfe,de\n"
+        b"d,,plain,fr\n"
     )
     fields = FieldMap(id_fields=("doc",), title_field="headline", text_field="body", metadata_fields=("lang",))
     src = CsvFile(path, fields)
     docs, rejects = _split(list(validate(src.records(), src.fields)))
     assert [(d.doc_id, d.text, dict(d.metadata)) for d in docs] == [
-        ("a", "multi\nline body", {"lang": "en"}), ("d", "plain", {"lang": "fr"})]
+        ("a", "multi\nline body", {"lang": "en"}),
+        ("d", "plain", {"lang": "fr"}),
+    ]
     assert [(r.position, r.reason.split(":")[0]) for r in rejects] == [
-        (2, "malformed row"), (3, "undecodable bytes in body (not UTF-8)")]
+        (2, "malformed row"),
+        (3, "undecodable bytes in body (not UTF-8)"),
+    ]
 
 
 def test_parquet_with_binary_column(tmp_path):
     path = tmp_path / "c.parquet"
-    table = pa.table({"id": ["p1", "p2", None], "title": ["A", "B", "C"],
-                      "text": [b"fine text", b"\xff broken", b"orphan"]})
+    table = pa.table(
+        {"id": ["p1", "p2", None], "title": ["A", "B", "C"], "text": [b"fine text", b"\xff broken", b"orphan"]}
+    )
     pq.write_table(table, path)
     src = open_source(path)
     assert isinstance(src, ParquetFile)
@@ -112,8 +128,9 @@ def test_hub_source_streams_through_datasets(tmp_path):
     def local_loader(repo, config=None, split=None, streaming=False):
         calls.append((repo, config, split, streaming))
         name = "qrels" if repo.endswith("-qrels") else config
-        return load_dataset("json", data_files={split: str(tmp_path / f"{name}.jsonl")}, split=split,
-                            streaming=streaming)
+        return load_dataset(
+            "json", data_files={split: str(tmp_path / f"{name}.jsonl")}, split=split, streaming=streaming
+        )
 
     src = HubBeir("BeIR/quora", loader=local_loader)
     docs, _ = _split(list(validate(src.records(), src.fields)))

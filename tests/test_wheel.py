@@ -18,7 +18,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 TOP_LEVEL = {"hybrid_search", "hybrid_search-0.1.0.dist-info"}
@@ -31,8 +30,11 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 300) -> 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    build = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                  str(REPO)], cwd=REPO, env=dict(os.environ))
+    build = _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
+        cwd=REPO,
+        env=dict(os.environ),
+    )
     assert build.returncode == 0, build.stderr
     return next(out.glob("hybrid_search-*.whl"))
 
@@ -42,14 +44,24 @@ def installed(wheel, tmp_path_factory) -> tuple[Path, dict[str, str]]:
     env_dir = tmp_path_factory.mktemp("venv")
     venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
-    site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                     cwd=env_dir, env={}).stdout.strip())
+    site = Path(
+        _run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=env_dir, env={}
+        ).stdout.strip()
+    )
     (site / "test-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    install = _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
-                   cwd=env_dir, env=dict(os.environ))
+    install = _run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
+        cwd=env_dir,
+        env=dict(os.environ),
+    )
     assert install.returncode == 0, install.stderr
-    env = {"PATH": f"{env_dir / 'bin'}:{os.environ['PATH']}", "HOME": str(env_dir), "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        "PATH": f"{env_dir / 'bin'}:{os.environ['PATH']}",
+        "HOME": str(env_dir),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     return env_dir, env
 
 
@@ -66,14 +78,25 @@ def test_the_wheel_holds_one_namespace_with_every_module_and_data_file(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == TOP_LEVEL
     shipped = {n for n in names if n.endswith(".py")}
-    for folder, package in (("backends", "backends"), ("search", "search"), ("ingest", "ingest"),
-                            ("rerank", "rerank"), ("config", "config"), ("app", "app"), ("encoding", "encoding")):
+    for folder, package in (
+        ("backends", "backends"),
+        ("search", "search"),
+        ("ingest", "ingest"),
+        ("rerank", "rerank"),
+        ("config", "config"),
+        ("app", "app"),
+        ("encoding", "encoding"),
+    ):
         for module in (REPO / folder).rglob("*.py"):
             assert f"hybrid_search/{package}/{module.relative_to(REPO / folder).as_posix()}" in shipped
-    for data in ("hybrid_search/app/saved_objects/kibana.ndjson",
-                 "hybrid_search/app/saved_objects/opensearch-dashboards.ndjson",
-                 "hybrid_search/ingest/sample/corpus.jsonl", "hybrid_search/ingest/sample/queries.jsonl",
-                 "hybrid_search/ingest/sample/qrels/test.tsv", "hybrid_search/py.typed"):
+    for data in (
+        "hybrid_search/app/saved_objects/kibana.ndjson",
+        "hybrid_search/app/saved_objects/opensearch-dashboards.ndjson",
+        "hybrid_search/ingest/sample/corpus.jsonl",
+        "hybrid_search/ingest/sample/queries.jsonl",
+        "hybrid_search/ingest/sample/qrels/test.tsv",
+        "hybrid_search/py.typed",
+    ):
         assert data in names
 
 
@@ -86,18 +109,24 @@ def test_installed_wheel_runs_from_a_folder_with_its_own_config_and_search(insta
 
     assert _run([cli, "--help"], cwd=user_project, env=env).returncode == 0
     data = str(user_project / "data")
-    ingest = _run([cli, "ingest", "sample", "--index", "sample", "--data-dir", data, "--quiet"],
-                  cwd=user_project, env=env)
+    ingest = _run(
+        [cli, "ingest", "sample", "--index", "sample", "--data-dir", data, "--quiet"], cwd=user_project, env=env
+    )
     assert ingest.returncode == 0, ingest.stderr
     assert json.loads(ingest.stdout)["stored"] == 40
-    found = _run([cli, "search", "green tea water temperature", "--index", "sample", "--data-dir", data,
-                  "--json", "--quiet"], cwd=user_project, env=env)
+    found = _run(
+        [cli, "search", "green tea water temperature", "--index", "sample", "--data-dir", data, "--json", "--quiet"],
+        cwd=user_project,
+        env=env,
+    )
     assert found.returncode == 0, found.stderr
     assert json.loads(found.stdout)["hits"][0]["doc_id"] == "d06"
 
-    engines = ("import hybrid_search.backends.elasticsearch as es, hybrid_search.backends.opensearch as os_;"
-               "from hybrid_search import HybridSearch; print(es.ElasticsearchBackend.__name__, "
-               "os_.OpenSearchBackend.__name__, HybridSearch.__name__)")
+    engines = (
+        "import hybrid_search.backends.elasticsearch as es, hybrid_search.backends.opensearch as os_;"
+        "from hybrid_search import HybridSearch; print(es.ElasticsearchBackend.__name__, "
+        "os_.OpenSearchBackend.__name__, HybridSearch.__name__)"
+    )
     out = _run([python, "-c", engines], cwd=user_project, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["ElasticsearchBackend", "OpenSearchBackend", "HybridSearch"]
@@ -113,12 +142,33 @@ def test_no_generic_top_level_package_is_installed(installed, tmp_path):
 def test_a_wheel_built_from_the_sdist_is_as_complete(wheel, tmp_path):
     """The sdist carries everything too: a wheel built from it holds the same files as one from the checkout."""
     sdist_dir, rebuilt = tmp_path / "sdist", tmp_path / "rebuilt"
-    build = _run([sys.executable, "-c", "import sys; from setuptools import build_meta as b; "
-                  f"print(b.build_sdist({str(sdist_dir)!r}))"], cwd=REPO, env=dict(os.environ))
+    build = _run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys; from setuptools import build_meta as b; print(b.build_sdist({str(sdist_dir)!r}))",
+        ],
+        cwd=REPO,
+        env=dict(os.environ),
+    )
     assert build.returncode == 0, build.stderr
     sdist = next(sdist_dir.glob("hybrid_search-*.tar.gz"))
-    again = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                  str(rebuilt), str(sdist)], cwd=tmp_path, env=dict(os.environ))
+    again = _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(rebuilt),
+            str(sdist),
+        ],
+        cwd=tmp_path,
+        env=dict(os.environ),
+    )
     assert again.returncode == 0, again.stderr
     names = set(zipfile.ZipFile(next(rebuilt.glob("*.whl"))).namelist())
     assert {n for n in zipfile.ZipFile(wheel).namelist() if "dist-info" not in n} <= names

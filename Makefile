@@ -28,7 +28,12 @@ demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/hybrid-search search "how do batteries make electricity" --index sample \
 		--data-dir .hybrid-search/demo --mode hybrid+rerank --top-k 3 --quiet
 
-test: install
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/python .ci/typecheck.py
+
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -16,6 +16,7 @@ Timings here are wall-clock medians of ``repeats`` runs after a warm-up.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -191,14 +192,9 @@ def _ensure_indexed(backend: Any, encoder: Any, settings: Settings, source: str 
 
 
 def bench_search(settings: Settings, source: str | None, queries: int, repeats: int) -> dict[str, Any]:
-    from hybrid_search.backends.base import open_backend
-    from hybrid_search.encoding.encoder import Encoder
-    from hybrid_search.rerank.cross_encoder import CrossEncoderReranker
-    from hybrid_search.search.searcher import HybridSearcher
+    from hybrid_search.app.client import DEFAULT_MODES, HybridSearch
 
     query_texts = _queries(source, queries)
-    encoder = Encoder(settings=settings.models)
-    modes = ["bm25", "knn", "hybrid", "hybrid+rerank"]
     out: dict[str, Any] = {
         "bench": "search",
         "index": settings.index.name,
@@ -206,22 +202,16 @@ def bench_search(settings: Settings, source: str | None, queries: int, repeats: 
         "backend": settings.backend.kind,
         "modes": {},
     }
-    with open_backend(settings) as backend:
-        _ensure_indexed(backend, encoder, settings, source)
-        searcher = HybridSearcher(
-            backend,
-            index=settings.index.name,
-            encoder=encoder,
-            reranker=CrossEncoderReranker(settings=settings.models),
-            settings=settings.search,
-        )
-        for mode in modes:
-            searcher.search(query_texts[0], mode=mode)  # warm-up
-            lat = sorted(searcher.search(q, mode=mode).timings_ms["total"] for q in query_texts for _ in range(repeats))
+    with HybridSearch.from_settings(settings) as hs:
+        if not hs.exists():
+            hs.ingest(source or "sample")
+        for mode in DEFAULT_MODES:
+            hs.search(query_texts[0], mode=mode)  # warm-up
+            lat = sorted(hs.search(q, mode=mode).timings_ms["total"] for q in query_texts for _ in range(repeats))
             out["modes"][mode] = {"p50_ms": _pct(lat, 50), "p95_ms": _pct(lat, 95), "p99_ms": _pct(lat, 99)}
-        out["machine"] = _machine(encoder.device)
+        out["machine"] = _machine(hs.encoder.device)
     base = out["modes"]["bm25"]["p50_ms"] or 1e-9
-    for mode in modes:
+    for mode in DEFAULT_MODES:
         out["modes"][mode]["p50_ratio_to_bm25"] = out["modes"][mode]["p50_ms"] / base
     return out
 
@@ -285,11 +275,40 @@ def bench_query_log(settings: Settings, source: str | None, queries: int, repeat
 
 
 def bench_duplicates(settings: Settings, docs: int) -> dict[str, Any]:
-    """Peak Python-heap memory (numpy included) of duplicate mining at N, 2N and 4N documents.
+    """Memory and time of duplicate mining at N, 2N and 4N documents, each size in a fresh process.
 
-    Random unit vectors stand in for a corpus (mining cost does not depend on what the vectors mean). The
-    all-pairs similarity matrix such a corpus would need is reported beside each peak for scale.
+    Resident memory (RSS: faiss, SQLite and numpy included) is sampled every few milliseconds while mining;
+    the figure is its peak minus the RSS just before mining (the index already open), beside the Python
+    heap's peak (tracemalloc) and the all-pairs similarity matrix such a corpus would need. Random unit
+    vectors stand in for a corpus (mining cost does not depend on what the vectors mean), and every pair
+    found is kept (threshold -1), the worst case for memory.
     """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # a clean process: earlier sizes leave no memory behind
+    runs = []
+    for size in (docs, 2 * docs, 4 * docs):
+        with ctx.Pool(1) as pool:
+            runs.append(pool.apply(_mine_random_corpus, (size,)))
+    return {
+        "bench": "duplicates",
+        "runs": runs,
+        "rss_growth_ratio_4n_to_n": runs[-1]["rss_growth_mib"] / max(runs[0]["rss_growth_mib"], 1e-9),
+        "machine": _machine("cpu"),
+    }
+
+
+def _rss_bytes() -> int:
+    """This process's resident set size (Linux /proc; 0 where it is not available)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _mine_random_corpus(size: int, dims: int = 384) -> dict[str, Any]:
+    import threading
     import tracemalloc
 
     import numpy as np
@@ -299,33 +318,47 @@ def bench_duplicates(settings: Settings, docs: int) -> dict[str, Any]:
     from hybrid_search.backends.embedded import EmbeddedBackend
 
     rng = np.random.default_rng(0)
-    dims, sizes, runs = 384, [docs, 2 * docs, 4 * docs], []
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBackend(data_dir=tmp, flush_seconds=3600) as backend:
         backend.ensure_index("dups", IndexSpec(dims=dims))
-        stored = 0
-        for size in sizes:
-            while stored < size:
-                n = min(5_000, size - stored)
-                vectors = rng.normal(size=(n, dims)).astype(np.float32)
-                vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-                backend.upsert("dups", [IndexedDocument(f"r{stored + i}", "", "x", vectors[i]) for i in range(n)])
-                stored += n
-            tracemalloc.start()
-            t = time.perf_counter()
-            pairs = mine_duplicates(backend, "dups", threshold=0.5, top_k=10)
-            seconds = time.perf_counter() - t
-            _, peak = tracemalloc.get_traced_memory()
-            tracemalloc.stop()
-            runs.append(
-                {
-                    "docs": size,
-                    "peak_mib": peak / 2**20,
-                    "seconds": seconds,
-                    "pairs": len(pairs),
-                    "all_pairs_matrix_mib": size * size * 4 / 2**20,
-                }
-            )
-    return {"bench": "duplicates", "runs": runs, "peak_ratio_4n_to_n": runs[-1]["peak_mib"] / runs[0]["peak_mib"]}
+        for start in range(0, size, 5_000):
+            n = min(5_000, size - start)
+            vectors = rng.normal(size=(n, dims)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            backend.upsert("dups", [IndexedDocument(f"r{start + i}", "", "x", vectors[i]) for i in range(n)])
+        backend.refresh("dups")
+        backend.count("dups")
+        before = peak = _rss_bytes()
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.wait(0.005):
+                peak = max(peak, _rss_bytes())
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        tracemalloc.start()
+        t = time.perf_counter()
+        pairs = mine_duplicates(backend, "dups", threshold=-1.0, top_k=10)  # keep every pair found: worst case
+        kept = len(pairs)
+        pairs.close()
+        seconds = time.perf_counter() - t
+        heap_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        done.set()
+        sampler.join()
+        peak = max(peak, _rss_bytes())
+    return {
+        "docs": size,
+        "rss_before_mib": before / 2**20,
+        "rss_peak_mib": peak / 2**20,
+        "rss_growth_mib": (peak - before) / 2**20,
+        "python_heap_peak_mib": heap_peak / 2**20,
+        "vectors_mib": size * dims * 4 / 2**20,
+        "seconds": seconds,
+        "pairs": kept,
+        "all_pairs_matrix_mib": size * size * 4 / 2**20,
+    }
 
 
 def _pct(sorted_values: Sequence[float], pct: float) -> float:

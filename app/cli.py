@@ -151,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--index", help="corpus alias the objects are for (its -queries and -ingest logs too)")
     d.add_argument("--space", help="Kibana space (default: the default space)")
     d.add_argument("--username", help="user for basic auth; the password comes from HYBRID_SEARCH_PASSWORD")
+    d.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep trying a product that does not answer yet for this long (default: fail at once)",
+    )
     _common(d)
 
     p = sub.add_parser("duplicates", help="mine near-duplicate document pairs from an index's vectors")
@@ -406,10 +413,9 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
             pairs = mine_duplicates(
                 hs.backend, hs.index, threshold=args.threshold, top_k=args.top_k, confirm=confirm, progress=bar.update
             )
-    write_pairs(pairs, args.out)
-    print(
-        f"{len(pairs)} pairs with similarity >= {args.threshold} among {total} documents -> {args.out}", file=sys.stderr
-    )
+        written = write_pairs(pairs, args.out)  # streamed from disk while the backend still serves the texts
+        pairs.close()
+    print(f"{written} pairs with similarity >= {args.threshold} among {total} documents -> {args.out}", file=sys.stderr)
     return 0
 
 
@@ -450,8 +456,10 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     product, url = ("kibana", args.kibana_url) if args.kibana_url else ("opensearch-dashboards", args.dashboards_url)
-    result = install_saved_objects(url, product, settings.index.name, settings=settings.backend, space=args.space)
-    base = url.rstrip("/") + (f"/s/{args.space}" if args.space else "")
+    result = install_saved_objects(
+        url, product, settings.index.name, settings=settings.backend, space=args.space, wait=args.wait
+    )
+    base = url.rstrip("/") + (f"/s/{args.space}" if args.space else "")  # the space id was checked on install
     print(
         f"imported {len(result.objects)} saved objects into {PRODUCTS[product].title} for {result.alias} "
         f"(and {result.alias}-queries, {result.alias}-ingest); open {base}/app/dashboards#/view/{result.dashboard_id}"

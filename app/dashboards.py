@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 from typing import Any
+from urllib.parse import quote
 
 from hybrid_search.backends.base import check_index_name
 from hybrid_search.config.errors import ConfigError, DashboardsError
-from hybrid_search.config.settings import BackendSettings
+from hybrid_search.config.settings import BackendSettings, check_url
 
 __all__ = ["PRODUCTS", "InstallResult", "Product", "install_saved_objects", "saved_objects"]
 
@@ -30,6 +32,7 @@ SAVED_OBJECTS_DIR: Traversable = resources.files("hybrid_search.app.saved_object
 DEFAULT_ALIAS = "corpus"
 _ID_PREFIX = f"hybrid-search-{DEFAULT_ALIAS}"
 _RETRY_STATUS = frozenset({502, 503, 504})  # Kibana answers 503 while it starts
+_SPACE_ID = re.compile(r"^[a-z0-9_-]{1,100}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,22 +119,28 @@ def install_saved_objects(
     settings: BackendSettings | None = None,
     space: str | None = None,
     attempts: int = 6,
+    wait: float = 0.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> InstallResult:
     """Import the saved objects for ``alias`` into the product at ``url``, overwriting earlier copies.
 
-    Retries while the product is still starting (502/503/504 or refused connections), then raises
-    ``DashboardsError`` with what to check; objects the product refuses are listed by type, id and reason.
+    Retries (up to ``attempts``) while the product says it is starting (502/503/504). A refused connection
+    fails at once, unless ``wait`` seconds are given to wait for the product to come up (just after
+    ``docker compose up``). Objects the product refuses are listed by type, id and reason.
     """
     import urllib3
 
     settings = settings or BackendSettings()
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"dashboards URL {url!r} must start with http:// or https://")
+    check_url(url, "dashboards URL")
+    if space is not None and not _SPACE_ID.match(space):
+        raise ConfigError(
+            f"Kibana space {space!r} is not a space id: lowercase letters, digits, '_' and '-' "
+            "(the id in the space's URL, /s/ID/app/...)"
+        )
     objects = saved_objects(product, alias)  # checks the product and the alias
     info = PRODUCTS[product]
     body = "".join(json.dumps(obj) + "\n" for obj in objects).encode("utf-8")
-    base = url.rstrip("/") + (f"/s/{space}" if space else "")
+    base = url.rstrip("/") + (f"/s/{quote(space, safe='')}" if space else "")
     endpoint = f"{base}/api/saved_objects/_import?overwrite=true"
     pool = urllib3.PoolManager(
         cert_reqs="CERT_REQUIRED" if settings.verify_certs else "CERT_NONE",
@@ -141,20 +150,24 @@ def install_saved_objects(
     )
     headers = _headers(info, settings)
     fields = {"file": (f"hybrid-search-{alias}.ndjson", body, "application/ndjson")}
-    attempt = 1
+    attempt, deadline = 1, time.monotonic() + wait
     while True:
         try:
             response = pool.request("POST", endpoint, fields=fields, headers=headers)
             if response.status not in _RETRY_STATUS or attempt >= attempts:
                 return _result(info, url, alias, objects, response.status, response.data)
         except urllib3.exceptions.HTTPError as exc:
-            if attempt >= attempts:
+            if time.monotonic() >= deadline:
                 raise DashboardsError(
                     f"{info.title} at {url} did not answer ({type(exc).__name__}); check the URL and that it is "
-                    f"up (docker compose --profile {info.compose_profile} up -d)"
+                    f"up (docker compose --profile {info.compose_profile} up -d), or give --wait SECONDS while "
+                    "it starts"
                 ) from exc
         log.info("%s at %s is not ready (attempt %d of %d); retrying", info.title, url, attempt, attempts)
-        sleep(min(2.0**attempt, 30.0))
+        pause = min(2.0 ** min(attempt, 5), 30.0)
+        if wait:
+            pause = max(0.0, min(pause, deadline - time.monotonic()))
+        sleep(pause)
         attempt += 1
 
 

@@ -2,8 +2,9 @@
 
 The corpus is walked a chunk of stored vectors at a time; each chunk's neighbours come from one batched
 kNN call (the faiss HNSW graph directly on the embedded backend, one ``_msearch`` on a cluster), so no
-all-pairs matrix is ever held: memory is one chunk plus the pairs kept above the threshold. A pair is
-stored once as (smaller id, larger id). An optional cross-encoder confirms each kept pair.
+all-pairs matrix is ever held. Kept pairs go to a temporary on-disk table, each once as (smaller id, larger
+id), and come back best first a chunk at a time with their texts: memory stays flat whatever the number of
+pairs. An optional cross-encoder confirms each kept pair.
 
 Also here: average precision and the best-F1 threshold of pair scores against labelled pairs, for
 ``duplicates-eval``.
@@ -13,7 +14,8 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable, Iterable, Sequence
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,7 +24,15 @@ import numpy as np
 
 from hybrid_search.config.errors import ConfigError
 
-__all__ = ["DuplicatePair", "PairScoring", "average_precision", "best_f1", "mine_duplicates", "write_pairs"]
+__all__ = [
+    "DuplicatePair",
+    "MinedPairs",
+    "PairScoring",
+    "average_precision",
+    "best_f1",
+    "mine_duplicates",
+    "write_pairs",
+]
 
 
 class MinableBackend(Protocol):
@@ -47,6 +57,77 @@ class DuplicatePair:
     rerank_score: float | None = None
 
 
+class MinedPairs:
+    """The pairs a mining run kept, in a private temporary SQLite table (spilled to disk past an 8 MiB page
+    cache) rather than in memory. Iterating yields ``DuplicatePair`` best first (by the cross-encoder's
+    probability when confirmed, then by similarity), fetching texts from the backend a chunk at a time,
+    so the backend must still be open; ``scores()`` yields (a, b, similarity) without texts."""
+
+    def __init__(self, backend: MinableBackend, index: str, *, chunk: int = 1_000) -> None:
+        self.backend, self.index, self.chunk = backend, index, chunk
+        self.confirmed = False
+        self._db = sqlite3.connect("", isolation_level=None)  # "": temporary, on disk, deleted on close
+        self._db.executescript(
+            "PRAGMA cache_size=-8192; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
+            "CREATE TABLE pairs (a TEXT, b TEXT, score REAL, rerank REAL, PRIMARY KEY (a, b)) WITHOUT ROWID;"
+        )
+
+    def offer(self, rows: Sequence[tuple[str, str, float]]) -> None:
+        """Keep each (a, b, score) with a < b, at the best score it was ever offered."""
+        self._db.executemany(
+            "INSERT INTO pairs (a, b, score) VALUES (?, ?, ?) "
+            "ON CONFLICT (a, b) DO UPDATE SET score = max(score, excluded.score)",
+            rows,
+        )
+
+    def _order(self) -> str:
+        return "ORDER BY rerank DESC, score DESC, a, b" if self.confirmed else "ORDER BY score DESC, a, b"
+
+    def _rows(self) -> Iterator[list[tuple[str, str, float, float | None]]]:
+        cursor = self._db.execute(f"SELECT a, b, score, rerank FROM pairs {self._order()}")
+        while rows := cursor.fetchmany(self.chunk):
+            yield rows
+
+    def confirm(self, scorer: Callable[[Sequence[tuple[str, str]]], np.ndarray]) -> None:
+        """Score every kept pair's texts with a cross-encoder (logits), a chunk at a time; keep the sigmoid."""
+        updates: list[tuple[float, str, str]] = []
+        for rows in self._rows():
+            texts = self.backend.get_texts(self.index, sorted({i for a, b, _, _ in rows for i in (a, b)}))
+            logits = scorer([(texts.get(a, ""), texts.get(b, "")) for a, b, _, _ in rows])
+            probs = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+            updates += [(float(pr), a, b) for (a, b, _, _), pr in zip(rows, probs, strict=True)]
+            if len(updates) >= 10 * self.chunk:
+                self._db.executemany("UPDATE pairs SET rerank = ? WHERE a = ? AND b = ?", updates)
+                updates = []
+        self._db.executemany("UPDATE pairs SET rerank = ? WHERE a = ? AND b = ?", updates)
+        self.confirmed = True
+
+    def scores(self) -> Iterator[tuple[str, str, float]]:
+        for rows in self._rows():
+            yield from ((a, b, s) for a, b, s, _ in rows)
+
+    def __iter__(self) -> Iterator[DuplicatePair]:
+        for rows in self._rows():
+            texts = self.backend.get_texts(self.index, sorted({i for a, b, _, _ in rows for i in (a, b)}))
+            for a, b, score, rerank in rows:
+                yield DuplicatePair(a, b, score, texts.get(a, ""), texts.get(b, ""), rerank)
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM pairs").fetchone()[0])
+
+    def __getitem__(self, position: int) -> DuplicatePair:
+        row = self._db.execute(
+            f"SELECT a, b, score, rerank FROM pairs {self._order()} LIMIT 1 OFFSET ?", (position,)
+        ).fetchone()
+        if row is None:
+            raise IndexError(position)
+        texts = self.backend.get_texts(self.index, [row[0], row[1]])
+        return DuplicatePair(row[0], row[1], row[2], texts.get(row[0], ""), texts.get(row[1], ""), row[3])
+
+    def close(self) -> None:
+        self._db.close()
+
+
 def mine_duplicates(
     backend: MinableBackend,
     index: str,
@@ -57,46 +138,39 @@ def mine_duplicates(
     num_candidates: int = 64,
     confirm: Callable[[Sequence[tuple[str, str]]], np.ndarray] | None = None,
     progress: Callable[[int], None] | None = None,
-) -> list[DuplicatePair]:
-    """Pairs whose vector similarity is at least ``threshold``, best first, each once.
+) -> MinedPairs:
+    """Pairs whose vector similarity is at least ``threshold``, each once, best first when iterated.
 
+    Memory is one chunk of vectors and neighbours: the kept pairs go to a temporary on-disk table.
     ``confirm`` scores (text, text) pairs with a cross-encoder (logits); kept pairs then carry its sigmoid.
     """
     if top_k < 1 or chunk < 1:
         raise ConfigError("--top-k and the chunk size must be at least 1")
-    best: dict[tuple[str, str], float] = {}
+    pairs = MinedPairs(backend, index)
     for ids, vectors in backend.iter_vectors(index, chunk):
         neighbours = backend.knn_batch(index, vectors, top_k + 1, max(num_candidates, top_k + 1))
-        for doc_id, found in zip(ids, neighbours, strict=True):
-            for other, score in found:
-                if other == doc_id or score < threshold:
-                    continue
-                key = (doc_id, other) if doc_id < other else (other, doc_id)
-                if score > best.get(key, -math.inf):
-                    best[key] = score
+        kept = [
+            (doc_id, other, score) if doc_id < other else (other, doc_id, score)
+            for doc_id, found in zip(ids, neighbours, strict=True)
+            for other, score in found
+            if other != doc_id and score >= threshold
+        ]
+        pairs.offer(kept)
         if progress is not None:
             progress(len(ids))
-    ordered = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))
-    texts = backend.get_texts(index, sorted({i for (a, b), _ in ordered for i in (a, b)})) if ordered else {}
-    pairs = [DuplicatePair(a, b, s, texts.get(a, ""), texts.get(b, "")) for (a, b), s in ordered]
-    if confirm is not None and pairs:
-        logits = confirm([(p.a_text, p.b_text) for p in pairs])
-        probs = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
-        pairs = sorted(
-            (
-                DuplicatePair(p.a_id, p.b_id, p.score, p.a_text, p.b_text, float(pr))
-                for p, pr in zip(pairs, probs, strict=True)
-            ),
-            key=lambda p: (-(p.rerank_score or 0.0), -p.score),
-        )
+    if confirm is not None:
+        pairs.confirm(confirm)
     return pairs
 
 
-def write_pairs(pairs: Sequence[DuplicatePair], path: str | Path) -> None:
+def write_pairs(pairs: Iterable[DuplicatePair], path: str | Path) -> int:
+    """Write pairs to CSV as they come (best first from ``MinedPairs``); return how many."""
+    written = 0
     with open(path, "w", encoding="utf-8", newline="") as fh:
         out = csv.writer(fh)
         out.writerow(["a_id", "b_id", "score", "rerank_score", "a_text", "b_text"])
         for p in pairs:
+            written += 1
             out.writerow(
                 [
                     p.a_id,
@@ -107,6 +181,7 @@ def write_pairs(pairs: Sequence[DuplicatePair], path: str | Path) -> None:
                     p.b_text,
                 ]
             )
+    return written
 
 
 def average_precision(scores: Sequence[float], labels: Sequence[int]) -> float:

@@ -76,7 +76,8 @@ def run_duplicates_eval(
         with EmbeddedBackend(data_dir=data.data_dir) as backend:
             run_ingest(open_source(corpus), backend, encoder, data, alias="questions", progress=progress)
             mined = mine_duplicates(backend, "questions", threshold=-1.0, top_k=top_k)
-        ours = {(p.a_id, p.b_id): p.score for p in mined}
+            ours = {(a, b): score for a, b, score in mined.scores()}
+            mined.close()
         results.append(_scoring("hybrid-search mine_duplicates", ours, labelled, time.perf_counter() - start))
 
         reranker = CrossEncoderReranker(settings=settings.models)

@@ -19,6 +19,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -295,10 +296,15 @@ class QueryLogStats:
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
-    result: SearchResult
-    at: str
-    top_k: int | None
-    filtered: bool
+    """A log document, built when the search is recorded: it holds ids and scores, never hit texts."""
+
+    doc: dict[str, Any]
+    size: int  # approximate bytes, for the queue's byte bound
+
+
+def _approx_size(doc: Mapping[str, Any]) -> int:
+    """A cheap upper-bound-ish estimate of a query-log document's size in memory."""
+    return 512 + len(doc.get("query") or "") * 4 + 256 * len(doc.get("hits") or ())
 
 
 _STOP = object()
@@ -320,29 +326,41 @@ class QueryLog:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self._recorded = self._written = self._dropped = self._failed = 0
+        self._recorded = self._written = self._dropped = self._failed = self._queued_bytes = 0
         self._warned = False
 
     # --- producer side: called from searches -------------------------------------------------------
     def record(self, result: SearchResult, *, top_k: int | None = None, filtered: bool = False) -> None:
-        """Queue one search for writing. Never blocks and never raises: a full queue drops and counts."""
+        """Queue one search for writing. Never blocks and never raises: a full queue (by entries or by
+        ``logs.queue_bytes``) drops and counts."""
         try:
-            entry = _Entry(result, now_iso(), top_k, filtered)
-            with self._lock:
-                self._recorded += 1
-                if self._closed:
-                    self._dropped += 1
-                    return
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name=f"query-log-{self.index}", daemon=True)
-                    self._thread.start()
-            self._queue.put_nowait(entry)
-        except queue.Full:
-            with self._lock:
-                self._dropped += 1
+            doc = self._doc(result, now_iso(), top_k, filtered)
+            entry = _Entry(doc, _approx_size(doc))
         except Exception:  # a log must never fail a search
             with self._lock:
+                self._recorded += 1
                 self._dropped += 1
+            return
+        with self._lock:  # the put happens under the lock, so close() cannot queue its stop marker in between
+            self._recorded += 1
+            if self._closed or self._queued_bytes + entry.size > self.settings.queue_bytes:
+                self._dropped += 1
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=f"query-log-{self.index}", daemon=True)
+                self._thread.start()
+            try:
+                self._queue.put_nowait(entry)
+            except queue.Full:
+                self._dropped += 1
+                return
+            self._queued_bytes += entry.size
+
+    @property
+    def queued_bytes(self) -> int:
+        """Approximate bytes of the entries waiting for the writer."""
+        with self._lock:
+            return self._queued_bytes
 
     @property
     def stats(self) -> QueryLogStats:
@@ -361,8 +379,7 @@ class QueryLog:
                 if not ensured:
                     self.sink.ensure(self.name, QUERY_LOG_MAPPING)
                     ensured = True
-                docs = [self._doc(e) for e in batch]
-                written = self.sink.append(self.name, docs)
+                written = self.sink.append(self.name, [e.doc for e in batch])
                 with self._lock:
                     self._written += written
             except IndexingError as exc:
@@ -382,19 +399,21 @@ class QueryLog:
                 break
             if item is _STOP:
                 return batch, True
+            with self._lock:
+                self._queued_bytes -= item.size
             batch.append(item)
             if deadline is None:
                 deadline = time.monotonic() + self.settings.flush_seconds
         return batch, False
 
-    def _doc(self, e: _Entry) -> dict[str, Any]:
+    def _doc(self, result: SearchResult, at: str, top_k: int | None, filtered: bool) -> dict[str, Any]:
         return query_log_doc(
-            e.result,
-            at=e.at,
+            result,
+            at=at,
             index=self.index,
             backend=self.backend,
-            top_k=e.top_k,
-            filtered=e.filtered,
+            top_k=top_k,
+            filtered=filtered,
             with_text=self.settings.query_text,
         )
 
@@ -443,15 +462,17 @@ class QueryLog:
 
     def _drain_unwritten(self) -> None:
         """The writer is stuck past the deadline: what it never took counts as dropped."""
-        left = 0
+        left = size = 0
         while True:
             try:
-                if self._queue.get_nowait() is not _STOP:
-                    left += 1
+                item = self._queue.get_nowait()
             except queue.Empty:
                 break
+            if item is not _STOP:
+                left, size = left + 1, size + item.size
         with self._lock:
             self._dropped += left
+            self._queued_bytes -= size
 
     def __enter__(self) -> QueryLog:
         return self

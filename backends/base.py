@@ -7,10 +7,12 @@ that is the searcher's job, so every engine gets the same pipeline. Construction
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 from hybrid_search.config.errors import ConfigError, FailedItem
 from hybrid_search.config.extras import require
@@ -32,19 +34,47 @@ __all__ = [
     "IndexedDocument",
     "IndexStats",
     "check_index_name",
+    "checks_names",
     "open_backend",
     "previous_alias",
 ]
 
 Similarity = Literal["dot_product", "cosine"]
 
+# The intersection of Elasticsearch's, OpenSearch's and a file system's rules: no path separators, no "." or
+# "..", no leading '-', '_', '+' or '.', lowercase, at most 200 bytes (engines allow 255; suffixes need room).
 _INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,199}$")
+_NAME_PARAMS = ("index", "alias", "physical", "resume_from", "name")
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def check_index_name(name: str) -> None:
     """An index or alias name every backend accepts; ``ConfigError`` otherwise."""
-    if not _INDEX_NAME.match(name):
-        raise ConfigError(f"index name {name!r} is not valid: use lowercase letters, digits, '.', '_' or '-'")
+    if not isinstance(name, str) or not _INDEX_NAME.match(name):
+        raise ConfigError(
+            f"index name {name!r} is not valid: use lowercase letters, digits, '.', '_' or '-' "
+            "(starting with a letter or digit, at most 200)"
+        )
+
+
+def checks_names(method: F) -> F:
+    """Check every index or alias name a backend method is given (parameters named ``index``, ``alias``,
+    ``physical``, ``resume_from`` or ``name``) before it runs, so no unchecked name reaches a file system
+    path or a request. Every public backend and log-sink method that takes a name carries this."""
+    signature = inspect.signature(method)
+    checked = [p for p in _NAME_PARAMS if p in signature.parameters]
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        for param in checked:
+            value = bound.arguments.get(param)
+            if value is not None:
+                check_index_name(value)
+        return method(*args, **kwargs)
+
+    return cast(F, wrapper)
 
 
 def previous_alias(alias: str) -> str:

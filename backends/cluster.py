@@ -25,7 +25,15 @@ from typing import Any
 import numpy as np
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from hybrid_search.backends.base import BulkResult, IndexedDocument, IndexSpec, IndexStats, previous_alias
+from hybrid_search.backends.base import (
+    BulkResult,
+    IndexedDocument,
+    IndexSpec,
+    IndexStats,
+    check_index_name,
+    checks_names,
+    previous_alias,
+)
 from hybrid_search.backends.logsinks import mapping_fields, new_log_id
 from hybrid_search.config.errors import (
     BackendUnavailable,
@@ -223,15 +231,9 @@ class ClusterBackend(ABC):
     def index_body(self, spec: IndexSpec, *, loading: bool) -> dict[str, Any]:
         """Settings and mappings of a new physical index."""
 
-    def _check_name(self, name: str) -> None:
-        if (
-            not name
-            or name != name.lower()
-            or name.startswith(("_", "-", "+"))
-            or any(c in name for c in ' "*\\<|,>/?#:')
-        ):
-            raise ConfigError(f"index name {name!r} is not valid here: use lowercase letters, digits, '.', '_' or '-'")
+    _check_name = staticmethod(check_index_name)
 
+    @checks_names
     def ensure_index(self, index: str, spec: IndexSpec) -> None:
         self._check_name(index)
         existing = self.index_spec(index)
@@ -247,10 +249,12 @@ class ClusterBackend(ABC):
         self.server  # noqa: B018 - connect (and check the version) before building bodies that depend on it
         self._call("create index", self.client.indices.create, index=index, body=self.index_body(spec, loading=loading))
 
+    @checks_names
     def index_exists(self, index: str) -> bool:
         self.server  # noqa: B018
         return bool(self._call("index exists", self.client.indices.exists, index=index))
 
+    @checks_names
     def index_spec(self, index: str) -> IndexSpec | None:
         return _spec_from_mapping(self._mapping(index)) if self.index_exists(index) else None
 
@@ -270,6 +274,7 @@ class ClusterBackend(ABC):
         s = self.index_settings
         return {"index": {"refresh_interval": s.refresh_interval, "number_of_replicas": s.replicas}}
 
+    @checks_names
     def begin_build(self, alias: str, spec: IndexSpec, *, resume_from: str | None = None) -> str:
         self._check_name(alias)
         if resume_from is not None:
@@ -285,16 +290,20 @@ class ClusterBackend(ABC):
         self._create(physical, spec, loading=True)
         return physical
 
+    @checks_names
     def finish_build(self, alias: str, physical: str) -> None:
         """Restore serving settings, refresh, then move the alias (and the previous build's) in one request."""
         self._call("restore settings", self.client.indices.put_settings, index=physical, body=self._serving_settings())
         self.refresh(physical)
         keep = previous_alias(alias)
-        current = [p for p in self._alias_targets(alias) if p != physical]
+        targets = self._alias_targets(alias)
+        if targets == [physical]:
+            return  # swapped already (a finish interrupted after the swap, then resumed): nothing left to do
+        current = [p for p in targets if p != physical]
         retired = self._alias_targets(keep)
         # no alias of that name, but an index: a plain index built before gives way to the alias
         plain = (
-            not current and alias != physical and self._call("index exists", self.client.indices.exists, index=alias)
+            not targets and alias != physical and self._call("index exists", self.client.indices.exists, index=alias)
         )
         kept = current[0] if current else None
         body = alias_actions({alias: (current, physical), keep: (retired, kept)}, remove_index=alias if plain else None)
@@ -303,6 +312,7 @@ class ClusterBackend(ABC):
             if old not in (physical, kept):
                 self._call("drop old index", self.client.indices.delete, index=old)
 
+    @checks_names
     def rollback(self, alias: str) -> tuple[str, str]:
         self._check_name(alias)
         keep = previous_alias(alias)
@@ -316,6 +326,7 @@ class ClusterBackend(ABC):
         self._call("roll back alias", self.client.indices.update_aliases, body=body)
         return previous[0], current[0]
 
+    @checks_names
     def drop_index(self, index: str) -> None:
         targets = self._alias_targets(index)
         if targets:
@@ -353,6 +364,7 @@ class ClusterBackend(ABC):
             max_retries=0,
         )
 
+    @checks_names
     def upsert(self, index: str, docs: Sequence[IndexedDocument]) -> BulkResult:
         pending: dict[str, IndexedDocument] = {}  # last write of an id wins
         failed: list[FailedItem] = []
@@ -363,7 +375,29 @@ class ClusterBackend(ABC):
             else:
                 pending.pop(doc.doc_id, None)
                 failed.append(FailedItem(doc.doc_id, "vector is not a finite 1-d array"))
-        stored: list[str] = []
+        stored, refused = self._bulk_until_settled(
+            index,
+            pending,
+            lambda batch: self._bulk_actions(index, batch),
+            what="documents",
+            hint="nothing was lost: check the cluster's health and rerun with --resume",
+        )
+        return BulkResult(stored=tuple(stored), failed=tuple(failed + refused))
+
+    def _bulk_until_settled(
+        self,
+        index: str,
+        pending: dict[str, Any],
+        actions: Callable[[list[Any]], Iterable[dict[str, Any]]],
+        *,
+        what: str,
+        hint: str,
+    ) -> tuple[list[str], list[FailedItem]]:
+        """Send ``pending`` (id -> payload) in bulk until every item is settled: done, refused for good
+        (returned with its reason), or still answered 429/5xx / dropped after ``bulk_attempts`` tries, which
+        raises ``IndexingError`` naming them. Retries wait with capped, jittered exponential backoff."""
+        done: list[str] = []
+        refused: list[FailedItem] = []
         retrying = Retrying(
             retry=retry_if_exception_type(_Retryable),
             wait=wait_random_exponential(multiplier=0.5, max=self.settings.backoff_max),
@@ -373,54 +407,75 @@ class ClusterBackend(ABC):
         try:
             for attempt in retrying:
                 with attempt:
-                    self._bulk_once(index, pending, stored, failed)
+                    self._bulk_once(index, pending, actions, done, refused)
                     if pending:
-                        raise _Retryable(f"{len(pending)} documents got 429/5xx answers or a dropped connection")
+                        raise _Retryable(f"{len(pending)} {what} got 429/5xx answers or a dropped connection")
         except RetryError as exc:
             raise IndexingError(
-                f"{self.name} at {self.urls_text} kept refusing {len(pending)} documents after "
-                f"{self.settings.bulk_attempts} attempts (429/5xx or dropped connections); nothing was lost: "
-                "check the cluster's health and rerun with --resume",
+                f"{self.name} at {self.urls_text} kept refusing {len(pending)} {what} after "
+                f"{self.settings.bulk_attempts} attempts (429/5xx or dropped connections); {hint}",
                 failed=[FailedItem(i, "retryable error persisted") for i in pending],
             ) from exc
-        return BulkResult(stored=tuple(stored), failed=tuple(failed))
+        return done, refused
 
     def _bulk_once(
-        self, index: str, pending: dict[str, IndexedDocument], stored: list[str], failed: list[FailedItem]
+        self,
+        index: str,
+        pending: dict[str, Any],
+        actions: Callable[[list[Any]], Iterable[dict[str, Any]]],
+        done: list[str],
+        refused: list[FailedItem],
     ) -> None:
-        """One pass over the pending documents; settled ones leave ``pending``, retryable ones stay."""
+        """One pass over the pending items; settled ones leave ``pending``, retryable ones stay."""
         self.server  # noqa: B018
         retry_statuses: dict[Any, int] = {}
         try:
-            for ok, item in self._streaming_bulk(self._bulk_actions(index, list(pending.values()))):
+            for ok, item in self._streaming_bulk(actions(list(pending.values()))):
                 op = next(iter(item.values()))
-                doc_id, status = str(op.get("_id")), op.get("status")
+                item_id, status = str(op.get("_id")), op.get("status")
                 if ok:
-                    stored.append(doc_id)
-                    pending.pop(doc_id, None)
+                    done.append(item_id)
+                    pending.pop(item_id, None)
                 elif status in RETRYABLE_STATUS or not isinstance(status, int):
                     retry_statuses[status] = retry_statuses.get(status, 0) + 1
                 else:
-                    failed.append(FailedItem(doc_id, _reason(op.get("error")), status))
-                    pending.pop(doc_id, None)
+                    refused.append(FailedItem(item_id, _reason(op.get("error") or op.get("result")), status))
+                    pending.pop(item_id, None)
         except self.connection_errors as exc:
             retry_statuses[type(exc).__name__] = len(pending)
         if retry_statuses:
-            log.warning("bulk into %s: %d documents to retry (%s)", index, len(pending), retry_statuses)
+            log.warning("bulk into %s: %d items to retry (%s)", index, len(pending), retry_statuses)
 
+    @checks_names
     def delete(self, index: str, doc_ids: Sequence[str]) -> int:
-        self.server  # noqa: B018
-        actions = ({"_op_type": "delete", "_index": index, "_id": i} for i in doc_ids)
-        return sum(1 for ok, _ in self._streaming_bulk(actions) if ok)
+        """Remove documents; return how many existed. A refusal (429 after every retry, 5xx) is an
+        ``IndexingError``, never counted as "did not exist"."""
+        pending = {str(i): str(i) for i in doc_ids}
+        deleted, refused = self._bulk_until_settled(
+            index,
+            pending,
+            lambda ids: ({"_op_type": "delete", "_index": index, "_id": i} for i in ids),
+            what="deletes",
+            hint="the documents may still exist: check the cluster's health and delete again",
+        )
+        errors = [f for f in refused if f.status != 404]  # 404: the document was not there
+        if errors:
+            raise IndexingError(
+                f"{self.name} refused {len(errors)} deletes from {index}: {errors[0].reason}", failed=errors
+            )
+        return len(deleted)
 
+    @checks_names
     def count(self, index: str) -> int:
         self.server  # noqa: B018 - connect and check the engine first
         return int(self._call("count", self.client.count, index=index)["count"])
 
+    @checks_names
     def refresh(self, index: str) -> None:
         self.server  # noqa: B018
         self._call("refresh", self.client.indices.refresh, index=index)
 
+    @checks_names
     def stats(self, index: str) -> IndexStats:
         targets = self._alias_targets(index)
         physical = targets[0] if targets else index
@@ -469,6 +524,7 @@ class ClusterBackend(ABC):
             )
         return hits
 
+    @checks_names
     def search_bm25(self, index: str, query: str, k: int, filters: Filter | None = None) -> list[Hit]:
         return self._hits(self._search(index, bm25_body(query, k, filters)), "bm25")
 
@@ -480,6 +536,7 @@ class ClusterBackend(ABC):
         """The vector similarity behind an engine's kNN ``_score`` (engines rescale it to be positive)."""
         return score
 
+    @checks_names
     def search_knn(
         self, index: str, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None = None
     ) -> list[Hit]:
@@ -506,6 +563,7 @@ class ClusterBackend(ABC):
     def _hybrid_search(self, index: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         return self._search(index, body)
 
+    @checks_names
     def search_hybrid(
         self,
         index: str,
@@ -548,6 +606,7 @@ class ClusterBackend(ABC):
         """Every hit of ``body`` over ``index``, scrolled."""
         return self.helpers.scan(self.client, index=index, query=body, size=size)
 
+    @checks_names
     def iter_vectors(self, index: str, batch: int = 1_000) -> Iterable[tuple[list[str], np.ndarray]]:
         """Every stored vector, scrolled from ``_source`` a batch at a time."""
         ids: list[str] = []
@@ -564,6 +623,7 @@ class ClusterBackend(ABC):
         if ids:
             yield ids, np.asarray(vectors, dtype=np.float32)
 
+    @checks_names
     def knn_batch(self, index: str, vectors: np.ndarray, k: int, num_candidates: int) -> list[list[tuple[str, float]]]:
         """Neighbours of many vectors in one ``_msearch`` round trip."""
         lines: list[dict[str, Any]] = []
@@ -579,15 +639,22 @@ class ClusterBackend(ABC):
             out.append([(str(h["_id"]), self.similarity(float(h["_score"]))) for h in item["hits"]["hits"]])
         return out
 
+    @checks_names
     def get_texts(self, index: str, doc_ids: Sequence[str]) -> dict[str, str]:
-        response = self._call(
-            "mget", self.client.mget, index=index, body={"ids": list(doc_ids)}, _source_includes=list(TEXT_FIELDS)
-        )
-        return {
-            d["_id"]: f"{d['_source'].get('title', '')} {d['_source'].get('text', '')}".strip()
-            for d in response["docs"]
-            if d.get("found")
-        }
+        """``title text`` of each id found, in ``mget`` requests of ``bulk_docs`` ids each."""
+        out: dict[str, str] = {}
+        ids = list(doc_ids)
+        for start in range(0, len(ids), self.settings.bulk_docs):
+            part = ids[start : start + self.settings.bulk_docs]
+            response = self._call(
+                "mget", self.client.mget, index=index, body={"ids": part}, _source_includes=list(TEXT_FIELDS)
+            )
+            out.update(
+                (d["_id"], f"{d['_source'].get('title', '')} {d['_source'].get('text', '')}".strip())
+                for d in response["docs"]
+                if d.get("found")
+            )
+        return out
 
     def log_sink(self) -> ClusterLogSink:
         """Query and ingest logs as indexes beside the corpus on this cluster."""
@@ -611,6 +678,7 @@ class ClusterLogSink:
         self.backend = backend
         self.location = backend.urls_text
 
+    @checks_names
     def ensure(self, name: str, mapping: Mapping[str, Any]) -> None:
         b = self.backend
         b._check_name(name)
@@ -626,6 +694,7 @@ class ClusterLogSink:
             "update log mapping", b.client.indices.put_mapping, index=name, body={"properties": mapping["properties"]}
         )
 
+    @checks_names
     def append(self, name: str, docs: Sequence[Mapping[str, Any]], *, refresh: bool = False) -> int:
         b = self.backend
         b.server  # noqa: B018
@@ -645,12 +714,14 @@ class ClusterLogSink:
             )
         return stored
 
+    @checks_names
     def latest(self, name: str) -> dict[str, Any] | None:
         if not self.backend.index_exists(name):
             return None
         hits = self.backend._search(name, latest_body())
         return dict(hits[0]["_source"]) if hits else None
 
+    @checks_names
     def count(self, name: str) -> int:
         return self.backend.count(name) if self.backend.index_exists(name) else 0
 

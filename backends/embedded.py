@@ -24,6 +24,7 @@ import re
 import shutil
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from functools import cached_property
@@ -40,6 +41,7 @@ from hybrid_search.backends.base import (
     IndexSpec,
     IndexStats,
     check_index_name,
+    checks_names,
     previous_alias,
 )
 from hybrid_search.backends.logsinks import JsonlLogSink
@@ -54,6 +56,7 @@ log = logging.getLogger(__name__)
 
 _SQL_CHUNK = 500  # ids per IN (...) clause, under SQLite's parameter limit
 _EXACT_FILTER_LIMIT = 20_000  # below this many allowed docs, a filtered kNN is answered exactly
+_FILTER_CACHE_SIZE = 32  # distinct filters whose allowed rows are kept (a bitmap of N/8 bytes each)
 _COMPACT_MIN_DEAD = 1_000
 _COMPACT_FRACTION = 0.2
 _VECTOR_FILE = re.compile(r"^vectors-(\d+)\.faiss$")
@@ -110,6 +113,8 @@ class _PhysicalIndex:
         self.vectors, self.vectors_upto = self._load_vectors()
         self._dead_selector: tuple[int, Any, Any] | None = None
         self._dead_epoch = 0  # bumped whenever the tombstone set changes
+        self._generation = 0  # bumped whenever any row changes: cached filter selectors go stale
+        self._filter_cache: OrderedDict[str, tuple[int, list[int] | None, Any, Any]] = OrderedDict()
         self._last_flush = time.monotonic()
         self._recover()
 
@@ -195,6 +200,7 @@ class _PhysicalIndex:
             rows.append((doc.doc_id, doc.title, doc.text, json.dumps(dict(doc.metadata)), vec.tobytes()))
         if rows:
             self._write_rows(rows)
+            self._generation += 1
         return BulkResult(stored=tuple(r[0] for r in rows), failed=tuple(failed))
 
     def _check(self, doc: IndexedDocument) -> str | None:
@@ -272,6 +278,7 @@ class _PhysicalIndex:
         self._delete_keys(keys)
         self.db.execute("COMMIT")
         self._dead_epoch += bool(keys)
+        self._generation += bool(keys)
         return len(keys)
 
     def flush(self) -> None:
@@ -351,11 +358,9 @@ class _PhysicalIndex:
         if self.spec.similarity == "cosine":
             query = query / max(float(np.linalg.norm(query)), 1e-12)
         if filters:
-            where, params = to_sql(filters)
-            allowed = [r[0] for r in self.db.execute(f"SELECT key FROM docs WHERE {where}", params)]
-            if len(allowed) <= _EXACT_FILTER_LIMIT:
+            allowed, selector = self._filter_selector(filters)
+            if allowed is not None:
                 return self._exact_knn(query[0], allowed, k)
-            selector = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
         else:
             selector = self._not_dead_selector()
         scores, keys = self._graph_search(query, k, num_candidates, selector)
@@ -386,6 +391,30 @@ class _PhysicalIndex:
             if key in rows:
                 hits.append(self._hit(rows[key], len(hits) + 1, score, knn=score))
         return hits
+
+    def _filter_selector(self, filters: Filter) -> tuple[list[int] | None, Any]:
+        """The rows a filter allows: their keys when few enough for an exact search, else a faiss bitmap
+        selector (one bit per row). Cached per filter until the next write, so a repeated filter costs no
+        table scan and no per-query id list."""
+        cache_key = json.dumps(filters, sort_keys=True, default=str)
+        cached = self._filter_cache.get(cache_key)
+        if cached is not None and cached[0] == self._generation:
+            self._filter_cache.move_to_end(cache_key)
+            return cached[1], cached[2]
+        where, params = to_sql(filters)
+        keys = np.fromiter((r[0] for r in self.db.execute(f"SELECT key FROM docs WHERE {where}", params)), np.int64)
+        if len(keys) <= _EXACT_FILTER_LIMIT:
+            entry: tuple[int, list[int] | None, Any, Any] = (self._generation, keys.tolist(), None, None)
+        else:
+            bits = np.zeros(int(keys.max()) + 1, dtype=bool)
+            bits[keys] = True
+            bitmap = np.packbits(bits, bitorder="little")  # faiss reads bit (i & 7) of byte i >> 3
+            # the selector points into ``bitmap``: the cache entry keeps both alive together
+            entry = (self._generation, None, faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bitmap)), bitmap)
+        self._filter_cache[cache_key] = entry
+        while len(self._filter_cache) > _FILTER_CACHE_SIZE:
+            self._filter_cache.popitem(last=False)
+        return entry[1], entry[2]
 
     def _not_dead_selector(self) -> Any:
         if self._dead_selector is None or self._dead_selector[0] != self._dead_epoch:
@@ -488,6 +517,7 @@ class EmbeddedBackend:
         return self._aliases().get(index, index)
 
     def _path(self, physical: str) -> Path:
+        check_index_name(physical)  # also what aliases.json says, in case someone edited it
         return self.data_dir / "indexes" / physical
 
     def _get(self, index: str) -> _PhysicalIndex:
@@ -509,6 +539,7 @@ class EmbeddedBackend:
     _check_name = staticmethod(check_index_name)
 
     # --- protocol ---------------------------------------------------------------------------------
+    @checks_names
     def ensure_index(self, index: str, spec: IndexSpec) -> None:
         self._check_name(index)
         existing = self.index_spec(index)
@@ -521,14 +552,17 @@ class EmbeddedBackend:
                 f"{spec.dims}: use another --index or the model it was built with"
             )
 
+    @checks_names
     def index_exists(self, index: str) -> bool:
         return (self._path(self._physical(index)) / "spec.json").exists()
 
+    @checks_names
     def index_spec(self, index: str) -> IndexSpec | None:
         if not self.index_exists(index):
             return None
         return _PhysicalIndex.read_spec(self._path(self._physical(index)))
 
+    @checks_names
     def begin_build(self, alias: str, spec: IndexSpec, *, resume_from: str | None = None) -> str:
         self._check_name(alias)
         if resume_from is not None:
@@ -540,6 +574,7 @@ class EmbeddedBackend:
         self.ensure_index(physical, spec)
         return physical
 
+    @checks_names
     def finish_build(self, alias: str, physical: str) -> None:
         self._get(physical).flush()
         aliases = self._aliases()
@@ -554,6 +589,7 @@ class EmbeddedBackend:
         if retired and retired not in aliases.values():
             self._drop_physical(retired)
 
+    @checks_names
     def rollback(self, alias: str) -> tuple[str, str]:
         self._check_name(alias)
         aliases = self._aliases()
@@ -567,20 +603,25 @@ class EmbeddedBackend:
         self._write_aliases(aliases)
         return aliases[alias], aliases[keep]
 
+    @checks_names
     def upsert(self, index: str, docs: Sequence[IndexedDocument]) -> BulkResult:
         return self._get(index).upsert(docs)
 
+    @checks_names
     def delete(self, index: str, doc_ids: Sequence[str]) -> int:
         return self._get(index).delete(doc_ids)
 
+    @checks_names
     def search_bm25(self, index: str, query: str, k: int, filters: Filter | None = None) -> list[Hit]:
         return self._get(index).bm25(query, k, filters)
 
+    @checks_names
     def search_knn(
         self, index: str, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None = None
     ) -> list[Hit]:
         return self._get(index).knn(vector, k, num_candidates, filters)
 
+    @checks_names
     def search_hybrid(
         self,
         index: str,
@@ -596,16 +637,24 @@ class EmbeddedBackend:
     ) -> list[Hit]:
         raise FusionUnsupported("the embedded backend fuses in the client")
 
+    @checks_names
     def count(self, index: str) -> int:
         return self._get(index).count()
 
+    @checks_names
     def refresh(self, index: str) -> None:
         self._get(index).flush()
 
+    @checks_names
     def drop_index(self, index: str) -> None:
         aliases = self._aliases()
         if index in aliases:
-            dropped = [aliases.pop(name) for name in (index, previous_alias(index)) if name in aliases]
+            names = [name for name in (index, previous_alias(index)) if name in aliases]
+            dropped = [aliases[name] for name in names]
+            for physical in dropped:
+                check_index_name(physical)  # before anything changes, even if aliases.json was edited by hand
+            for name in names:
+                del aliases[name]
             self._write_aliases(aliases)
             for physical in dropped:
                 self._drop_physical(physical)
@@ -613,6 +662,7 @@ class EmbeddedBackend:
             self._write_aliases({a: p for a, p in aliases.items() if p != index})
             self._drop_physical(index)
 
+    @checks_names
     def stats(self, index: str) -> IndexStats:
         idx = self._get(index)
         spec = idx.spec
@@ -647,14 +697,17 @@ class EmbeddedBackend:
         """Query and ingest logs as JSONL files under ``data_dir/logs`` (each with its mapping beside it)."""
         return JsonlLogSink(self.data_dir / "logs")
 
+    @checks_names
     def iter_vectors(self, index: str, batch: int = 10_000) -> Iterable[tuple[list[str], np.ndarray]]:
         """Stored vectors straight from disk, for corpus-wide jobs such as duplicate mining."""
         return self._get(index).iter_vectors(batch)
 
+    @checks_names
     def knn_batch(self, index: str, vectors: np.ndarray, k: int, num_candidates: int) -> list[list[tuple[str, float]]]:
         """Neighbours of many vectors at once over the HNSW graph (no per-query round trips)."""
         return self._get(index).knn_batch(vectors, k, num_candidates)
 
+    @checks_names
     def get_texts(self, index: str, doc_ids: Sequence[str]) -> dict[str, str]:
         """``title text`` of each id found."""
         rows = self._get(index)._rows_by("doc_id", list(doc_ids))

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from hybrid_search.backends.base import checks_names
 from hybrid_search.config.errors import FailedItem, IndexingError
 
 __all__ = ["JsonlLogSink", "LogSink", "check_document", "mapping_fields", "new_log_id"]
@@ -109,11 +110,13 @@ class JsonlLogSink:
     def _path(self, name: str) -> Path:
         return self.directory / f"{name}.jsonl"
 
+    @checks_names
     def ensure(self, name: str, mapping: Mapping[str, Any]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / f"{name}.mapping.json").write_text(json.dumps(mapping, indent=1), encoding="utf-8")
         self._mappings[name] = mapping
 
+    @checks_names
     def append(self, name: str, docs: Sequence[Mapping[str, Any]], *, refresh: bool = False) -> int:
         mapping = self._mappings.get(name) or self._stored_mapping(name)
         failed, good = [], []
@@ -137,6 +140,7 @@ class JsonlLogSink:
         self._mappings[name] = json.loads(path.read_text(encoding="utf-8"))
         return self._mappings[name]
 
+    @checks_names
     def latest(self, name: str) -> dict[str, Any] | None:
         # Writers append within seconds of each document's timestamp, so the newest is among the last lines:
         # the newest of the final TAIL_BYTES (at least one whole line) is the newest of the file.
@@ -156,6 +160,7 @@ class JsonlLogSink:
         docs = [json.loads(line) for line in lines if line.strip()]
         return max(docs, key=lambda d: d.get("@timestamp", "")) if docs else None
 
+    @checks_names
     def count(self, name: str) -> int:
         path = self._path(name)
         if not path.exists():

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
@@ -32,7 +33,9 @@ __all__ = [
     "SearchSettings",
     "Secret",
     "Settings",
+    "check_url",
     "load_settings",
+    "redact_url",
 ]
 
 ENV_PREFIX = "HYBRID_SEARCH_"
@@ -134,6 +137,7 @@ class LogSettings(_Section):
     query_text: bool = True  # False keeps query text out of the log (privacy); everything else is kept
     ingest: bool = True  # write one summary document per ingest run to <index>-ingest
     queue_size: int = Field(default=10_000, ge=1)  # entries waiting for the writer; more are dropped, counted
+    queue_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)  # and their approximate size, bounded too
     batch_size: int = Field(default=500, ge=1)  # entries per bulk write
     flush_seconds: float = Field(default=1.0, gt=0)  # longest an entry waits before it is written
     close_seconds: float = Field(default=10.0, ge=0)  # how long close() waits for the writer to drain
@@ -160,7 +164,9 @@ class BackendSettings(_Section):
     @classmethod
     def _split_urls(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return tuple(u.strip() for u in value.split(",") if u.strip())
+            value = tuple(u.strip() for u in value.split(",") if u.strip())
+        if isinstance(value, (tuple, list)):
+            return tuple(check_url(u, "cluster URL") if isinstance(u, str) else u for u in value)
         return value
 
     def credentials(self) -> tuple[str | None, tuple[str, str] | None]:
@@ -222,19 +228,60 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _FileSource(settings_cls))
 
 
+def redact_url(url: str) -> str:
+    """``url`` with any user and password replaced by ``***``, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_url(url: str, what: str) -> str:
+    """An http(s) URL without credentials in it; ``ConfigError`` (never showing the password) otherwise."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ConfigError(f"{what} {redact_url(url) if '@' in url else url!r} is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{what} {redact_url(url)!r} must start with http:// or https:// (http(s)://HOST:PORT)")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"{what} {redact_url(url)!r} carries credentials: remove them from the URL and give the user with "
+            f"--username (backend.username) and the password in {ENV_PREFIX}PASSWORD (or an API key in "
+            f"{ENV_PREFIX}API_KEY), so they never appear in settings, logs or messages"
+        )
+    return url
+
+
 def _read_settings_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"settings file {path} does not exist: fix --config or {CONFIG_ENV}")
-    try:
-        if path.suffix.lower() == ".toml":
-            return tomllib.loads(path.read_text(encoding="utf-8"))
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml"):
+        raise ConfigError(f"settings file {path}: use a .toml, .yaml or .yml file")
+    import yaml
 
-            return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (tomllib.TOMLDecodeError, ValueError) as exc:
-        raise ConfigError(f"settings file {path} is not valid: {exc}") from exc
-    raise ConfigError(f"settings file {path}: use a .toml, .yaml or .yml file")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ConfigError(f"settings file {path} is not valid: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"settings file {path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"settings file {path} must hold a mapping of sections (e.g. [search] / search:), "
+            f"not a {type(data).__name__}"
+        )
+    return data
 
 
 def load_settings(config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:

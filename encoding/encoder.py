@@ -47,18 +47,20 @@ class PoolingConfig:
     """How token states become one vector, as the model's sentence-transformers config declares it."""
 
     mode: str = "mean"
-    normalize: bool = True
+    normalize: bool = False  # L2-normalise the pooled vector: only when the model has a Normalize module
 
     @staticmethod
     def from_model_dir(folder: Path) -> PoolingConfig:
-        """Read ``modules.json`` / the Pooling module's config; mean pooling when the model declares none."""
+        """Read ``modules.json`` / the Pooling module's config, as sentence-transformers does: mean pooling
+        and no normalisation when the model declares none."""
         modules_path = folder / "modules.json"
         if not modules_path.exists():
             return PoolingConfig()
         modules = json.loads(modules_path.read_text(encoding="utf-8"))
+        normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
         pooling = next((m for m in modules if m.get("type", "").endswith("Pooling")), None)
         if pooling is None:
-            return PoolingConfig()
+            return PoolingConfig(normalize=normalize)
         cfg = json.loads((folder / pooling.get("path", "") / "config.json").read_text(encoding="utf-8"))
         flags = {
             "cls": cfg.get("pooling_mode_cls_token"),
@@ -71,7 +73,7 @@ class PoolingConfig:
         chosen = [mode for mode, on in flags.items() if on]
         if len(chosen) != 1:
             raise ConfigError(f"{folder}: exactly one pooling mode must be set, found {chosen or 'none'}")
-        return PoolingConfig(mode=chosen[0], normalize=True)
+        return PoolingConfig(mode=chosen[0], normalize=normalize)
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:

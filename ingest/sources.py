@@ -21,6 +21,7 @@ from hybrid_search.config.errors import SourceError
 from hybrid_search.config.extras import require
 
 SAMPLE_SOURCE = "sample"
+_BOM = b"\xef\xbb\xbf"
 
 __all__ = [
     "SAMPLE_SOURCE",
@@ -95,6 +96,8 @@ class JsonlFile:
     def records(self) -> Iterator[RawRecord]:
         with _open_binary(self.path) as fh:
             for position, raw in enumerate(fh, start=1):
+                if position == 1 and raw.startswith(_BOM):
+                    raw = raw[len(_BOM) :]  # editors on Windows write one; it is not part of the first record
                 if not raw.strip():
                     continue
                 try:
@@ -119,7 +122,8 @@ class CsvFile:
 
     def records(self) -> Iterator[RawRecord]:
         with _open_binary(self.path) as raw:
-            text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+            # utf-8-sig: a byte-order mark would otherwise glue itself to the first column's name
+            text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
             reader = csv.reader(text, delimiter=self.delimiter)
             header = next(reader, None)
             if not header:
@@ -177,23 +181,36 @@ class BeirFolder:
         if not qrels_path.exists():
             have = sorted(p.stem for p in (self.path / "qrels").glob("*.tsv"))
             raise SourceError(f"{qrels_path} not found: choose --split from {have or 'nothing (no qrels/)'}")
+        queries_path = self.path / "queries.jsonl"
+        if not queries_path.is_file():
+            raise SourceError(f"{queries_path} not found: a BEIR folder needs queries.jsonl to evaluate")
         queries: dict[str, str] = {}
-        for rec in JsonlFile(self.path / "queries.jsonl").records():
-            if rec.fields is not None and rec.fields.get("_id") is not None:
-                queries[str(rec.fields["_id"])] = str(rec.fields.get("text", ""))
+        for rec in JsonlFile(queries_path).records():
+            if rec.fields is None or rec.fields.get("_id") in (None, ""):
+                # a query lost here would silently change every metric: stop and say where
+                raise SourceError(f"{queries_path} line {rec.position}: {rec.error or 'a query without _id'}")
+            text = str(rec.fields.get("text", ""))
+            if any("\udc80" <= ch <= "\udcff" for ch in text):
+                raise SourceError(f"{queries_path} line {rec.position}: the query text is not UTF-8")
+            queries[str(rec.fields["_id"])] = text
         return QuerySet(queries=queries, qrels=_read_qrels_tsv(qrels_path))
 
 
 def _read_qrels_tsv(path: Path) -> dict[str, dict[str, int]]:
+    """``query-id <TAB> corpus-id <TAB> score`` lines (a header line is optional); any other line is an error."""
     qrels: dict[str, dict[str, int]] = {}
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            parts = line.rstrip("\n").split("\t")
-            if n == 1 and parts[0] == "query-id":
-                continue
-            if len(parts) < 3:
-                continue
-            qrels.setdefault(parts[0], {})[parts[1]] = int(float(parts[2]))
+    with path.open("rb") as fh:
+        for n, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\r\n")
+                parts = line.split("\t")
+                if not line.strip() or (n == 1 and parts[0] == "query-id"):
+                    continue
+                if len(parts) < 3 or not parts[0] or not parts[1]:
+                    raise ValueError("expected query-id, corpus-id and score separated by tabs")
+                qrels.setdefault(parts[0], {})[parts[1]] = int(float(parts[2]))
+            except (UnicodeDecodeError, ValueError, OverflowError) as exc:
+                raise SourceError(f"{path} line {n} is not a qrels line ({exc}): fix the file") from None
     return qrels
 
 

@@ -109,6 +109,7 @@ class BackendContract:
             assert [h.rank for h in hits] == [1, 2, 3]
             assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
             assert hits[0].knn_score == hits[0].score and hits[0].bm25_score is None
+            assert hits[0].score == pytest.approx(1.0, abs=1e-3)  # scores are the similarity, on every engine
 
     def test_bm25_ranks_exact_phrase_first(self, backend, loaded):
         hits = backend.search_bm25(loaded, "hybrid retrieval wins", 5)
@@ -151,6 +152,8 @@ class BackendContract:
         backend.finish_build(index, second)
         assert backend.count(index) == len(corpus())
         assert backend.count(previous_alias(index)) == 3  # the replaced build is kept for rollback
+        backend.finish_build(index, second)  # a finish resumed after a crash past the swap changes nothing
+        assert backend.count(index) == len(corpus()) and backend.count(previous_alias(index)) == 3
         third = backend.begin_build(index, SPEC)
         backend.upsert(third, corpus()[:5])
         backend.finish_build(index, third)

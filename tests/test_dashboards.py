@@ -258,12 +258,16 @@ def test_install_waits_for_a_starting_product_and_names_refused_objects():
             install_saved_objects(url, "kibana")
 
 
-def test_install_against_nothing_says_what_to_check():
+def test_install_against_nothing_says_what_to_check_at_once():
+    naps: list[float] = []
+    url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(DashboardsError, match=r"did not answer .*docker compose --profile opensearch up"):
-        install_saved_objects(
-            f"http://127.0.0.1:{free_port()}", "opensearch-dashboards", attempts=2, sleep=lambda s: None
-        )
-    with pytest.raises(ConfigError, match="http://"):
+        install_saved_objects(url, "opensearch-dashboards", sleep=naps.append)
+    assert naps == []  # a refused connection is not retried unless asked to wait
+    with pytest.raises(DashboardsError, match="--wait"):
+        install_saved_objects(url, "opensearch-dashboards", wait=0.5, sleep=naps.append)
+    assert naps  # with --wait it kept trying until the deadline
+    with pytest.raises(ConfigError, match="http"):
         install_saved_objects("localhost:5601", "kibana")
 
 

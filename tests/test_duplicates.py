@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from hybrid_search.app.duplicates import average_precision, best_f1, mine_duplicates, write_pairs
@@ -70,3 +71,40 @@ def test_average_precision_and_best_f1_by_hand():
     assert best_f1(scores, labels) == (pytest.approx(0.8), 0.7)
     assert best_f1([0.5, 0.5], [1, 0]) == (pytest.approx(2 / 3), 0.5)  # ties cannot be split
     assert average_precision([0.1], [0]) == 0.0 and best_f1([0.1], [0]) == (0.0, math.inf)
+
+
+def test_mined_pairs_stay_on_disk_and_stream_in_order(mined_index, tmp_path):
+    """Kept pairs live in a temporary table, not a Python dict: mining every pair of the corpus leaves no
+    per-pair Python objects behind, and writing streams them best first."""
+    import tracemalloc
+
+    tracemalloc.start()
+    pairs = mine_duplicates(mined_index, "q", threshold=-1.0, top_k=8, chunk=2)
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(pairs) == math.comb(len(QUESTIONS), 2) and held < 200_000
+    out = tmp_path / "all.csv"
+    assert write_pairs(pairs, out) == len(pairs)
+    scores = [float(line.split(",")[2]) for line in out.read_text().splitlines()[1:]]
+    assert scores == sorted(scores, reverse=True)
+    pairs.close()
+
+
+def test_cluster_text_lookups_are_chunked(noida_url):
+    """``get_texts`` asks for at most ``bulk_docs`` ids per ``mget``, however many it is given."""
+    from hybrid_search.backends.base import IndexedDocument, IndexSpec
+    from hybrid_search.backends.elasticsearch import ElasticsearchBackend
+    from hybrid_search.config.settings import BackendSettings
+
+    backend = ElasticsearchBackend(BackendSettings(kind="elasticsearch", urls=(noida_url,), bulk_docs=7))
+    backend.drop_index("texts")
+    backend.ensure_index("texts", IndexSpec(dims=2))
+    backend.upsert("texts", [IndexedDocument(f"t{i}", "", f"text {i}", np.array([1.0, 0.0])) for i in range(30)])
+    backend.refresh("texts")
+    sizes = []
+    real = backend.client.mget
+    backend.client.mget = lambda **kw: sizes.append(len(kw["body"]["ids"])) or real(**kw)
+    texts = backend.get_texts("texts", [f"t{i}" for i in range(30)] + ["missing"])
+    assert len(texts) == 30 and texts["t3"] == "text 3" and max(sizes) == 7 and sum(sizes) == 31
+    backend.drop_index("texts")
+    backend.close()

@@ -86,3 +86,32 @@ def test_english_analyzer_stems(tmp_path):
         b.ensure_index("std", IndexSpec(dims=8))
         b.upsert("std", [IndexedDocument("r", "", "she was running quickly", unit(1.0), {})])
         assert b.search_bm25("std", "runs", 5) == []
+
+
+def test_a_repeated_filter_scans_the_table_once_until_the_next_write(tmp_path, monkeypatch):
+    """Filtered kNN keeps one bitmap per filter (no per-query id list); a write makes it stale."""
+    import hybrid_search.backends.embedded as embedded
+    from hybrid_search.backends.base import IndexedDocument, IndexSpec
+
+    monkeypatch.setattr(embedded, "_EXACT_FILTER_LIMIT", 5)  # force the HNSW + bitmap path on a small index
+    rng = np.random.default_rng(1)
+    vecs = rng.normal(size=(300, 8)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    with EmbeddedBackend(data_dir=tmp_path) as backend:
+        backend.ensure_index("f", IndexSpec(dims=8))
+        docs = [IndexedDocument(f"d{i}", "", f"text {i}", vecs[i], {"part": "a" if i % 3 else "b"}) for i in range(300)]
+        backend.upsert("f", docs)
+        backend.refresh("f")
+        scans = []
+        idx = backend._get("f")
+        idx.db.set_trace_callback(lambda sql: scans.append(sql) if "json_extract" in sql else None)
+        first = backend.search_knn("f", vecs[0], 10, 300, {"part": "b"})
+        again = backend.search_knn("f", vecs[0], 10, 300, {"part": "b"})
+        assert len(scans) == 1 and [h.doc_id for h in first] == [h.doc_id for h in again]
+        assert all(int(h.doc_id[1:]) % 3 == 0 for h in first) and first[0].doc_id == "d0"
+        exact = sorted(range(0, 300, 3), key=lambda i: -float(vecs[i] @ vecs[0]))[:10]
+        assert [h.doc_id for h in first] == [f"d{i}" for i in exact]
+        backend.upsert("f", [IndexedDocument("new", "", "new", vecs[0], {"part": "b"})])
+        backend.refresh("f")
+        after = backend.search_knn("f", vecs[0], 10, 300, {"part": "b"})
+        assert len(scans) == 2 and {"new", "d0"} <= {h.doc_id for h in after[:2]}

@@ -103,3 +103,27 @@ def test_offline_models_resolve_to_package_files():
         assert (folder / "tokenizer.json").exists()
     assert (resolve_model("sentence-transformers/all-MiniLM-L6-v2") / "model.safetensors").exists()
     assert (resolve_model("cross-encoder/ms-marco-MiniLM-L-12-v2") / "model.onnx").exists()
+
+
+def test_normalisation_follows_the_models_modules(tmp_path, encoder):
+    """A model without a Normalize module gives raw pooled vectors (as sentence-transformers does) and its
+    index uses cosine similarity; the same weights with the module give unit vectors and dot product."""
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+
+    from hybrid_search.config.settings import load_settings
+    from hybrid_search.ingest.pipeline import index_spec_for
+
+    folder = tmp_path / "minilm-no-normalize"
+    shutil.copytree(encoder.folder, folder)
+    modules = json.loads((folder / "modules.json").read_text())
+    (folder / "modules.json").write_text(json.dumps([m for m in modules if not m["type"].endswith("Normalize")]))
+    raw = Encoder(str(folder), settings=ModelSettings(device="cpu"))
+    got = raw.encode_documents(TEXTS[:3]).vectors
+    expected = SentenceTransformer(str(folder), device="cpu").encode(TEXTS[:3])
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+    assert not np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-3)
+    settings = load_settings()
+    assert index_spec_for(raw, settings).similarity == "cosine"
+    assert index_spec_for(encoder, settings).similarity == "dot_product"

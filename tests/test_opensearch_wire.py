@@ -19,7 +19,10 @@ from hybrid_search.search.interfaces import ServerFusion
 
 pytestmark = pytest.mark.integration
 
-NEEDS_REAL_ENGINE = "needs a real OpenSearch: osmem-server has no kNN (runs in the testcontainers layer)"
+NEEDS_REAL_ENGINE = (
+    "osmem-server has no kNN: this test runs on it in test_opensearch_knn_layer.py (exact kNN beside the stand-in)"
+    " and against a real OpenSearch in the testcontainers layer"
+)
 
 
 @pytest.fixture(scope="session")

@@ -155,3 +155,70 @@ def test_unknown_sources_say_what_to_give(tmp_path):
     with pytest.raises(SourceError, match=".jsonl, .csv or .parquet"):
         open_source(tmp_path / "x.txt")
     assert isinstance(open_source("quora"), HubBeir)
+
+
+def test_the_duplicate_check_keeps_no_python_object_per_id(tmp_path):
+    """100k ids: the Python heap stays flat (a dict would grow by several MB); duplicates still name the
+    position each id was first seen at."""
+    import tracemalloc
+
+    from hybrid_search.ingest.validate import Reject, validate
+
+    n = 100_000
+    path = tmp_path / "many.jsonl"
+    with path.open("w", encoding="utf-8") as fh:
+        for i in range(n):
+            fh.write(f'{{"_id": "id-{i:07d}", "text": "t"}}\n')
+        fh.write('{"_id": "id-0000042", "text": "again"}\n')
+    source = open_source(path)
+    tracemalloc.start()
+    baseline = tracemalloc.get_traced_memory()[0]
+    peak_growth, rejects, count = 0, [], 0
+    for item in validate(source.records(), source.fields):
+        count += 1
+        if isinstance(item, Reject):
+            rejects.append(item)
+        if count % 10_000 == 0:
+            peak_growth = max(peak_growth, tracemalloc.get_traced_memory()[0] - baseline)
+    tracemalloc.stop()
+    assert count == n + 1 and [(r.position, r.doc_id) for r in rejects] == [(n + 1, "id-0000042")]
+    assert "first seen at position 43" in rejects[0].reason
+    assert peak_growth < 2 * 1024 * 1024, peak_growth
+
+
+def test_a_byte_order_mark_costs_no_record(tmp_path):
+    """Found by the fuzz tests: a BOM made the first JSONL record malformed and CSV's id column unknown."""
+    from hybrid_search.ingest.validate import Document, validate
+
+    jsonl = tmp_path / "bom.jsonl"
+    jsonl.write_bytes(b'\xef\xbb\xbf{"_id": "first", "text": "a"}\n{"_id": "second", "text": "b"}\n')
+    csv_path = tmp_path / "bom.csv"
+    csv_path.write_bytes(b"\xef\xbb\xbfid,text\nfirst,a\nsecond,b\n")
+    for path in (jsonl, csv_path):
+        source = open_source(path)
+        docs = [d.doc_id for d in validate(source.records(), source.fields) if isinstance(d, Document)]
+        assert docs == ["first", "second"], path
+
+
+def test_broken_queries_or_qrels_stop_evaluation_with_the_line(tmp_path):
+    """Found by the fuzz tests: undecodable qrels escaped as UnicodeDecodeError; malformed lines were skipped
+    silently, which changes every metric."""
+    from hybrid_search.ingest.sources import open_query_set
+
+    root = tmp_path / "beir"
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text('{"_id": "d1", "text": "x"}\n')
+    (root / "queries.jsonl").write_text('{"_id": "q1", "text": "x"}\n')
+    for qrels, line in (
+        (b"query-id\tcorpus-id\tscore\nq1\td1\t1\n\x80\x81\n", 3),
+        (b"q1\td1\n", 1),
+        (b"q1\td1\tmany\n", 1),
+    ):
+        (root / "qrels" / "test.tsv").write_bytes(qrels)
+        with pytest.raises(SourceError, match=f"test.tsv line {line} is not a qrels line"):
+            open_query_set(root)
+    (root / "qrels" / "test.tsv").write_bytes(b"\xef\xbb\xbfquery-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    assert open_query_set(root).qrels == {"q1": {"d1": 1}}
+    (root / "queries.jsonl").write_text('{"_id": "q1", "text": "x"}\n{"_id": "q2", "text": \n')
+    with pytest.raises(SourceError, match="queries.jsonl line 2"):
+        open_query_set(root)

@@ -85,7 +85,10 @@ def bench_encode(settings: Settings, source: str | None, docs: int, batch_size: 
     if ours.device.startswith("cuda") and ours._model.dtype != reference.dtype:
         reference = reference.to(ours._model.dtype)
     t_ours = _time(lambda: ours.encode_documents(passages), repeats)
-    t_ref = _time(lambda: reference.encode(passages, batch_size=batch_size, normalize_embeddings=True), repeats)
+    t_ref = _time(
+        lambda: reference.encode(passages, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False),
+        repeats,
+    )
     return {
         "bench": "encode",
         "model": ours.model_name,
@@ -149,7 +152,7 @@ def bench_rerank(settings: Settings, source: str | None, docs: int, batch_size: 
         if ours_torch.device.startswith("cuda") and ours_torch._torch_model.dtype != reference.model.dtype:
             reference.model.to(ours_torch._torch_model.dtype)
         pairs = [(query, p) for p in passages]
-        t_ref = _time(lambda: reference.predict(pairs, batch_size=batch_size), repeats)
+        t_ref = _time(lambda: reference.predict(pairs, batch_size=batch_size, show_progress_bar=False), repeats)
         t_torch = _time(lambda: ours_torch.score(query, passages), repeats)
         result: dict[str, Any] = {
             "bench": "rerank",

@@ -15,11 +15,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from hybrid_search.search.searcher import parse_mode
+from hybrid_search.config.settings import IndexSettings, SearchSettings
+from hybrid_search.search.searcher import check_query, parse_mode
 
 __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("hybrid-search")
+
+_SEARCH = SearchSettings()
+DEFAULT_NOTE = f"(default: {IndexSettings().name})"
+INDEX_HELP = f"index (alias) name {DEFAULT_NOTE}"
 
 
 # --- parser ---------------------------------------------------------------------------------------
@@ -54,6 +59,11 @@ def _ingest_knobs(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", help="continue an interrupted ingest of this index")
     g.add_argument("--strict", action="store_true", default=None, help="the first bad record is fatal")
     g.add_argument(
+        "--no-field-check",
+        action="store_true",
+        help="skip the check that --text-field and --metadata-fields appear among the first 1,000 records",
+    )
+    g.add_argument(
         "--allow-shrink",
         action="store_true",
         default=None,
@@ -78,6 +88,17 @@ def _log_knobs(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-query-text", action="store_true", help="log searches without their query text")
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (argparse turns the error into a usage line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hybrid-search",
@@ -94,16 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", help="read, encode and index a corpus")
     p.add_argument("source", help="quora, nq, sample (bundled), a BEIR folder, or a .jsonl/.csv/.parquet file")
-    p.add_argument("--index", help="index (alias) name")
+    p.add_argument("--index", help=INDEX_HELP)
     _ingest_knobs(p)
     _common(p)
 
     p = sub.add_parser("search", help="search an index")
     p.add_argument("query")
-    p.add_argument("--index")
-    p.add_argument("--mode", help="bm25, knn or hybrid, optionally +rerank")
+    p.add_argument("--index", help=INDEX_HELP)
+    p.add_argument("--mode", help=f"bm25, knn or hybrid, optionally +rerank (default: {_SEARCH.mode})")
     p.add_argument("--rerank", action="store_true", default=None)
-    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-k", type=_positive_int, help=f"hits to return (default: {_SEARCH.top_k})")
     p.add_argument(
         "--filter",
         action="append",
@@ -118,10 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="measure nDCG@10, Recall@100, MRR@10 and latency per mode")
     p.add_argument("source", help="quora, nq or a BEIR folder (with queries and qrels)")
-    p.add_argument("--index")
+    p.add_argument("--index", help=INDEX_HELP)
     p.add_argument("--modes", default="bm25,knn,hybrid,hybrid+rerank")
     p.add_argument("--split", default="test")
-    p.add_argument("--max-queries", type=int)
+    p.add_argument("--max-queries", type=_positive_int, metavar="N", help="evaluate only the first N judged queries")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="write the report as JSON here")
     p.add_argument(
         "--keep-identical-ids",
@@ -134,12 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("inspect", help="show an index: alias, size, vector field, mapping, last ingest, query log")
-    p.add_argument("--index")
+    p.add_argument("--index", help=INDEX_HELP)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     _common(p)
 
     p = sub.add_parser("rollback", help="serve the previous build of an index again (run twice to undo)")
-    p.add_argument("--index")
+    p.add_argument("--index", help=INDEX_HELP)
     _common(p)
 
     p = sub.add_parser("dashboards", help="Kibana / OpenSearch Dashboards saved objects")
@@ -148,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     where = d.add_mutually_exclusive_group(required=True)
     where.add_argument("--kibana-url", help="Kibana, e.g. http://localhost:5601")
     where.add_argument("--dashboards-url", help="OpenSearch Dashboards, e.g. http://localhost:5602")
-    d.add_argument("--index", help="corpus alias the objects are for (its -queries and -ingest logs too)")
+    d.add_argument(
+        "--index", help=f"corpus alias the objects are for, and its -queries and -ingest logs {DEFAULT_NOTE}"
+    )
     d.add_argument("--space", help="Kibana space (default: the default space)")
     d.add_argument("--username", help="user for basic auth; the password comes from HYBRID_SEARCH_PASSWORD")
     d.add_argument(
@@ -161,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(d)
 
     p = sub.add_parser("duplicates", help="mine near-duplicate document pairs from an index's vectors")
-    p.add_argument("--index")
+    p.add_argument("--index", help=INDEX_HELP)
     p.add_argument("--threshold", type=float, default=0.8, help="minimum cosine similarity of a pair")
     p.add_argument("--top-k", type=int, default=10, help="neighbours looked at per document")
     p.add_argument("--confirm", action="store_true", help="score each kept pair with the cross-encoder too")
@@ -181,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", type=int, default=512, help="texts (or pairs) to time")
     p.add_argument("--batch-size", type=int, default=32, help="reference batch size")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--index")
+    p.add_argument("--index", help=INDEX_HELP)
     p.add_argument("--queries", type=int, default=50, help="queries per mode (search bench)")
     p.add_argument("--json", dest="json_out", metavar="OUT")
     _common(p)
@@ -207,6 +230,7 @@ def _settings(args: argparse.Namespace) -> Any:
             "batch_size": g.get("batch_size") if args.command != "bench" else None,
             "strict": g.get("strict"),
             "allow_shrink": g.get("allow_shrink"),
+            "check_fields": False if g.get("no_field_check") else None,
         },
         "search": {
             "fusion": g.get("fusion"),
@@ -304,21 +328,29 @@ def _parse_filters(items: Sequence[str]) -> dict[str, Any] | None:
 def cmd_search(args: argparse.Namespace) -> int:
     settings = _settings(args)
     base, rerank_in_mode = parse_mode(settings.search.mode)
+    check_query(args.query)
     filters = _parse_filters(args.filter)
     hs = _client(settings)
     try:
         hs.check_index()  # a missing index or an unreachable cluster is reported before any model loads
+        if filters:
+            hs.check_filters(filters)
         hs.warm_up(rerank=rerank_in_mode or settings.search.rerank)  # loading is not part of the search time
         result = hs.search(args.query, filters=filters)
+        _print_result(result, settings.index.name, as_json=args.json)
     finally:
-        _close_client(hs)
-    if args.json:
+        _close_client(hs)  # its query-log summary comes after the results
+    return 0
+
+
+def _print_result(result: Any, index: str, *, as_json: bool) -> None:
+    if as_json:
         from dataclasses import asdict
 
-        print(json.dumps(asdict(result), default=str, ensure_ascii=False))
-        return 0
+        print(json.dumps(asdict(result), default=str, ensure_ascii=False), flush=True)
+        return
     print(
-        f"{result.mode} on {settings.index.name}: {len(result.hits)} hits in {result.timings_ms['total']:.1f} ms"
+        f"{result.mode} on {index}: {len(result.hits)} hits in {result.timings_ms['total']:.1f} ms"
         + (f" (fusion: {result.fusion_location})" if result.fusion_location else "")
     )
     for hit in result.hits:
@@ -334,7 +366,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         )
         text = f"{hit.title}: {hit.text}" if hit.title else hit.text
         print(f"{hit.rank:>3}. [{hit.doc_id}] {hit.score:.4f}  {stages}\n     {text[:160]}")
-    return 0
+    sys.stdout.flush()
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -19,8 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hybrid_search.backends.base import Backend, IndexStats, open_backend
-from hybrid_search.config.errors import ConfigError
+from hybrid_search.backends.base import Backend, IndexSpec, IndexStats, open_backend
+from hybrid_search.config.errors import ConfigError, QueryError
 from hybrid_search.config.settings import Settings, load_settings
 from hybrid_search.search.filters import Filter
 from hybrid_search.search.hits import SearchResult
@@ -83,6 +83,7 @@ class HybridSearch:
         self._reranker: CrossEncoderReranker | None = None
         self._searcher: HybridSearcher | None = None
         self._query_log: QueryLog | None = None
+        self._spec: IndexSpec | None = None  # read once for filter checks; a new build resets it
         self._closed = False
 
     # --- components, each created once on first use -------------------------------------------
@@ -180,6 +181,7 @@ class HybridSearch:
         corpus = open_source(source, fields) if isinstance(source, (str, Path)) else source
         backend, encoder = self.backend, self.encoder
         log = IngestLog(backend, self.settings.logs, alias=self.index, source=corpus.name, model=encoder.model_name)
+        self._spec = None
         return run_ingest(
             corpus, backend, encoder, self.settings, alias=self.index, resume=resume, progress=progress, on_finish=log
         )
@@ -194,8 +196,26 @@ class HybridSearch:
         rerank: bool | None = None,
     ) -> SearchResult:
         """Search the index. ``mode``: ``bm25``, ``knn`` or ``hybrid``, optionally ``+rerank`` (default from
-        the settings); ``filters``: ``{"field": value}`` or ``{"field": [any, of]}`` on metadata fields."""
+        the settings); ``filters``: ``{"field": value}`` or ``{"field": [any, of]}`` on metadata fields, which
+        must be fields the index was ingested with (a misspelt one is an error, not zero hits)."""
+        if filters:
+            self.check_filters(filters)
         return self.searcher.search(query, mode=mode, top_k=top_k, rerank=rerank, filters=filters)
+
+    def check_filters(self, filters: Filter) -> None:
+        """``QueryError`` when a filter names a field the index was not ingested with."""
+        spec = self._spec
+        if spec is None:
+            spec = self._spec = self.backend.index_spec(self.index)
+        if spec is None or spec.metadata_fields is None:
+            return  # a missing index fails in the search itself; an older index does not record its fields
+        unknown = [name for name in filters if name not in spec.metadata_fields]
+        if unknown:
+            have = ", ".join(spec.metadata_fields) or "no metadata fields"
+            raise QueryError(
+                f"no metadata field {unknown[0]!r} in index {self.index!r} (it has: {have}): check the name, or "
+                f"ingest with --metadata-fields {unknown[0]} to filter on it"
+            )
 
     def evaluate(
         self,
@@ -216,6 +236,7 @@ class HybridSearch:
             parse_mode(mode)
         query_set = open_query_set(source, split)
         queries = select_queries(query_set.queries, query_set.qrels, max_queries)
+        self._check_judged_documents(source, query_set.qrels, [qid for qid, _ in queries])
         return evaluate(
             self.searcher, queries, query_set.qrels, modes, ignore_identical_ids=ignore_identical_ids, progress=progress
         )
@@ -225,6 +246,22 @@ class HybridSearch:
 
         Cheap: call it before anything slow, such as loading models."""
         return self.backend.count(self.index)
+
+    def _check_judged_documents(
+        self, source: object, qrels: Mapping[str, Mapping[str, int]], qids: Sequence[str], sample: int = 200
+    ) -> None:
+        """Stop when most judged documents are not in the index: it was built from another corpus, and
+        every metric would read zero."""
+        judged = sorted({doc for qid in qids for doc, grade in qrels.get(qid, {}).items() if grade > 0})
+        if not judged:
+            return
+        picked = judged[:: max(1, len(judged) // sample)][:sample]
+        found = len(self.backend.get_texts(self.index, picked))
+        if found < 0.5 * len(picked):
+            raise ConfigError(
+                f"index {self.index!r} holds {found} of the {len(picked)} judged documents sampled from {source}: "
+                f"it was built from another corpus. Ingest {source} into its own index (--index NAME) first"
+            )
 
     def exists(self) -> bool:
         """Whether the index exists on the backend."""
@@ -242,10 +279,12 @@ class HybridSearch:
 
     def rollback(self) -> tuple[str, str]:
         """Serve the previous build again; return (now serving, now previous). Twice undoes it."""
+        self._spec = None
         return self.backend.rollback(self.index)
 
     def delete(self) -> None:
         """Delete the index: its current and previous builds (the logs are kept)."""
+        self._spec = None
         self.backend.drop_index(self.index)
 
     def warm_up(self, *, rerank: bool = True) -> None:

@@ -101,7 +101,9 @@ def run_duplicates_eval(
     reference = SentenceTransformer(str(encoder.folder), device=encoder.device)
     ids = list(questions)
     start = time.perf_counter()
-    found = paraphrase_mining(reference, [questions[q] for q in ids], top_k=top_k, max_pairs=10**9)
+    found = paraphrase_mining(
+        reference, [questions[q] for q in ids], top_k=top_k, max_pairs=10**9, show_progress_bar=False
+    )
     ref_scores: dict[tuple[str, str], float] = {}
     for score, i, j in found:
         a, b = ids[int(i)], ids[int(j)]

@@ -51,6 +51,8 @@ class Inspection:
             lines.append(f"vectors        {s.spec.dims} dims, {s.spec.similarity}, model {s.spec.model or '?'}")
         if s.vector:
             lines.append("vector field   " + ", ".join(f"{k}={_short(v)}" for k, v in s.vector.items()))
+        filterable = ", ".join(f"{name} ({kind})" for name, kind in s.metadata_fields.items())
+        lines.append(f"filter fields  {filterable or 'none (ingest with --metadata-fields to filter)'}")
         lines.append("mapping")
         lines += [f"  {name:<28} {kind}" for name, kind in sorted(s.fields.items())]
         lines.append(

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 from hybrid_search.config.errors import ConfigError, FailedItem
 from hybrid_search.config.extras import require
+from hybrid_search.config.names import check_index_name
 from hybrid_search.search.interfaces import Retriever
 
 if TYPE_CHECKING:
@@ -41,21 +41,9 @@ __all__ = [
 
 Similarity = Literal["dot_product", "cosine"]
 
-# The intersection of Elasticsearch's, OpenSearch's and a file system's rules: no path separators, no "." or
-# "..", no leading '-', '_', '+' or '.', lowercase, at most 200 bytes (engines allow 255; suffixes need room).
-_INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,199}$")
 _NAME_PARAMS = ("index", "alias", "physical", "resume_from", "name")
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def check_index_name(name: str) -> None:
-    """An index or alias name every backend accepts; ``ConfigError`` otherwise."""
-    if not isinstance(name, str) or not _INDEX_NAME.match(name):
-        raise ConfigError(
-            f"index name {name!r} is not valid: use lowercase letters, digits, '.', '_' or '-' "
-            "(starting with a letter or digit, at most 200)"
-        )
 
 
 def checks_names(method: F) -> F:
@@ -92,13 +80,27 @@ class IndexSpec:
     model: str = ""
     hnsw_m: int = 16
     hnsw_ef_construction: int = 100
+    # the metadata fields records were ingested with (what filters may name); None for an index built
+    # before this was recorded, whose filters are not checked
+    metadata_fields: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.dims <= 0:
             raise ConfigError(f"vector dimension must be positive, got {self.dims}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+        out = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        if self.metadata_fields is not None:
+            out["metadata_fields"] = list(self.metadata_fields)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> IndexSpec:
+        """The spec as ``to_dict`` stored it (unknown keys from other versions are ignored)."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if known.get("metadata_fields") is not None:
+            known["metadata_fields"] = tuple(known["metadata_fields"])
+        return cls(**known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,7 @@ class IndexStats:
     store_bytes: int | None = None
     vector: Mapping[str, Any] = field(default_factory=dict)  # the vector field's type, similarity, HNSW options
     fields: Mapping[str, str] = field(default_factory=dict)  # field path -> type, as the engine maps it
+    metadata_fields: Mapping[str, str] = field(default_factory=dict)  # filterable field -> its type
 
 
 @runtime_checkable
@@ -190,6 +193,9 @@ class Inspectable(Protocol):
     def stats(self, index: str) -> IndexStats: ...
 
     def count(self, index: str) -> int: ...
+
+    def get_texts(self, index: str, doc_ids: Sequence[str]) -> dict[str, str]:
+        """``title text`` of each id found (ids not in the index are left out)."""
 
 
 @runtime_checkable

@@ -482,6 +482,7 @@ class ClusterBackend(ABC):
         raw = self._call("stats", self.client.indices.stats, index=physical, metric="store")
         size = raw["indices"][physical]["total"]["store"]["size_in_bytes"]
         body = self._mapping(physical)
+        fields = mapping_fields(body)
         return IndexStats(
             alias=index if targets else "",
             physical=physical,
@@ -489,7 +490,12 @@ class ClusterBackend(ABC):
             spec=_spec_from_mapping(body),
             store_bytes=int(size),
             vector=dict(body.get("properties", {}).get(VECTOR_FIELD) or {}),
-            fields=mapping_fields(body),
+            fields=fields,
+            metadata_fields={
+                path.removeprefix(f"{METADATA_FIELD}."): kind
+                for path, kind in fields.items()
+                if path.startswith(f"{METADATA_FIELD}.")
+            },
         )
 
     # --- search -----------------------------------------------------------------------------------
@@ -730,7 +736,7 @@ def _spec_from_mapping(body: Mapping[str, Any]) -> IndexSpec | None:
     """The spec stored in the mapping's ``_meta``; for an index made elsewhere, its vector size alone."""
     meta = (body.get("_meta") or {}).get(SPEC_META_KEY)
     if meta:
-        return IndexSpec(**meta)
+        return IndexSpec.from_dict(meta)
     vector = body.get("properties", {}).get(VECTOR_FIELD, {})
     dims = vector.get("dims") or vector.get("dimension")
     return IndexSpec(dims=int(dims)) if dims else None

@@ -128,7 +128,7 @@ class _PhysicalIndex:
 
     @staticmethod
     def read_spec(path: Path) -> IndexSpec:
-        return IndexSpec(**json.loads((path / "spec.json").read_text(encoding="utf-8")))
+        return IndexSpec.from_dict(json.loads((path / "spec.json").read_text(encoding="utf-8")))
 
     def _open_text_index(self) -> tantivy.Index:
         builder = tantivy.SchemaBuilder()
@@ -416,6 +416,15 @@ class _PhysicalIndex:
             self._filter_cache.popitem(last=False)
         return entry[1], entry[2]
 
+    def metadata_types(self, sample: int = 1_000) -> dict[str, str]:
+        """Metadata field -> type (keyword, long, double, boolean) as a sample of stored rows holds them."""
+        names = {str: "keyword", bool: "boolean", int: "long", float: "double"}
+        found: dict[str, str] = {}
+        for (raw,) in self.db.execute("SELECT metadata FROM docs LIMIT ?", (sample,)):
+            for name, value in json.loads(raw).items():
+                found.setdefault(name, names.get(type(value), "keyword"))
+        return dict(sorted(found.items()))
+
     def _not_dead_selector(self) -> Any:
         if self._dead_selector is None or self._dead_selector[0] != self._dead_epoch:
             dead = np.asarray([r[0] for r in self.db.execute("SELECT key FROM dead")], dtype=np.int64)
@@ -691,6 +700,7 @@ class EmbeddedBackend:
             store_bytes=idx.store_bytes(),
             vector=vector,
             fields=fields,
+            metadata_fields=idx.metadata_types(),
         )
 
     def log_sink(self) -> JsonlLogSink:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from hybrid_search.config.errors import ConfigError
+from hybrid_search.config.names import check_index_name
 
 __all__ = [
     "BackendSettings",
@@ -99,6 +100,12 @@ class IndexSettings(_Section):
     replicas: int = Field(default=1, ge=0)  # restored after a bulk load (0 while loading)
     refresh_interval: str = "1s"  # restored after a bulk load (-1 while loading)
 
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        check_index_name(value)  # at load time: before a model loads, a cluster is asked or a file is written
+        return value
+
 
 class IngestSettings(_Section):
     """How documents are batched and how bad records are treated."""
@@ -110,6 +117,9 @@ class IngestSettings(_Section):
     # refused (the build is kept for ``--resume --allow-shrink``), so a wrong field or file cannot empty it.
     min_kept_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
     allow_shrink: bool = False
+    # refuse a text or metadata field that none of the first 1,000 records has (off for a field that only
+    # appears later in the source)
+    check_fields: bool = True
 
 
 class SearchSettings(_Section):

@@ -10,6 +10,7 @@ equal read minus rejected; only then is the new index swapped in behind the alia
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from hybrid_search.ingest.validate import Document, Reject, RejectsFile, validat
 if TYPE_CHECKING:
     from hybrid_search.encoding.encoder import Encoder
 
-__all__ = ["Checkpoint", "IngestSummary", "index_spec_for", "run_ingest"]
+__all__ = ["Checkpoint", "IngestSummary", "check_fields", "index_spec_for", "run_ingest"]
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,9 @@ class Checkpoint:
         os.replace(tmp, path)
 
 
-def index_spec_for(encoder: Encoder, settings: Settings) -> IndexSpec:
-    """The index an encoder's vectors need: its dimension, dot product for normalised vectors."""
+def index_spec_for(encoder: Encoder, settings: Settings, metadata_fields: Sequence[str] = ()) -> IndexSpec:
+    """The index an encoder's vectors need (its dimension, dot product for normalised vectors), and the
+    metadata fields its records carry (what filters may name)."""
     return IndexSpec(
         dims=encoder.dims,
         similarity="dot_product" if encoder.pooling.normalize else "cosine",
@@ -104,7 +106,40 @@ def index_spec_for(encoder: Encoder, settings: Settings) -> IndexSpec:
         model=encoder.model_name,
         hnsw_m=settings.index.hnsw_m,
         hnsw_ef_construction=settings.index.hnsw_ef_construction,
+        metadata_fields=tuple(metadata_fields),
     )
+
+
+FIELD_SAMPLE = 1_000  # records looked at for the field check
+
+
+def check_fields(source: CorpusSource, sample: int = FIELD_SAMPLE) -> None:
+    """Refuse a text or metadata field that none of the first ``sample`` records has: a misspelt
+    ``--text-field`` would store title-only documents, a misspelt ``--metadata-fields`` entry nothing."""
+    keys: set[str] = set()
+    looked = 0
+    for record in itertools.islice(source.records(), sample):
+        if record.fields is not None:
+            keys.update(record.fields)
+            looked += 1
+    if not looked:
+        return  # nothing readable: validation reports each record
+    fields, seen = source.fields, ", ".join(sorted(keys))
+    where = (
+        f"among the first {looked} records (--no-field-check if it only appears later)"
+        if looked == sample
+        else f"among the {looked} records"
+    )
+    if fields.text_field not in keys:
+        raise ConfigError(
+            f"no record has the text field {fields.text_field!r} {where} (fields seen: {seen}): give the right "
+            "one with --text-field"
+        )
+    for name in fields.metadata_fields:
+        if name not in keys:
+            raise ConfigError(
+                f"no record has the metadata field {name!r} {where} (fields seen: {seen}): fix --metadata-fields"
+            )
 
 
 class _Run:
@@ -173,7 +208,9 @@ def _run_ingest(
     resume: bool,
     progress: bool,
 ) -> IngestSummary:
-    spec = index_spec_for(encoder, settings)
+    if settings.ingest.check_fields:
+        check_fields(source)  # a misspelt field fails here: before a model loads or an index is created
+    spec = index_spec_for(encoder, settings, source.fields.metadata_fields)
     encoder.load()  # model loading is not encode time
     ckpt_path = Checkpoint.path_for(settings.data_dir, alias)
     ckpt, resumed = _start(backend, spec, ckpt_path, alias, source.name, encoder.model_name, resume)
@@ -245,13 +282,21 @@ def _stream(
     batch: list[Document] = []
     pending: list[Reject] = []
     read, position = 0, skip_upto
+    # the bar follows positions in the source (a total where counting is cheap), one update per record:
+    # tqdm redraws at most a few times a second, so it moves smoothly even while a batch is encoded
     bar = tqdm(
-        desc=f"ingest {run.ckpt.alias}", unit="doc", unit_scale=True, disable=not progress, initial=run.ckpt.read
+        desc=f"ingest {run.ckpt.alias}",
+        unit="rec",
+        disable=not progress,
+        initial=skip_upto,
+        total=source.count_hint() if progress else None,
+        mininterval=0.5,
     )
     try:
         for item in validate(source.records(), source.fields, strict=settings.ingest.strict):
             if item.position <= skip_upto:
                 continue  # its fate is already durable; validated again only to remember its id
+            bar.update(item.position - bar.n)
             read, position = read + 1, item.position
             if isinstance(item, Reject):
                 pending.append(item)
@@ -259,11 +304,9 @@ def _stream(
                 batch.append(item)
             if len(batch) >= settings.ingest.batch_size:
                 _store(batch, pending, position, read, backend, encoder, settings, run)
-                bar.update(read)
                 batch, pending, read = [], [], 0
         if read:
             _store(batch, pending, position, read, backend, encoder, settings, run)
-            bar.update(read)
     finally:
         bar.close()
 

@@ -71,6 +71,9 @@ class CorpusSource(Protocol):
 
     def records(self) -> Iterator[RawRecord]: ...
 
+    def count_hint(self) -> int | None:
+        """How many positions ``records`` will go through, when that is cheap to know (else ``None``)."""
+
 
 @dataclass(frozen=True, slots=True)
 class QuerySet:
@@ -92,6 +95,15 @@ class JsonlFile:
         self.path = Path(path)
         self.fields = fields
         self.name = f"jsonl:{self.path.resolve()}"
+
+    def count_hint(self) -> int | None:
+        """Lines in the file (blank ones too, as positions count them), read in 1 MiB blocks."""
+        lines, last = 0, b"\n"
+        with _open_binary(self.path) as fh:
+            while block := fh.read(1 << 20):
+                lines += block.count(b"\n")
+                last = block[-1:]
+        return lines + (last != b"\n")
 
     def records(self) -> Iterator[RawRecord]:
         with _open_binary(self.path) as fh:
@@ -120,6 +132,9 @@ class CsvFile:
         self.delimiter = delimiter
         self.name = f"csv:{self.path.resolve()}"
 
+    def count_hint(self) -> int | None:
+        return None  # quoted fields may span lines: only a full parse would know
+
     def records(self) -> Iterator[RawRecord]:
         with _open_binary(self.path) as raw:
             # utf-8-sig: a byte-order mark would otherwise glue itself to the first column's name
@@ -145,6 +160,14 @@ class ParquetFile:
         self.fields = fields
         self.batch_rows = batch_rows
         self.name = f"parquet:{self.path.resolve()}"
+
+    def count_hint(self) -> int | None:
+        import pyarrow.parquet as pq
+
+        try:
+            return int(pq.ParquetFile(self.path).metadata.num_rows)
+        except Exception:  # an unreadable file is reported by records()
+            return None
 
     def records(self) -> Iterator[RawRecord]:
         import pyarrow.parquet as pq
@@ -175,6 +198,9 @@ class BeirFolder:
 
     def records(self) -> Iterator[RawRecord]:
         return self._corpus.records()
+
+    def count_hint(self) -> int | None:
+        return self._corpus.count_hint()
 
     def query_set(self, split: str = "test") -> QuerySet:
         qrels_path = self.path / "qrels" / f"{split}.tsv"
@@ -222,6 +248,9 @@ class HubBeir:
         self.fields = fields
         self.name = f"hub:{repo}"
         self._loader = loader  # tests hand in a loader over local files; None means datasets.load_dataset
+
+    def count_hint(self) -> int | None:
+        return None  # streamed: the size is not known before the end
 
     def _load(self, *args: Any, **kwargs: Any) -> Any:
         loader = self._loader

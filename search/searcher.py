@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from hybrid_search.config.errors import ConfigError, FusionUnsupported
+from hybrid_search.config.errors import ConfigError, FusionUnsupported, QueryError
 from hybrid_search.config.settings import SearchSettings
 from hybrid_search.search.filters import Filter
 from hybrid_search.search.fusion import fuse
@@ -24,7 +24,7 @@ from hybrid_search.search.interfaces import QueryEncoder, Reranker, ResultRecord
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["BASE_MODES", "HybridSearcher", "parse_mode", "rerank_hits"]
+__all__ = ["BASE_MODES", "HybridSearcher", "check_query", "parse_mode", "rerank_hits"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,12 @@ def parse_mode(mode: str) -> tuple[str, bool]:
     if base not in BASE_MODES or (plus and suffix != "rerank"):
         raise ConfigError(f"unknown mode {mode!r}: use bm25, knn or hybrid, each optionally with +rerank")
     return base, suffix == "rerank"
+
+
+def check_query(query: str) -> None:
+    """An empty or blank query is an error: kNN would otherwise return arbitrary nearest neighbours."""
+    if not query.strip():
+        raise QueryError("the query is empty: give some words to search for")
 
 
 def _ms(start: float) -> float:
@@ -78,6 +84,8 @@ class HybridSearcher:
 
         ``vector`` is the query's embedding when the caller already has it (it skips the encode stage).
         """
+        if vector is None:
+            check_query(query)
         base, rerank_in_mode = parse_mode(mode or self.settings.mode)
         do_rerank = rerank_in_mode or (self.settings.rerank if rerank is None else rerank)
         top_k = top_k or self.settings.top_k

@@ -36,7 +36,7 @@ CASES = {
         pytest.param("quora-duplicates-20k", marks=pytest.mark.slow),
     ],
 )
-def test_every_mode_meets_its_floor(name, shared_data, memo_encoder, reranker, tmp_path, capsys):
+def test_every_mode_meets_its_floor(name, shared_data, memo_encoder, reranker, tmp_path):
     folder = shared_data / name
     if not folder.is_dir():
         pytest.skip(f"{folder} is absent from this machine's shared data")
@@ -51,9 +51,9 @@ def test_every_mode_meets_its_floor(name, shared_data, memo_encoder, reranker, t
             backend, index=name, encoder=memo_encoder, reranker=reranker, settings=settings.search
         )
         report = evaluate(searcher, queries, qs.qrels, MODES)
-    with capsys.disabled():
-        print(f"\n{name} ({len(queries)} queries, rerank depth {depth}, {summary.docs_per_s:.0f} docs/s ingest)")
-        print(report.table())
+    # captured: shown for a failure, or with `pytest -s` / `-rP`, never inside the progress line
+    print(f"\n{name} ({len(queries)} queries, rerank depth {depth}, {summary.docs_per_s:.0f} docs/s ingest)")
+    print(report.table())
     for mode, floor in floors.items():
         assert report.modes[mode].metrics["ndcg@10"] >= floor, (mode, report.modes[mode].metrics)
         assert report.modes[mode].queries == len(queries)
@@ -61,7 +61,7 @@ def test_every_mode_meets_its_floor(name, shared_data, memo_encoder, reranker, t
 
 @pytest.mark.e2e
 @pytest.mark.integration
-def test_elasticsearch_matches_embedded_on_nq(shared_data, memo_encoder, tmp_path, capsys):
+def test_elasticsearch_matches_embedded_on_nq(shared_data, memo_encoder, tmp_path):
     """The same set through noida-db (Elasticsearch 8.15 stand-in) and the embedded backend.
 
     Tolerances: kNN 0.01 (noida's kNN is exact, faiss HNSW with ef 200 over 2,600 vectors is all but exact);
@@ -95,9 +95,8 @@ def test_elasticsearch_matches_embedded_on_nq(shared_data, memo_encoder, tmp_pat
                 reports[kind] = evaluate(searcher, queries, qs.qrels, modes)
                 if kind == "elasticsearch":
                     assert searcher.search("who wrote hamlet", mode="hybrid").fusion_location == "server"
-    with capsys.disabled():
-        for kind, report in reports.items():
-            print(f"\nnq-open-gold-passages via {kind} ({len(queries)} queries)\n{report.table()}")
+    for kind, report in reports.items():  # captured, like the tables above
+        print(f"\nnq-open-gold-passages via {kind} ({len(queries)} queries)\n{report.table()}")
     for mode, tolerance in (("knn", 0.01), ("bm25", 0.03), ("hybrid", 0.03)):
         a = reports["embedded"].modes[mode].metrics["ndcg@10"]
         b = reports["elasticsearch"].modes[mode].metrics["ndcg@10"]

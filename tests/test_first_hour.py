@@ -1,0 +1,187 @@
+"""A new user's first hour, as a subprocess runs the CLI: mistakes end in one clear line before anything
+slow happens or anything is stored, and the default output holds only what the user asked for."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, SAMPLE
+
+from hybrid_search import HybridSearch, QueryError
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def cli(*args: str, env: dict[str, str] | None = None, merge: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hybrid_search.app.cli", *args],
+        capture_output=not merge,
+        stdout=subprocess.PIPE if merge else None,
+        stderr=subprocess.STDOUT if merge else None,
+        text=True,
+        env=env or ENV,
+        cwd=REPO,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """The sample with a ``lang`` field, ingested once as ``docs`` (metadata: lang)."""
+    root = tmp_path_factory.mktemp("first-hour")
+    corpus = root / "corpus.jsonl"
+    lines = []
+    for i, line in enumerate((SAMPLE / "corpus.jsonl").read_text(encoding="utf-8").splitlines()):
+        record = json.loads(line)
+        record["lang"] = "de" if i % 5 == 0 else "en"
+        lines.append(json.dumps(record))
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = cli(
+        "ingest", str(corpus), "--index", "docs", "--data-dir", str(root / "d"), "--metadata-fields", "lang", "--quiet"
+    )
+    assert out.returncode == 0, out.stderr
+    return root, corpus
+
+
+def _d(data) -> list[str]:
+    return ["--data-dir", str(data[0] / "d")]
+
+
+# --- silent wrong results become clear errors ---------------------------------------------------------------
+def test_an_empty_query_is_an_error_in_every_mode(data):
+    for mode in ("bm25", "knn", "hybrid", "hybrid+rerank"):
+        out = cli("search", "   ", "--index", "docs", "--mode", mode, *_d(data))
+        assert out.returncode == 2 and out.stderr.startswith("error: the query is empty"), (mode, out.stderr)
+    with HybridSearch(index="docs", data_dir=data[0] / "d") as hs, pytest.raises(QueryError, match="empty"):
+        hs.search("\n\t", mode="knn")
+
+
+def test_a_filter_on_a_field_the_index_lacks_is_an_error(data):
+    out = cli("search", "tea", "--index", "docs", "--mode", "bm25", "--filter", "topic=food", *_d(data))
+    assert out.returncode == 2
+    assert "no metadata field 'topic'" in out.stderr and "lang" in out.stderr
+    with HybridSearch(index="docs", data_dir=data[0] / "d") as hs:
+        with pytest.raises(QueryError, match="no metadata field 'langue'"):
+            hs.search("tea", mode="bm25", filters={"langue": "en"})
+        assert all(h.metadata["lang"] == "de" for h in hs.search("tea", mode="bm25", filters={"lang": "de"}).hits)
+    out = cli("inspect", "--index", "docs", "--json", *_d(data))
+    assert json.loads(out.stdout)["stats"]["metadata_fields"] == {"lang": "keyword"}
+
+
+def test_a_wrong_text_field_or_metadata_field_stores_nothing(data, tmp_path):
+    _, corpus = data
+    out = cli("ingest", str(corpus), "--index", "wrong", "--text-field", "body", "--data-dir", str(tmp_path), "--quiet")
+    assert out.returncode == 2
+    assert "no record has the text field 'body'" in out.stderr and "fields seen: _id, lang, text, title" in out.stderr
+    out = cli(
+        "ingest",
+        str(corpus),
+        "--index",
+        "wrong",
+        "--metadata-fields",
+        "lang,lnag",
+        "--data-dir",
+        str(tmp_path),
+        "--quiet",
+    )
+    assert out.returncode == 2 and "no record has the metadata field 'lnag'" in out.stderr
+    assert not (tmp_path / "indexes").exists() or not any((tmp_path / "indexes").iterdir())
+
+
+def test_eval_against_an_index_of_another_corpus_stops(data, tmp_path):
+    other = tmp_path / "other"
+    (other / "qrels").mkdir(parents=True)
+    (other / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": f"x{i}", "text": f"other {i}"}) + "\n" for i in range(5))
+    )
+    (other / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "other"}) + "\n")
+    (other / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tx1\t1\nq1\tx2\t1\n")
+    out = cli("eval", str(other), "--index", "docs", "--modes", "bm25", *_d(data))
+    assert out.returncode == 2
+    assert "0 of the 2 judged documents" in out.stderr and "another corpus" in out.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_max_queries_must_be_a_positive_count(value, tmp_path):
+    out = cli("eval", str(SAMPLE), "--max-queries", value, "--data-dir", str(tmp_path))
+    assert out.returncode == 2 and "--max-queries" in out.stderr and "Traceback" not in out.stderr
+
+
+# --- fail fast -----------------------------------------------------------------------------------------------
+def test_the_index_and_names_are_checked_before_any_model_loads(tmp_path):
+    broken_model = {**ENV, "HYBRID_SEARCH_MODELS__BI_ENCODER": str(tmp_path / "no-such-model")}
+    out = cli("search", "x", "--index", "missing", "--data-dir", str(tmp_path), env=broken_model)
+    assert out.returncode == 2 and "index 'missing' does not exist" in out.stderr  # not the model's error
+    out = cli("search", "x", "--index", "Bad/Name", "--data-dir", str(tmp_path), env=broken_model)
+    assert out.returncode == 2 and "index name 'Bad/Name' is not valid" in out.stderr
+    out = cli("ingest", str(SAMPLE), "--index", "../up", "--data-dir", str(tmp_path), env=broken_model)
+    assert out.returncode == 2 and "index name '../up' is not valid" in out.stderr
+    assert not (tmp_path / "logs").exists()  # nothing written for a command that could not start
+
+
+# --- quiet, honest output ------------------------------------------------------------------------------------
+def test_default_output_holds_only_what_was_asked_for(data, tmp_path):
+    out = cli("ingest", "sample", "--index", "quiet", "--data-dir", str(tmp_path), "--quiet")
+    assert out.returncode == 0
+    assert out.stderr.strip().startswith("ingested quiet") and len(out.stderr.strip().splitlines()) == 1
+    out = cli("search", "green tea", "--index", "docs", "--mode", "hybrid+rerank", "--top-k", "2", *_d(data))
+    assert out.returncode == 0 and out.stderr == "", out.stderr  # no INFO lines, no library progress bars
+    assert out.stdout.splitlines()[0].startswith("hybrid+rerank on docs: 2 hits")
+    out = cli("eval", "sample", "--index", "quiet", "--modes", "bm25", "--data-dir", str(tmp_path), "--quiet")
+    assert out.returncode == 0 and out.stderr == "" and "{" not in out.stdout  # the table, not dicts after it
+
+
+def test_the_query_log_summary_comes_after_the_results(data):
+    out = cli("search", "green tea", "--index", "docs", "--mode", "bm25", "--log-queries", *_d(data), merge=True)
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("bm25 on docs") and lines[-1].startswith("query log docs-queries")
+
+
+def test_version_and_defaults_in_help():
+    out = cli("--version")
+    assert out.returncode == 0 and out.stdout.startswith("hybrid-search 0.")
+    text = " ".join(cli("search", "--help").stdout.split())  # argparse wraps lines
+    assert "(default: corpus)" in text and "(default: 10)" in text and "(default: hybrid)" in text
+
+
+def test_progress_knows_the_total_of_a_cheap_source(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hybrid_search.ingest.sources import open_source
+
+    parquet = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "text": ["x", "y", "z"]}), parquet)
+    jsonl = tmp_path / "j.jsonl"
+    jsonl.write_text('{"_id": "a", "text": "x"}\n\n{"_id": "b", "text": "y"}\n{"_id": "c", "text": "z"}')
+    assert open_source(parquet).count_hint() == 3
+    assert open_source(jsonl).count_hint() == 4  # lines, blank ones included: positions count them too
+    assert open_source(SAMPLE).count_hint() == 40
+    out = cli("ingest", "sample", "--index", "bar", "--data-dir", str(tmp_path / "d"))
+    assert out.returncode == 0 and "40/40" in out.stderr  # the bar shows a total
+
+
+def test_installing_prints_no_setuptools_warning(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-v",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0
+    assert "Warning" not in out.stdout + out.stderr and "deprecated" not in (out.stdout + out.stderr).lower()

@@ -154,6 +154,25 @@ def build_parser() -> argparse.ArgumentParser:
     _log_knobs(p)
     _common(p)
 
+    p = sub.add_parser("tune", help="choose the pipeline's settings from judged queries (cross-validated)")
+    p.add_argument("source", help="quora, nq, sample or a BEIR folder (with queries and qrels)")
+    p.add_argument("--index", help=INDEX_HELP)
+    p.add_argument("--split", default="test", help="qrels split to tune on (default: test)")
+    p.add_argument("--metric", default="ndcg@10", choices=["ndcg@10", "recall@100", "mrr@10"])
+    p.add_argument("--folds", type=_positive_int, default=5, help="cross-validation folds (default: 5)")
+    p.add_argument("--budget", type=_positive_int, help="try a seeded sample of N settings (default: all)")
+    p.add_argument("--max-queries", type=_positive_int, metavar="N", help="use only the first N judged queries")
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=0.0,
+        help="keep this fraction of queries out of tuning and report the profile on them (e.g. 0.5)",
+    )
+    p.add_argument("--out", default="profile.toml", help="the settings file to write (default: profile.toml)")
+    p.add_argument("--json", dest="json_out", metavar="OUT", help="write the report as JSON here")
+    _ingest_knobs(p)
+    _common(p)
+
     p = sub.add_parser("inspect", help="show an index: alias, size, vector field, mapping, last ingest, query log")
     p.add_argument("--index", help=INDEX_HELP)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -374,6 +393,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for mode in modes:
         parse_mode(mode)
+    if settings.profile and "tuned" not in modes:
+        modes.append("tuned")  # a tune profile: its whole pipeline gets a row beside the fixed modes
     hs = _client(settings)
     try:
         if args.resume or not hs.exists():
@@ -463,6 +484,40 @@ def cmd_duplicates_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from hybrid_search.app.evaluate import select_queries
+    from hybrid_search.app.tune import tune, write_profile
+    from hybrid_search.ingest.sources import open_query_set
+
+    settings = _settings(args)
+    query_set = open_query_set(args.source, args.split)
+    queries = select_queries(query_set.queries, query_set.qrels, args.max_queries)
+    with _client(settings) as hs:
+        if args.resume or not hs.exists():
+            _ingest(hs, args)
+        hs.check_judged_documents(args.source, query_set.qrels, [q for q, _ in queries])
+        report = tune(
+            hs,
+            queries,
+            query_set.qrels,
+            metric=args.metric,
+            folds=args.folds,
+            budget=args.budget,
+            holdout=args.holdout,
+            progress=not args.quiet,
+        )
+    write_profile(report, settings.search, args.out, source=args.source)
+    print(report.table())
+    print(
+        f"profile written to {args.out}: use it with --config {args.out} (search, eval) or "
+        "HybridSearch.from_settings(load_settings(...))"
+    )
+    if args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as fh:
+            json.dump(report.to_dict(), fh, indent=2, default=str)
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     with _client(_settings(args)) as hs:
         report = hs.inspect()
@@ -507,6 +562,7 @@ COMMANDS = {
     "duplicates": cmd_duplicates,
     "duplicates-eval": cmd_duplicates_eval,
     "inspect": cmd_inspect,
+    "tune": cmd_tune,
     "rollback": cmd_rollback,
     "dashboards": cmd_dashboards,
 }

@@ -227,19 +227,47 @@ class HybridSearch:
         ignore_identical_ids: bool = True,
         progress: bool = False,
     ) -> EvalReport:
-        """nDCG@10, Recall@100, MRR@10 and latency per mode, on the queries and qrels of ``source``."""
-        from hybrid_search.app.evaluate import evaluate, select_queries
+        """nDCG@10, Recall@100, MRR@10 and latency per mode, on the queries and qrels of ``source``.
+
+        A mode named ``tuned`` is this client's own pipeline as its settings (a ``tune`` profile) define it;
+        beside it, the fixed modes run at the shipped defaults, so one table compares them fairly."""
+        from hybrid_search.app.evaluate import TUNED, EvalReport, evaluate, select_queries
+        from hybrid_search.config.settings import SearchSettings
         from hybrid_search.ingest.sources import open_query_set
 
         modes = list(modes)
         for mode in modes:
-            parse_mode(mode)
+            if mode != TUNED:
+                parse_mode(mode)
         query_set = open_query_set(source, split)
         queries = select_queries(query_set.queries, query_set.qrels, max_queries)
-        self._check_judged_documents(source, query_set.qrels, [qid for qid, _ in queries])
-        return evaluate(
-            self.searcher, queries, query_set.qrels, modes, ignore_identical_ids=ignore_identical_ids, progress=progress
+        self.check_judged_documents(source, query_set.qrels, [qid for qid, _ in queries])
+        if TUNED not in modes:
+            return evaluate(
+                self.searcher,
+                queries,
+                query_set.qrels,
+                modes,
+                ignore_identical_ids=ignore_identical_ids,
+                progress=progress,
+            )
+        searcher = self.searcher
+        fixed = HybridSearcher(
+            self.backend,
+            index=self.index,
+            encoder=self.encoder,
+            reranker=self.reranker,
+            settings=SearchSettings(),
+            query_log=self._query_log,
         )
+        reports = {}
+        for mode in modes:
+            on = searcher if mode == TUNED else fixed
+            one = evaluate(
+                on, queries, query_set.qrels, [mode], ignore_identical_ids=ignore_identical_ids, progress=progress
+            )
+            reports[mode] = one.modes[mode]
+        return EvalReport(modes=reports)
 
     def check_index(self) -> int:
         """Connect and check the index exists (``IndexNotFound`` says how to create it); return its count.
@@ -247,7 +275,7 @@ class HybridSearch:
         Cheap: call it before anything slow, such as loading models."""
         return self.backend.count(self.index)
 
-    def _check_judged_documents(
+    def check_judged_documents(
         self, source: object, qrels: Mapping[str, Mapping[str, int]], qids: Sequence[str], sample: int = 200
     ) -> None:
         """Stop when most judged documents are not in the index: it was built from another corpus, and

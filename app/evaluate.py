@@ -15,13 +15,15 @@ from typing import Any
 
 import numpy as np
 
+from hybrid_search.config.errors import ConfigError
 from hybrid_search.search.searcher import HybridSearcher, parse_mode
 
-__all__ = ["METRICS", "EvalReport", "ModeReport", "evaluate", "score_run", "select_queries"]
+__all__ = ["METRICS", "EvalReport", "ModeReport", "evaluate", "per_query_scores", "score_run", "select_queries"]
 
 log = logging.getLogger(__name__)
 
 METRICS = ("ndcg@10", "recall@100", "mrr@10")
+TUNED = "tuned"  # the row of a tuned profile: the settings' mode, rerank and fusion as they stand
 RUN_DEPTH = 100
 
 
@@ -73,8 +75,7 @@ def score_run(
     judged = {q: dict(d) for q, d in qrels.items() if q in run and any(g > 0 for g in d.values())}
     scored: dict[str, dict[str, float]] = {}
     for qid in judged:
-        docs = [d for d in run[qid] if not (ignore_identical_ids and d == qid)]
-        scored[qid] = {d: 1.0 / rank for rank, d in enumerate(docs[:RUN_DEPTH], start=1)}
+        scored[qid] = _ranked_scores(run[qid], qid, ignore_identical_ids)
     if not judged:
         return {m: 0.0 for m in METRICS}
     measures = [nDCG @ 10, R @ 100, RR @ 10]
@@ -83,6 +84,32 @@ def score_run(
         totals[metric.measure] += metric.value
     names = dict(zip(measures, METRICS, strict=True))
     return {names[m]: totals[m] / len(judged) for m in measures}  # empty runs count as zeros
+
+
+def per_query_scores(
+    qrels: Mapping[str, Mapping[str, int]],
+    run: Mapping[str, Sequence[str]],
+    metric: str = "ndcg@10",
+    *,
+    ignore_identical_ids: bool = True,
+) -> dict[str, float]:
+    """``metric`` (one of ``METRICS``) of each judged query in ``run``, scored exactly as ``score_run``."""
+    import ir_measures
+    from ir_measures import RR, R, nDCG
+
+    measure = {"ndcg@10": nDCG @ 10, "recall@100": R @ 100, "mrr@10": RR @ 10}.get(metric)
+    if measure is None:
+        raise ConfigError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
+    judged = {q: dict(d) for q, d in qrels.items() if q in run and any(g > 0 for g in d.values())}
+    scored = {q: _ranked_scores(run[q], q, ignore_identical_ids) for q in judged}
+    out = dict.fromkeys(judged, 0.0)  # an empty run scores 0
+    out.update({m.query_id: float(m.value) for m in ir_measures.iter_calc([measure], judged, scored)})
+    return out
+
+
+def _ranked_scores(docs: Sequence[str], qid: str, ignore_identical_ids: bool) -> dict[str, float]:
+    kept = [d for d in docs if not (ignore_identical_ids and d == qid)]
+    return {d: 1.0 / rank for rank, d in enumerate(kept[:RUN_DEPTH], start=1)}
 
 
 def select_queries(
@@ -108,13 +135,16 @@ def evaluate(
     reports: dict[str, ModeReport] = {}
     depth = RUN_DEPTH + (1 if ignore_identical_ids else 0)
     for mode in modes:
-        parse_mode(mode)
+        if mode != TUNED:
+            parse_mode(mode)
+        # "tuned": the settings' own pipeline (a tune profile); a fixed mode never takes the settings' rerank
+        run_mode, run_rerank = (None, None) if mode == TUNED else (mode, parse_mode(mode)[1])
         if queries:  # load models outside the timed loop, so latency is per query, not per process
-            searcher.search(queries[0][1], mode=mode, top_k=depth)
+            searcher.search(queries[0][1], mode=run_mode, rerank=run_rerank, top_k=depth)
         run: dict[str, list[str]] = {}
         latencies: list[float] = []
         for qid, text in tqdm(queries, desc=mode, unit="q", disable=not progress):
-            result = searcher.search(text, mode=mode, top_k=depth)
+            result = searcher.search(text, mode=run_mode, rerank=run_rerank, top_k=depth)
             run[qid] = result.doc_ids
             latencies.append(result.timings_ms["total"])
         metrics = score_run(qrels, run, ignore_identical_ids=ignore_identical_ids)

@@ -137,6 +137,8 @@ class SearchSettings(_Section):
     knn_weight: float = Field(default=0.5, ge=0.0)
     rerank: bool = False
     rerank_depth: int = Field(default=50, ge=1)
+    # final = a * minmax(cross-encoder) + (1 - a) * minmax(first stage) over the reranked head; 1 = reranker alone
+    rerank_interpolation: float = Field(default=1.0, ge=0.0, le=1.0)
     server_fusion: bool = True  # let an engine fuse when it can; client-side otherwise
 
 
@@ -225,6 +227,8 @@ class Settings(BaseSettings):
     search: SearchSettings = SearchSettings()
     backend: BackendSettings = BackendSettings()
     logs: LogSettings = LogSettings()
+    # how a tuned profile was chosen (written by `hybrid-search tune`; informational, changes nothing)
+    profile: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(

@@ -12,19 +12,17 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+
+import numpy as np
 
 from hybrid_search.config.errors import ConfigError, FusionUnsupported, QueryError
 from hybrid_search.config.settings import SearchSettings
 from hybrid_search.search.filters import Filter
-from hybrid_search.search.fusion import fuse
+from hybrid_search.search.fusion import fuse, normalize_minmax
 from hybrid_search.search.hits import Hit, SearchResult
 from hybrid_search.search.interfaces import QueryEncoder, Reranker, ResultRecorder, Retriever, ServerFusion
 
-if TYPE_CHECKING:
-    import numpy as np
-
-__all__ = ["BASE_MODES", "HybridSearcher", "check_query", "parse_mode", "rerank_hits"]
+__all__ = ["BASE_MODES", "HybridSearcher", "blend_rerank_scores", "check_query", "parse_mode", "rerank_hits"]
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +204,9 @@ class HybridSearcher:
         if self.reranker is None:
             raise ConfigError("+rerank needs a reranker: construct HybridSearcher with reranker=...")
         t = time.perf_counter()
-        out = rerank_hits(self.reranker, query, hits, self.settings.rerank_depth)
+        out = rerank_hits(
+            self.reranker, query, hits, self.settings.rerank_depth, interpolation=self.settings.rerank_interpolation
+        )
         timings["rerank"] = _ms(t)
         return out
 
@@ -237,10 +237,29 @@ def _passage(hit: Hit) -> str:
     return f"{hit.title} {hit.text}".strip()
 
 
-def rerank_hits(reranker: Reranker, query: str, hits: Sequence[Hit], depth: int) -> list[Hit]:
-    """Reorder the first ``depth`` hits by cross-encoder score; the rest keep their order after them.
+def blend_rerank_scores(first: Sequence[float], rerank: np.ndarray, interpolation: float) -> np.ndarray:
+    """The score the reranked head is ordered by: ``a * minmax(rerank) + (1 - a) * minmax(first)``.
 
-    Reranked hits take the rerank score as their final ``score``; the tail keeps its previous score, so
+    At ``a = 1`` it is the cross-encoder's raw score (the reranker alone decides, as without interpolation);
+    at ``a = 0`` the first-stage order stands. Min-max with the zero-range guard of ``search.fusion``, so a
+    reranker can be mixed in without ever having to be trusted alone (``tune`` chooses ``a``).
+    """
+    ce = np.asarray(rerank, dtype=np.float64)
+    if interpolation >= 1.0:
+        return ce
+    norm_ce = np.asarray(normalize_minmax([float(x) for x in ce]))
+    norm_first = np.asarray(normalize_minmax([float(x) for x in first]))
+    return interpolation * norm_ce + (1.0 - interpolation) * norm_first
+
+
+def rerank_hits(
+    reranker: Reranker, query: str, hits: Sequence[Hit], depth: int, *, interpolation: float = 1.0
+) -> list[Hit]:
+    """Reorder the first ``depth`` hits by cross-encoder score, interpolated with the first-stage score
+    (``blend_rerank_scores``); the rest keep their order after them.
+
+    Reranked hits take the blended score as their final ``score`` (the raw cross-encoder score at
+    ``interpolation = 1``) and the raw one as ``rerank_score``; the tail keeps its previous score, so
     ``rank`` (not ``score``) is the order across the boundary. Every hit keeps the rank it had before in
     ``rank_before_rerank``, so the change the reranker made can be reported.
     """
@@ -248,10 +267,11 @@ def rerank_hits(reranker: Reranker, query: str, hits: Sequence[Hit], depth: int)
     if not head:
         return list(hits)
     scores = reranker.score(query, [_passage(h) for h in head])
-    order = sorted(range(len(head)), key=lambda i: (-float(scores[i]), head[i].rank))
+    final = blend_rerank_scores([h.score for h in head], scores, interpolation)
+    order = sorted(range(len(head)), key=lambda i: (-float(final[i]), head[i].rank))
     reranked = [
         dataclasses.replace(
-            head[i], rank=r, score=float(scores[i]), rerank_score=float(scores[i]), rank_before_rerank=head[i].rank
+            head[i], rank=r, score=float(final[i]), rerank_score=float(scores[i]), rank_before_rerank=head[i].rank
         )
         for r, i in enumerate(order, start=1)
     ]

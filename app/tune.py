@@ -1,0 +1,406 @@
+"""``hybrid-search tune``: learn the pipeline's settings from the user's judgements.
+
+Each first-stage retriever (BM25, kNN) runs once per query at the largest depth in the search space, and the
+cross-encoder scores each (query, document) pair at most once, on demand; every candidate setting is then
+scored from that cache in memory, with the same fusion and rerank functions a search uses, so a few hundred
+settings cost seconds, not re-queries. The search space is an exhaustive grid (a few hundred settings):
+small enough to try in full, which keeps the choice reproducible and leaves nothing to a sampler's luck;
+``--budget N`` tries a seeded sample of N instead, always with the fixed modes among them.
+
+Estimates are honest about overfitting: k-fold cross-validation over queries chooses the setting on the
+training folds and scores it on the held-out fold only, and a paired randomisation test compares those
+held-out per-query scores with today's default and with the best single fixed mode. The chosen setting
+(best over all tuning queries) is written as an ordinary settings file (``--config profile.toml``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hybrid_search.app.evaluate import RUN_DEPTH, per_query_scores
+from hybrid_search.config.errors import ConfigError
+from hybrid_search.config.settings import SearchSettings
+from hybrid_search.search.fusion import fuse
+from hybrid_search.search.searcher import blend_rerank_scores
+
+__all__ = ["FIXED_MODES", "Pipeline", "RunCache", "TuneReport", "grid", "randomization_test", "tune"]
+
+FIXED_MODES = ("bm25", "knn", "hybrid", "hybrid+rerank")
+RRF_KS = (5, 10, 20, 40, 60, 100)
+LINEAR_KNN_WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+NORMALIZERS = ("minmax", "zscore", "l2")
+RERANK_DEPTHS = (10, 20, 50)
+INTERPOLATIONS = (0.25, 0.5, 0.75, 1.0)
+FIRST_DEPTHS = (100, 200)
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """One candidate setting of the whole pipeline."""
+
+    base: str  # bm25, knn or hybrid
+    rerank: bool = False
+    fusion: str = "rrf"
+    rrf_k: int = 60
+    normalizer: str = "minmax"
+    bm25_weight: float = 0.5
+    knn_weight: float = 0.5
+    depth: int = 100  # BM25 and kNN depth for hybrid
+    rerank_depth: int = 50
+    interpolation: float = 1.0  # final = a * norm(cross-encoder) + (1 - a) * norm(first stage)
+
+    @classmethod
+    def from_settings(cls, s: SearchSettings, *, base: str | None = None, rerank: bool | None = None) -> Pipeline:
+        return cls(
+            base=base or s.mode,
+            rerank=s.rerank if rerank is None else rerank,
+            fusion=s.fusion,
+            rrf_k=s.rrf_k,
+            normalizer=s.normalizer,
+            bm25_weight=s.bm25_weight,
+            knn_weight=s.knn_weight,
+            depth=max(s.bm25_depth, s.knn_depth),
+            rerank_depth=s.rerank_depth,
+            interpolation=s.rerank_interpolation,
+        )
+
+    def search_settings(self, base: SearchSettings) -> SearchSettings:
+        """``base`` with this pipeline's values (what the profile file records)."""
+        return base.model_copy(
+            update={
+                "mode": self.base,
+                "rerank": self.rerank,
+                "fusion": self.fusion,
+                "rrf_k": self.rrf_k,
+                "normalizer": self.normalizer,
+                "bm25_weight": self.bm25_weight,
+                "knn_weight": self.knn_weight,
+                "bm25_depth": self.depth,
+                "knn_depth": self.depth,
+                "rerank_depth": self.rerank_depth,
+                "rerank_interpolation": self.interpolation,
+            }
+        )
+
+    @property
+    def label(self) -> str:
+        out = self.base
+        if self.base == "hybrid":
+            out += (
+                f" rrf k={self.rrf_k}" if self.fusion == "rrf" else f" linear {self.normalizer} knn={self.knn_weight:g}"
+            ) + f" depth={self.depth}"
+        if self.rerank:
+            out += f" +rerank@{self.rerank_depth} a={self.interpolation:g}"
+        return out
+
+
+def grid() -> list[Pipeline]:
+    """The search space: every first stage, each alone and with every rerank depth and interpolation."""
+    firsts = [Pipeline("bm25"), Pipeline("knn")]
+    for depth in FIRST_DEPTHS:
+        firsts += [Pipeline("hybrid", fusion="rrf", rrf_k=k, depth=depth) for k in RRF_KS]
+        firsts += [
+            Pipeline("hybrid", fusion="linear", normalizer=n, bm25_weight=round(1 - w, 2), knn_weight=w, depth=depth)
+            for n, w in itertools.product(NORMALIZERS, LINEAR_KNN_WEIGHTS)
+        ]
+    out = []
+    for first in firsts:
+        out.append(first)
+        out += [
+            replace(first, rerank=True, rerank_depth=d, interpolation=a)
+            for d, a in itertools.product(RERANK_DEPTHS, INTERPOLATIONS)
+        ]
+    return out
+
+
+class RunCache:
+    """First-stage runs per query (at the deepest depth tried) and cross-encoder scores, each computed once."""
+
+    def __init__(self, hs: Any, queries: Sequence[tuple[str, str]], *, depth: int, progress: bool = False) -> None:
+        from tqdm.auto import tqdm
+
+        self.hs, self.queries = hs, dict(queries)
+        self.depth = depth
+        self.bm25: dict[str, list[tuple[str, float]]] = {}
+        self.knn: dict[str, list[tuple[str, float]]] = {}
+        self.texts: dict[str, str] = {}
+        self._ce: dict[tuple[str, str], float] = {}
+        backend, index, s = hs.backend, hs.index, hs.settings.search
+        vectors = hs.encoder.encode_queries([text for _, text in queries])
+        for (qid, text), vector in tqdm(
+            list(zip(queries, vectors, strict=True)), desc="first stages", unit="q", disable=not progress
+        ):
+            lexical = backend.search_bm25(index, text, depth)
+            dense = backend.search_knn(index, vector, depth, max(s.num_candidates, depth))
+            self.bm25[qid] = [(h.doc_id, h.score) for h in lexical]
+            self.knn[qid] = [(h.doc_id, h.score) for h in dense]
+            for h in (*lexical, *dense):
+                self.texts.setdefault(h.doc_id, f"{h.title} {h.text}".strip())
+        self.ce_pairs_scored = 0
+
+    def ce(self, qid: str, doc_ids: Sequence[str]) -> np.ndarray:
+        """Cross-encoder scores of the query with each document, scoring only pairs not seen before."""
+        missing = [d for d in dict.fromkeys(doc_ids) if (qid, d) not in self._ce]
+        if missing:
+            scores = self.hs.reranker.score(self.queries[qid], [self.texts[d] for d in missing])
+            self._ce.update({(qid, d): float(s) for d, s in zip(missing, scores, strict=True)})
+            self.ce_pairs_scored += len(missing)
+        return np.asarray([self._ce[(qid, d)] for d in doc_ids], dtype=np.float64)
+
+    def ranked(self, p: Pipeline, qid: str, k: int = RUN_DEPTH + 1) -> list[str]:
+        """What a search with pipeline ``p`` and ``top_k=k`` returns for the query, as ids, best first."""
+        depth = max(p.depth, k)
+        if p.base == "bm25":
+            first = self.bm25[qid][: max(p.rerank_depth if p.rerank else 0, k)]
+        elif p.base == "knn":
+            first = self.knn[qid][: max(p.rerank_depth if p.rerank else 0, k)]
+        else:
+            runs = [self.bm25[qid][:depth], self.knn[qid][:depth]]
+            weights = [p.bm25_weight, p.knn_weight]
+            if p.fusion == "rrf":
+                first = fuse("rrf", runs, k=p.rrf_k, weights=None if weights[0] == weights[1] else weights)
+            else:
+                first = fuse("linear", runs, weights=weights, normalizer=p.normalizer)
+            first = first[: max(p.rerank_depth if p.rerank else 0, k)]
+        if not p.rerank:
+            return [d for d, _ in first[:k]]
+        head, tail = first[: p.rerank_depth], first[p.rerank_depth :]
+        ce = self.ce(qid, [d for d, _ in head])
+        final = blend_rerank_scores([s for _, s in head], ce, p.interpolation)
+        order = sorted(range(len(head)), key=lambda i: (-final[i], i))
+        return ([head[i][0] for i in order] + [d for d, _ in tail])[:k]
+
+
+@dataclass(frozen=True, slots=True)
+class TuneReport:
+    """What ``tune`` found: the chosen pipeline, honest estimates, and the comparisons behind them."""
+
+    chosen: Pipeline
+    metric: str
+    queries: int
+    folds: int
+    candidates: int
+    in_sample: float
+    cross_validated: float
+    default: float
+    fixed_modes: Mapping[str, float]
+    p_vs_default: float
+    p_vs_best_fixed: float
+    best_fixed: str
+    fold_scores: Sequence[float]
+    ce_pairs_scored: int
+    seconds: Mapping[str, float]
+    holdout: Mapping[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["chosen"] = {"label": self.chosen.label, **asdict(self.chosen)}
+        return out
+
+    def table(self) -> str:
+        lines = [
+            f"chosen: {self.chosen.label}",
+            f"{self.metric} over {self.queries} queries, {self.folds}-fold cross-validation, "
+            f"{self.candidates} settings tried",
+            f"  cross-validated (held-out folds) {self.cross_validated:.4f}   in-sample {self.in_sample:.4f}",
+            f"  default (hybrid rrf k=60)        {self.default:.4f}   p = {self.p_vs_default:.4f} (tuned vs default)",
+            f"  best fixed mode ({self.best_fixed:<14}) {self.fixed_modes[self.best_fixed]:.4f}   "
+            f"p = {self.p_vs_best_fixed:.4f} (tuned vs it)",
+        ]
+        if self.holdout:
+            h = self.holdout
+            lines.append(f"held-out half ({h['queries']} queries never used for tuning):")
+            lines += [f"  {name:<16} {score:.4f}" for name, score in h["scores"].items()]
+            lines.append(
+                f"  p (tuned vs default) = {h['p_vs_default']:.4f}, p (tuned vs {h['best_fixed']}) = "
+                f"{h['p_vs_best_fixed']:.4f}"
+            )
+        return "\n".join(lines)
+
+
+def randomization_test(a: Sequence[float], b: Sequence[float], *, rounds: int = 10_000, seed: int = 0) -> float:
+    """Two-sided paired randomisation (sign-flip) test of mean(a - b) over per-query scores."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if not len(diff) or not np.any(diff):
+        return 1.0
+    observed = abs(diff.mean())
+    signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(rounds, len(diff)))
+    flipped = np.abs((signs * diff).mean(axis=1))
+    return float((np.count_nonzero(flipped >= observed - 1e-12) + 1) / (rounds + 1))
+
+
+def _folds(qids: Sequence[str], k: int, seed: int) -> list[list[str]]:
+    shuffled = list(qids)
+    random.Random(seed).shuffle(shuffled)
+    return [shuffled[i::k] for i in range(k)]
+
+
+def tune(
+    hs: Any,
+    queries: Sequence[tuple[str, str]],
+    qrels: Mapping[str, Mapping[str, int]],
+    *,
+    metric: str = "ndcg@10",
+    folds: int = 5,
+    budget: int | None = None,
+    holdout: float = 0.0,
+    ignore_identical_ids: bool = True,
+    seed: int = 0,
+    progress: bool = False,
+) -> TuneReport:
+    """Choose the best pipeline for ``queries`` (see the module docstring)."""
+    from tqdm.auto import tqdm
+
+    if folds < 2:
+        raise ConfigError(f"--folds must be at least 2, got {folds}")
+    if not 0.0 <= holdout < 1.0:
+        raise ConfigError(f"--holdout must be a fraction in [0, 1), got {holdout}")
+    tuning, held = list(queries), []
+    if holdout:
+        shuffled = list(queries)
+        random.Random(seed).shuffle(shuffled)
+        cut = int(round(len(shuffled) * (1 - holdout)))
+        tuning, held = shuffled[:cut], shuffled[cut:]
+    if len(tuning) < folds:
+        raise ConfigError(f"{len(tuning)} queries cannot make {folds} folds: give more judged queries or fewer --folds")
+
+    fixed = {
+        m: Pipeline.from_settings(SearchSettings(), base=m.split("+")[0], rerank=m.endswith("+rerank"))
+        for m in FIXED_MODES
+    }
+    default = Pipeline.from_settings(SearchSettings())
+    candidates = grid()
+    if budget is not None and budget < len(candidates):
+        candidates = random.Random(seed).sample(candidates, budget)
+    candidates = list(dict.fromkeys([*fixed.values(), default, *candidates]))
+
+    t0 = time.perf_counter()
+    cache = RunCache(hs, [*tuning, *held], depth=max(FIRST_DEPTHS) + 1, progress=progress)
+    t_cache = time.perf_counter() - t0
+
+    def scores(p: Pipeline, qids: Sequence[str]) -> dict[str, float]:
+        run = {q: cache.ranked(p, q) for q in qids}
+        return per_query_scores(qrels, run, metric, ignore_identical_ids=ignore_identical_ids)
+
+    t1 = time.perf_counter()
+    tuning_ids = [q for q, _ in tuning]
+    table = {p: scores(p, tuning_ids) for p in tqdm(candidates, desc="settings", unit="setting", disable=not progress)}
+    t_grid = time.perf_counter() - t1
+
+    def mean(p: Pipeline, qids: Sequence[str]) -> float:
+        return float(np.mean([table[p].get(q, 0.0) for q in qids])) if qids else 0.0
+
+    def best_on(qids: Sequence[str]) -> Pipeline:
+        # ties go to the earlier candidate: the fixed modes and the default come first
+        return max(reversed(candidates), key=lambda p: mean(p, qids))
+
+    # cross-validation: choose on the other folds, score on this one; every query is scored exactly once,
+    # by a setting chosen without it
+    held_out_scores: dict[str, float] = {}
+    fold_scores = []
+    for fold in _folds(tuning_ids, folds, seed):
+        held_out = set(fold)
+        best = best_on([q for q in tuning_ids if q not in held_out])
+        held_out_scores.update({q: table[best].get(q, 0.0) for q in fold})
+        fold_scores.append(mean(best, fold))
+    chosen = best_on(tuning_ids)
+    fixed_scores = {m: mean(p, tuning_ids) for m, p in fixed.items()}
+    best_fixed = max(fixed_scores, key=lambda m: fixed_scores[m])
+    cv = [held_out_scores[q] for q in tuning_ids]
+    report_holdout = None
+    if held:
+        held_ids = [q for q, _ in held]
+        tuned_h = scores(chosen, held_ids)
+        fixed_h = {m: scores(p, held_ids) for m, p in fixed.items()}
+        default_h = scores(default, held_ids)
+        hs_scores = {"tuned": _avg(tuned_h, held_ids), **{m: _avg(v, held_ids) for m, v in fixed_h.items()}}
+        best_fixed_h = max(fixed_h, key=lambda m: _avg(fixed_h[m], held_ids))
+        report_holdout = {
+            "queries": len(held_ids),
+            "scores": hs_scores,
+            "best_fixed": best_fixed_h,
+            "p_vs_default": randomization_test(
+                [tuned_h.get(q, 0.0) for q in held_ids], [default_h.get(q, 0.0) for q in held_ids]
+            ),
+            "p_vs_best_fixed": randomization_test(
+                [tuned_h.get(q, 0.0) for q in held_ids], [fixed_h[best_fixed_h].get(q, 0.0) for q in held_ids]
+            ),
+        }
+    return TuneReport(
+        chosen=chosen,
+        metric=metric,
+        queries=len(tuning_ids),
+        folds=folds,
+        candidates=len(candidates),
+        in_sample=mean(chosen, tuning_ids),
+        cross_validated=float(np.mean(cv)),
+        default=mean(default, tuning_ids),
+        fixed_modes=fixed_scores,
+        p_vs_default=randomization_test(cv, [table[default].get(q, 0.0) for q in tuning_ids]),
+        p_vs_best_fixed=randomization_test(cv, [table[fixed[best_fixed]].get(q, 0.0) for q in tuning_ids]),
+        best_fixed=best_fixed,
+        fold_scores=fold_scores,
+        ce_pairs_scored=cache.ce_pairs_scored,
+        seconds={"first_stages_and_cache": round(t_cache, 2), "settings": round(t_grid, 2)},
+        holdout=report_holdout,
+    )
+
+
+def _avg(per_query: Mapping[str, float], qids: Sequence[str]) -> float:
+    return float(np.mean([per_query.get(q, 0.0) for q in qids])) if qids else 0.0
+
+
+def write_profile(report: TuneReport, base: SearchSettings, path: str | Path, *, source: str) -> None:
+    """The chosen pipeline as an ordinary settings file, with how it was chosen under ``[profile]``."""
+    chosen = report.chosen.search_settings(base)
+    keys = (
+        "mode",
+        "rerank",
+        "fusion",
+        "rrf_k",
+        "normalizer",
+        "bm25_weight",
+        "knn_weight",
+        "bm25_depth",
+        "knn_depth",
+        "rerank_depth",
+        "rerank_interpolation",
+    )
+    lines = [f"# written by hybrid-search tune: {report.chosen.label}", "", "[search]"]
+    lines += [f"{k} = {_toml(getattr(chosen, k))}" for k in keys]
+    lines += [
+        "",
+        "[profile]",
+        f"source = {_toml(source)}",
+        f"metric = {_toml(report.metric)}",
+        f"queries = {report.queries}",
+        f"folds = {report.folds}",
+        f"candidates = {report.candidates}",
+        f"cross_validated = {report.cross_validated:.6f}",
+        f"in_sample = {report.in_sample:.6f}",
+        f"default = {report.default:.6f}",
+        f"p_vs_default = {report.p_vs_default:.6f}",
+        f"best_fixed = {_toml(report.best_fixed)}",
+        f"p_vs_best_fixed = {report.p_vs_best_fixed:.6f}",
+        "fold_scores = [" + ", ".join(f"{s:.6f}" for s in report.fold_scores) + "]",
+    ]
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else "0.0"
+    return str(value)

@@ -1,0 +1,177 @@
+"""``tune``: the cache reproduces a fresh evaluation, cross-validation never scores a query it tuned on, the
+interpolation at a = 1 is today's rerank order, and the profile it writes is what search and eval load."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO, SAMPLE
+
+from hybrid_search import HybridSearch, load_settings
+from hybrid_search.app.evaluate import score_run, select_queries
+from hybrid_search.app.tune import FIXED_MODES, Pipeline, RunCache, _folds, grid, randomization_test, tune
+from hybrid_search.ingest.sources import open_query_set
+from hybrid_search.search.hits import Hit
+from hybrid_search.search.searcher import blend_rerank_scores, rerank_hits
+
+
+@pytest.fixture(scope="module")
+def sample_index(tmp_path_factory):
+    data = tmp_path_factory.mktemp("tune")
+    hs = HybridSearch(index="sample", data_dir=data)
+    hs.ingest("sample")
+    query_set = open_query_set(SAMPLE)
+    queries = select_queries(query_set.queries, query_set.qrels, None)
+    yield hs, queries, query_set.qrels, data
+    hs.close()
+
+
+def test_the_cache_gives_exactly_what_a_fresh_evaluation_gives(sample_index, reranker, tmp_path):
+    """Exact for every setting. The cross-encoder here is an fp32 torch one (random weights, the same code
+    path): the offline int8 ONNX export quantises activations per batch, so its scores move in the third
+    decimal with the batch a passage lands in, and no cache can reproduce that bit for bit."""
+    from hybrid_search.app.bench import random_cross_encoder
+
+    base, queries, qrels, data = sample_index
+    folder = random_cross_encoder(reranker.folder, tmp_path / "ce", layers=2, hidden=64, heads=2, intermediate=128)
+    models = base.settings.models.model_copy(update={"cross_encoder": str(folder)})
+    hs = HybridSearch.from_settings(base.settings.model_copy(update={"models": models}))
+    cache = RunCache(hs, queries, depth=201)
+    settings = [
+        Pipeline("bm25"),
+        Pipeline("knn"),
+        Pipeline("hybrid", rrf_k=20),
+        Pipeline("hybrid", fusion="linear", normalizer="zscore", bm25_weight=0.3, knn_weight=0.7),
+        Pipeline("hybrid", rerank=True, rerank_depth=10, interpolation=0.5),
+        Pipeline("knn", rerank=True, rerank_depth=20, interpolation=1.0),
+    ]
+    for p in settings:
+        fresh = HybridSearch.from_settings(
+            hs.settings.model_copy(update={"search": p.search_settings(hs.settings.search)})
+        )
+        fresh._backend, fresh._encoder, fresh._reranker = hs.backend, hs.encoder, hs.reranker  # same models
+        ranked = {q: cache.ranked(p, q) for q, _ in queries}
+        searched = {q: fresh.search(text, top_k=101).doc_ids for q, text in queries}
+        assert ranked == searched, p.label
+        assert score_run(qrels, ranked) == score_run(qrels, searched)
+    hs.close()
+
+
+def test_interpolation_at_one_is_todays_rerank_order():
+    hits = [Hit(doc_id=f"d{i}", rank=i + 1, score=1.0 / (i + 1), text=f"t{i}") for i in range(6)]
+
+    class Scores:
+        def score(self, query, passages):
+            return np.asarray([0.3, -1.0, 2.0, 0.3, 5.0, 0.0])[: len(passages)]
+
+    today = rerank_hits(Scores(), "q", hits, 5)
+    assert [h.doc_id for h in rerank_hits(Scores(), "q", hits, 5, interpolation=1.0)] == [h.doc_id for h in today]
+    assert [h.doc_id for h in today] == ["d4", "d2", "d0", "d3", "d1", "d5"]
+    assert [h.doc_id for h in rerank_hits(Scores(), "q", hits, 5, interpolation=0.0)][:5] == [f"d{i}" for i in range(5)]
+    np.testing.assert_allclose(blend_rerank_scores([3.0, 1.0], np.asarray([0.0, 1.0]), 0.5), [0.5, 0.5])
+
+
+def test_cross_validation_never_scores_a_query_it_tuned_on():
+    qids = [f"q{i}" for i in range(23)]
+    folds = _folds(qids, 5, seed=3)
+    assert sorted(q for f in folds for q in f) == sorted(qids)  # each query held out exactly once
+    assert all(set(a).isdisjoint(b) for i, a in enumerate(folds) for b in folds[i + 1 :])
+
+
+def test_tune_on_the_sample_and_the_profile_loads(sample_index, tmp_path):
+    hs, queries, qrels, data = sample_index
+    report = tune(hs, queries, qrels, folds=3, budget=40)
+    assert report.candidates >= 40 and set(report.fixed_modes) == set(FIXED_MODES)
+    assert report.in_sample >= max(report.fixed_modes.values())  # the fixed modes are among the candidates
+    assert 0.0 < report.p_vs_default <= 1.0 and len(report.fold_scores) == 3
+    assert report.ce_pairs_scored > 0
+
+    profile = tmp_path / "profile.toml"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hybrid_search.app.cli",
+            "tune",
+            "sample",
+            "--index",
+            "sample",
+            "--data-dir",
+            str(data),
+            "--folds",
+            "3",
+            "--budget",
+            "30",
+            "--out",
+            str(profile),
+            "--json",
+            str(tmp_path / "tune.json"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "cross-validated" in out.stdout and json.loads((tmp_path / "tune.json").read_text())["folds"] == 3
+    settings = load_settings(profile)
+    assert settings.profile["metric"] == "ndcg@10" and settings.profile["folds"] == 3
+    chosen = json.loads((tmp_path / "tune.json").read_text())["chosen"]
+    assert settings.search.mode == chosen["base"] and settings.search.rerank_interpolation == chosen["interpolation"]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hybrid_search.app.cli",
+            "eval",
+            "sample",
+            "--index",
+            "sample",
+            "--data-dir",
+            str(data),
+            "--config",
+            str(profile),
+            "--modes",
+            "bm25,knn",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    assert [line.split()[0] for line in out.stdout.splitlines()[2:]] == ["bm25", "knn", "tuned"]
+
+
+def test_the_grid_covers_the_search_space():
+    space = grid()
+    assert len(space) == len(set(space)) > 400
+    assert {p.base for p in space} == {"bm25", "knn", "hybrid"}
+    assert {p.normalizer for p in space if p.fusion == "linear"} == {"minmax", "zscore", "l2"}
+    assert {p.interpolation for p in space if p.rerank} == {0.25, 0.5, 0.75, 1.0}
+
+
+def test_randomization_test_by_hand():
+    assert randomization_test([1, 1, 1], [1, 1, 1]) == 1.0
+    assert randomization_test([1.0] * 30, [0.0] * 30) < 0.001
+    assert randomization_test([0.5, 0.6, 0.4, 0.55], [0.55, 0.4, 0.6, 0.5]) > 0.5
+
+
+@pytest.mark.integration
+def test_tune_through_elasticsearch(noida_url, tmp_path):
+    with HybridSearch(index="tune-es", backend="elasticsearch", url=noida_url, data_dir=tmp_path) as hs:
+        hs.ingest("sample")
+        query_set = open_query_set(SAMPLE)
+        queries = select_queries(query_set.queries, query_set.qrels, None)
+        report = tune(hs, queries, query_set.qrels, folds=2, budget=20)
+        assert report.in_sample >= max(report.fixed_modes.values()) and report.queries == len(queries)
+        hs.delete()

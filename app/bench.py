@@ -185,13 +185,10 @@ def _queries(source: str | None, n: int) -> list[str]:
     return (texts * (n // max(len(texts), 1) + 1))[:n]
 
 
-def _ensure_indexed(backend: Any, encoder: Any, settings: Settings, source: str | None) -> None:
-    """Ingest the source (default: the bundled sample) into the settings' index unless it exists."""
-    from hybrid_search.ingest.pipeline import run_ingest
-    from hybrid_search.ingest.sources import open_source
-
-    if not backend.index_exists(settings.index.name):
-        run_ingest(open_source(source or "sample"), backend, encoder, settings, alias=settings.index.name)
+def _ensure_indexed(hs: Any, source: str | None) -> None:
+    """Ingest the source (default: the bundled sample) into the client's index unless it exists."""
+    if not hs.exists():
+        hs.ingest(source or "sample")
 
 
 def bench_search(settings: Settings, source: str | None, queries: int, repeats: int) -> dict[str, Any]:
@@ -206,8 +203,7 @@ def bench_search(settings: Settings, source: str | None, queries: int, repeats: 
         "modes": {},
     }
     with HybridSearch.from_settings(settings) as hs:
-        if not hs.exists():
-            hs.ingest(source or "sample")
+        _ensure_indexed(hs, source)
         for mode in DEFAULT_MODES:
             hs.search(query_texts[0], mode=mode)  # warm-up
             lat = sorted(hs.search(q, mode=mode).timings_ms["total"] for q in query_texts for _ in range(repeats))
@@ -226,14 +222,12 @@ def bench_query_log(settings: Settings, source: str | None, queries: int, repeat
     The log goes to a temporary JSONL sink on the embedded backend, and to ``<index>-bench-queries`` on a
     cluster (through the same bulk writer as the real log).
     """
+    from hybrid_search.app.client import HybridSearch
     from hybrid_search.app.logs import QueryLog
-    from hybrid_search.backends.base import open_backend
     from hybrid_search.backends.logsinks import JsonlLogSink
-    from hybrid_search.encoding.encoder import Encoder
     from hybrid_search.search.searcher import HybridSearcher
 
     query_texts = _queries(source, queries)
-    encoder = Encoder(settings=settings.models)
     out: dict[str, Any] = {
         "bench": "querylog",
         "index": settings.index.name,
@@ -241,8 +235,9 @@ def bench_query_log(settings: Settings, source: str | None, queries: int, repeat
         "backend": settings.backend.kind,
         "modes": {},
     }
-    with open_backend(settings) as backend, tempfile.TemporaryDirectory() as tmp:
-        _ensure_indexed(backend, encoder, settings, source)
+    with HybridSearch.from_settings(settings) as hs, tempfile.TemporaryDirectory() as tmp:
+        _ensure_indexed(hs, source)
+        backend, encoder = hs.backend, hs.encoder
         sink = JsonlLogSink(tmp) if backend.name == "embedded" else backend.log_sink()
         qlog = QueryLog(sink, index=f"{settings.index.name}-bench", backend=backend.name, settings=settings.logs)
         plain = HybridSearcher(backend, index=settings.index.name, encoder=encoder, settings=settings.search)

@@ -311,6 +311,12 @@ def _ingest(hs: Any, args: argparse.Namespace) -> Any:
     return summary
 
 
+def _ingest_unless_indexed(hs: Any, args: argparse.Namespace) -> None:
+    """``eval`` and ``tune`` ingest their source first when the index is missing (or ``--resume`` is given)."""
+    if args.resume or not hs.exists():
+        _ingest(hs, args)
+
+
 def _close_client(hs: Any) -> None:
     """Close the client; say where the query log went and what it could not write."""
     query_log = hs._query_log
@@ -397,8 +403,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         modes.append("tuned")  # a tune profile: its whole pipeline gets a row beside the fixed modes
     hs = _client(settings)
     try:
-        if args.resume or not hs.exists():
-            _ingest(hs, args)
+        _ingest_unless_indexed(hs, args)
         report = hs.evaluate(
             args.source,
             modes=modes,
@@ -493,8 +498,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     query_set = open_query_set(args.source, args.split)
     queries = select_queries(query_set.queries, query_set.qrels, args.max_queries)
     with _client(settings) as hs:
-        if args.resume or not hs.exists():
-            _ingest(hs, args)
+        _ingest_unless_indexed(hs, args)
         hs.check_judged_documents(args.source, query_set.qrels, [q for q, _ in queries])
         report = tune(
             hs,

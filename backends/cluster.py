@@ -30,7 +30,6 @@ from hybrid_search.backends.base import (
     IndexedDocument,
     IndexSpec,
     IndexStats,
-    check_index_name,
     checks_names,
     previous_alias,
 )
@@ -231,11 +230,8 @@ class ClusterBackend(ABC):
     def index_body(self, spec: IndexSpec, *, loading: bool) -> dict[str, Any]:
         """Settings and mappings of a new physical index."""
 
-    _check_name = staticmethod(check_index_name)
-
     @checks_names
     def ensure_index(self, index: str, spec: IndexSpec) -> None:
-        self._check_name(index)
         existing = self.index_spec(index)
         if existing is None:
             self._create(index, spec, loading=False)
@@ -276,7 +272,6 @@ class ClusterBackend(ABC):
 
     @checks_names
     def begin_build(self, alias: str, spec: IndexSpec, *, resume_from: str | None = None) -> str:
-        self._check_name(alias)
         if resume_from is not None:
             if not self.index_exists(resume_from):
                 raise IndexNotFound(
@@ -314,7 +309,6 @@ class ClusterBackend(ABC):
 
     @checks_names
     def rollback(self, alias: str) -> tuple[str, str]:
-        self._check_name(alias)
         keep = previous_alias(alias)
         current, previous = self._alias_targets(alias), self._alias_targets(keep)
         if len(current) != 1 or len(previous) != 1:
@@ -687,7 +681,6 @@ class ClusterLogSink:
     @checks_names
     def ensure(self, name: str, mapping: Mapping[str, Any]) -> None:
         b = self.backend
-        b._check_name(name)
         if not b.index_exists(name):
             try:
                 b._call("create log index", b.client.indices.create, index=name, body=log_index_body(mapping))

@@ -545,12 +545,9 @@ class EmbeddedBackend:
     def _index_kwargs(self) -> dict[str, Any]:
         return {"ef_search": self.ef_search, "flush_seconds": self.flush_seconds}
 
-    _check_name = staticmethod(check_index_name)
-
     # --- protocol ---------------------------------------------------------------------------------
     @checks_names
     def ensure_index(self, index: str, spec: IndexSpec) -> None:
-        self._check_name(index)
         existing = self.index_spec(index)
         if existing is None:
             physical = self._physical(index)
@@ -573,7 +570,6 @@ class EmbeddedBackend:
 
     @checks_names
     def begin_build(self, alias: str, spec: IndexSpec, *, resume_from: str | None = None) -> str:
-        self._check_name(alias)
         if resume_from is not None:
             if not self.index_exists(resume_from):
                 raise IndexNotFound(f"cannot resume: physical index {resume_from!r} is gone; ingest without --resume")
@@ -600,7 +596,6 @@ class EmbeddedBackend:
 
     @checks_names
     def rollback(self, alias: str) -> tuple[str, str]:
-        self._check_name(alias)
         aliases = self._aliases()
         keep = previous_alias(alias)
         if alias not in aliases or keep not in aliases:

@@ -237,7 +237,7 @@ def bench_query_log(settings: Settings, source: str | None, queries: int, repeat
     }
     with HybridSearch.from_settings(settings) as hs, tempfile.TemporaryDirectory() as tmp:
         _ensure_indexed(hs, source)
-        backend, encoder = hs.backend, hs.encoder
+        backend, encoder = hs.backend, hs.query_encoder
         sink = JsonlLogSink(tmp) if backend.name == "embedded" else backend.log_sink()
         qlog = QueryLog(sink, index=f"{settings.index.name}-bench", backend=backend.name, settings=settings.logs)
         plain = HybridSearcher(backend, index=settings.index.name, encoder=encoder, settings=settings.search)

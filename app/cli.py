@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from hybrid_search.config.settings import IndexSettings, SearchSettings
@@ -86,6 +87,24 @@ def _log_knobs(p: argparse.ArgumentParser) -> None:
         help="record each search in <index>-queries (also HYBRID_SEARCH_LOGS__QUERIES=true)",
     )
     g.add_argument("--no-query-text", action="store_true", help="log searches without their query text")
+
+
+def _train_knobs(p: argparse.ArgumentParser, *, base_help: str) -> None:
+    p.add_argument("--out", required=True, help="folder to write the model to (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out when training succeeds")
+    p.add_argument("--base", help=base_help)
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--max-steps", type=_positive_int, help="stop after N optimiser steps")
+    p.add_argument("--max-pairs", type=_positive_int, metavar="N", help="read only the first N pairs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--eval", dest="eval_source", metavar="SOURCE", help="BEIR folder: kNN (or rerank) quality before/after"
+    )
+    p.add_argument("--eval-max-queries", type=_positive_int, metavar="N", help="judged queries --eval uses")
+    p.add_argument("--json", dest="json_out", metavar="OUT", help="write the summary as JSON here")
+    _common(p)
 
 
 def _positive_int(text: str) -> int:
@@ -168,7 +187,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="keep this fraction of queries out of tuning and report the profile on them (e.g. 0.5)",
     )
+    p.add_argument(
+        "--no-analyzer-check",
+        dest="analyzer_check",
+        action="store_false",
+        help="skip measuring the other text analyzer (it streams the corpus into an in-memory BM25 index)",
+    )
     p.add_argument("--out", default="profile.toml", help="the settings file to write (default: profile.toml)")
+    p.add_argument("--json", dest="json_out", metavar="OUT", help="write the report as JSON here")
+    _ingest_knobs(p)
+    _common(p)
+
+    p = sub.add_parser(
+        "tune-defaults", help="choose default settings across several judged corpora (leave-one-set-out)"
+    )
+    p.add_argument("sources", nargs="+", help="two or more BEIR folders (or quora, nq, sample); each its own index")
+    p.add_argument("--split", default="test", help="qrels split (default: test)")
+    p.add_argument("--metric", default="ndcg@10", choices=["ndcg@10", "recall@100", "mrr@10"])
+    p.add_argument("--max-queries", type=_positive_int, metavar="N", help="the first N judged queries of each set")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="write the report as JSON here")
     _ingest_knobs(p)
     _common(p)
@@ -181,6 +217,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollback", help="serve the previous build of an index again (run twice to undo)")
     p.add_argument("--index", help=INDEX_HELP)
     _common(p)
+
+    p = sub.add_parser("reindex", help="re-encode an index's documents with another model, then swap it in")
+    p.add_argument("--index", help=INDEX_HELP)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted reindex")
+    p.add_argument("--batch-size", type=int, help="documents per encode + upsert step")
+    _common(p)
+
+    p = sub.add_parser("train", help="fine-tune the bi-encoder or a cross-encoder, or adapt to a corpus")
+    tsub = p.add_subparsers(dest="train_command", required=True, metavar="WHAT")
+    t = tsub.add_parser("bi-encoder", help="fine-tune the bi-encoder on pairs (CSV / JSONL / Parquet / BEIR)")
+    t.add_argument("pairs", help="question1,question2[,is_duplicate] | anchor,positive[,negative] | BEIR folder")
+    t.add_argument("--loss", default="mnrl", choices=["mnrl", "online-contrastive", "multi-task"])
+    t.add_argument("--hard-negatives", metavar="INDEX", help="mine a negative per anchor by kNN over this index")
+    t.add_argument("--margin", type=float, default=None, help="mining: skip candidates above (1 - m) x positive")
+    _train_knobs(t, base_help="model to start from (default: --model or the configured bi-encoder)")
+    t = tsub.add_parser("cross-encoder", help="train a duplicate / not cross-encoder on labelled pairs")
+    t.add_argument("pairs", help="question1,question2,is_duplicate or sentence1,sentence2,label")
+    _train_knobs(t, base_help="model to start from (default: the configured bi-encoder's weights, new head)")
+    t = tsub.add_parser("adapt", help="adapt the bi-encoder to an index's documents without labels")
+    t.add_argument("--index", help=INDEX_HELP)
+    t.add_argument("--method", default="simcse", choices=["simcse", "tsdae"])
+    t.add_argument("--max-docs", type=_positive_int, metavar="N", help="train on the first N stored documents")
+    _train_knobs(t, base_help="model to start from (default: the model the index was built with)")
 
     p = sub.add_parser("dashboards", help="Kibana / OpenSearch Dashboards saved objects")
     dsub = p.add_subparsers(dest="dashboards_command", required=True, metavar="ACTION")
@@ -509,6 +568,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             budget=args.budget,
             holdout=args.holdout,
             progress=not args.quiet,
+            analyzer_check=args.analyzer_check,
         )
     write_profile(report, settings.search, args.out, source=args.source)
     print(report.table())
@@ -520,6 +580,165 @@ def cmd_tune(args: argparse.Namespace) -> int:
         with open(args.json_out, "w", encoding="utf-8") as fh:
             json.dump(report.to_dict(), fh, indent=2, default=str)
     return 0
+
+
+def cmd_tune_defaults(args: argparse.Namespace) -> int:
+    from hybrid_search.app.evaluate import select_queries
+    from hybrid_search.app.tune import tune_defaults
+    from hybrid_search.ingest.sources import open_query_set
+
+    settings = _settings(args)
+    clients, sets = [], {}
+    try:
+        for source in args.sources:
+            name = Path(source.rstrip("/")).name
+            query_set = open_query_set(source, args.split)
+            queries = select_queries(query_set.queries, query_set.qrels, args.max_queries)
+            hs = _client(settings.model_copy(update={"index": settings.index.model_copy(update={"name": name})}))
+            clients.append(hs)
+            args.source = source
+            _ingest_unless_indexed(hs, args)
+            hs.check_judged_documents(source, query_set.qrels, [q for q, _ in queries])
+            sets[name] = (hs, queries, query_set.qrels)
+        report = tune_defaults(sets, metric=args.metric, progress=not args.quiet)
+    finally:
+        for hs in clients:
+            hs.close()
+    print(f"{report['metric']}: chosen {report['chosen_labels'][0]} / {report['chosen_labels'][1]}")
+    print(f"{'set':<28} {'default':>8} {'chosen':>8} {'l-o-o':>8} {'def+rr':>8} {'ch+rr':>8} {'l-o-o+rr':>8}")
+    keys = ("current_default", "chosen", "leave_one_out", "current_default_rerank", "chosen_rerank")
+    for name, row in report["sets"].items():
+        print(f"{name:<28} " + " ".join(f"{row[k]:>8.4f}" for k in (*keys, "leave_one_out_rerank")))
+    print(f"{'mean':<28} " + " ".join(f"{report['mean'][k]:>8.4f}" for k in keys))
+    if args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2, default=str)
+    return 0
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from hybrid_search.config.errors import ConfigError
+
+    if not args.model:
+        raise ConfigError("reindex needs --model: the bi-encoder (a trained folder or hub id) to re-encode with")
+    settings = _settings(args)
+    # the client reads the index with whatever model it holds; only the new build uses --model
+    models = settings.models.model_copy(update={"bi_encoder": settings.models.model_fields["bi_encoder"].default})
+    with _client(settings.model_copy(update={"models": models})) as hs:
+        hs.check_index()
+        summary = hs.reindex(args.model, resume=args.resume, progress=not args.quiet)
+    print(
+        f"reindexed {summary.alias} -> {summary.physical} with {args.model}: {summary.stored} documents "
+        f"({summary.docs_per_s:.1f} docs/s); the previous build is kept as {summary.alias}-previous "
+        "(hybrid-search rollback to serve it again)"
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from hybrid_search.app import train
+    from hybrid_search.config.errors import ConfigError
+
+    settings = _settings(args)
+    options = train.TrainOptions(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        device=settings.models.device,
+        progress=not args.quiet,
+    )
+    _quiet_model_loading()
+    what = args.train_command
+    if what == "bi-encoder":
+        pairs = train.read_pairs(args.pairs, max_pairs=args.max_pairs)
+        evaluate = _knn_evaluator(args, settings)
+        triplets, mining = None, None
+        base = args.base or settings.models.bi_encoder
+        if args.hard_negatives:
+            if args.loss == "online-contrastive":
+                raise ConfigError("--hard-negatives feeds the ranking loss: use --loss mnrl or multi-task")
+            with _client(
+                settings.model_copy(update={"index": settings.index.model_copy(update={"name": args.hard_negatives})})
+            ) as hs:
+                hs.check_index()
+                anchors, positives, _ = pairs.positives()
+                margin = 0.05 if args.margin is None else args.margin
+                triplets, report = train.mine_hard_negatives(hs, anchors, positives, margin=margin)
+                mining = report.to_dict()
+            if not triplets:
+                raise ConfigError(f"no hard negative found in {args.hard_negatives} for any anchor: check the index")
+        summary = train.train_bi_encoder(
+            pairs,
+            args.out,
+            base=base,
+            loss=args.loss,
+            options=options,
+            triplets=triplets,
+            overwrite=args.overwrite,
+            evaluate=evaluate,
+        )
+        summary.mining = mining
+    elif what == "cross-encoder":
+        pairs = train.read_pairs(args.pairs, max_pairs=args.max_pairs)
+        summary = train.train_cross_encoder(
+            pairs,
+            args.out,
+            base=args.base or settings.models.bi_encoder,
+            options=options,
+            overwrite=args.overwrite,
+            evaluate=_rerank_evaluator(args, settings),
+            reference=settings.models.cross_encoder,
+        )
+    else:
+        with _client(settings) as hs:
+            hs.check_index()
+            spec = hs.backend.index_spec(hs.index)
+            base = args.base or (spec.model if spec is not None and spec.model else settings.models.bi_encoder)
+            texts = []
+            for batch in hs.backend.iter_documents(hs.index):
+                texts += [f"{d.title} {d.text}".strip() for d in batch]
+                if args.max_docs and len(texts) >= args.max_docs:
+                    break
+        summary = train.adapt(
+            texts[: args.max_docs] if args.max_docs else texts,
+            args.out,
+            base=base,
+            method=args.method,
+            options=options,
+            overwrite=args.overwrite,
+            evaluate=_knn_evaluator(args, settings),
+        )
+    print(summary.text())
+    if args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as fh:
+            json.dump(summary.to_dict(), fh, indent=2, default=str)
+    return 0
+
+
+def _knn_evaluator(args: argparse.Namespace, settings: Any) -> Any:
+    if not args.eval_source:
+        return None
+    from hybrid_search.app.train import knn_quality
+
+    return lambda folder: knn_quality(
+        folder, args.eval_source, max_queries=args.eval_max_queries, device=settings.models.device
+    )
+
+
+def _rerank_evaluator(args: argparse.Namespace, settings: Any) -> Any:
+    if not args.eval_source:
+        return None
+    from hybrid_search.app.train import rerank_quality
+
+    return lambda folder: rerank_quality(
+        folder,
+        args.eval_source,
+        bi_encoder=settings.models.bi_encoder,
+        max_queries=args.eval_max_queries,
+        device=settings.models.device,
+    )
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -567,7 +786,10 @@ COMMANDS = {
     "duplicates-eval": cmd_duplicates_eval,
     "inspect": cmd_inspect,
     "tune": cmd_tune,
+    "tune-defaults": cmd_tune_defaults,
     "rollback": cmd_rollback,
+    "reindex": cmd_reindex,
+    "train": cmd_train,
     "dashboards": cmd_dashboards,
 }
 

@@ -80,6 +80,7 @@ class HybridSearch:
         self._lock = threading.RLock()
         self._backend: Backend | None = None
         self._encoder: Encoder | None = None
+        self._query_encoder: Encoder | None = None
         self._reranker: CrossEncoderReranker | None = None
         self._searcher: HybridSearcher | None = None
         self._query_log: QueryLog | None = None
@@ -106,6 +107,32 @@ class HybridSearch:
             return self._encoder
 
     @property
+    def query_encoder(self) -> Encoder:
+        """The encoder for queries against this index: the model the index was built with. A model set in
+        the settings that differs from it is an error (its vectors would not be comparable); with none set,
+        the index's own model is used."""
+        with self._lock:
+            if self._query_encoder is None:
+                self._query_encoder = self._encoder_for_index()
+            return self._query_encoder
+
+    def _encoder_for_index(self) -> Encoder:
+        from hybrid_search.encoding.encoder import Encoder
+        from hybrid_search.encoding.models import model_identity
+
+        spec = self.backend.index_spec(self.index)
+        configured = self.settings.models.bi_encoder
+        if spec is None or not spec.model or model_identity(configured) == spec.model:
+            return self.encoder
+        if "bi_encoder" in self.settings.models.model_fields_set:
+            raise ConfigError(
+                f"index {self.index!r} holds vectors from {spec.model}, but queries would be encoded with "
+                f"{configured}: search with --model {spec.model}, or re-encode the index first with "
+                f"hybrid-search reindex --index {self.index} --model {configured}"
+            )
+        return Encoder(spec.model, settings=self.settings.models)
+
+    @property
     def reranker(self) -> CrossEncoderReranker:
         with self._lock:
             self._check_open()
@@ -120,11 +147,12 @@ class HybridSearch:
         with self._lock:
             if self._searcher is None:
                 backend = self.backend
-                self._query_log = self._new_query_log(backend)
+                if self._query_log is None:  # one log for the client's life, across rebuilds
+                    self._query_log = self._new_query_log(backend)
                 self._searcher = HybridSearcher(
                     backend,
                     index=self.index,
-                    encoder=self.encoder,
+                    encoder=self.query_encoder,
                     reranker=self.reranker,
                     settings=self.settings.search,
                     query_log=self._query_log,
@@ -182,9 +210,73 @@ class HybridSearch:
         backend, encoder = self.backend, self.encoder
         log = IngestLog(backend, self.settings.logs, alias=self.index, source=corpus.name, model=encoder.model_name)
         self._spec = None
-        return run_ingest(
-            corpus, backend, encoder, self.settings, alias=self.index, resume=resume, progress=progress, on_finish=log
+        try:
+            return run_ingest(
+                corpus,
+                backend,
+                encoder,
+                self.settings,
+                alias=self.index,
+                resume=resume,
+                progress=progress,
+                on_finish=log,
+            )
+        finally:
+            self._forget_index()
+
+    def _forget_index(self) -> None:
+        """A new build may hold another model and other fields: read them again on the next search."""
+        with self._lock:
+            self._spec = None
+            self._query_encoder = None
+            self._searcher = None
+
+    def reindex(self, model: str, *, resume: bool = False, progress: bool = False) -> IngestSummary:
+        """Re-encode the documents the index holds with ``model`` into a new build, and move the alias to it
+        only once every document is stored (searches keep answering from the old build meanwhile, and it stays
+        as the previous build for ``rollback``). The analyzer, HNSW options and metadata fields carry over;
+        every document must re-encode (a failure leaves the index as it was). Afterwards this client searches
+        with ``model``."""
+        from hybrid_search.app.logs import IngestLog
+        from hybrid_search.encoding.encoder import Encoder
+        from hybrid_search.ingest.pipeline import run_ingest
+        from hybrid_search.ingest.sources import StoredIndex
+
+        backend = self.backend
+        stats = backend.stats(self.index)  # IndexNotFound says how to create it
+        spec = stats.spec
+        if spec is None:
+            raise ConfigError(f"index {self.index!r} records no vector spec: ingest it with hybrid-search first")
+        source = StoredIndex(backend, stats.physical, tuple(spec.metadata_fields or ()))
+        s = self.settings
+        settings = s.model_copy(
+            update={
+                "models": s.models.model_copy(update={"bi_encoder": model}),
+                "index": s.index.model_copy(
+                    update={
+                        "analyzer": spec.analyzer,
+                        "hnsw_m": spec.hnsw_m,
+                        "hnsw_ef_construction": spec.hnsw_ef_construction,
+                    }
+                ),
+                # stored documents were validated when they were ingested: any refusal now is fatal, so the
+                # new build holds exactly what the old one does or is never served
+                "ingest": s.ingest.model_copy(update={"strict": True, "check_fields": False}),
+            }
         )
+        encoder = Encoder(settings=settings.models)
+        log = IngestLog(backend, s.logs, alias=self.index, source=source.name, model=encoder.model_name)
+        try:
+            summary = run_ingest(
+                source, backend, encoder, settings, alias=self.index, resume=resume, progress=progress, on_finish=log
+            )
+        finally:
+            self._forget_index()
+        if "bi_encoder" in s.models.model_fields_set:  # a model the user named follows the index to the new one
+            with self._lock:
+                self.settings = s.model_copy(update={"models": settings.models})
+                self._encoder = encoder
+        return summary
 
     def search(
         self,
@@ -255,7 +347,7 @@ class HybridSearch:
         fixed = HybridSearcher(
             self.backend,
             index=self.index,
-            encoder=self.encoder,
+            encoder=self.query_encoder,
             reranker=self.reranker,
             settings=SearchSettings(),
             query_log=self._query_log,
@@ -307,17 +399,21 @@ class HybridSearch:
 
     def rollback(self) -> tuple[str, str]:
         """Serve the previous build again; return (now serving, now previous). Twice undoes it."""
-        self._spec = None
-        return self.backend.rollback(self.index)
+        try:
+            return self.backend.rollback(self.index)
+        finally:
+            self._forget_index()
 
     def delete(self) -> None:
         """Delete the index: its current and previous builds (the logs are kept)."""
-        self._spec = None
-        self.backend.drop_index(self.index)
+        try:
+            self.backend.drop_index(self.index)
+        finally:
+            self._forget_index()
 
     def warm_up(self, *, rerank: bool = True) -> None:
         """Load the bi-encoder (and the cross-encoder) now, so the first search measures searching."""
-        self.encoder.encode_queries(["warm up"])
+        self.query_encoder.encode_queries(["warm up"])
         if rerank:
             self.reranker.score("warm up", ["warm up"])
 

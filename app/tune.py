@@ -135,7 +135,7 @@ class RunCache:
         self.texts: dict[str, str] = {}
         self._ce: dict[tuple[str, str], float] = {}
         backend, index, s = hs.backend, hs.index, hs.settings.search
-        vectors = hs.encoder.encode_queries([text for _, text in queries])
+        vectors = hs.query_encoder.encode_queries([text for _, text in queries])
         for (qid, text), vector in tqdm(
             list(zip(queries, vectors, strict=True)), desc="first stages", unit="q", disable=not progress
         ):
@@ -145,7 +145,20 @@ class RunCache:
             self.knn[qid] = [(h.doc_id, h.score) for h in dense]
             for h in (*lexical, *dense):
                 self.texts.setdefault(h.doc_id, f"{h.title} {h.text}".strip())
-        self.ce_pairs_scored = 0
+
+    @property
+    def ce_pairs_scored(self) -> int:
+        return len(self._ce)
+
+    def with_bm25(self, bm25: Mapping[str, list[tuple[str, float]]]) -> RunCache:
+        """This cache with other BM25 runs (another analyzer's): kNN runs and cross-encoder scores are shared."""
+        other = object.__new__(RunCache)
+        other.__dict__.update(self.__dict__)
+        other.bm25 = dict(bm25)
+        missing = sorted({d for run in bm25.values() for d, _ in run} - self.texts.keys())
+        if missing:
+            self.texts.update(self.hs.backend.get_texts(self.hs.index, missing))
+        return other
 
     def ce(self, qid: str, doc_ids: Sequence[str]) -> np.ndarray:
         """Cross-encoder scores of the query with each document, scoring only pairs not seen before."""
@@ -153,7 +166,6 @@ class RunCache:
         if missing:
             scores = self.hs.reranker.score(self.queries[qid], [self.texts[d] for d in missing])
             self._ce.update({(qid, d): float(s) for d, s in zip(missing, scores, strict=True)})
-            self.ce_pairs_scored += len(missing)
         return np.asarray([self._ce[(qid, d)] for d in doc_ids], dtype=np.float64)
 
     def ranked(self, p: Pipeline, qid: str, k: int = RUN_DEPTH + 1) -> list[str]:
@@ -200,6 +212,7 @@ class TuneReport:
     ce_pairs_scored: int
     seconds: Mapping[str, float]
     holdout: Mapping[str, Any] | None = None
+    analyzer: Mapping[str, Any] | None = None  # each analyzer's measured effect (a reindex would apply it)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -224,6 +237,11 @@ class TuneReport:
                 f"  p (tuned vs default) = {h['p_vs_default']:.4f}, p (tuned vs {h['best_fixed']}) = "
                 f"{h['p_vs_best_fixed']:.4f}"
             )
+        if self.analyzer:
+            a = self.analyzer
+            scores = ", ".join(f"{name} {v:.4f}" for name, v in a["cross_validated"].items())
+            lines.append(f"analyzer (cross-validated, tuned with each; current {a['current']}): {scores}")
+            lines.append(f"  {a['advice']}")
         return "\n".join(lines)
 
 
@@ -256,10 +274,9 @@ def tune(
     ignore_identical_ids: bool = True,
     seed: int = 0,
     progress: bool = False,
+    analyzer_check: bool = False,
 ) -> TuneReport:
     """Choose the best pipeline for ``queries`` (see the module docstring)."""
-    from tqdm.auto import tqdm
-
     if folds < 2:
         raise ConfigError(f"--folds must be at least 2, got {folds}")
     if not 0.0 <= holdout < 1.0:
@@ -288,34 +305,30 @@ def tune(
     t_cache = time.perf_counter() - t0
 
     def scores(p: Pipeline, qids: Sequence[str]) -> dict[str, float]:
-        run = {q: cache.ranked(p, q) for q in qids}
-        return per_query_scores(qrels, run, metric, ignore_identical_ids=ignore_identical_ids)
+        return _scores(cache, p, qids, qrels, metric, ignore_identical_ids)
 
     t1 = time.perf_counter()
     tuning_ids = [q for q, _ in tuning]
-    table = {p: scores(p, tuning_ids) for p in tqdm(candidates, desc="settings", unit="setting", disable=not progress)}
+    selection = _select(
+        cache,
+        candidates,
+        tuning_ids,
+        qrels,
+        metric,
+        folds,
+        seed,
+        ignore_identical_ids=ignore_identical_ids,
+        progress=progress,
+    )
     t_grid = time.perf_counter() - t1
+    table, chosen = selection.table, selection.chosen
 
     def mean(p: Pipeline, qids: Sequence[str]) -> float:
-        return float(np.mean([table[p].get(q, 0.0) for q in qids])) if qids else 0.0
+        return _avg(table[p], qids)
 
-    def best_on(qids: Sequence[str]) -> Pipeline:
-        # ties go to the earlier candidate: the fixed modes and the default come first
-        return max(reversed(candidates), key=lambda p: mean(p, qids))
-
-    # cross-validation: choose on the other folds, score on this one; every query is scored exactly once,
-    # by a setting chosen without it
-    held_out_scores: dict[str, float] = {}
-    fold_scores = []
-    for fold in _folds(tuning_ids, folds, seed):
-        held_out = set(fold)
-        best = best_on([q for q in tuning_ids if q not in held_out])
-        held_out_scores.update({q: table[best].get(q, 0.0) for q in fold})
-        fold_scores.append(mean(best, fold))
-    chosen = best_on(tuning_ids)
     fixed_scores = {m: mean(p, tuning_ids) for m, p in fixed.items()}
     best_fixed = max(fixed_scores, key=lambda m: fixed_scores[m])
-    cv = [held_out_scores[q] for q in tuning_ids]
+    cv = [selection.cross_validated[q] for q in tuning_ids]
     report_holdout = None
     if held:
         held_ids = [q for q, _ in held]
@@ -335,6 +348,13 @@ def tune(
                 [tuned_h.get(q, 0.0) for q in held_ids], [fixed_h[best_fixed_h].get(q, 0.0) for q in held_ids]
             ),
         }
+    analyzer = None
+    if analyzer_check:
+        t2 = time.perf_counter()
+        analyzer = analyzer_effect(
+            cache, candidates, tuning, qrels, metric, folds, seed, ignore_identical_ids=ignore_identical_ids
+        )
+        analyzer["seconds"] = round(time.perf_counter() - t2, 2)
     return TuneReport(
         chosen=chosen,
         metric=metric,
@@ -348,11 +368,136 @@ def tune(
         p_vs_default=randomization_test(cv, [table[default].get(q, 0.0) for q in tuning_ids]),
         p_vs_best_fixed=randomization_test(cv, [table[fixed[best_fixed]].get(q, 0.0) for q in tuning_ids]),
         best_fixed=best_fixed,
-        fold_scores=fold_scores,
+        fold_scores=selection.fold_scores,
         ce_pairs_scored=cache.ce_pairs_scored,
         seconds={"first_stages_and_cache": round(t_cache, 2), "settings": round(t_grid, 2)},
         holdout=report_holdout,
+        analyzer=analyzer,
     )
+
+
+def _scores(
+    cache: RunCache,
+    p: Pipeline,
+    qids: Sequence[str],
+    qrels: Mapping[str, Mapping[str, int]],
+    metric: str,
+    ignore_identical_ids: bool,
+) -> dict[str, float]:
+    run = {q: cache.ranked(p, q) for q in qids}
+    return per_query_scores(qrels, run, metric, ignore_identical_ids=ignore_identical_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class _Selection:
+    table: Mapping[Pipeline, Mapping[str, float]]  # per-query scores of every candidate
+    chosen: Pipeline  # best over all the queries
+    cross_validated: Mapping[str, float]  # each query scored by a setting chosen on the other folds
+    fold_scores: Sequence[float]
+
+
+def _select(
+    cache: RunCache,
+    candidates: Sequence[Pipeline],
+    qids: Sequence[str],
+    qrels: Mapping[str, Mapping[str, int]],
+    metric: str,
+    folds: int,
+    seed: int,
+    *,
+    ignore_identical_ids: bool,
+    progress: bool = False,
+) -> _Selection:
+    """Score every candidate on ``qids`` from the cache; choose by k-fold cross-validation and over all."""
+    from tqdm.auto import tqdm
+
+    table = {
+        p: _scores(cache, p, qids, qrels, metric, ignore_identical_ids)
+        for p in tqdm(candidates, desc="settings", unit="setting", disable=not progress)
+    }
+
+    def best_on(subset: Sequence[str]) -> Pipeline:
+        # ties go to the earlier candidate: the fixed modes and the default come first
+        return max(reversed(candidates), key=lambda p: _avg(table[p], subset))
+
+    # choose on the other folds, score on this one: every query is scored exactly once, by a setting
+    # chosen without it
+    held_out_scores: dict[str, float] = {}
+    fold_scores = []
+    for fold in _folds(qids, folds, seed):
+        held_out = set(fold)
+        best = best_on([q for q in qids if q not in held_out])
+        held_out_scores.update({q: table[best].get(q, 0.0) for q in fold})
+        fold_scores.append(_avg(table[best], fold))
+    return _Selection(table, best_on(qids), held_out_scores, fold_scores)
+
+
+ANALYZERS = ("standard", "english")
+
+
+def analyzer_effect(
+    cache: RunCache,
+    candidates: Sequence[Pipeline],
+    queries: Sequence[tuple[str, str]],
+    qrels: Mapping[str, Mapping[str, int]],
+    metric: str,
+    folds: int,
+    seed: int,
+    *,
+    ignore_identical_ids: bool,
+) -> dict[str, Any]:
+    """What each text analyzer would give, measured, never applied (changing it needs a reindex).
+
+    The stored documents are streamed into an in-memory BM25 index per analyzer (the embedded backend's
+    scoring, for every backend, so both sides are scored alike); each analyzer's BM25 runs replace the cached
+    ones and the whole grid is cross-validated again, so the comparison is tuned pipeline against tuned
+    pipeline. kNN runs and cross-encoder scores are shared."""
+    from hybrid_search.backends.embedded import LexicalIndex
+
+    hs = cache.hs
+    spec = hs.backend.index_spec(hs.index)
+    current = spec.analyzer if spec is not None else "standard"
+    lexical = {name: LexicalIndex(name) for name in ANALYZERS}
+    for batch in hs.backend.iter_documents(hs.index):
+        for index in lexical.values():
+            index.add(batch)
+    qids = [q for q, _ in queries]
+    cross_validated: dict[str, dict[str, float]] = {}
+    chosen: dict[str, str] = {}
+    for name, index in lexical.items():
+        runs = {qid: index.search(text, cache.depth) for qid, text in queries}
+        selection = _select(
+            cache.with_bm25(runs),
+            candidates,
+            qids,
+            qrels,
+            metric,
+            folds,
+            seed,
+            ignore_identical_ids=ignore_identical_ids,
+        )
+        cross_validated[name] = dict(selection.cross_validated)
+        chosen[name] = selection.chosen.label
+    alternative = next(a for a in ANALYZERS if a != current)
+    gain = _avg(cross_validated[alternative], qids) - _avg(cross_validated[current], qids)
+    p = randomization_test([cross_validated[alternative][q] for q in qids], [cross_validated[current][q] for q in qids])
+    recommend = alternative if gain > 0 and p < 0.05 else None
+    return {
+        "current": current,
+        "alternative": alternative,
+        "documents": lexical[current].count,
+        "cross_validated": {name: _avg(v, qids) for name, v in cross_validated.items()},
+        "chosen": chosen,
+        "gain": gain,
+        "p": p,
+        "recommend": recommend,
+        "advice": (
+            f"reindex with --analyzer {alternative}: {metric} {gain:+.4f} cross-validated (p = {p:.3f}); "
+            "the profile does not change it"
+            if recommend
+            else f"keep the {current} analyzer: {alternative} measured {gain:+.4f} (p = {p:.3f})"
+        ),
+    }
 
 
 def _avg(per_query: Mapping[str, float], qids: Sequence[str]) -> float:
@@ -393,6 +538,16 @@ def write_profile(report: TuneReport, base: SearchSettings, path: str | Path, *,
         f"p_vs_best_fixed = {report.p_vs_best_fixed:.6f}",
         "fold_scores = [" + ", ".join(f"{s:.6f}" for s in report.fold_scores) + "]",
     ]
+    if report.analyzer:
+        # measured, not applied: the analyzer is fixed when an index is built
+        a = report.analyzer
+        lines += [
+            f"analyzer_current = {_toml(a['current'])}",
+            f"analyzer_alternative = {_toml(a['alternative'])}",
+            f"analyzer_gain = {a['gain']:.6f}",
+            f"analyzer_p = {a['p']:.6f}",
+            f"analyzer_advice = {_toml(a['advice'])}",
+        ]
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -404,3 +559,79 @@ def _toml(value: Any) -> str:
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else "0.0"
     return str(value)
+
+
+def tune_defaults(
+    sets: Mapping[str, tuple[Any, Sequence[tuple[str, str]], Mapping[str, Mapping[str, int]]]],
+    *,
+    metric: str = "ndcg@10",
+    ignore_identical_ids: bool = True,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Choose shipped defaults across corpora: the first stage (mode, fusion, depths) with the best mean
+    ``metric`` over the sets (each set weighs the same, however many queries it has), then the rerank depth
+    and interpolation for that first stage the same way. Leave-one-set-out tells how the choice carries to a
+    corpus it never saw: each set is scored by the settings chosen on the others.
+
+    ``sets`` maps a name to (client over the set's index, judged queries, qrels)."""
+    names = list(sets)
+    if len(names) < 2:
+        raise ConfigError("choosing defaults across corpora needs at least two sets")
+    current = Pipeline.from_settings(SearchSettings())
+    current_rerank = replace(current, rerank=True)
+    firsts = list(dict.fromkeys([current, *(p for p in grid() if not p.rerank)]))
+    caches: dict[str, RunCache] = {}
+    means: dict[str, dict[Pipeline, float]] = {}
+    t0 = time.perf_counter()
+    for name, (hs, queries, qrels) in sets.items():
+        caches[name] = RunCache(hs, queries, depth=max(FIRST_DEPTHS) + 1, progress=progress)
+        qids = [q for q, _ in queries]
+        means[name] = {
+            p: _avg(_scores(caches[name], p, qids, qrels, metric, ignore_identical_ids), qids) for p in firsts
+        }
+
+    def score(p: Pipeline, name: str) -> float:
+        if p not in means[name]:  # rerank settings: scored on demand (the cross-encoder is the cost)
+            hs, queries, qrels = sets[name]
+            qids = [q for q, _ in queries]
+            means[name][p] = _avg(_scores(caches[name], p, qids, qrels, metric, ignore_identical_ids), qids)
+        return means[name][p]
+
+    def choose(on: Sequence[str]) -> tuple[Pipeline, Pipeline]:
+        # ties go to the earlier candidate: today's default comes first
+        first = max(reversed(firsts), key=lambda p: float(np.mean([score(p, n) for n in on])))
+        reranks = [
+            replace(first, rerank=True, rerank_depth=d, interpolation=a)
+            for d, a in itertools.product(RERANK_DEPTHS, INTERPOLATIONS)
+        ]
+        rerank = max(reversed(reranks), key=lambda p: float(np.mean([score(p, n) for n in on])))
+        return first, rerank
+
+    chosen_first, chosen_rerank = choose(names)
+    rows = {}
+    for name in names:
+        loo_first, loo_rerank = choose([n for n in names if n != name])
+        rows[name] = {
+            "queries": len(sets[name][1]),
+            "current_default": score(current, name),
+            "current_default_rerank": score(current_rerank, name),
+            "chosen": score(chosen_first, name),
+            "chosen_rerank": score(chosen_rerank, name),
+            "leave_one_out": score(loo_first, name),
+            "leave_one_out_rerank": score(loo_rerank, name),
+            "leave_one_out_choice": [loo_first.label, loo_rerank.label],
+            "bm25": score(Pipeline("bm25"), name),
+            "knn": score(Pipeline("knn"), name),
+        }
+    return {
+        "metric": metric,
+        "current": [current.label, current_rerank.label],
+        "chosen": {"first_stage": asdict(chosen_first), "rerank": asdict(chosen_rerank)},
+        "chosen_labels": [chosen_first.label, chosen_rerank.label],
+        "mean": {
+            key: float(np.mean([row[key] for row in rows.values()]))
+            for key in ("current_default", "chosen", "leave_one_out", "current_default_rerank", "chosen_rerank")
+        },
+        "sets": rows,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }

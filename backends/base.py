@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 
@@ -33,6 +33,7 @@ __all__ = [
     "IndexSpec",
     "IndexedDocument",
     "IndexStats",
+    "StoredDocument",
     "check_index_name",
     "checks_names",
     "open_backend",
@@ -111,6 +112,16 @@ class IndexedDocument:
     title: str
     text: str
     vector: np.ndarray
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDocument:
+    """A document as an index holds it, without its vector: what re-encoding and corpus statistics read."""
+
+    doc_id: str
+    title: str
+    text: str
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -196,6 +207,9 @@ class Inspectable(Protocol):
 
     def get_texts(self, index: str, doc_ids: Sequence[str]) -> dict[str, str]:
         """``title text`` of each id found (ids not in the index are left out)."""
+
+    def iter_documents(self, index: str, batch: int = ...) -> Iterable[list[StoredDocument]]:
+        """Every stored document, streamed a batch at a time (no vectors), for re-encoding and training."""
 
 
 @runtime_checkable

@@ -30,6 +30,7 @@ from hybrid_search.backends.base import (
     IndexedDocument,
     IndexSpec,
     IndexStats,
+    StoredDocument,
     checks_names,
     previous_alias,
 )
@@ -622,6 +623,24 @@ class ClusterBackend(ABC):
                 ids, vectors = [], []
         if ids:
             yield ids, np.asarray(vectors, dtype=np.float32)
+
+    @checks_names
+    def iter_documents(self, index: str, batch: int = 1_000) -> Iterable[list[StoredDocument]]:
+        """Every stored document's text and metadata, scrolled a batch at a time (vectors left on the server)."""
+        out: list[StoredDocument] = []
+        body = {"query": {"match_all": {}}, "_source": [*TEXT_FIELDS, METADATA_FIELD]}
+        for hit in self._scan(index, body, batch):
+            src = hit.get("_source") or {}
+            out.append(
+                StoredDocument(
+                    str(hit["_id"]), src.get("title") or "", src.get("text") or "", src.get(METADATA_FIELD) or {}
+                )
+            )
+            if len(out) >= batch:
+                yield out
+                out = []
+        if out:
+            yield out
 
     @checks_names
     def knn_batch(self, index: str, vectors: np.ndarray, k: int, num_candidates: int) -> list[list[tuple[str, float]]]:

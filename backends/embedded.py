@@ -40,6 +40,7 @@ from hybrid_search.backends.base import (
     IndexedDocument,
     IndexSpec,
     IndexStats,
+    StoredDocument,
     check_index_name,
     checks_names,
     previous_alias,
@@ -50,7 +51,7 @@ from hybrid_search.search.filters import METADATA_FIELD, Filter, clauses, to_sql
 from hybrid_search.search.hits import Hit
 from hybrid_search.search.interfaces import ServerFusion
 
-__all__ = ["EmbeddedBackend"]
+__all__ = ["EmbeddedBackend", "LexicalIndex"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,56 @@ def _tantivy_filter(schema: tantivy.Schema, filters: Filter | None) -> list[tant
         ),
     }
     return [ops[op](name, value) for op, name, value in clauses(filters)]
+
+
+def _bm25_query(schema: tantivy.Schema, analyzer: tantivy.TextAnalyzer, query: str) -> tantivy.Query | None:
+    """Every analysed term in title or text; ``None`` when the analyzer leaves no term."""
+    terms = list(analyzer.analyze(query))
+    if not terms:
+        return None
+    per_field = [
+        tantivy.Query.boolean_query([(tantivy.Occur.Should, tantivy.Query.term_query(schema, f, t)) for t in terms])
+        for f in ("title", "text")
+    ]
+    # best_fields, as Elasticsearch's multi_match: the better field's score counts
+    return tantivy.Query.disjunction_max_query(per_field, tie_breaker=0.0)
+
+
+class LexicalIndex:
+    """A BM25-only index in memory with a chosen analyzer, scored as the embedded backend scores: for
+    measuring what another analyzer would do to a corpus before anyone reindexes it."""
+
+    def __init__(self, analyzer: str) -> None:
+        builder = tantivy.SchemaBuilder()
+        builder.add_text_field("doc_id", stored=True, tokenizer_name="raw")
+        builder.add_text_field("title", tokenizer_name="hs_text", index_option="freq")
+        builder.add_text_field("text", tokenizer_name="hs_text", index_option="freq")
+        self.analyzer = _analyzer(analyzer)
+        self.index = tantivy.Index(builder.build())
+        self.index.register_tokenizer("hs_text", self.analyzer)
+        self._writer: tantivy.IndexWriter | None = self.index.writer(heap_size=64_000_000, num_threads=1)
+        self.count = 0
+
+    def add(self, docs: Iterable[StoredDocument]) -> None:
+        if self._writer is None:
+            raise RuntimeError("LexicalIndex.add after the first search")
+        for doc in docs:
+            self._writer.add_document(tantivy.Document(doc_id=doc.doc_id, title=doc.title, text=doc.text))
+            self.count += 1
+
+    def search(self, query: str, k: int) -> list[tuple[str, float]]:
+        if self._writer is not None:
+            self._writer.commit()
+            self._writer = None
+            self.index.reload()
+        scored = _bm25_query(self.index.schema, self.analyzer, query)
+        if scored is None:
+            return []
+        searcher = self.index.searcher()
+        return [
+            (searcher.doc(addr)["doc_id"][0], float(score))
+            for score, addr in searcher.search(scored, limit=k, count=False).hits
+        ]
 
 
 class _PhysicalIndex:
@@ -327,15 +378,9 @@ class _PhysicalIndex:
     def bm25(self, query: str, k: int, filters: Filter | None) -> list[Hit]:
         schema = self.text_index.schema
         restrict = _tantivy_filter(schema, filters)
-        terms = [t for t in self.analyzer.analyze(query)]
-        if not terms:
+        scored = _bm25_query(schema, self.analyzer, query)
+        if scored is None:
             return []
-        per_field = [
-            tantivy.Query.boolean_query([(tantivy.Occur.Should, tantivy.Query.term_query(schema, f, t)) for t in terms])
-            for f in ("title", "text")
-        ]
-        # best_fields, as Elasticsearch's multi_match: the better field's score counts
-        scored = tantivy.Query.disjunction_max_query(per_field, tie_breaker=0.0)
         if restrict:
             scored = tantivy.Query.boolean_query(
                 [(tantivy.Occur.Must, scored)]
@@ -481,6 +526,12 @@ class _PhysicalIndex:
         cursor = self.db.execute("SELECT doc_id, vector FROM docs ORDER BY key")
         while rows := cursor.fetchmany(batch):
             yield [r[0] for r in rows], np.stack([self._vec(r[1]) for r in rows])
+
+    def iter_documents(self, batch: int = 1_000) -> Iterable[list[StoredDocument]]:
+        """Every stored document in key order, a batch at a time, without vectors."""
+        cursor = self.db.execute("SELECT doc_id, title, text, metadata FROM docs ORDER BY key")
+        while rows := cursor.fetchmany(batch):
+            yield [StoredDocument(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
 
     def store_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
@@ -706,6 +757,11 @@ class EmbeddedBackend:
     def iter_vectors(self, index: str, batch: int = 10_000) -> Iterable[tuple[list[str], np.ndarray]]:
         """Stored vectors straight from disk, for corpus-wide jobs such as duplicate mining."""
         return self._get(index).iter_vectors(batch)
+
+    @checks_names
+    def iter_documents(self, index: str, batch: int = 1_000) -> Iterable[list[StoredDocument]]:
+        """Stored documents straight from disk, a batch at a time (re-encoding, training, corpus statistics)."""
+        return self._get(index).iter_documents(batch)
 
     @checks_names
     def knn_batch(self, index: str, vectors: np.ndarray, k: int, num_candidates: int) -> list[list[tuple[str, float]]]:

@@ -68,6 +68,13 @@ class PoolingConfig:
             "max": cfg.get("pooling_mode_max_tokens"),
             "lasttoken": cfg.get("pooling_mode_lasttoken"),
         }
+        # sentence-transformers 6 writes one key, "pooling_mode": a name or a list of names
+        declared = cfg.get("pooling_mode")
+        for mode in [declared] if isinstance(declared, str) else declared or []:
+            if mode in ("mean_sqrt_len_tokens", "weightedmean"):
+                cfg[f"pooling_mode_{mode}" + ("_tokens" if mode == "weightedmean" else "")] = True
+            else:
+                flags[mode] = True
         if cfg.get("pooling_mode_mean_sqrt_len_tokens") or cfg.get("pooling_mode_weightedmean_tokens"):
             raise ConfigError(f"{folder}: only mean, cls, max or last-token pooling is supported")
         chosen = [mode for mode, on in flags.items() if on]

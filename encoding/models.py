@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hybrid_search.config.errors import ConfigError
 
-__all__ = ["OFFLINE_MODELS", "resolve_model"]
+__all__ = ["OFFLINE_MODELS", "model_identity", "resolve_model"]
 
 log = logging.getLogger(__name__)
 
@@ -75,3 +75,10 @@ def resolve_model(name: str) -> Path:
     raise ConfigError(
         f"model {name!r} could not be loaded from the Hugging Face hub ({why}): pass a local model folder{hint}"
     )
+
+
+def model_identity(name: str) -> str:
+    """How an index records the model that encoded it: a local folder by its absolute path (so ``./m`` and
+    ``/work/m`` are one model), anything else by its name."""
+    local = Path(name).expanduser()
+    return str(local.resolve()) if local.is_dir() else name

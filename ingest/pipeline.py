@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from hybrid_search.backends.base import IndexBuilder, IndexedDocument, IndexSpec
 from hybrid_search.config.errors import BadRecordError, ConfigError, IndexingError, SourceError
 from hybrid_search.config.settings import Settings
+from hybrid_search.encoding.models import model_identity
 from hybrid_search.ingest.sources import CorpusSource
 from hybrid_search.ingest.validate import Document, Reject, RejectsFile, validate
 
@@ -103,7 +104,7 @@ def index_spec_for(encoder: Encoder, settings: Settings, metadata_fields: Sequen
         dims=encoder.dims,
         similarity="dot_product" if encoder.pooling.normalize else "cosine",
         analyzer=settings.index.analyzer,
-        model=encoder.model_name,
+        model=model_identity(encoder.model_name),
         hnsw_m=settings.index.hnsw_m,
         hnsw_ef_construction=settings.index.hnsw_ef_construction,
         metadata_fields=tuple(metadata_fields),

@@ -24,6 +24,7 @@ SAMPLE_SOURCE = "sample"
 _BOM = b"\xef\xbb\xbf"
 
 __all__ = [
+    "StoredIndex",
     "SAMPLE_SOURCE",
     "sample_path",
     "BeirFolder",
@@ -285,6 +286,33 @@ def _open_binary(path: Path) -> io.BufferedReader:
 
 
 _FILE_TYPES: dict[str, type] = {".jsonl": JsonlFile, ".ndjson": JsonlFile, ".csv": CsvFile, ".parquet": ParquetFile}
+
+
+class _DocumentReader(Protocol):
+    def iter_documents(self, index: str, batch: int = ...) -> Iterator[list[Any]] | Any: ...
+
+    def count(self, index: str) -> int: ...
+
+
+class StoredIndex:
+    """The documents a physical index already holds, as a source: what ``reindex`` re-encodes. Read in the
+    store's own stable order (key order on the embedded backend, ``_doc`` order of an index no one writes to
+    on a cluster), so a resumed reindex skips exactly what it stored before."""
+
+    def __init__(self, backend: _DocumentReader, physical: str, metadata_fields: tuple[str, ...] = ()) -> None:
+        self.backend, self.physical = backend, physical
+        self.fields = FieldMap(id_fields=("_id",), metadata_fields=metadata_fields)
+        self.name = f"index:{physical}"
+
+    def count_hint(self) -> int | None:
+        return self.backend.count(self.physical)
+
+    def records(self) -> Iterator[RawRecord]:
+        position = 0
+        for batch in self.backend.iter_documents(self.physical):
+            for doc in batch:
+                position += 1
+                yield RawRecord(position, {**doc.metadata, "_id": doc.doc_id, "title": doc.title, "text": doc.text})
 
 
 def sample_path() -> Path:

@@ -76,6 +76,13 @@ def test_pooling_config_is_read_from_the_model(tmp_path, encoder):
     (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
     assert PoolingConfig.from_model_dir(tmp_path).mode == "cls"
     assert PoolingConfig.from_model_dir(tmp_path / "1_Pooling").mode == "mean"  # no modules.json
+    # sentence-transformers 6 writes one "pooling_mode" key (what `train` saves)
+    for declared, mode in (("cls", "cls"), (["max"], "max"), ("lasttoken", "lasttoken")):
+        (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": declared}))
+        assert PoolingConfig.from_model_dir(tmp_path).mode == mode
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "weightedmean"}))
+    with pytest.raises(ConfigError, match="only mean, cls, max or last-token"):
+        PoolingConfig.from_model_dir(tmp_path)
 
 
 def test_prompts_for_families_and_overrides(encoder):

@@ -85,7 +85,17 @@ def test_cross_validation_never_scores_a_query_it_tuned_on():
 
 def test_tune_on_the_sample_and_the_profile_loads(sample_index, tmp_path):
     hs, queries, qrels, data = sample_index
-    report = tune(hs, queries, qrels, folds=3, budget=40)
+    report = tune(hs, queries, qrels, folds=3, budget=40, analyzer_check=True)
+    analyzer = report.analyzer
+    assert analyzer is not None and analyzer["current"] == "standard" and analyzer["alternative"] == "english"
+    assert analyzer["documents"] == hs.backend.count("sample")
+    # the in-memory index with the index's own analyzer scores as the index does, so its tuned estimate is
+    # the report's own; the other analyzer's is measured beside it
+    assert analyzer["cross_validated"]["standard"] == pytest.approx(report.cross_validated)
+    assert analyzer["gain"] == pytest.approx(
+        analyzer["cross_validated"]["english"] - analyzer["cross_validated"]["standard"]
+    )
+    assert analyzer["recommend"] in (None, "english") and "analyzer" in report.table()
     assert report.candidates >= 40 and set(report.fixed_modes) == set(FIXED_MODES)
     assert report.in_sample >= max(report.fixed_modes.values())  # the fixed modes are among the candidates
     assert 0.0 < report.p_vs_default <= 1.0 and len(report.fold_scores) == 3
@@ -123,6 +133,9 @@ def test_tune_on_the_sample_and_the_profile_loads(sample_index, tmp_path):
     assert "cross-validated" in out.stdout and json.loads((tmp_path / "tune.json").read_text())["folds"] == 3
     settings = load_settings(profile)
     assert settings.profile["metric"] == "ndcg@10" and settings.profile["folds"] == 3
+    # the analyzer is reported with its measured effect, never applied: it needs a reindex
+    assert settings.profile["analyzer_current"] == "standard" and "analyzer" in settings.profile["analyzer_advice"]
+    assert "[index]" not in profile.read_text() and settings.index.analyzer == "standard"
     chosen = json.loads((tmp_path / "tune.json").read_text())["chosen"]
     assert settings.search.mode == chosen["base"] and settings.search.rerank_interpolation == chosen["interpolation"]
     out = subprocess.run(
@@ -152,6 +165,29 @@ def test_tune_on_the_sample_and_the_profile_loads(sample_index, tmp_path):
     assert [line.split()[0] for line in out.stdout.splitlines()[2:]] == ["bm25", "knn", "tuned"]
 
 
+@pytest.mark.parametrize("analyzer", ["standard", "english"])
+def test_the_in_memory_bm25_index_scores_as_the_embedded_backend(analyzer, tmp_path):
+    """What the analyzer measurement rests on: same analyzer, same ids and BM25 scores as a real index."""
+    from hybrid_search.backends.embedded import LexicalIndex
+
+    with HybridSearch(index="lex", data_dir=tmp_path, overrides={"index": {"analyzer": analyzer}}) as hs:
+        hs.ingest("sample")
+        docs = [d for batch in hs.backend.iter_documents("lex", batch=7) for d in batch]
+        assert len(docs) == len({d.doc_id for d in docs}) == hs.backend.count("lex")
+        lexical = LexicalIndex(analyzer)
+        lexical.add(docs)
+        for _qid, text in select_queries(*_sample_queries())[:15]:
+            expected = [(h.doc_id, h.score) for h in hs.backend.search_bm25("lex", text, 20)]
+            got = lexical.search(text, 20)
+            assert [d for d, _ in got] == [d for d, _ in expected]
+            np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], rtol=1e-6)
+
+
+def _sample_queries():
+    query_set = open_query_set(SAMPLE)
+    return query_set.queries, query_set.qrels, None
+
+
 def test_the_grid_covers_the_search_space():
     space = grid()
     assert len(space) == len(set(space)) > 400
@@ -172,6 +208,8 @@ def test_tune_through_elasticsearch(noida_url, tmp_path):
         hs.ingest("sample")
         query_set = open_query_set(SAMPLE)
         queries = select_queries(query_set.queries, query_set.qrels, None)
-        report = tune(hs, queries, query_set.qrels, folds=2, budget=20)
+        report = tune(hs, queries, query_set.qrels, folds=2, budget=20, analyzer_check=True)
         assert report.in_sample >= max(report.fixed_modes.values()) and report.queries == len(queries)
+        # the corpus is streamed back from the cluster (scrolled) into the analyzer measurement
+        assert report.analyzer is not None and report.analyzer["documents"] == hs.backend.count("tune-es")
         hs.delete()

@@ -76,6 +76,10 @@ def _ingest_knobs(p: argparse.ArgumentParser) -> None:
     g.add_argument("--title-field", default="title")
     g.add_argument("--text-field", default="text")
     g.add_argument("--metadata-fields", default="", help="comma-separated fields kept as filterable metadata")
+    g.add_argument(
+        "--vector-field",
+        help="a field holding each record's precomputed embedding (from --model): checked and stored, not encoded",
+    )
 
 
 def _log_knobs(p: argparse.ArgumentParser) -> None:
@@ -332,7 +336,13 @@ def _field_map(args: argparse.Namespace) -> Any:
 
     ids = (args.id_field,) if args.id_field else ("_id", "id")
     meta = tuple(f.strip() for f in args.metadata_fields.split(",") if f.strip())
-    return FieldMap(id_fields=ids, title_field=args.title_field, text_field=args.text_field, metadata_fields=meta)
+    return FieldMap(
+        id_fields=ids,
+        title_field=args.title_field,
+        text_field=args.text_field,
+        metadata_fields=meta,
+        vector_field=args.vector_field or None,
+    )
 
 
 def _quiet_model_loading() -> None:

@@ -185,6 +185,7 @@ class HybridSearch:
         id_field: str | None = None,
         title_field: str = "title",
         text_field: str = "text",
+        vector_field: str | None = None,
         fields: FieldMap | None = None,
         resume: bool = False,
         progress: bool = False,
@@ -193,7 +194,10 @@ class HybridSearch:
         .jsonl/.csv/.parquet file) into a new build of the index, then switch the index to it.
 
         ``metadata_fields`` are kept as filterable metadata; ``id_field`` (default ``_id``, then ``id``),
-        ``title_field`` and ``text_field`` name the record's fields (or give a whole ``FieldMap``).
+        ``title_field`` and ``text_field`` name the record's fields (or give a whole ``FieldMap``);
+        ``vector_field`` names a precomputed embedding (made by this client's model) to store instead of
+        encoding: a record whose vector has the wrong size, non-finite values or (for a normalised model)
+        not unit length is rejected with that reason.
         Every run, finished or failed, is recorded in ``<index>-ingest`` (``logs.ingest``)."""
         from hybrid_search.app.logs import IngestLog
         from hybrid_search.ingest.pipeline import run_ingest
@@ -205,6 +209,7 @@ class HybridSearch:
                 title_field=title_field,
                 text_field=text_field,
                 metadata_fields=tuple(metadata_fields),
+                vector_field=vector_field,
             )
         corpus = open_source(source, fields) if isinstance(source, (str, Path)) else source
         backend, encoder = self.backend, self.encoder

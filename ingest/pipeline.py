@@ -1,7 +1,12 @@
-"""The ingest pipeline: read -> validate -> encode (batched) -> upsert, each a streaming stage.
+"""The ingest pipeline: read -> validate -> encode (batched) -> upsert, three stages that overlap.
 
-Memory stays flat however large the corpus: one batch of documents is held at a time, plus the set of ids
-seen (to reject duplicates). After every committed batch a checkpoint records the source position reached,
+Reading and validation run in one thread, encoding in another, and writing (upsert and checkpoint) in the
+caller's, joined by queues of at most two batches each: the encoder works on batch n+1 while batch n is
+written and batch n+2 is read, and memory stays flat however large the corpus (a few batches in flight, plus
+the set of ids seen, to reject duplicates). Batches are written in source order; a failure in any stage stops
+the others and is raised from ``run_ingest`` as it was raised. Records may carry a precomputed vector
+(``FieldMap.vector_field``): it is checked (dimensions, finite, unit length for a dot-product index) and
+stored without encoding. After every committed batch a checkpoint records the source position reached,
 the counts and the rejects file's length, so ``resume=True`` continues the same physical index after a crash
 without re-encoding stored documents and without writing a reject twice. At the end the stored count must
 equal read minus rejected; only then is the new index swapped in behind the alias.
@@ -14,6 +19,8 @@ import itertools
 import json
 import logging
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,12 +28,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from hybrid_search.backends.base import IndexBuilder, IndexedDocument, IndexSpec
 from hybrid_search.config.errors import BadRecordError, ConfigError, IndexingError, SourceError
 from hybrid_search.config.settings import Settings
 from hybrid_search.encoding.models import model_identity
 from hybrid_search.ingest.sources import CorpusSource
-from hybrid_search.ingest.validate import Document, Reject, RejectsFile, validate
+from hybrid_search.ingest.validate import Document, Reject, RejectsFile, VectorCheck, validate
 
 if TYPE_CHECKING:
     from hybrid_search.encoding.encoder import Encoder
@@ -54,6 +63,23 @@ class IngestSummary:
     rejects_path: str
     resumed: bool
     encoded: int = 0  # documents encoded and upserted by this run (after a resume, fewer than stored)
+    read_seconds: float = 0.0  # time the read + validate stage worked (not waiting on the next stage)
+    precomputed: int = 0  # documents stored with the vector their record carried
+
+    def stage_rates(self) -> dict[str, float]:
+        """Each stage's own rate (documents per second of its working time) and the end-to-end rate: with
+        the stages overlapped, end to end approaches the slowest stage's rate."""
+        docs = self.encoded + self.precomputed
+
+        def rate(seconds: float) -> float:
+            return round(docs / seconds, 1) if seconds > 0 else float("inf")
+
+        return {
+            "read": rate(self.read_seconds),
+            "encode": rate(self.encode_seconds) if self.encoded else float("inf"),
+            "write": rate(self.upsert_seconds),
+            "end_to_end": rate(self.seconds),
+        }
 
     @property
     def docs_per_s(self) -> float:
@@ -136,6 +162,10 @@ def check_fields(source: CorpusSource, sample: int = FIELD_SAMPLE) -> None:
             f"no record has the text field {fields.text_field!r} {where} (fields seen: {seen}): give the right "
             "one with --text-field"
         )
+    if fields.vector_field is not None and fields.vector_field not in keys:
+        raise ConfigError(
+            f"no record has the vector field {fields.vector_field!r} {where} (fields seen: {seen}): fix --vector-field"
+        )
     for name in fields.metadata_fields:
         if name not in keys:
             raise ConfigError(
@@ -148,8 +178,8 @@ class _Run:
 
     def __init__(self, ckpt: Checkpoint, ckpt_path: Path, rejects: RejectsFile) -> None:
         self.ckpt, self.ckpt_path, self.rejects = ckpt, ckpt_path, rejects
-        self.encode_s = self.upsert_s = 0.0
-        self.encoded = 0
+        self.encode_s = self.upsert_s = self.read_s = 0.0
+        self.encoded = self.precomputed = 0
         self.started = time.perf_counter()
 
     def commit(self, position: int, read: int, rejected: Sequence[Reject], truncated: int) -> None:
@@ -274,15 +304,36 @@ def _start(
     return ckpt, False
 
 
+@dataclass
+class _Batch:
+    """One batch moving through the stages: its documents and rejects, how far in the source it reaches,
+    and (after the encode stage) its vectors."""
+
+    docs: list[Document]
+    rejects: list[Reject]
+    position: int
+    read: int
+    vectors: np.ndarray | None = None
+    truncated: int = 0
+
+
+@dataclass
+class _Failed:
+    error: BaseException
+
+
+_DONE = object()
+_QUEUE_BATCHES = 2  # batches waiting between two stages: bounds memory, enough to keep each stage busy
+_STOP_JOIN_SECONDS = 30.0
+
+
 def _stream(
     source: CorpusSource, backend: IndexBuilder, encoder: Encoder, settings: Settings, run: _Run, progress: bool
 ) -> None:
+    """Run the read, encode and write stages concurrently (see the module docstring)."""
     from tqdm.auto import tqdm
 
     skip_upto = run.ckpt.position
-    batch: list[Document] = []
-    pending: list[Reject] = []
-    read, position = 0, skip_upto
     # the bar follows positions in the source (a total where counting is cheap), one update per record:
     # tqdm redraws at most a few times a second, so it moves smoothly even while a batch is encoded
     bar = tqdm(
@@ -293,50 +344,134 @@ def _stream(
         total=source.count_hint() if progress else None,
         mininterval=0.5,
     )
+    vectors = (
+        VectorCheck(encoder.dims, unit=encoder.pooling.normalize) if source.fields.vector_field is not None else None
+    )
+    stop = threading.Event()
+    to_encode: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_BATCHES)
+    to_write: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_BATCHES)
+
+    def put(q: queue.Queue[Any], item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(q: queue.Queue[Any]) -> Any:
+        while not stop.is_set():
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return _DONE
+
+    def read_stage() -> None:
+        try:
+            batches = _batches(source, settings, skip_upto, vectors, bar, run)
+            while True:
+                t = time.perf_counter()
+                batch = next(batches, None)
+                run.read_s += time.perf_counter() - t
+                if batch is None:
+                    break
+                if not put(to_encode, batch):
+                    return
+            put(to_encode, _DONE)
+        except BaseException as exc:  # handed to the writer, which raises it
+            put(to_encode, _Failed(exc))
+
+    def encode_stage() -> None:
+        try:
+            while True:
+                item = get(to_encode)
+                if isinstance(item, _Batch):
+                    _encode(item, encoder, run)
+                if not put(to_write, item) or not isinstance(item, _Batch):
+                    return
+        except BaseException as exc:
+            put(to_write, _Failed(exc))
+
+    threads = [
+        threading.Thread(target=read_stage, name=f"ingest-read-{run.ckpt.alias}", daemon=True),
+        threading.Thread(target=encode_stage, name=f"ingest-encode-{run.ckpt.alias}", daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
     try:
-        for item in validate(source.records(), source.fields, strict=settings.ingest.strict):
-            if item.position <= skip_upto:
-                continue  # its fate is already durable; validated again only to remember its id
-            bar.update(item.position - bar.n)
-            read, position = read + 1, item.position
-            if isinstance(item, Reject):
-                pending.append(item)
-            else:
-                batch.append(item)
-            if len(batch) >= settings.ingest.batch_size:
-                _store(batch, pending, position, read, backend, encoder, settings, run)
-                batch, pending, read = [], [], 0
-        if read:
-            _store(batch, pending, position, read, backend, encoder, settings, run)
+        while True:
+            item = to_write.get()  # the encode stage always hands over a batch, the end, or a failure
+            if isinstance(item, _Failed):
+                raise item.error
+            if not isinstance(item, _Batch):
+                break
+            _write(item, backend, settings, run)
     finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=_STOP_JOIN_SECONDS)
         bar.close()
 
 
-def _store(
-    batch: list[Document],
-    rejected: list[Reject],
-    position: int,
-    read: int,
-    backend: IndexBuilder,
-    encoder: Encoder,
+def _batches(
+    source: CorpusSource,
     settings: Settings,
+    skip_upto: int,
+    vectors: VectorCheck | None,
+    bar: Any,
     run: _Run,
-) -> None:
-    truncated = 0
-    if batch:
-        t = time.perf_counter()
-        encoded = encoder.encode_documents([d.passage for d in batch])
-        run.encode_s += time.perf_counter() - t
-        run.encoded += len(batch)
-        truncated = encoded.truncated
-        docs = [IndexedDocument(d.doc_id, d.title, d.text, encoded.vectors[i], d.metadata) for i, d in enumerate(batch)]
+) -> Any:
+    """Validated records grouped into batches of ``ingest.batch_size`` documents, in source order."""
+    docs: list[Document] = []
+    pending: list[Reject] = []
+    read, position = 0, skip_upto
+    for item in validate(source.records(), source.fields, strict=settings.ingest.strict, vectors=vectors):
+        if item.position <= skip_upto:
+            continue  # its fate is already durable; validated again only to remember its id
+        bar.update(item.position - bar.n)
+        read, position = read + 1, item.position
+        if isinstance(item, Reject):
+            pending.append(item)
+        else:
+            docs.append(item)
+        if len(docs) >= settings.ingest.batch_size:
+            yield _Batch(docs, pending, position, read)
+            docs, pending, read = [], [], 0
+    if read:
+        yield _Batch(docs, pending, position, read)
+
+
+def _encode(batch: _Batch, encoder: Encoder, run: _Run) -> None:
+    """Vectors for the batch: the precomputed ones its records carried, or the encoder's."""
+    if not batch.docs:
+        return
+    if batch.docs[0].vector is not None:  # a vector field is required of every record, so all or none
+        batch.vectors = np.stack([d.vector for d in batch.docs if d.vector is not None])
+        run.precomputed += len(batch.docs)
+        return
+    t = time.perf_counter()
+    encoded = encoder.encode_documents([d.passage for d in batch.docs])
+    run.encode_s += time.perf_counter() - t
+    run.encoded += len(batch.docs)
+    batch.vectors, batch.truncated = encoded.vectors, encoded.truncated
+
+
+def _write(batch: _Batch, backend: IndexBuilder, settings: Settings, run: _Run) -> None:
+    rejected = batch.rejects
+    if batch.docs:
+        assert batch.vectors is not None
+        docs = [
+            IndexedDocument(d.doc_id, d.title, d.text, batch.vectors[i], d.metadata) for i, d in enumerate(batch.docs)
+        ]
         t = time.perf_counter()
         result = backend.upsert(run.ckpt.physical, docs)
         run.upsert_s += time.perf_counter() - t
         if result.failed:
-            positions = {d.doc_id: d.position for d in batch}
+            positions = {d.doc_id: d.position for d in batch.docs}
             refused = [
-                Reject(positions.get(f.doc_id, position), f.doc_id, f"refused by backend: {f.reason}")
+                Reject(positions.get(f.doc_id, batch.position), f.doc_id, f"refused by backend: {f.reason}")
                 for f in result.failed
             ]
             if settings.ingest.strict:
@@ -345,7 +480,7 @@ def _store(
                     f"{refused[0].reason}; run without --strict to collect rejects"
                 )
             rejected = sorted(rejected + refused, key=lambda r: r.position)
-    run.commit(position, read, rejected, truncated)
+    run.commit(batch.position, batch.read, rejected, batch.truncated)
 
 
 def _check_shrink(backend: IndexBuilder, alias: str, physical: str, stored: int, settings: Settings) -> None:
@@ -399,4 +534,6 @@ def _finish(
         rejects_path=str(rejects_path),
         resumed=resumed,
         encoded=run.encoded,
+        read_seconds=round(run.read_s, 3),
+        precomputed=run.precomputed,
     )

@@ -53,6 +53,7 @@ class FieldMap:
     title_field: str = "title"
     text_field: str = "text"
     metadata_fields: tuple[str, ...] = ()
+    vector_field: str | None = None  # a precomputed embedding: stored as is, never encoded
 
 
 @dataclass(frozen=True, slots=True)

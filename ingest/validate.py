@@ -7,16 +7,19 @@ so nothing is dropped silently. ``strict`` turns the first reject into :class:`B
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
+
 from hybrid_search.config.errors import BadRecordError
 from hybrid_search.ingest.sources import FieldMap, RawRecord
 
-__all__ = ["Document", "Reject", "RejectsFile", "SeenIds", "validate"]
+__all__ = ["Document", "Reject", "RejectsFile", "SeenIds", "VectorCheck", "validate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +31,7 @@ class Document:
     text: str
     position: int
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    vector: np.ndarray | None = None  # precomputed (``--vector-field``), checked; None: to be encoded
 
     @property
     def passage(self) -> str:
@@ -82,7 +86,46 @@ class SeenIds:
         self._db.close()
 
 
-def _check(record: RawRecord, fields: FieldMap, seen: SeenIds) -> Document | Reject:
+@dataclass(frozen=True, slots=True)
+class VectorCheck:
+    """What a precomputed vector must be: ``dims`` finite numbers, of unit length when ``unit`` (an index
+    scored by dot product assumes normalised vectors; a cosine index normalises them itself)."""
+
+    dims: int
+    unit: bool = True
+    tolerance: float = 1e-3
+
+    def reason(self, value: Any, name: str) -> tuple[np.ndarray | None, str | None]:
+        """(the vector as float32, None) or (None, why it is refused)."""
+        if value is None:
+            return None, f"missing vector field {name!r}"
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)  # CSV cells and some JSONL writers carry the list as text
+            except ValueError:
+                return None, f"vector field {name!r} is not a list of numbers"
+        try:
+            vector = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError):
+            return None, f"vector field {name!r} is not a list of numbers"
+        if vector.ndim != 1:
+            return None, f"vector field {name!r} is not a flat list of numbers"
+        if vector.shape[0] != self.dims:
+            return None, f"vector has {vector.shape[0]} dimensions, the index needs {self.dims}"
+        if not np.all(np.isfinite(vector)):
+            return None, "vector has NaN or infinite values"
+        norm = float(np.linalg.norm(vector))
+        if norm == 0.0:
+            return None, "vector is all zeros"
+        if self.unit and not math.isclose(norm, 1.0, abs_tol=self.tolerance):
+            return None, (
+                f"vector is not unit length (norm {norm:.4g}) and the index scores by dot product: normalise it, "
+                "or use a model whose index uses cosine"
+            )
+        return vector, None
+
+
+def _check(record: RawRecord, fields: FieldMap, seen: SeenIds, vectors: VectorCheck | None = None) -> Document | Reject:
     if record.error is not None or record.fields is None:
         return Reject(record.position, None, record.error or "unreadable record")
     raw = record.fields
@@ -98,22 +141,35 @@ def _check(record: RawRecord, fields: FieldMap, seen: SeenIds) -> Document | Rej
         return Reject(record.position, None, "missing id (blank)")
     if not text.strip() and not title.strip():
         return Reject(record.position, doc_id, f"empty text (no {fields.title_field} or {fields.text_field})")
+    vector = None
+    if fields.vector_field is not None and vectors is not None:
+        vector, why = vectors.reason(raw.get(fields.vector_field), fields.vector_field)
+        if why is not None:
+            return Reject(record.position, doc_id, why)
     first = seen.first_seen(doc_id, record.position)
     if first is not None:
         return Reject(record.position, doc_id, f"duplicate id (first seen at position {first})")
     metadata = {m: raw[m] for m in fields.metadata_fields if raw.get(m) is not None}
-    return Document(doc_id, title.strip(), text.strip(), record.position, metadata)
+    return Document(doc_id, title.strip(), text.strip(), record.position, metadata, vector)
 
 
 def validate(
-    records: Iterable[RawRecord], fields: FieldMap, *, strict: bool = False, seen: SeenIds | None = None
+    records: Iterable[RawRecord],
+    fields: FieldMap,
+    *,
+    strict: bool = False,
+    seen: SeenIds | None = None,
+    vectors: VectorCheck | None = None,
 ) -> Iterator[Document | Reject]:
-    """Check each record; ``seen`` may be shared to continue an earlier pass (the caller closes it)."""
+    """Check each record; ``seen`` may be shared to continue an earlier pass (the caller closes it);
+    ``vectors`` checks the precomputed vector of ``fields.vector_field`` (required when that is set)."""
+    if fields.vector_field is not None and vectors is None:
+        raise ValueError("a vector field needs a VectorCheck")
     own = seen is None
     ids = SeenIds() if seen is None else seen
     try:
         for record in records:
-            result = _check(record, fields, ids)
+            result = _check(record, fields, ids, vectors)
             if strict and isinstance(result, Reject):
                 raise BadRecordError(
                     f"record {result.position} (id {result.doc_id or '?'}) rejected: {result.reason}; "

@@ -71,6 +71,9 @@ def _ingest_knobs(p: argparse.ArgumentParser) -> None:
         help="serve a build even if it holds far fewer documents than the alias serves now",
     )
     g.add_argument("--batch-size", type=int, help="documents per encode + upsert step")
+    g.add_argument(
+        "--bulk-workers", type=_positive_int, help="concurrent bulk requests to a cluster per upsert (default 2)"
+    )
     g.add_argument("--analyzer", choices=["standard", "english"])
     g.add_argument("--id-field", help="id field of JSONL/CSV/Parquet records (default: _id, then id)")
     g.add_argument("--title-field", default="title")
@@ -304,7 +307,12 @@ def _settings(args: argparse.Namespace) -> Any:
         rerank = True if in_mode else rerank
     overrides = {
         "data_dir": g.get("data_dir"),
-        "backend": {"kind": g.get("backend"), "urls": g.get("url"), "username": g.get("username")},
+        "backend": {
+            "kind": g.get("backend"),
+            "urls": g.get("url"),
+            "username": g.get("username"),
+            "bulk_workers": g.get("bulk_workers"),
+        },
         "models": {"bi_encoder": g.get("model"), "cross_encoder": g.get("cross_encoder"), "device": g.get("device")},
         "index": {"name": g.get("index"), "analyzer": g.get("analyzer")},
         "logs": {"queries": g.get("log_queries"), "query_text": False if g.get("no_query_text") else None},

@@ -17,6 +17,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -65,6 +66,7 @@ log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 VECTOR_FIELD = "vector"
+_MIN_SHARD_DOCS = 8  # a parallel bulk request carries at least this many documents
 TEXT_FIELDS = ("title", "text")
 SPEC_META_KEY = "hybrid_search"
 
@@ -370,14 +372,48 @@ class ClusterBackend(ABC):
             else:
                 pending.pop(doc.doc_id, None)
                 failed.append(FailedItem(doc.doc_id, "vector is not a finite 1-d array"))
-        stored, refused = self._bulk_until_settled(
+        shards = self._shards(pending)
+        if len(shards) == 1:
+            stored, refused = self._upsert_shard(index, pending)
+            return BulkResult(stored=tuple(stored), failed=tuple(failed + refused))
+        # N concurrent bulk requests, each shard with the whole retry, refusal and count semantics; a shard
+        # that gives up does not cancel the others: everything they stored is stored, and the error names
+        # every document that was not (the batch is not checkpointed, so a resume sends it again)
+        futures = [self._bulk_pool.submit(self._upsert_shard, index, shard) for shard in shards]
+        stored, errors = [], []
+        for future in futures:
+            try:
+                done, refused = future.result()
+            except IndexingError as exc:
+                errors.append(exc)
+                continue
+            stored += done
+            failed += refused
+        if errors:
+            raise IndexingError(str(errors[0]), failed=[f for e in errors for f in e.failed])
+        return BulkResult(stored=tuple(stored), failed=tuple(failed))
+
+    def _upsert_shard(self, index: str, pending: dict[str, IndexedDocument]) -> tuple[list[str], list[FailedItem]]:
+        return self._bulk_until_settled(
             index,
             pending,
             lambda batch: self._bulk_actions(index, batch),
             what="documents",
             hint="nothing was lost: check the cluster's health and rerun with --resume",
         )
-        return BulkResult(stored=tuple(stored), failed=tuple(failed + refused))
+
+    def _shards(self, pending: dict[str, Any]) -> list[dict[str, Any]]:
+        """``pending`` split into at most ``bulk_workers`` contiguous parts of at least a few documents."""
+        workers = min(self.settings.bulk_workers, max(1, len(pending) // _MIN_SHARD_DOCS))
+        if workers <= 1:
+            return [pending]
+        items = list(pending.items())
+        size = -(-len(items) // workers)
+        return [dict(items[i : i + size]) for i in range(0, len(items), size)]
+
+    @cached_property
+    def _bulk_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=self.settings.bulk_workers, thread_name_prefix=f"{self.name}-bulk")
 
     def _bulk_until_settled(
         self,
@@ -680,6 +716,8 @@ class ClusterBackend(ABC):
         return ClusterLogSink(self)
 
     def close(self) -> None:
+        if "_bulk_pool" in self.__dict__:
+            self.__dict__.pop("_bulk_pool").shutdown(wait=True)
         if "client" in self.__dict__:
             self.__dict__.pop("client").close()
 

@@ -170,6 +170,8 @@ class BackendSettings(_Section):
     bulk_docs: int = Field(default=500, ge=1)  # documents per bulk request
     bulk_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)  # bytes per bulk request
     bulk_attempts: int = Field(default=8, ge=1)  # tries of 429/5xx/dropped items before the ingest stops
+    # concurrent bulk requests per upsert, each with its own retries; the documents are split between them
+    bulk_workers: int = Field(default=2, ge=1, le=64)
     backoff_max: float = Field(default=30.0, gt=0)  # seconds, cap of the jittered exponential backoff
 
     @field_validator("urls", mode="before")

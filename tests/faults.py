@@ -5,6 +5,7 @@ server saw the request, and after it applied it, so a retry re-sends what is alr
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,6 +20,7 @@ class BulkFaults:
         self.real = self.transport.perform_request
         self.script = list(script)
         self.seen: list[str | None] = []
+        self.threads: set[str] = set()  # which threads sent bulk requests (parallel bulk uses several)
         self.transport.perform_request = self._perform
 
     def restore(self) -> None:
@@ -40,6 +42,7 @@ class BulkFaults:
             return self.real(method, target, **kwargs)
         fault = self.script.pop(0) if self.script else None
         self.seen.append(fault)
+        self.threads.add(threading.current_thread().name)
         from elastic_transport import ConnectionError
 
         if fault == "storm429":
@@ -77,6 +80,7 @@ class OpenSearchBulkFaults(BulkFaults):
             return self.real(method, url, *args, **kwargs)
         fault = self.script.pop(0) if self.script else None
         self.seen.append(fault)
+        self.threads.add(threading.current_thread().name)
         from opensearchpy import ConnectionError, TransportError
 
         if fault == "storm429":

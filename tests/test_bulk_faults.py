@@ -50,12 +50,19 @@ def corpus(tmp_path):
     return open_source(path)
 
 
-def _setup(engine, tmp_path, attempts=8):
+def _setup(engine, tmp_path, attempts=8, workers=1):
     kind, url, backend_cls, faults_cls = engine
     settings = load_settings(
         overrides={
             "data_dir": str(tmp_path / "data"),
-            "backend": {"kind": kind, "urls": url, "bulk_docs": 10, "bulk_attempts": attempts, "backoff_max": 4.0},
+            "backend": {
+                "kind": kind,
+                "urls": url,
+                "bulk_docs": 10,
+                "bulk_attempts": attempts,
+                "backoff_max": 4.0,
+                "bulk_workers": workers,
+            },
             "index": {"replicas": 0},
             "ingest": {"batch_size": 100},
         }
@@ -72,8 +79,10 @@ def _ids_stored_once(backend, alias):
     return ids, len(ids) == len(set(ids))
 
 
-def test_every_fault_kind_during_bulk_loses_and_duplicates_nothing(engine, tmp_path, corpus, encoder):
-    settings, backend, sleeps, faults_cls = _setup(engine, tmp_path)
+@pytest.mark.parametrize("workers", [1, 4])
+def test_every_fault_kind_during_bulk_loses_and_duplicates_nothing(engine, tmp_path, corpus, encoder, workers):
+    """Exactly once with one bulk request at a time and with four concurrent ones (each retrying its share)."""
+    settings, backend, sleeps, faults_cls = _setup(engine, tmp_path, workers=workers)
     storm = ["storm429"] * 4  # a storm: four bulk requests in a row answered 429
     faults_in_order = (
         storm
@@ -98,13 +107,15 @@ def test_every_fault_kind_during_bulk_loses_and_duplicates_nothing(engine, tmp_p
             "drop_before",
             "drop_after",
         }
+        assert len(faults.threads) == (1 if workers == 1 else workers)  # N concurrent bulk requests
         assert sleeps and max(sleeps) <= 4.0  # backoff is capped
         assert len(set(sleeps)) > 1  # and jittered
         backend.drop_index("faulty")
 
 
-def test_a_fault_that_never_clears_stops_resumably(engine, tmp_path, corpus, encoder):
-    settings, backend, _, faults_cls = _setup(engine, tmp_path, attempts=3)
+@pytest.mark.parametrize("workers", [1, 4])
+def test_a_fault_that_never_clears_stops_resumably(engine, tmp_path, corpus, encoder, workers):
+    settings, backend, _, faults_cls = _setup(engine, tmp_path, attempts=3, workers=workers)
     with backend:
         faults = faults_cls(backend.client, ["http503"] * 1000)
         with pytest.raises(IndexingError, match="kept refusing .*rerun with --resume") as err:

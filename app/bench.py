@@ -6,7 +6,9 @@
   run the same transformers weights (the configured model's, or, when only an ONNX export is at hand, a
   randomly initialised model of the same architecture: same compute, meaningless scores). Our ONNX runtime,
   what CPUs get by default, is reported beside the same reference.
-- ``search``: latency percentiles per mode over one index, with each mode's p50 as a ratio to BM25's.
+- ``search``: latency percentiles per mode over one index, with each mode's p50 as a ratio to BM25's; with
+  ``--concurrency 1,2,4,8``, QPS and p50/p95 per level (results checked identical to serial), and with
+  ``--neighbour`` the p50 beside a CPU-bound process.
 - ``duplicates``: peak memory of duplicate mining at N, 2N and 4N documents (flat means bounded).
 
 Ratios, not absolute numbers, are the claim: both sides run on the same machine in the same process.
@@ -15,13 +17,16 @@ Timings here are wall-clock medians of ``repeats`` runs after a warm-up.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +220,89 @@ def bench_search(settings: Settings, source: str | None, queries: int, repeats: 
     return out
 
 
+def bench_search_concurrency(
+    settings: Settings,
+    source: str | None,
+    queries: int,
+    levels: Sequence[int],
+    modes: Sequence[str],
+    *,
+    neighbour: bool = False,
+) -> dict[str, Any]:
+    """QPS and latency with ``c`` searches in flight at once, for each level and mode, on one client (one
+    backend, one encoder), and whether every result equals the serial one. With ``neighbour``, each
+    measurement is repeated beside a CPU-bound process (another job on the machine) for the latency it costs.
+    The claim is the ratio to concurrency 1 in the same run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hybrid_search.app.client import HybridSearch
+
+    query_texts = _queries(source, queries)
+    out: dict[str, Any] = {
+        "bench": "search-concurrency",
+        "index": settings.index.name,
+        "backend": settings.backend.kind,
+        "queries": len(query_texts),
+        "threads_per_search": settings.search.threads,
+        "levels": {},
+    }
+    with HybridSearch.from_settings(settings) as hs:
+        _ensure_indexed(hs, source)
+        serial = {}
+        for mode in modes:
+            hs.search(query_texts[0], mode=mode)  # warm-up: models loaded, caches filled
+            serial[mode] = [hs.search(q, mode=mode).doc_ids for q in query_texts]
+
+        def one(mode: str, q: str) -> tuple[list[str], float]:
+            t = time.perf_counter()
+            ids = hs.search(q, mode=mode).doc_ids
+            return ids, (time.perf_counter() - t) * 1000
+
+        def measure(mode: str, level: int) -> dict[str, Any]:
+            with ThreadPoolExecutor(max_workers=level) as pool:
+                t = time.perf_counter()
+                results = list(pool.map(lambda q: one(mode, q), query_texts))
+                wall = time.perf_counter() - t
+            lat = sorted(ms for _, ms in results)
+            return {
+                "qps": round(len(results) / wall, 1),
+                "p50_ms": round(_pct(lat, 50), 2),
+                "p95_ms": round(_pct(lat, 95), 2),
+                "identical_to_serial": [ids for ids, _ in results] == serial[mode],
+            }
+
+        for mode in modes:
+            rows = out["levels"].setdefault(mode, {})
+            for level in levels:
+                rows[str(level)] = measure(mode, level)
+            base = rows[str(levels[0])]["qps"] or 1e-9
+            for level in levels:
+                rows[str(level)]["qps_ratio_to_first"] = round(rows[str(level)]["qps"] / base, 2)
+            if neighbour:
+                with _cpu_neighbour():
+                    busy = measure(mode, levels[0])
+                rows[f"{levels[0]}+neighbour"] = busy
+                quiet = rows[str(levels[0])]["p50_ms"] or 1e-9
+                rows[f"{levels[0]}+neighbour"]["p50_ratio_to_quiet"] = round(busy["p50_ms"] / quiet, 2)
+        out["machine"] = _machine(hs.query_encoder.device)
+    out["all_identical_to_serial"] = all(
+        row["identical_to_serial"] for rows in out["levels"].values() for row in rows.values()
+    )
+    return out
+
+
+@contextlib.contextmanager
+def _cpu_neighbour() -> Iterator[None]:
+    """Another job on the machine: one process spinning on a core for as long as the block runs."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)  # let it get scheduled
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def bench_query_log(settings: Settings, source: str | None, queries: int, repeats: int) -> dict[str, Any]:
     """What the query log costs a search: wall-clock latency (the ``record`` call included) with and without
     it, query by query alternately on the same index, so both see the same caches and machine load.
@@ -374,12 +462,19 @@ def run_bench(
     batch_size: int = 32,
     repeats: int = 3,
     queries: int = 50,
+    concurrency: Sequence[int] = (),
+    modes: Sequence[str] = (),
+    neighbour: bool = False,
 ) -> dict[str, Any]:
     """Run one benchmark and return its JSON-ready report."""
     if what == "encode":
         report = bench_encode(settings, source, docs, batch_size, repeats)
     elif what == "rerank":
         report = bench_rerank(settings, source, docs, batch_size, repeats)
+    elif what == "search" and concurrency:
+        report = bench_search_concurrency(
+            settings, source, queries, concurrency, modes or ("bm25", "knn", "hybrid"), neighbour=neighbour
+        )
     elif what == "search":
         report = bench_search(settings, source, queries, repeats)
     elif what == "duplicates":

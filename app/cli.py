@@ -114,6 +114,11 @@ def _train_knobs(p: argparse.ArgumentParser, *, base_help: str) -> None:
     _common(p)
 
 
+def _int_list(text: str) -> list[int]:
+    """An argparse type: comma-separated whole numbers of at least 1, e.g. ``1,2,4,8``."""
+    return [_positive_int(part.strip()) for part in text.split(",") if part.strip()] or [_positive_int(text)]
+
+
 def _positive_int(text: str) -> int:
     """An argparse type: a whole number of at least 1 (argparse turns the error into a usage line)."""
     try:
@@ -284,9 +289,19 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("bench", help="throughput and latency, each beside a reference in the same run")
-    p.add_argument("what", choices=["encode", "rerank", "search", "querylog", "duplicates"])
+    p.add_argument("what", choices=["encode", "rerank", "search", "querylog", "duplicates", "scale"])
     p.add_argument("--source", help="corpus to draw texts from (default: the bundled sample)")
-    p.add_argument("--docs", type=int, default=512, help="texts (or pairs) to time")
+    p.add_argument(
+        "--docs",
+        type=_int_list,
+        default=None,
+        help="texts (or pairs) to time; for scale, corpus sizes, e.g. 10000,100000,1000000",
+    )
+    p.add_argument("--concurrency", type=_int_list, help="search: searches in flight, e.g. 1,2,4,8")
+    p.add_argument("--modes", help="search --concurrency: modes to run (default: bm25,knn,hybrid)")
+    p.add_argument("--neighbour", action="store_true", help="search --concurrency: also beside a CPU-bound process")
+    p.add_argument("--threads", type=int, help="CPU threads per search (search.threads; 0: all cores)")
+    p.add_argument("--plot", metavar="PNG", help="scale: draw each cost against corpus size (needs matplotlib)")
     p.add_argument("--batch-size", type=int, default=32, help="reference batch size")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--index", help=INDEX_HELP)
@@ -523,14 +538,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _quiet_model_loading()
+    if args.threads is not None:
+        settings = settings.model_copy(update={"search": settings.search.model_copy(update={"threads": args.threads})})
+    if args.what == "scale":
+        from hybrid_search.app.scale import bench_scale
+
+        report = bench_scale(
+            settings, args.docs or [10_000, 100_000], queries=args.queries, plot=args.plot, progress=not args.quiet
+        )
+        _emit_json(report, args.json_out)
+        return 0
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else []
+    for mode in modes:
+        parse_mode(mode)
     report = run_bench(
         args.what,
         settings,
         source=args.source,
-        docs=args.docs,
+        docs=(args.docs or [512])[0],
         batch_size=args.batch_size,
         repeats=args.repeats,
         queries=args.queries,
+        concurrency=args.concurrency or (),
+        modes=modes,
+        neighbour=args.neighbour,
     )
     _emit_json(report, args.json_out)
     return 0

@@ -146,6 +146,9 @@ class HybridSearch:
     def searcher(self) -> HybridSearcher:
         with self._lock:
             if self._searcher is None:
+                from hybrid_search.encoding.encoder import set_cpu_threads
+
+                set_cpu_threads(self.settings.search.threads)  # for serving: see SearchSettings.threads
                 backend = self.backend
                 if self._query_log is None:  # one log for the client's life, across rebuilds
                     self._query_log = self._new_query_log(backend)
@@ -215,6 +218,9 @@ class HybridSearch:
         backend, encoder = self.backend, self.encoder
         log = IngestLog(backend, self.settings.logs, alias=self.index, source=corpus.name, model=encoder.model_name)
         self._spec = None
+        from hybrid_search.encoding.encoder import set_cpu_threads
+
+        previous = set_cpu_threads(0)  # encoding a corpus uses every core, whatever searches use
         try:
             return run_ingest(
                 corpus,
@@ -227,6 +233,7 @@ class HybridSearch:
                 on_finish=log,
             )
         finally:
+            set_cpu_threads(previous)
             self._forget_index()
 
     def _forget_index(self) -> None:
@@ -271,11 +278,15 @@ class HybridSearch:
         )
         encoder = Encoder(settings=settings.models)
         log = IngestLog(backend, s.logs, alias=self.index, source=source.name, model=encoder.model_name)
+        from hybrid_search.encoding.encoder import set_cpu_threads
+
+        previous = set_cpu_threads(0)
         try:
             summary = run_ingest(
                 source, backend, encoder, settings, alias=self.index, resume=resume, progress=progress, on_finish=log
             )
         finally:
+            set_cpu_threads(previous)
             self._forget_index()
         if "bi_encoder" in s.models.model_fields_set:  # a model the user named follows the index to the new one
             with self._lock:

@@ -165,6 +165,7 @@ class _PhysicalIndex:
         self._dead_selector: tuple[int, Any, Any] | None = None
         self._dead_epoch = 0  # bumped whenever the tombstone set changes
         self._generation = 0  # bumped whenever any row changes: cached filter selectors go stale
+        self._storage_ids: np.ndarray | None = None  # graph position -> row key (see _graph_storage)
         self._filter_cache: OrderedDict[str, tuple[int, list[int] | None, Any, Any]] = OrderedDict()
         self._last_flush = time.monotonic()
         self._recover()
@@ -266,9 +267,11 @@ class _PhysicalIndex:
 
     def _write_rows(self, rows: list[tuple[str, str, str, str, bytes]]) -> None:
         ids = [r[0] for r in rows]
+        text_upto = self._meta("text_upto")
         self.db.execute("BEGIN")
         try:
-            old = self._keys_for(ids)
+            existing = self._existing(ids)
+            old = list(existing.values())
             self.db.executemany("INSERT OR IGNORE INTO dead(key) VALUES (?)", [(k,) for k in old])
             self._delete_keys(old)
             self._dead_epoch += bool(old)
@@ -277,13 +280,32 @@ class _PhysicalIndex:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
-        new = self.db.execute(
-            "SELECT key, doc_id, title, text, metadata, vector FROM docs WHERE key > ? ORDER BY key",
-            (self._meta("text_upto"),),
-        ).fetchall()
-        self._index_text([r[:5] for r in new])
-        self._add_vectors([r[0] for r in new], np.stack([self._vec(r[5]) for r in new]))
+        if self.db.execute("SELECT count(*) FROM docs WHERE key > ?", (text_upto,)).fetchone()[0] != len(rows):
+            # rows an earlier crash left unindexed are among them: replay from the table, as recovery does
+            new = self.db.execute(
+                "SELECT key, doc_id, title, text, metadata, vector FROM docs WHERE key > ? ORDER BY key", (text_upto,)
+            ).fetchall()
+            self._index_text([r[:5] for r in new])
+            self._add_vectors([r[0] for r in new], np.stack([self._vec(r[5]) for r in new]))
+        else:
+            # the common case: index what was just written from memory, without reading the blobs back
+            keys = {d: k for k, d in self.db.execute("SELECT key, doc_id FROM docs WHERE key > ?", (text_upto,))}
+            ordered = sorted(rows, key=lambda r: keys[r[0]])
+            self._index_text([(keys[r[0]], r[0], r[1], r[2], r[3]) for r in ordered], replaced=set(existing))
+            vectors = np.frombuffer(b"".join(r[4] for r in ordered), dtype=np.float32).reshape(len(ordered), -1)
+            self._add_vectors([keys[r[0]] for r in ordered], vectors)
         self._maybe_flush()
+
+    def _existing(self, doc_ids: Sequence[str]) -> dict[str, int]:
+        """doc id -> key of the ids already stored."""
+        found: dict[str, int] = {}
+        for i in range(0, len(doc_ids), _SQL_CHUNK):
+            part = doc_ids[i : i + _SQL_CHUNK]
+            marks = ",".join("?" * len(part))
+            found.update(
+                (d, k) for k, d in self.db.execute(f"SELECT key, doc_id FROM docs WHERE doc_id IN ({marks})", part)
+            )
+        return found
 
     def _keys_for(self, doc_ids: Sequence[str]) -> list[int]:
         keys: list[int] = []
@@ -298,10 +320,13 @@ class _PhysicalIndex:
             part = keys[i : i + _SQL_CHUNK]
             self.db.execute(f"DELETE FROM docs WHERE key IN ({','.join('?' * len(part))})", part)
 
-    def _index_text(self, rows: Sequence[tuple[int, str, str, str, str]]) -> None:
+    def _index_text(self, rows: Sequence[tuple[int, str, str, str, str]], replaced: set[str] | None = None) -> None:
+        """Add rows to the text index. ``replaced``: the ids that may already be in it (None: any may be, as
+        when replaying after a crash), whose old entries are deleted first."""
         writer = self.writer
         for _key, doc_id, title, text, metadata in rows:
-            writer.delete_documents_by_term("doc_id", doc_id)
+            if replaced is None or doc_id in replaced:
+                writer.delete_documents_by_term("doc_id", doc_id)
             writer.add_document(
                 tantivy.Document(doc_id=doc_id, title=title, text=text, **{METADATA_FIELD: json.loads(metadata)})
             )
@@ -363,6 +388,7 @@ class _PhysicalIndex:
             keys = np.asarray([r[0] for r in batch], np.int64)
             fresh.add_with_ids(np.stack([self._vec(r[1]) for r in batch]), keys)
         self.vectors = fresh
+        self._storage_ids = None
 
     # --- reading ----------------------------------------------------------------------------------
     def count(self) -> int:
@@ -421,13 +447,30 @@ class _PhysicalIndex:
         return self.vectors.search(queries, k, params=hnsw_params(**params))
 
     def _exact_knn(self, query: np.ndarray, keys: Sequence[int], k: int) -> list[Hit]:
-        if not keys:
+        """Exact inner products over the allowed rows, read from the graph's own flat storage (no copy, no
+        table read); only the top ``k`` rows are then fetched."""
+        if not len(keys):
             return []
-        rows = self._rows_by("key", list(keys), with_vector=True)
-        order = list(rows)
-        sims = np.stack([self._vec(rows[key][5]) for key in order]) @ query
+        ids, stored = self._graph_storage()
+        wanted = np.asarray(keys, dtype=np.int64)
+        pos = np.searchsorted(ids, wanted)
+        pos = pos[(pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == wanted)]
+        if not len(pos):
+            return []
+        sims = stored[pos] @ query
         top = np.argsort(-sims, kind="stable")[:k]
-        return self._knn_hits([(order[i], float(sims[i])) for i in top])
+        return self._knn_hits([(int(ids[pos[i]]), float(sims[i])) for i in top])
+
+    def _graph_storage(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row key of each graph position, in ascending order; the vectors, a zero-copy view): rows enter
+        the graph in key order, and a rebuilt graph keeps that order."""
+        n = int(self.vectors.ntotal)
+        if self._storage_ids is None or len(self._storage_ids) != n:
+            self._storage_ids = faiss.vector_to_array(self.vectors.id_map)
+        hnsw: Any = faiss.downcast_index(self.vectors.index)  # IndexHNSWFlat: its stubs lack storage / get_xb
+        flat: Any = faiss.downcast_index(hnsw.storage)
+        stored = faiss.rev_swig_ptr(flat.get_xb(), n * self.spec.dims).reshape(n, self.spec.dims)
+        return self._storage_ids, stored
 
     def _knn_hits(self, found: Sequence[tuple[int, float]]) -> list[Hit]:
         rows = self._rows_by("key", [key for key, _ in found])

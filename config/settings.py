@@ -140,6 +140,10 @@ class SearchSettings(_Section):
     # final = a * minmax(cross-encoder) + (1 - a) * minmax(first stage) over the reranked head; 1 = reranker alone
     rerank_interpolation: float = Field(default=1.0, ge=0.0, le=1.0)
     server_fusion: bool = True  # let an engine fuse when it can; client-side otherwise
+    # CPU threads one search may use (query encoding, cross-encoder, faiss): 1 serves concurrent searches best
+    # and keeps latency flat beside other busy processes (oversubscribed OpenMP threads spin against them);
+    # 0 leaves torch's and faiss's own defaults (all cores)
+    threads: int = Field(default=1, ge=0)
 
 
 class LogSettings(_Section):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -315,3 +316,20 @@ def pad_encodings(encodings: Sequence[Any], pad_id: int, with_types: bool) -> di
     if with_types:
         batch["token_type_ids"] = types
     return batch
+
+
+def set_cpu_threads(threads: int) -> int:
+    """Set the intra-op threads of torch and faiss (0: every core); return the count torch had before."""
+    import torch
+
+    previous = torch.get_num_threads()
+    n = threads or os.cpu_count() or 1
+    if n != previous:
+        torch.set_num_threads(n)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+    except ImportError:  # pragma: no cover - faiss is a base dependency
+        pass
+    return previous

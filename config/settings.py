@@ -301,7 +301,17 @@ def _read_settings_file(path: Path) -> dict[str, Any]:
             f"settings file {path} must hold a mapping of sections (e.g. [search] / search:), "
             f"not a {type(data).__name__}"
         )
+    bad = _non_string_keys(data)
+    if bad:
+        raise ConfigError(f"settings file {path}: every key must be a name, found {bad[0]!r} (a stray ':' or '?')")
     return data
+
+
+def _non_string_keys(data: Any) -> list[Any]:
+    """Keys anywhere in nested mappings that are not strings (YAML allows ``? x`` and ``1: y``)."""
+    if not isinstance(data, dict):
+        return []
+    return [k for k in data if not isinstance(k, str)] + [b for v in data.values() for b in _non_string_keys(v)]
 
 
 def load_settings(config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:

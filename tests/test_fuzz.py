@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hybrid_search.app.cli import _parse_filters
@@ -192,6 +192,8 @@ def test_index_names_are_safe_or_refused(name):
 
 @FUZZ
 @given(text=TEXT, kind=st.sampled_from(["toml", "yaml"]))
+@example(text="?", kind="yaml")  # a YAML mapping with a null key (found by this test)
+@example(text="search:\n  1: x\n", kind="yaml")
 def test_settings_files_load_or_say_why(tmp_path_factory, text, kind):
     path = tmp_path_factory.mktemp("cfg") / f"settings.{kind}"
     path.write_text(text, encoding="utf-8")

@@ -171,7 +171,7 @@ def measure_one(settings: Settings, size: int, *, queries: int = 200, progress: 
     out["vectors_and_graph_bytes"] = size * dims * 4 + size * 2 * m * 4  # level-0 links dominate the graph
     texts, qvec = corpus.queries(queries)
     num_candidates = settings.search.num_candidates
-    for mode in ("bm25", "knn", "hybrid"):  # warm caches
+    for _ in range(3):  # warm caches
         backend.search_bm25(index, texts[0], 10)
         backend.search_knn(index, qvec[0], 10, num_candidates)
     lat: dict[str, list[float]] = {"bm25": [], "knn": [], "hybrid": []}

@@ -363,3 +363,32 @@ def test_mining_and_reindex_through_elasticsearch(noida_url, trained, tmp_path):
         _check_mining(hs)
         _reindex_while_searching(hs, new_model)
         hs.delete()
+
+
+def test_an_interrupted_reindex_leaves_the_index_serving_and_resumes(trained, tmp_path, monkeypatch):
+    from hybrid_search.encoding.encoder import Encoder
+    from hybrid_search.encoding.models import model_identity
+
+    new_model, _ = trained
+    with HybridSearch(index="cut", data_dir=tmp_path, overrides={"ingest": {"batch_size": 8}}) as hs:
+        hs.ingest("sample")
+        old = hs.backend.index_spec("cut").model
+        expected = hs.search("how do batteries work", mode="knn", top_k=3).doc_ids
+        real = Encoder.encode_documents
+        calls = []
+
+        def power_cut(self, passages):  # the third batch of the reindex never finishes
+            calls.append(len(passages))
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            return real(self, passages)
+
+        monkeypatch.setattr(Encoder, "encode_documents", power_cut)
+        with pytest.raises(KeyboardInterrupt):
+            hs.reindex(str(new_model))
+        monkeypatch.setattr(Encoder, "encode_documents", real)
+        assert hs.backend.index_spec("cut").model == old  # still the old build, answering as before
+        assert hs.search("how do batteries work", mode="knn", top_k=3).doc_ids == expected
+        summary = hs.reindex(str(new_model), resume=True)
+        assert summary.resumed and summary.stored == hs.backend.count("cut") == 40
+        assert hs.backend.index_spec("cut").model == model_identity(str(new_model))

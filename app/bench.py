@@ -465,9 +465,20 @@ def run_bench(
     concurrency: Sequence[int] = (),
     modes: Sequence[str] = (),
     neighbour: bool = False,
+    dtypes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run one benchmark and return its JSON-ready report."""
-    if what == "encode":
+    if what in ("encode", "rerank") and dtypes:
+        # the same bench once per precision (fp16 vs bf16 on a GPU), each beside its reference in that run
+        run = bench_encode if what == "encode" else bench_rerank
+        by_dtype = {}
+        for dtype in dtypes:
+            if dtype not in ("auto", "float32", "float16", "bfloat16"):
+                raise ConfigError(f"--dtypes: unknown precision {dtype!r}: use float32, float16, bfloat16 or auto")
+            models = settings.models.model_copy(update={"dtype": dtype})
+            by_dtype[dtype] = run(settings.model_copy(update={"models": models}), source, docs, batch_size, repeats)
+        report = {"bench": what, "dtypes": list(dtypes), "by_dtype": by_dtype}
+    elif what == "encode":
         report = bench_encode(settings, source, docs, batch_size, repeats)
     elif what == "rerank":
         report = bench_rerank(settings, source, docs, batch_size, repeats)

@@ -301,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", help="search --concurrency: modes to run (default: bm25,knn,hybrid)")
     p.add_argument("--neighbour", action="store_true", help="search --concurrency: also beside a CPU-bound process")
     p.add_argument("--threads", type=int, help="CPU threads per search (search.threads; 0: all cores)")
+    p.add_argument("--dtypes", help="encode / rerank: run once per precision, e.g. float16,bfloat16 (CUDA) or float32")
     p.add_argument("--plot", metavar="PNG", help="scale: draw each cost against corpus size (needs matplotlib)")
     p.add_argument("--batch-size", type=int, default=32, help="reference batch size")
     p.add_argument("--repeats", type=int, default=3)
@@ -562,6 +563,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         concurrency=args.concurrency or (),
         modes=modes,
         neighbour=args.neighbour,
+        dtypes=[d.strip() for d in args.dtypes.split(",") if d.strip()] if args.dtypes else (),
     )
     _emit_json(report, args.json_out)
     return 0

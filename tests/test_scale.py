@@ -105,3 +105,20 @@ def test_concurrent_searches_return_the_serial_results(tmp_path):
     assert report["all_identical_to_serial"] is True
     assert set(report["levels"]) == {"bm25", "knn", "hybrid"}
     assert all(set(rows) == {"1", "4"} and rows["4"]["qps"] > 0 for rows in report["levels"].values())
+
+
+def test_gpu_benches_run_on_cpu_as_one_command_each(tmp_path):
+    """``bench encode`` and ``bench rerank`` are what a GPU machine runs (fp16 vs bf16 there); here they run
+    on the CPU in float32 and report our rate beside sentence-transformers' on the same model and texts."""
+    from hybrid_search.app.bench import run_bench
+    from hybrid_search.config.errors import ConfigError
+    from hybrid_search.config.settings import load_settings
+
+    settings = load_settings(overrides={"data_dir": str(tmp_path)})
+    encode = run_bench("encode", settings, docs=24, repeats=1, dtypes=["float32"])
+    one = encode["by_dtype"]["float32"]
+    assert one["ours"]["docs_per_s"] > 0 and one["reference"]["docs_per_s"] > 0 and one["ratio_ours_to_reference"] > 0
+    rerank = run_bench("rerank", settings, docs=16, repeats=1)
+    assert rerank["ours_torch"]["pairs_per_s"] > 0 and rerank["reference"]["pairs_per_s"] > 0
+    with pytest.raises(ConfigError, match="unknown precision 'fp16'"):
+        run_bench("encode", settings, docs=4, repeats=1, dtypes=["fp16"])

@@ -225,7 +225,8 @@ class TuneReport:
             f"{self.metric} over {self.queries} queries, {self.folds}-fold cross-validation, "
             f"{self.candidates} settings tried",
             f"  cross-validated (held-out folds) {self.cross_validated:.4f}   in-sample {self.in_sample:.4f}",
-            f"  default (hybrid rrf k=60)        {self.default:.4f}   p = {self.p_vs_default:.4f} (tuned vs default)",
+            f"  default ({Pipeline.from_settings(SearchSettings()).label})\n"
+            f"                                   {self.default:.4f}   p = {self.p_vs_default:.4f} (tuned vs default)",
             f"  best fixed mode ({self.best_fixed:<14}) {self.fixed_modes[self.best_fixed]:.4f}   "
             f"p = {self.p_vs_best_fixed:.4f} (tuned vs it)",
         ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hybrid_search.config.errors import ConfigError
-from hybrid_search.config.settings import Secret, load_settings
+from hybrid_search.config.settings import SearchSettings, Secret, load_settings
 
 
 def test_precedence_file_env_overrides(tmp_path, monkeypatch):
@@ -18,7 +18,7 @@ def test_precedence_file_env_overrides(tmp_path, monkeypatch):
     assert s.search.top_k == 7  # env beats file
     assert s.search.bm25_depth == 50  # override beats env
     assert str(s.data_dir) == "/from/file"
-    assert s.search.knn_depth == 100  # default
+    assert s.search.knn_depth == 200  # default
 
 
 def test_yaml_file_and_config_env(tmp_path, monkeypatch):
@@ -84,3 +84,15 @@ def test_credentials_resolve_when_a_connection_is_made(monkeypatch):
     assert BackendSettings(username="elastic").credentials() == (None, ("elastic", "pw"))
     monkeypatch.setenv("HYBRID_SEARCH_API_KEY", "key")
     assert BackendSettings(username="elastic").credentials() == ("key", None)
+
+
+def test_measured_defaults_and_weights_that_follow_the_fusion(monkeypatch):
+    """The shipped first stage is l2 linear 0.2 / 0.8 over 200 each (README "Tune"); choosing RRF without
+    weights gives plain equal-weight RRF, not a silently weighted one."""
+    s = SearchSettings()
+    assert (s.fusion, s.normalizer, s.bm25_weight, s.knn_weight, s.bm25_depth) == ("linear", "l2", 0.2, 0.8, 200)
+    assert s.rerank_interpolation == 0.5
+    assert (SearchSettings(fusion="rrf").bm25_weight, SearchSettings(fusion="rrf").knn_weight) == (0.5, 0.5)
+    assert SearchSettings(fusion="rrf", knn_weight=0.9).knn_weight == 0.9
+    monkeypatch.setenv("HYBRID_SEARCH_SEARCH__FUSION", "rrf")
+    assert load_settings().search.bm25_weight == 0.5

@@ -85,6 +85,7 @@ def test_elasticsearch_matches_embedded_on_nq(shared_data, memo_encoder, tmp_pat
                     "data_dir": str(tmp_path / kind),
                     "index": {"replicas": 0},
                     "backend": {"kind": kind, "urls": url},
+                    "search": {"fusion": "rrf"},  # the stand-in fuses RRF on the server, as 8.15 does
                 }
             )
             from hybrid_search.backends.base import open_backend

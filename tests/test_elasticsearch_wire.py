@@ -125,7 +125,7 @@ def test_refused_linear_retriever_falls_back_to_client_fusion(backend, caplog):
     backend.refresh("linear")
     server = backend.server
     object.__setattr__(server, "version", (8, 18, 0))  # claim linear support so the server itself refuses
-    settings = SearchSettings(fusion="linear", top_k=3, bm25_depth=10, knn_depth=10)
+    settings = SearchSettings(fusion="linear", normalizer="minmax", top_k=3, bm25_depth=10, knn_depth=10)
 
     class QueryEncoder:
         def encode_queries(self, queries):
@@ -173,7 +173,7 @@ def test_cli_ingest_and_search_against_the_stand_in(es_url, tmp_path):
     out = run("ingest", str(SAMPLE), "--index", "cli-sample")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["stored"] == 40
-    out = run("search", "how does a battery make electricity", "--index", "cli-sample", "--json")
+    out = run("search", "how does a battery make electricity", "--index", "cli-sample", "--json", "--fusion", "rrf")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["fusion_location"] == "server" and result["hits"][0]["doc_id"] in {"d32", "d31"}

@@ -37,7 +37,7 @@ def test_modes_parse():
 
 
 def test_hybrid_fuses_bm25_and_knn_in_the_client(sample_backend, encoder, caplog):
-    s = SearchSettings(bm25_depth=10, knn_depth=10, top_k=5)
+    s = SearchSettings(fusion="rrf", bm25_depth=10, knn_depth=10, top_k=5)
     searcher = HybridSearcher(sample_backend, index="sample", encoder=encoder, settings=s)
     query = "why does bread get hard after a few days"
     with caplog.at_level(logging.INFO, logger="hybrid_search.search.searcher"):

@@ -190,7 +190,17 @@ def measure_one(settings: Settings, size: int, *, queries: int = 200, progress: 
         fuse("rrf", [[(h.doc_id, h.score) for h in lexical], [(h.doc_id, h.score) for h in dense]], k=60)
         lat["hybrid"].append((time.perf_counter() - t) * 1000)
     out["latency"] = {mode: _pcts(v) for mode, v in lat.items()}
-    out["knn_recall@10"] = round(_recall(knn_found, _exact_top(corpus, qvec, 10)), 4)
+    exact = _exact_top(corpus, qvec, 10)
+    out["knn_recall@10"] = round(_recall(knn_found, exact), 4)
+    # the recall / latency trade-off: the HNSW candidate pool (efSearch) a query may use
+    out["knn_by_num_candidates"] = {}
+    for pool in (100, 200, 400, 800):
+        found, ms = [], []
+        for vec in qvec:
+            t = time.perf_counter()
+            found.append([h.doc_id for h in backend.search_knn(index, vec, 10, pool)])
+            ms.append((time.perf_counter() - t) * 1000)
+        out["knn_by_num_candidates"][str(pool)] = {**_pcts(ms), "recall@10": round(_recall(found, exact), 4)}
     out["filtered_knn"] = {}
     for field, share in SELECTIVITIES.items():
         found, ms = [], []

@@ -512,22 +512,20 @@ def train_bi_encoder(
         seconds = _run(trainer, options)
         model.save(str(work))
         _write_card(work, kind="bi-encoder", base=base, loss=loss, pairs=len(pairs))
-    target = Path(out).resolve()
-    summary = TrainSummary(
-        kind="bi-encoder",
-        out=str(target),
-        base=base,
-        pairs=len(pairs),
-        loss=loss,
-        steps=int(trainer.state.global_step),
-        seconds=round(seconds, 1),
-        device=device,
-        loss_curve=_loss_curve(trainer.state.log_history),
-        before=before,
-        after=evaluate(target) if evaluate is not None else None,
-        options={k: getattr(options, k) for k in ("epochs", "batch_size", "lr", "max_steps", "seed", "margin")},
+    return _summary(
+        "bi-encoder",
+        out,
+        base,
+        len(pairs),
+        loss,
+        trainer,
+        seconds,
+        device,
+        before,
+        evaluate,
+        options,
+        ("epochs", "batch_size", "lr", "max_steps", "seed", "margin"),
     )
-    return summary
 
 
 def train_cross_encoder(
@@ -562,20 +560,51 @@ def train_cross_encoder(
         seconds = _run(trainer, options)
         model.save(str(work))
         _write_card(work, kind="cross-encoder", base=base, loss="binary-cross-entropy", pairs=len(pairs))
+    return _summary(
+        "cross-encoder",
+        out,
+        base,
+        len(pairs),
+        "binary-cross-entropy",
+        trainer,
+        seconds,
+        device,
+        before,
+        evaluate,
+        options,
+        ("epochs", "batch_size", "lr", "max_steps", "seed"),
+    )
+
+
+def _summary(
+    kind: str,
+    out: str | Path,
+    base: str,
+    examples: int,
+    loss: str,
+    trainer: Any,
+    seconds: float,
+    device: str,
+    before: dict[str, float] | None,
+    evaluate: Any,
+    options: TrainOptions,
+    keys: tuple[str, ...],
+) -> TrainSummary:
+    """The run's summary; ``evaluate`` (if any) measures the folder now in place at ``out``."""
     target = Path(out).resolve()
     return TrainSummary(
-        kind="cross-encoder",
+        kind=kind,
         out=str(target),
         base=base,
-        pairs=len(pairs),
-        loss="binary-cross-entropy",
+        pairs=examples,
+        loss=loss,
         steps=int(trainer.state.global_step),
         seconds=round(seconds, 1),
         device=device,
         loss_curve=_loss_curve(trainer.state.log_history),
         before=before,
         after=evaluate(target) if evaluate is not None else None,
-        options={k: getattr(options, k) for k in ("epochs", "batch_size", "lr", "max_steps", "seed")},
+        options={k: getattr(options, k) for k in keys},
     )
 
 
@@ -624,20 +653,19 @@ def adapt(
         seconds = _run(trainer, options)
         model.save(str(work))
         _write_card(work, kind="bi-encoder", base=base, loss=method, pairs=len(kept))
-    target = Path(out).resolve()
-    return TrainSummary(
-        kind="adapted bi-encoder",
-        out=str(target),
-        base=base,
-        pairs=len(kept),
-        loss=method,
-        steps=int(trainer.state.global_step),
-        seconds=round(seconds, 1),
-        device=device,
-        loss_curve=_loss_curve(trainer.state.log_history),
-        before=before,
-        after=evaluate(target) if evaluate is not None else None,
-        options={k: getattr(options, k) for k in ("epochs", "batch_size", "lr", "max_steps", "seed")},
+    return _summary(
+        "adapted bi-encoder",
+        out,
+        base,
+        len(kept),
+        method,
+        trainer,
+        seconds,
+        device,
+        before,
+        evaluate,
+        options,
+        ("epochs", "batch_size", "lr", "max_steps", "seed"),
     )
 
 

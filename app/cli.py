@@ -379,11 +379,11 @@ def _quiet_model_loading() -> None:
         pass
 
 
-def _client(settings: Any) -> Any:
+def _client(settings: Any, index: str | None = None) -> Any:
     from hybrid_search.app.client import HybridSearch
 
     _quiet_model_loading()
-    return HybridSearch.from_settings(settings)
+    return HybridSearch.from_settings(settings, index=index)
 
 
 def _reranker(settings: Any) -> Any:
@@ -645,7 +645,7 @@ def cmd_tune_defaults(args: argparse.Namespace) -> int:
             name = Path(source.rstrip("/")).name
             query_set = open_query_set(source, args.split)
             queries = select_queries(query_set.queries, query_set.qrels, args.max_queries)
-            hs = _client(settings.model_copy(update={"index": settings.index.model_copy(update={"name": name})}))
+            hs = _client(settings, index=name)
             clients.append(hs)
             args.source = source
             _ingest_unless_indexed(hs, args)
@@ -710,9 +710,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.hard_negatives:
             if args.loss == "online-contrastive":
                 raise ConfigError("--hard-negatives feeds the ranking loss: use --loss mnrl or multi-task")
-            with _client(
-                settings.model_copy(update={"index": settings.index.model_copy(update={"name": args.hard_negatives})})
-            ) as hs:
+            with _client(settings, index=args.hard_negatives) as hs:
                 hs.check_index()
                 anchors, positives, _ = pairs.positives()
                 margin = 0.05 if args.margin is None else args.margin

@@ -202,8 +202,6 @@ class HybridSearch:
         encoding: a record whose vector has the wrong size, non-finite values or (for a normalised model)
         not unit length is rejected with that reason.
         Every run, finished or failed, is recorded in ``<index>-ingest`` (``logs.ingest``)."""
-        from hybrid_search.app.logs import IngestLog
-        from hybrid_search.ingest.pipeline import run_ingest
         from hybrid_search.ingest.sources import FieldMap, open_source
 
         if fields is None:
@@ -215,18 +213,26 @@ class HybridSearch:
                 vector_field=vector_field,
             )
         corpus = open_source(source, fields) if isinstance(source, (str, Path)) else source
-        backend, encoder = self.backend, self.encoder
-        log = IngestLog(backend, self.settings.logs, alias=self.index, source=corpus.name, model=encoder.model_name)
-        self._spec = None
-        from hybrid_search.encoding.encoder import set_cpu_threads
+        return self._build(corpus, self.encoder, self.settings, resume=resume, progress=progress)
 
+    def _build(
+        self, source: CorpusSource, encoder: Encoder, settings: Settings, *, resume: bool, progress: bool
+    ) -> IngestSummary:
+        """One ingest run into a new build of the index (logged), with every core encoding; afterwards the
+        client reads the index's model and fields again."""
+        from hybrid_search.app.logs import IngestLog
+        from hybrid_search.encoding.encoder import set_cpu_threads
+        from hybrid_search.ingest.pipeline import run_ingest
+
+        backend = self.backend
+        log = IngestLog(backend, settings.logs, alias=self.index, source=source.name, model=encoder.model_name)
         previous = set_cpu_threads(0)  # encoding a corpus uses every core, whatever searches use
         try:
             return run_ingest(
-                corpus,
+                source,
                 backend,
                 encoder,
-                self.settings,
+                settings,
                 alias=self.index,
                 resume=resume,
                 progress=progress,
@@ -249,9 +255,7 @@ class HybridSearch:
         as the previous build for ``rollback``). The analyzer, HNSW options and metadata fields carry over;
         every document must re-encode (a failure leaves the index as it was). Afterwards this client searches
         with ``model``."""
-        from hybrid_search.app.logs import IngestLog
         from hybrid_search.encoding.encoder import Encoder
-        from hybrid_search.ingest.pipeline import run_ingest
         from hybrid_search.ingest.sources import StoredIndex
 
         backend = self.backend
@@ -277,17 +281,7 @@ class HybridSearch:
             }
         )
         encoder = Encoder(settings=settings.models)
-        log = IngestLog(backend, s.logs, alias=self.index, source=source.name, model=encoder.model_name)
-        from hybrid_search.encoding.encoder import set_cpu_threads
-
-        previous = set_cpu_threads(0)
-        try:
-            summary = run_ingest(
-                source, backend, encoder, settings, alias=self.index, resume=resume, progress=progress, on_finish=log
-            )
-        finally:
-            set_cpu_threads(previous)
-            self._forget_index()
+        summary = self._build(source, encoder, settings, resume=resume, progress=progress)
         if "bi_encoder" in s.models.model_fields_set:  # a model the user named follows the index to the new one
             with self._lock:
                 self.settings = s.model_copy(update={"models": settings.models})

@@ -194,20 +194,11 @@ def _rows(p: Path, max_pairs: int | None) -> Iterator[Mapping[str, Any]]:
 
 def _beir_pairs(folder: Path, max_pairs: int | None) -> PairSet:
     """Each judged query with each relevant document (grade > 0) as a positive pair."""
-    from hybrid_search.ingest.sources import open_query_set, open_source
+    from hybrid_search.ingest.sources import open_query_set
 
     query_set = open_query_set(folder)
     wanted = {doc for rels in query_set.qrels.values() for doc, grade in rels.items() if grade > 0}
-    texts: dict[str, str] = {}
-    source = open_source(folder)
-    fields = source.fields
-    for record in source.records():
-        if record.fields is None:
-            continue
-        doc_id = next((str(record.fields[f]) for f in fields.id_fields if record.fields.get(f) is not None), None)
-        if doc_id in wanted:
-            title = _text(record.fields.get(fields.title_field))
-            texts[doc_id] = f"{title} {_text(record.fields.get(fields.text_field))}".strip()
+    texts = _passages(folder, wanted)
     first, second = [], []
     for qid, rels in query_set.qrels.items():
         query = _text(query_set.queries.get(qid))
@@ -222,6 +213,20 @@ def _beir_pairs(folder: Path, max_pairs: int | None) -> PairSet:
     return PairSet(
         first[:max_pairs] if max_pairs else first, second[:max_pairs] if max_pairs else second, source=str(folder)
     )
+
+
+def _passages(source: str | Path, only: set[str] | None = None) -> dict[str, str]:
+    """doc id -> passage (title and text, as encoders read them) of a corpus's valid documents, read through
+    the ingest validation so ids and texts are exactly what an ingest of it stores."""
+    from hybrid_search.ingest.sources import open_source
+    from hybrid_search.ingest.validate import Document, validate
+
+    src = open_source(source)
+    return {
+        item.doc_id: item.passage
+        for item in validate(src.records(), src.fields)
+        if isinstance(item, Document) and (only is None or item.doc_id in only)
+    }
 
 
 # --- hard negatives, mined through the backend -----------------------------------------------------------------
@@ -692,20 +697,12 @@ def _exact_knn(
     from hybrid_search.app.evaluate import select_queries
     from hybrid_search.config.settings import ModelSettings
     from hybrid_search.encoding.encoder import Encoder
-    from hybrid_search.ingest.sources import open_query_set, open_source
+    from hybrid_search.ingest.sources import open_query_set
 
     query_set = open_query_set(source)
     queries = select_queries(query_set.queries, query_set.qrels, max_queries)
     encoder = Encoder(str(model_folder), settings=ModelSettings(device=device))
-    passages: dict[str, str] = {}
-    src = open_source(source)
-    for record in src.records():
-        f = record.fields
-        if f is None:
-            continue
-        doc_id = next((str(f[k]) for k in src.fields.id_fields if f.get(k) is not None), None)
-        if doc_id is not None:
-            passages[doc_id] = f"{_text(f.get('title'))} {_text(f.get('text'))}".strip()
+    passages = _passages(source)
     ids = list(passages)
     docs = np.asarray(encoder.encode_documents(list(passages.values())).vectors, dtype=np.float32)
     qvec = np.asarray(encoder.encode_queries([t for _, t in queries]), dtype=np.float32)

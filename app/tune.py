@@ -582,18 +582,15 @@ def tune_defaults(
     current_rerank = replace(current, rerank=True)
     firsts = list(dict.fromkeys([current, *(p for p in grid() if not p.rerank)]))
     caches: dict[str, RunCache] = {}
-    means: dict[str, dict[Pipeline, float]] = {}
+    means: dict[str, dict[Pipeline, float]] = {name: {} for name in names}
     t0 = time.perf_counter()
-    for name, (hs, queries, qrels) in sets.items():
+    for name, (hs, queries, _) in sets.items():
         caches[name] = RunCache(hs, queries, depth=max(FIRST_DEPTHS) + 1, progress=progress)
-        qids = [q for q, _ in queries]
-        means[name] = {
-            p: _avg(_scores(caches[name], p, qids, qrels, metric, ignore_identical_ids), qids) for p in firsts
-        }
 
     def score(p: Pipeline, name: str) -> float:
-        if p not in means[name]:  # rerank settings: scored on demand (the cross-encoder is the cost)
-            hs, queries, qrels = sets[name]
+        # each (setting, set) scored once, on first use: only the rerank settings tried pay the cross-encoder
+        if p not in means[name]:
+            _, queries, qrels = sets[name]
             qids = [q for q, _ in queries]
             means[name][p] = _avg(_scores(caches[name], p, qids, qrels, metric, ignore_identical_ids), qids)
         return means[name][p]

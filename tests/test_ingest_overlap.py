@@ -84,34 +84,24 @@ def test_the_reader_stays_a_bounded_number_of_batches_ahead(tmp_path, memo_encod
     assert not _ingest_threads()
 
 
-class FailingEncoder:
-    """The real encoder, failing on the n-th batch."""
+class FailsOnCall:
+    """A real component (encoder, backend) whose ``method`` raises ``error`` on its ``n``-th call."""
 
-    def __init__(self, inner, fail_on: int) -> None:
-        self.inner, self.fail_on, self.calls = inner, fail_on, 0
-
-    def encode_documents(self, passages):
-        self.calls += 1
-        if self.calls == self.fail_on:
-            raise RuntimeError("CUDA out of memory (injected)")
-        return self.inner.encode_documents(passages)
+    def __init__(self, inner, method: str, n: int, error: BaseException) -> None:
+        self.inner, self.method, self.n, self.error, self.calls = inner, method, n, error, 0
 
     def __getattr__(self, name):
-        return getattr(self.inner, name)
+        real = getattr(self.inner, name)
+        if name != self.method:
+            return real
 
+        def failing(*args, **kwargs):
+            self.calls += 1
+            if self.calls == self.n:
+                raise self.error
+            return real(*args, **kwargs)
 
-class FailingBackend:
-    def __init__(self, inner, fail_on: int) -> None:
-        self.inner, self.fail_on, self.calls = inner, fail_on, 0
-
-    def upsert(self, index, docs):
-        self.calls += 1
-        if self.calls == self.fail_on:
-            raise ConnectionError("connection reset (injected)")
-        return self.inner.upsert(index, docs)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+        return failing
 
 
 class FailingSource(CountingSource):
@@ -134,8 +124,10 @@ def test_a_failure_in_any_stage_stops_the_others_and_a_resume_finishes(tmp_path,
     expected = {"read": OSError, "encode": RuntimeError, "write": ConnectionError}[stage]
     with EmbeddedBackend(data_dir=settings.data_dir) as real:
         source = FailingSource(JsonlFile(path), 5 * batch + 3) if stage == "read" else JsonlFile(path)
-        encoder = FailingEncoder(memo_encoder, 4) if stage == "encode" else memo_encoder
-        backend = FailingBackend(real, 4) if stage == "write" else real
+        oom = RuntimeError("CUDA out of memory (injected)")
+        reset = ConnectionError("connection reset (injected)")
+        encoder = FailsOnCall(memo_encoder, "encode_documents", 4, oom) if stage == "encode" else memo_encoder
+        backend = FailsOnCall(real, "upsert", 4, reset) if stage == "write" else real
         with pytest.raises(expected, match="injected"):
             run_ingest(source, backend, encoder, settings, alias="faulty")
         assert not _ingest_threads()  # every stage stopped

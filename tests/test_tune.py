@@ -15,6 +15,7 @@ from conftest import REPO, SAMPLE
 from hybrid_search import HybridSearch, load_settings
 from hybrid_search.app.evaluate import score_run, select_queries
 from hybrid_search.app.tune import FIXED_MODES, Pipeline, RunCache, _folds, grid, randomization_test, tune
+from hybrid_search.config.errors import ConfigError
 from hybrid_search.ingest.sources import open_query_set
 from hybrid_search.search.hits import Hit
 from hybrid_search.search.searcher import blend_rerank_scores, rerank_hits
@@ -213,3 +214,22 @@ def test_tune_through_elasticsearch(noida_url, tmp_path):
         # the corpus is streamed back from the cluster (scrolled) into the analyzer measurement
         assert report.analyzer is not None and report.analyzer["documents"] == hs.backend.count("tune-es")
         hs.delete()
+
+
+def test_tune_defaults_chooses_across_sets_and_scores_each_by_the_others(sample_index, tmp_path):
+    from hybrid_search.app.tune import tune_defaults
+
+    hs, queries, qrels, data = sample_index
+    other = HybridSearch(index="sample-b", data_dir=data)
+    other.ingest("sample")
+    half = len(queries) // 2
+    sets = {"a": (hs, queries[:half], qrels), "b": (other, queries[half:], qrels)}
+    report = tune_defaults(sets)
+    other.close()
+    assert set(report["sets"]) == {"a", "b"} and report["chosen_labels"][1].startswith(report["chosen_labels"][0])
+    for key in ("current_default", "chosen", "leave_one_out", "chosen_rerank"):
+        assert report["mean"][key] == pytest.approx(np.mean([row[key] for row in report["sets"].values()]))
+    # the setting chosen on both sets is at least as good on average as today's default (it is a candidate)
+    assert report["mean"]["chosen"] >= report["mean"]["current_default"] - 1e-12
+    with pytest.raises(ConfigError, match="at least two sets"):
+        tune_defaults({"a": sets["a"]})

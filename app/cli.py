@@ -55,9 +55,19 @@ def _search_knobs(p: argparse.ArgumentParser) -> None:
     g.add_argument("--client-fusion", action="store_true", help="fuse in the client even if the server can")
 
 
+def _force_unlock(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument(
+        "--force-unlock",
+        action="store_true",
+        default=None,
+        help="break a cluster writer lock whose holder is gone (embedded locks end with their process)",
+    )
+
+
 def _ingest_knobs(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("ingest")
     g.add_argument("--resume", action="store_true", help="continue an interrupted ingest of this index")
+    _force_unlock(g)
     g.add_argument("--strict", action="store_true", default=None, help="the first bad record is fatal")
     g.add_argument(
         "--no-field-check",
@@ -228,11 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rollback", help="serve the previous build of an index again (run twice to undo)")
     p.add_argument("--index", help=INDEX_HELP)
+    _force_unlock(p)
+    _common(p)
+
+    p = sub.add_parser("repair", help="rebuild an embedded index's vector graph from its stored vectors")
+    p.add_argument("--index", help=INDEX_HELP)
     _common(p)
 
     p = sub.add_parser("reindex", help="re-encode an index's documents with another model, then swap it in")
     p.add_argument("--index", help=INDEX_HELP)
     p.add_argument("--resume", action="store_true", help="continue an interrupted reindex")
+    _force_unlock(p)
     p.add_argument("--batch-size", type=int, help="documents per encode + upsert step")
     _common(p)
 
@@ -337,6 +353,7 @@ def _settings(args: argparse.Namespace) -> Any:
             "strict": g.get("strict"),
             "allow_shrink": g.get("allow_shrink"),
             "check_fields": False if g.get("no_field_check") else None,
+            "force_unlock": g.get("force_unlock"),
         },
         "search": {
             "fusion": g.get("fusion"),
@@ -446,12 +463,18 @@ def _parse_filters(items: Sequence[str]) -> dict[str, Any] | None:
 def cmd_search(args: argparse.Namespace) -> int:
     settings = _settings(args)
     base, rerank_in_mode = parse_mode(settings.search.mode)
-    check_query(args.query)
-    filters = _parse_filters(args.filter)
+    check_query(args.query, settings.search.max_query_chars)
+    text_filters = _parse_filters(args.filter)
     hs = _client(settings)
     try:
         hs.check_index()  # a missing index or an unreachable cluster is reported before any model loads
-        if filters:
+        filters = None
+        if text_filters:
+            from hybrid_search.search.filters import check_field_name, coerce_text_filters
+
+            for name in text_filters:
+                check_field_name(name)
+            filters = coerce_text_filters(text_filters, hs.field_types())  # "2019" -> 2019 for a numeric field
             hs.check_filters(filters)
         hs.warm_up(rerank=rerank_in_mode or settings.search.rerank)  # loading is not part of the search time
         result = hs.search(args.query, filters=filters)
@@ -810,6 +833,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    with _client(_settings(args)) as hs:
+        vectors = hs.repair()
+    print(f"{hs.index}: rebuilt the vector graph from {vectors} stored vectors (checksum recorded)")
+    return 0
+
+
 def cmd_dashboards(args: argparse.Namespace) -> int:
     from hybrid_search.app.dashboards import PRODUCTS, install_saved_objects
 
@@ -837,6 +867,7 @@ COMMANDS = {
     "tune": cmd_tune,
     "tune-defaults": cmd_tune_defaults,
     "rollback": cmd_rollback,
+    "repair": cmd_repair,
     "reindex": cmd_reindex,
     "train": cmd_train,
     "dashboards": cmd_dashboards,

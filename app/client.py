@@ -15,14 +15,15 @@ and connections.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hybrid_search.backends.base import Backend, IndexSpec, IndexStats, open_backend
-from hybrid_search.config.errors import ConfigError, QueryError
+from hybrid_search.config.errors import ConfigError, IndexNotFound, QueryError
 from hybrid_search.config.settings import Settings, load_settings
-from hybrid_search.search.filters import Filter
+from hybrid_search.search.filters import Filter, check_value_types
 from hybrid_search.search.hits import SearchResult
 from hybrid_search.search.searcher import HybridSearcher, parse_mode
 
@@ -85,6 +86,11 @@ class HybridSearch:
         self._searcher: HybridSearcher | None = None
         self._query_log: QueryLog | None = None
         self._spec: IndexSpec | None = None  # read once for filter checks; a new build resets it
+        self._field_types: dict[str, str] | None = None  # metadata field -> type, read with the spec
+        # the physical build this client's searcher and query model belong to: searches go to it by name, so
+        # a rebuild by another process can never be searched with this client's (maybe other) model
+        self._serving: str | None = None
+        self._build_checked = 0.0
         self._closed = False
 
     # --- components, each created once on first use -------------------------------------------
@@ -111,6 +117,8 @@ class HybridSearch:
         """The encoder for queries against this index: the model the index was built with. A model set in
         the settings that differs from it is an error (its vectors would not be comparable); with none set,
         the index's own model is used."""
+        if self._serving is None:
+            self._follow_build()
         with self._lock:
             if self._query_encoder is None:
                 self._query_encoder = self._encoder_for_index()
@@ -120,7 +128,7 @@ class HybridSearch:
         from hybrid_search.encoding.encoder import Encoder
         from hybrid_search.encoding.models import model_identity
 
-        spec = self.backend.index_spec(self.index)
+        spec = self.backend.index_spec(self._serving or self.index)
         configured = self.settings.models.bi_encoder
         if spec is None or not spec.model or model_identity(configured) == spec.model:
             return self.encoder
@@ -144,6 +152,8 @@ class HybridSearch:
 
     @property
     def searcher(self) -> HybridSearcher:
+        if self._serving is None:
+            self._follow_build()
         with self._lock:
             if self._searcher is None:
                 from hybrid_search.encoding.encoder import set_cpu_threads
@@ -154,7 +164,7 @@ class HybridSearch:
                     self._query_log = self._new_query_log(backend)
                 self._searcher = HybridSearcher(
                     backend,
-                    index=self.index,
+                    index=self._serving or self.index,
                     encoder=self.query_encoder,
                     reranker=self.reranker,
                     settings=self.settings.search,
@@ -246,8 +256,27 @@ class HybridSearch:
         """A new build may hold another model and other fields: read them again on the next search."""
         with self._lock:
             self._spec = None
+            self._field_types = None
             self._query_encoder = None
             self._searcher = None
+            self._serving = None
+            self._build_checked = 0.0
+
+    def _follow_build(self, *, force: bool = False) -> None:
+        """Notice a rebuild, rollback or reindex made by anyone (another process too): when the alias serves
+        another build than the one this client opened, its spec, fields and query model are read again.
+        Asked before each search on the embedded backend (a file stat); at most once a second on a cluster,
+        which is safe because searches name the build they opened, never the moving alias."""
+        now = time.monotonic()
+        if not force and self._serving is not None and now - self._build_checked < self.backend.build_check_seconds:
+            return
+        serving = self.backend.serving_build(self.index)
+        with self._lock:
+            if serving != self._serving:
+                if self._serving is not None:
+                    self._forget_index()
+                self._serving = serving
+            self._build_checked = now
 
     def reindex(self, model: str, *, resume: bool = False, progress: bool = False) -> IngestSummary:
         """Re-encode the documents the index holds with ``model`` into a new build, and move the alias to it
@@ -300,24 +329,43 @@ class HybridSearch:
         """Search the index. ``mode``: ``bm25``, ``knn`` or ``hybrid``, optionally ``+rerank`` (default from
         the settings); ``filters``: ``{"field": value}`` or ``{"field": [any, of]}`` on metadata fields, which
         must be fields the index was ingested with (a misspelt one is an error, not zero hits)."""
+        self._follow_build()
         if filters:
             self.check_filters(filters)
-        return self.searcher.search(query, mode=mode, top_k=top_k, rerank=rerank, filters=filters)
+        try:
+            return self.searcher.search(query, mode=mode, top_k=top_k, rerank=rerank, filters=filters)
+        except IndexNotFound:
+            # the build this client opened was dropped by another process's later builds: open the serving one
+            self._follow_build(force=True)
+            if filters:
+                self.check_filters(filters)
+            return self.searcher.search(query, mode=mode, top_k=top_k, rerank=rerank, filters=filters)
+
+    def field_types(self) -> dict[str, str]:
+        """Metadata field -> the type the index holds it as (keyword, long, double, boolean), read once per build."""
+        self._follow_build()
+        if self._field_types is None:
+            self._field_types = dict(self.backend.stats(self._serving or self.index).metadata_fields)
+        return self._field_types
 
     def check_filters(self, filters: Filter) -> None:
-        """``QueryError`` when a filter names a field the index was not ingested with."""
+        """``QueryError`` when a filter names a field the index was not ingested with, or gives a value of
+        another type than the field holds."""
+        self._follow_build()
         spec = self._spec
         if spec is None:
-            spec = self._spec = self.backend.index_spec(self.index)
-        if spec is None or spec.metadata_fields is None:
-            return  # a missing index fails in the search itself; an older index does not record its fields
-        unknown = [name for name in filters if name not in spec.metadata_fields]
-        if unknown:
-            have = ", ".join(spec.metadata_fields) or "no metadata fields"
-            raise QueryError(
-                f"no metadata field {unknown[0]!r} in index {self.index!r} (it has: {have}): check the name, or "
-                f"ingest with --metadata-fields {unknown[0]} to filter on it"
-            )
+            spec = self._spec = self.backend.index_spec(self._serving or self.index)
+        if spec is None:
+            return  # a missing index fails in the search itself
+        if spec.metadata_fields is not None:  # an older index does not record its fields
+            unknown = [name for name in filters if name not in spec.metadata_fields]
+            if unknown:
+                have = ", ".join(spec.metadata_fields) or "no metadata fields"
+                raise QueryError(
+                    f"no metadata field {unknown[0]!r} in index {self.index!r} (it has: {have}): check the name, "
+                    f"or ingest with --metadata-fields {unknown[0]} to filter on it"
+                )
+        check_value_types(filters, self.field_types())
 
     def evaluate(
         self,
@@ -408,16 +456,32 @@ class HybridSearch:
         return inspect_index(self.backend, self.index)
 
     def rollback(self) -> tuple[str, str]:
-        """Serve the previous build again; return (now serving, now previous). Twice undoes it."""
+        """Serve the previous build again; return (now serving, now previous). Twice undoes it. Refused
+        (``IndexLocked``) while another process writes the index."""
         try:
-            return self.backend.rollback(self.index)
+            with self.backend.writer_lock(self.index, force=self.settings.ingest.force_unlock):
+                return self.backend.rollback(self.index)
         finally:
             self._forget_index()
 
     def delete(self) -> None:
-        """Delete the index: its current and previous builds (the logs are kept)."""
+        """Delete the index: its current and previous builds (the logs are kept). Refused while another
+        process writes it."""
         try:
-            self.backend.drop_index(self.index)
+            with self.backend.writer_lock(self.index, force=self.settings.ingest.force_unlock):
+                self.backend.drop_index(self.index)
+        finally:
+            self._forget_index()
+
+    def repair(self) -> int:
+        """Rebuild the index's vector graph from the vectors it stores (after a ``CorruptIndex`` error);
+        return how many vectors it holds. Embedded backend only: a cluster repairs its own shards."""
+        repair = getattr(self.backend, "repair", None)
+        if repair is None:
+            raise ConfigError(f"the {self.backend.name} backend repairs its own files: nothing to do here")
+        try:
+            with self.backend.writer_lock(self.index, force=self.settings.ingest.force_unlock):
+                return int(repair(self.index))
         finally:
             self._forget_index()
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 from hybrid_search.config.errors import ConfigError, FailedItem
 from hybrid_search.config.extras import require
-from hybrid_search.config.names import check_index_name
+from hybrid_search.config.names import check_index_name, previous_alias
 from hybrid_search.search.interfaces import Retriever
 
 if TYPE_CHECKING:
@@ -64,11 +65,6 @@ def checks_names(method: F) -> F:
         return method(*args, **kwargs)
 
     return cast(F, wrapper)
-
-
-def previous_alias(alias: str) -> str:
-    """The alias that keeps ``alias``'s previous build searchable until the next build, for ``rollback``."""
-    return f"{alias}-previous"
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +183,18 @@ class IndexBuilder(Protocol):
     def drop_index(self, index: str) -> None:
         """Delete the index; for an alias, its physical index and its previous build."""
 
+    def writer_lock(self, alias: str, *, force: bool = False) -> AbstractContextManager[None]:
+        """Hold ``alias``'s one-writer lock for the duration (builds, rollback, drop); raise ``IndexLocked``
+        naming the holder when another process has it. ``force`` first breaks a lock whose holder is gone."""
+
+    def serving_build(self, alias: str) -> str | None:
+        """The physical build ``alias`` serves now (the name itself for a plain index; ``None`` if missing).
+        Cheap enough to ask before every search: a client notices a rebuild by it."""
+
+    def orphan_builds(self, alias: str) -> list[str]:
+        """Physical builds of ``alias`` that no alias serves and no unfinished ingest owns (left by a kill
+        between a swap and its clean-up); the next successful build removes them."""
+
 
 @runtime_checkable
 class LogStore(Protocol):
@@ -217,6 +225,8 @@ class Backend(Retriever, IndexBuilder, LogStore, Inspectable, Protocol):
     """A whole storage engine: every small protocol above, plus ``close`` and use as a context manager.
 
     Callers type against the small protocol they need; ``open_backend`` returns this."""
+
+    build_check_seconds: float  # how often a client may ask ``serving_build`` (0: before every search)
 
     def close(self) -> None: ...
 

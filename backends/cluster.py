@@ -13,10 +13,13 @@ documents' own, and every action is an ``index`` (create-or-replace), so a retry
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,9 +45,12 @@ from hybrid_search.config.errors import (
     FailedItem,
     FusionUnsupported,
     IndexingError,
+    IndexLocked,
     IndexNotFound,
     QueryError,
 )
+from hybrid_search.config.files import describe_holder, holder_info
+from hybrid_search.config.names import LOCK_INDEX, build_pattern
 from hybrid_search.config.settings import BackendSettings, IndexSettings
 from hybrid_search.search.filters import METADATA_FIELD, Filter, to_query_dsl
 from hybrid_search.search.hits import Hit
@@ -69,6 +75,17 @@ VECTOR_FIELD = "vector"
 _MIN_SHARD_DOCS = 8  # a parallel bulk request carries at least this many documents
 TEXT_FIELDS = ("title", "text")
 SPEC_META_KEY = "hybrid_search"
+LOCK_TTL_SECONDS = 60.0  # a lock whose heartbeat is older than this is stale (its holder is gone)
+LOCK_MAPPING = {
+    "dynamic": "strict",
+    "properties": {
+        "alias": {"type": "keyword"},
+        "pid": {"type": "long"},
+        "host": {"type": "keyword"},
+        "since": {"type": "keyword"},
+        "heartbeat": {"type": "double"},
+    },
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +162,7 @@ class ClusterBackend(ABC):
     """The ``Backend`` protocol for a search cluster; subclasses add the engine's dialect."""
 
     name = "cluster"
+    build_check_seconds = 1.0  # one alias lookup a second at most (searches name the build, so this is safe)
     distribution = ""
 
     def __init__(
@@ -309,6 +327,10 @@ class ClusterBackend(ABC):
         for old in [*current[1:], *retired]:
             if old not in (physical, kept):
                 self._call("drop old index", self.client.indices.delete, index=old)
+        # builds a kill left between an earlier swap and its clean-up (this runs under the writer lock)
+        for orphan in self.orphan_builds(alias):
+            log.info("removing orphan build %s of %s", orphan, alias)
+            self._call("drop orphan build", self.client.indices.delete, index=orphan)
 
     @checks_names
     def rollback(self, alias: str) -> tuple[str, str]:
@@ -322,6 +344,125 @@ class ClusterBackend(ABC):
         body = alias_actions({alias: (current, previous[0]), keep: (previous, current[0])})
         self._call("roll back alias", self.client.indices.update_aliases, body=body)
         return previous[0], current[0]
+
+    # --- the one-writer lock: a create-only document per alias in LOCK_INDEX, kept alive by a heartbeat ---
+    @checks_names
+    def writer_lock(self, alias: str, *, force: bool = False) -> contextlib.AbstractContextManager[None]:
+        return self._held_lock(alias, force)
+
+    @contextlib.contextmanager
+    def _held_lock(self, alias: str, force: bool) -> Iterator[None]:
+        self._ensure_lock_index()
+        if force:
+            self._break_lock(alias)
+        record = {**holder_info(), "alias": alias, "heartbeat": time.time()}
+        try:
+            taken = self._call(
+                "take writer lock", self.client.create, index=LOCK_INDEX, id=alias, body=record, refresh="true"
+            )
+        except self.api_error as exc:
+            if self._status(exc) != 409:
+                raise
+            if not self._holder_died_here(alias):
+                raise IndexLocked(self._lock_refusal(alias)) from None
+            # its holder was a process on this host that no longer exists (killed): the lock is certainly stale
+            self._break_lock(alias)
+            try:
+                taken = self._call(
+                    "take writer lock", self.client.create, index=LOCK_INDEX, id=alias, body=record, refresh="true"
+                )
+            except self.api_error as again:
+                if self._status(again) != 409:
+                    raise
+                raise IndexLocked(self._lock_refusal(alias)) from None
+        stop = threading.Event()
+        beat = threading.Thread(
+            target=self._heartbeat, args=(alias, record, taken, stop), name=f"lock-{alias}", daemon=True
+        )
+        beat.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beat.join(timeout=5)
+            with contextlib.suppress(Exception):  # a lock we cannot delete expires by its heartbeat
+                self._call("release writer lock", self.client.delete, index=LOCK_INDEX, id=alias, refresh="true")
+
+    def _ensure_lock_index(self) -> None:
+        self.server  # noqa: B018 - connect first
+        if self._call("index exists", self.client.indices.exists, index=LOCK_INDEX):
+            return
+        try:
+            self._call(
+                "create lock index", self.client.indices.create, index=LOCK_INDEX, body=log_index_body(LOCK_MAPPING)
+            )
+        except self.api_error as exc:
+            if "resource_already_exists" not in str(exc):  # another process created it first: fine
+                raise
+
+    def _lock_refusal(self, alias: str) -> str:
+        holder = self._lock_holder(alias)
+        age = time.time() - float((holder or {}).get("heartbeat") or 0)
+        if holder is not None and age > LOCK_TTL_SECONDS:
+            return (
+                f"index {alias!r} is locked by {describe_holder(holder)}, whose last heartbeat was {age:.0f} s ago: "
+                "that process is gone. If so, rerun with --force-unlock"
+            )
+        return (
+            f"index {alias!r} is being written by {describe_holder(holder)}: wait for it to finish, or "
+            "--force-unlock if that process is gone"
+        )
+
+    def _holder_died_here(self, alias: str) -> bool:
+        holder = self._lock_holder(alias)
+        if not holder or holder.get("host") != holder_info()["host"] or not isinstance(holder.get("pid"), int):
+            return False
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def _lock_holder(self, alias: str) -> dict[str, Any] | None:
+        try:
+            found = self._call("read writer lock", self.client.get, index=LOCK_INDEX, id=alias)
+        except self.api_error:
+            return None
+        return dict(found.get("_source") or {})
+
+    def _break_lock(self, alias: str) -> None:
+        holder = self._lock_holder(alias)
+        if holder is not None:
+            log.warning("breaking the writer lock of %s held by %s", alias, describe_holder(holder))
+            with contextlib.suppress(self.api_error):
+                self._call("break writer lock", self.client.delete, index=LOCK_INDEX, id=alias, refresh="true")
+
+    def _heartbeat(self, alias: str, record: dict[str, Any], taken: Mapping[str, Any], stop: threading.Event) -> None:
+        seq, term = taken.get("_seq_no"), taken.get("_primary_term")
+        while not stop.wait(LOCK_TTL_SECONDS / 4):
+            try:
+                cond = {"if_seq_no": seq, "if_primary_term": term} if seq is not None and term is not None else {}
+                body = {**record, "heartbeat": time.time()}
+                done = self._call("lock heartbeat", self.client.index, index=LOCK_INDEX, id=alias, body=body, **cond)
+                seq, term = done.get("_seq_no", seq), done.get("_primary_term", term)
+            except Exception as exc:  # a lost heartbeat only makes the lock look stale sooner
+                log.warning("writer lock heartbeat of %s failed: %s", alias, exc)
+
+    @checks_names
+    def serving_build(self, alias: str) -> str | None:
+        targets = self._alias_targets(alias)
+        if targets:
+            return targets[0]
+        return alias if self.index_exists(alias) else None
+
+    @checks_names
+    def orphan_builds(self, alias: str) -> list[str]:
+        self.server  # noqa: B018
+        pattern = build_pattern(alias)
+        found = self._call("list builds", self.client.indices.get_alias, index=f"{alias}-*")
+        return sorted(name for name, info in found.items() if pattern.match(name) and not info.get("aliases"))
 
     @checks_names
     def drop_index(self, index: str) -> None:

@@ -17,6 +17,7 @@ This module must never encode text or fuse rankings; it is one process's store, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,8 +25,9 @@ import re
 import shutil
 import sqlite3
 import time
+import zlib
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -46,7 +48,16 @@ from hybrid_search.backends.base import (
     previous_alias,
 )
 from hybrid_search.backends.logsinks import JsonlLogSink
-from hybrid_search.config.errors import ConfigError, FailedItem, FusionUnsupported, IndexNotFound, QueryError
+from hybrid_search.config.errors import (
+    ConfigError,
+    CorruptIndex,
+    FailedItem,
+    FusionUnsupported,
+    IndexNotFound,
+    QueryError,
+)
+from hybrid_search.config.files import FileLock, atomic_write_text, describe_holder, read_json_file
+from hybrid_search.config.names import build_pattern
 from hybrid_search.search.filters import METADATA_FIELD, Filter, clauses, to_sql
 from hybrid_search.search.hits import Hit
 from hybrid_search.search.interfaces import ServerFusion
@@ -107,6 +118,14 @@ def _bm25_query(schema: tantivy.Schema, analyzer: tantivy.TextAnalyzer, query: s
     ]
     # best_fields, as Elasticsearch's multi_match: the better field's score counts
     return tantivy.Query.disjunction_max_query(per_field, tie_breaker=0.0)
+
+
+def _file_crc(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            crc = zlib.crc32(block, crc)
+    return crc
 
 
 class LexicalIndex:
@@ -175,12 +194,17 @@ class _PhysicalIndex:
     def create(path: Path, spec: IndexSpec, **kwargs: Any) -> _PhysicalIndex:
         path.mkdir(parents=True, exist_ok=False)
         (path / "text").mkdir()
-        (path / "spec.json").write_text(json.dumps(spec.to_dict()), encoding="utf-8")
+        atomic_write_text(path / "spec.json", json.dumps(spec.to_dict()))
         return _PhysicalIndex(path, spec, **kwargs)
 
     @staticmethod
     def read_spec(path: Path) -> IndexSpec:
-        return IndexSpec.from_dict(json.loads((path / "spec.json").read_text(encoding="utf-8")))
+        fix = f"restore it from a backup, or drop the build ({path}) and ingest again"
+        data = read_json_file(path / "spec.json", expect=dict, fix=fix)
+        try:
+            return IndexSpec.from_dict(data)
+        except (TypeError, ValueError, ConfigError) as exc:
+            raise ConfigError(f"{path / 'spec.json'} is damaged ({exc}): {fix}") from None
 
     def _open_text_index(self) -> tantivy.Index:
         builder = tantivy.SchemaBuilder()
@@ -198,10 +222,18 @@ class _PhysicalIndex:
             reverse=True,
         )
         for _upto, stale in files[1:]:
-            stale.unlink(missing_ok=True)
-        if files:
-            return faiss.read_index(str(files[0][1])), files[0][0]
-        return self._new_vector_index(), 0
+            with contextlib.suppress(OSError):  # tidying only: a read-only or full disk must not stop a search
+                stale.unlink(missing_ok=True)
+        if not files:
+            return self._new_vector_index(), 0
+        upto, path = files[0]
+        expected = self._meta_text(f"crc:{path.name}")
+        if expected is not None and str(_file_crc(path)) != expected:
+            raise CorruptIndex(f"{path} does not match the checksum recorded when it was written (damaged on disk)")
+        try:
+            return faiss.read_index(str(path)), upto
+        except RuntimeError as exc:
+            raise CorruptIndex(f"{path} cannot be read by faiss ({str(exc).splitlines()[0][:200]})") from None
 
     def _new_vector_index(self) -> Any:
         hnsw = faiss.IndexHNSWFlat(self.spec.dims, self.spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -209,10 +241,14 @@ class _PhysicalIndex:
         return faiss.IndexIDMap2(hnsw)
 
     def _meta(self, name: str, default: int = 0) -> int:
-        row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-        return int(row[0]) if row else default
+        value = self._meta_text(name)
+        return int(value) if value is not None else default
 
-    def _set_meta(self, name: str, value: int) -> None:
+    def _meta_text(self, name: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return str(row[0]) if row else None
+
+    def _set_meta(self, name: str, value: int | str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", (name, str(value)))
 
     def _recover(self) -> None:
@@ -366,16 +402,36 @@ class _PhysicalIndex:
             self._rebuild_graph()
         target = self.path / f"vectors-{self.vectors_upto}.faiss"
         if compact or not target.exists():
-            tmp = self.path / "vectors.tmp"
-            faiss.write_index(self.vectors, str(tmp))
-            os.replace(tmp, target)
-            for p in self.path.iterdir():
-                if _VECTOR_FILE.match(p.name) and p != target:
-                    p.unlink(missing_ok=True)
+            self._write_graph(target)
         if compact:  # only once the compacted graph is on disk
             self.db.execute("DELETE FROM dead")
             self._dead_epoch += 1
         self._last_flush = time.monotonic()
+
+    def _write_graph(self, target: Path) -> None:
+        """Write the graph under a unique temporary name, record its checksum, then rename it into place:
+        a file that exists under its final name always has its checksum recorded."""
+        tmp = self.path / f"vectors.{os.getpid()}.tmp"
+        faiss.write_index(self.vectors, str(tmp))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        self._set_meta(f"crc:{target.name}", _file_crc(tmp))
+        os.replace(tmp, target)
+        for p in self.path.iterdir():
+            if _VECTOR_FILE.match(p.name) and p != target:
+                p.unlink(missing_ok=True)
+        self.db.execute("DELETE FROM meta WHERE name LIKE 'crc:%' AND name != ?", (f"crc:{target.name}",))
+
+    def repair(self) -> int:
+        """Rebuild the HNSW graph from the vectors SQLite holds (the source of truth) and write it with a
+        fresh checksum; return how many vectors it holds."""
+        self._rebuild_graph()
+        self.vectors_upto = int(self.db.execute("SELECT coalesce(max(key), 0) FROM docs").fetchone()[0])
+        self._write_graph(self.path / f"vectors-{self.vectors_upto}.faiss")
+        self.db.execute("DELETE FROM dead")
+        self._dead_epoch += 1
+        self._generation += 1
+        return int(self.vectors.ntotal)
 
     def _maybe_flush(self) -> None:
         if time.monotonic() - self._last_flush >= self.flush_seconds:
@@ -510,6 +566,10 @@ class _PhysicalIndex:
         found: dict[str, str] = {}
         for (raw,) in self.db.execute("SELECT metadata FROM docs LIMIT ?", (sample,)):
             for name, value in json.loads(raw).items():
+                if isinstance(value, list):  # a list holds values of its elements' type
+                    if not value:
+                        continue
+                    value = value[0]
                 found.setdefault(name, names.get(type(value), "keyword"))
         return dict(sorted(found.items()))
 
@@ -580,17 +640,24 @@ class _PhysicalIndex:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
 
     def close(self) -> None:
-        self.flush()
-        if self._writer is not None:
-            self._writer.wait_merging_threads()
+        try:
+            if self.path.exists():
+                self.flush()
+            if self._writer is not None:
+                self._writer.wait_merging_threads()
+        except (OSError, sqlite3.Error, RuntimeError, ValueError) as exc:
+            # another process may have dropped this build (a retired one) while it was open: nothing to keep
+            log.warning("embedded index %s: not flushed on close (%s)", self.path.name, exc)
+        finally:
             self._writer = None
-        self.db.close()
+            self.db.close()
 
 
 class EmbeddedBackend:
     """The ``Backend`` protocol on tantivy + faiss + SQLite under ``data_dir``. Nothing is opened until used."""
 
     name = "embedded"
+    build_check_seconds = 0.0  # a stat of aliases.json: cheap enough before every search
 
     def __init__(self, *, data_dir: str | Path, ef_search: int = 100, flush_seconds: float = 30.0) -> None:
         if ef_search < 1:
@@ -599,6 +666,8 @@ class EmbeddedBackend:
         self.ef_search = ef_search
         self.flush_seconds = flush_seconds
         self._open: dict[str, _PhysicalIndex] = {}
+        self._aliases_cache: tuple[tuple[int, int, int], dict[str, str]] | None = None
+        self.alias_reads = 0  # times aliases.json was parsed (it is re-read only when it changed)
 
     # --- names and aliases ------------------------------------------------------------------------
     @property
@@ -606,15 +675,80 @@ class EmbeddedBackend:
         return self.data_dir / "aliases.json"
 
     def _aliases(self) -> dict[str, str]:
-        if not self._aliases_path.exists():
+        """alias -> physical, as aliases.json holds it now; parsed again only when the file was replaced
+        (every write renames a new file into place, so its inode changes)."""
+        try:
+            st = os.stat(self._aliases_path)
+        except FileNotFoundError:
             return {}
-        return dict(json.loads(self._aliases_path.read_text(encoding="utf-8")))
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._aliases_cache is not None and self._aliases_cache[0] == stamp:
+            return dict(self._aliases_cache[1])
+        fix = "restore it from a backup, or remove it (every alias is then forgotten; the builds stay on disk)"
+        data = read_json_file(self._aliases_path, expect=dict, fix=fix)
+        bad = [k for k, v in data.items() if not isinstance(v, str)]
+        if bad:
+            raise ConfigError(f"{self._aliases_path} is damaged (alias {bad[0]!r} names no build): {fix}")
+        self.alias_reads += 1
+        self._aliases_cache = (stamp, data)
+        return dict(data)
 
-    def _write_aliases(self, aliases: dict[str, str]) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._aliases_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(aliases, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, self._aliases_path)
+    @contextlib.contextmanager
+    def _editing_aliases(self) -> Iterator[dict[str, str]]:
+        """aliases.json read, changed by the caller and written back under the data dir's alias lock, so
+        two processes changing aliases (even of different indexes) never lose each other's update."""
+        lock = FileLock(
+            self.data_dir / "locks" / "aliases.lock",
+            lambda holder: f"aliases.json under {self.data_dir} is being changed by {describe_holder(holder)}",
+            wait=30.0,
+        )
+        with lock.held():
+            aliases = self._aliases()
+            yield aliases
+            atomic_write_text(self._aliases_path, json.dumps(aliases, indent=1, sort_keys=True))
+
+    def writer_lock(self, alias: str, *, force: bool = False) -> contextlib.AbstractContextManager[None]:
+        """An OS lock on ``locks/<alias>.lock``: the kernel drops it when its process dies, so it is never
+        stale and ``force`` has nothing to break."""
+        check_index_name(alias)
+
+        def refusal(holder: dict[str, Any] | None) -> str:
+            return (
+                f"index {alias!r} is being written by {describe_holder(holder)}: wait for it to finish "
+                "(the lock is released when that process exits, however it exits)"
+            )
+
+        return FileLock(self.data_dir / "locks" / f"{alias}.lock", refusal).held()
+
+    @checks_names
+    def serving_build(self, alias: str) -> str | None:
+        physical = self._aliases().get(alias)
+        if physical is not None:
+            return physical
+        return alias if self.index_exists(alias) else None
+
+    @checks_names
+    def orphan_builds(self, alias: str) -> list[str]:
+        pattern = build_pattern(alias)
+        served = set(self._aliases().values())
+        return sorted(p for p in self._all_physical() if pattern.match(p) and p not in served)
+
+    @checks_names
+    def repair(self, index: str) -> int:
+        """Rebuild ``index``'s HNSW graph from its stored vectors (after ``CorruptIndex``)."""
+        physical = self._physical(index)
+        path = self._path(physical)
+        if not (path / "spec.json").exists():
+            raise IndexNotFound(f"index {index!r} does not exist under {self.data_dir}")
+        stale = self._open.pop(physical, None)
+        if stale is not None:
+            stale.db.close()
+        for p in path.iterdir():
+            if _VECTOR_FILE.match(p.name):
+                p.unlink()  # the damaged graph: SQLite's vectors are the source of truth
+        idx = _PhysicalIndex(path, _PhysicalIndex.read_spec(path), **self._index_kwargs)
+        self._open[physical] = idx
+        return idx.repair()
 
     def _physical(self, index: str) -> str:
         return self._aliases().get(index, index)
@@ -632,7 +766,13 @@ class EmbeddedBackend:
                     f"index {index!r} does not exist under {self.data_dir}: run "
                     f"`hybrid-search ingest SOURCE --index {index}` first"
                 )
-            self._open[physical] = _PhysicalIndex(path, _PhysicalIndex.read_spec(path), **self._index_kwargs)
+            try:
+                self._open[physical] = _PhysicalIndex(path, _PhysicalIndex.read_spec(path), **self._index_kwargs)
+            except CorruptIndex as exc:
+                raise CorruptIndex(
+                    f"index {index!r}: {exc}. Run `hybrid-search repair --index {index}` to rebuild it from the "
+                    "stored vectors"
+                ) from None
         return self._open[physical]
 
     @cached_property
@@ -676,29 +816,32 @@ class EmbeddedBackend:
     @checks_names
     def finish_build(self, alias: str, physical: str) -> None:
         self._get(physical).flush()
-        aliases = self._aliases()
         keep = previous_alias(alias)
-        current, retired = aliases.get(alias), aliases.get(keep)
-        if alias in self._all_physical() and alias != physical:
-            self._drop_physical(alias)  # an older plain index of that name gives way to the alias
-        aliases[alias] = physical
-        if current and current != physical:
-            aliases[keep] = current
-        self._write_aliases(aliases)  # one atomic file replace is the swap
+        with self._editing_aliases() as aliases:
+            current, retired = aliases.get(alias), aliases.get(keep)
+            if alias in self._all_physical() and alias != physical and alias not in aliases.values():
+                self._drop_physical(alias)  # an older plain index of that name gives way to the alias
+            aliases[alias] = physical
+            if current and current != physical:
+                aliases[keep] = current
+        # one atomic file replace was the swap; what is left of older builds goes now (a kill before this
+        # leaves orphans, which the next build of this alias removes here)
         if retired and retired not in aliases.values():
             self._drop_physical(retired)
+        for orphan in self.orphan_builds(alias):
+            log.info("removing orphan build %s of %s", orphan, alias)
+            self._drop_physical(orphan)
 
     @checks_names
     def rollback(self, alias: str) -> tuple[str, str]:
-        aliases = self._aliases()
         keep = previous_alias(alias)
-        if alias not in aliases or keep not in aliases:
-            raise IndexNotFound(
-                f"no previous build of {alias!r} to roll back to under {self.data_dir}: one is "
-                "kept from the second successful ingest on"
-            )
-        aliases[alias], aliases[keep] = aliases[keep], aliases[alias]
-        self._write_aliases(aliases)
+        with self._editing_aliases() as aliases:
+            if alias not in aliases or keep not in aliases:
+                raise IndexNotFound(
+                    f"no previous build of {alias!r} to roll back to under {self.data_dir}: one is "
+                    "kept from the second successful ingest on"
+                )
+            aliases[alias], aliases[keep] = aliases[keep], aliases[alias]
         return aliases[alias], aliases[keep]
 
     @checks_names
@@ -745,20 +888,21 @@ class EmbeddedBackend:
 
     @checks_names
     def drop_index(self, index: str) -> None:
-        aliases = self._aliases()
-        if index in aliases:
-            names = [name for name in (index, previous_alias(index)) if name in aliases]
-            dropped = [aliases[name] for name in names]
-            for physical in dropped:
-                check_index_name(physical)  # before anything changes, even if aliases.json was edited by hand
-            for name in names:
-                del aliases[name]
-            self._write_aliases(aliases)
-            for physical in dropped:
-                self._drop_physical(physical)
-        elif self.index_exists(index):
-            self._write_aliases({a: p for a, p in aliases.items() if p != index})
-            self._drop_physical(index)
+        dropped: list[str] = []
+        with self._editing_aliases() as aliases:
+            if index in aliases:
+                names = [name for name in (index, previous_alias(index)) if name in aliases]
+                dropped = [aliases[name] for name in names]
+                for physical in dropped:
+                    check_index_name(physical)  # before anything changes, even if aliases.json was edited by hand
+                for name in names:
+                    del aliases[name]
+            elif self.index_exists(index):
+                for name in [a for a, p in aliases.items() if p == index]:
+                    del aliases[name]
+                dropped = [index]
+        for physical in dropped:
+            self._drop_physical(physical)
 
     @checks_names
     def stats(self, index: str) -> IndexStats:

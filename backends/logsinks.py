@@ -9,6 +9,7 @@ would, so the embedded backend cannot drift from the engines. Nothing here knows
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,9 @@ from typing import Any, Protocol
 
 from hybrid_search.backends.base import checks_names
 from hybrid_search.config.errors import FailedItem, IndexingError
+from hybrid_search.config.files import atomic_write_text, read_json_file
+
+log = logging.getLogger(__name__)
 
 __all__ = ["JsonlLogSink", "LogSink", "check_document", "mapping_fields", "new_log_id"]
 
@@ -113,7 +117,7 @@ class JsonlLogSink:
     @checks_names
     def ensure(self, name: str, mapping: Mapping[str, Any]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / f"{name}.mapping.json").write_text(json.dumps(mapping, indent=1), encoding="utf-8")
+        atomic_write_text(self.directory / f"{name}.mapping.json", json.dumps(mapping, indent=1))
         self._mappings[name] = mapping
 
     @checks_names
@@ -127,8 +131,10 @@ class JsonlLogSink:
             else:
                 good.append(json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
         if good:
-            with self._lock, self._path(name).open("a", encoding="utf-8") as fh:
-                fh.write("\n".join(good) + "\n")
+            with self._lock, self._path(name).open("a+", encoding="utf-8") as fh:
+                # a torn last line (a writer killed mid-line) is closed first, so it never glues to this one
+                torn = fh.tell() > 0 and fh.seek(fh.tell() - 1) >= 0 and fh.read(1) != "\n"
+                fh.write(("\n" if torn else "") + "\n".join(good) + "\n")
         if failed:
             raise IndexingError(f"{len(failed)} log documents do not fit the {name} mapping", failed=failed)
         return len(good)
@@ -137,7 +143,7 @@ class JsonlLogSink:
         path = self.directory / f"{name}.mapping.json"
         if not path.exists():
             return None
-        self._mappings[name] = json.loads(path.read_text(encoding="utf-8"))
+        self._mappings[name] = read_json_file(path, expect=dict, fix="remove it; the next write restores it")
         return self._mappings[name]
 
     @checks_names
@@ -157,8 +163,20 @@ class JsonlLogSink:
                 fh.seek(start)
                 tail = fh.read()
         lines = tail.splitlines()[1 if start > 0 else 0 :]  # the first may be cut in half
-        docs = [json.loads(line) for line in lines if line.strip()]
-        return max(docs, key=lambda d: d.get("@timestamp", "")) if docs else None
+        docs, torn = [], 0
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+            except ValueError:  # a line a killed writer left half-written: skipped, and said
+                torn += 1
+                continue
+            if isinstance(doc, dict):
+                docs.append(doc)
+        if torn:
+            log.warning("%s: skipped %d torn line(s) a writer left half-written", path, torn)
+        return max(docs, key=lambda d: str(d.get("@timestamp", ""))) if docs else None
 
     @checks_names
     def count(self, name: str) -> int:

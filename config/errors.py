@@ -11,6 +11,8 @@ the traceback). Engine and library errors are wrapped with ``raise ... from exc`
     ├── BackendUnavailable     a cluster cannot be reached or refuses the credentials
     ├── IndexNotFound          searching or counting an index that does not exist
     ├── IndexingError          documents were not stored; carries the failed items
+    ├── IndexLocked            another process is writing this index (the message names it)
+    ├── CorruptIndex           a stored file fails its integrity check (``hybrid-search repair`` recovers it)
     ├── FusionUnsupported      the server cannot fuse this way; callers fall back to client-side fusion
     ├── QueryError             a query was rejected
     └── DashboardsError        Kibana / OpenSearch Dashboards refused the saved objects
@@ -27,10 +29,12 @@ __all__ = [
     "BackendUnavailable",
     "BadRecordError",
     "ConfigError",
+    "CorruptIndex",
     "DashboardsError",
     "FailedItem",
     "FusionUnsupported",
     "HybridSearchError",
+    "IndexLocked",
     "IndexNotFound",
     "IndexingError",
     "QueryError",
@@ -60,6 +64,14 @@ class BackendUnavailable(HybridSearchError):
 
 class IndexNotFound(HybridSearchError):
     """The named index or alias does not exist on the backend."""
+
+
+class IndexLocked(HybridSearchError):
+    """Another process holds this index's writer lock; the message names the holder and what to do."""
+
+
+class CorruptIndex(HybridSearchError):
+    """A stored file of an index does not match the checksum recorded when it was written."""
 
 
 class QueryError(HybridSearchError):

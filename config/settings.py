@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import contextvars
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from hybrid_search.config.errors import ConfigError
-from hybrid_search.config.names import check_index_name
+from hybrid_search.config.names import check_user_index_name
 
 __all__ = [
     "BackendSettings",
@@ -48,11 +49,22 @@ DEFAULT_DATA_DIR = Path(".hybrid-search")
 DEFAULT_INDEX = "corpus"
 
 
+_ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
 @dataclass(frozen=True, slots=True)
 class Secret:
     """A credential held in an environment variable; only its name is ever stored or shown."""
 
     env_var: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.env_var, str) or not _ENV_VAR_NAME.match(self.env_var):
+            # never echo it: a value here is most likely the credential itself, put where its name belongs
+            raise ConfigError(
+                "a credential setting (backend.password / backend.api_key) must name the environment variable "
+                "that holds it (e.g. ES_PASSWORD), not the credential itself; the value given is not shown"
+            )
 
     def resolve(self) -> str | None:
         """The value, read now from the environment; ``None`` when the variable is unset or empty."""
@@ -103,7 +115,7 @@ class IndexSettings(_Section):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
-        check_index_name(value)  # at load time: before a model loads, a cluster is asked or a file is written
+        check_user_index_name(value)  # at load time: before a model loads, a cluster is asked or a file is written
         return value
 
 
@@ -120,6 +132,11 @@ class IngestSettings(_Section):
     # refuse a text or metadata field that none of the first 1,000 records has (off for a field that only
     # appears later in the source)
     check_fields: bool = True
+    # break a cluster writer lock whose holder is gone before taking it (embedded locks die with their process)
+    force_unlock: bool = False
+    # per-record limits: a record over one is a reject with its reason, never a failed ingest
+    max_field_chars: int = Field(default=1_000_000, ge=1)  # any one field (title, text, metadata value)
+    max_depth: int = Field(default=32, ge=1)  # nesting of JSON objects / lists in one record
 
 
 class SearchSettings(_Section):
@@ -130,11 +147,16 @@ class SearchSettings(_Section):
     # equal-weight RRF on eight, and was the choice of every leave-one-corpus-out fold; reranking interpolated
     # half-and-half with the first stage never fell far below the first stage, where the cross-encoder alone did.
     mode: Literal["bm25", "knn", "hybrid"] = "hybrid"
-    top_k: int = Field(default=10, ge=1)
-    bm25_depth: int = Field(default=200, ge=1)
-    knn_depth: int = Field(default=200, ge=1)
+    # Hard bounds on one request, so no call can exhaust a serving process (10,000 is Elasticsearch's
+    # index.max_result_window and its kNN num_candidates limit); a request above one is refused with the limit
+    max_top_k: int = Field(default=10_000, ge=1)
+    max_rerank_depth: int = Field(default=1_000, ge=1)  # cross-encoder pairs per query: ~10 s on a 2-core CPU
+    max_query_chars: int = Field(default=10_000, ge=16)
+    top_k: int = Field(default=10, ge=1, le=10_000)
+    bm25_depth: int = Field(default=200, ge=1, le=10_000)
+    knn_depth: int = Field(default=200, ge=1, le=10_000)
     # HNSW candidate pool per kNN query: at 1M documents 200 gave recall@10 0.94, 400 gave 0.97 for 0.3 ms more
-    num_candidates: int = Field(default=400, ge=1)
+    num_candidates: int = Field(default=400, ge=1, le=10_000)
     fusion: Literal["rrf", "linear"] = "linear"
     rrf_k: int = Field(default=60, ge=1)
     normalizer: Literal["minmax", "zscore", "l2"] = "l2"
@@ -143,7 +165,7 @@ class SearchSettings(_Section):
     bm25_weight: float = Field(default=0.2, ge=0.0)
     knn_weight: float = Field(default=0.8, ge=0.0)
     rerank: bool = False
-    rerank_depth: int = Field(default=50, ge=1)
+    rerank_depth: int = Field(default=50, ge=1, le=10_000)
     # final = a * minmax(cross-encoder) + (1 - a) * minmax(first stage) over the reranked head; 1 = reranker alone
     rerank_interpolation: float = Field(default=0.5, ge=0.0, le=1.0)
     server_fusion: bool = True  # let an engine fuse when it can; client-side otherwise
@@ -212,9 +234,11 @@ class BackendSettings(_Section):
             return api_key, None
         password = self.password.resolve()
         if not password:
+            # a conventional variable name is shown; anything else may be a password put in its place
+            named = self.password.env_var if self.password.env_var.isupper() else "the variable it names"
             raise ConfigError(
-                f"username {self.username!r} given but {self.password.env_var} is not set: export "
-                "the password in that variable"
+                f"username {self.username!r} given but {named} (backend.password) is not set: export the password "
+                "in that variable"
             )
         return None, (self.username, password)
 
@@ -267,24 +291,34 @@ class Settings(BaseSettings):
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any user and password replaced by ``***``, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """``url`` with anything that may be a user or password replaced by ``***``, for messages and logs.
+
+    Everything between ``scheme://`` and the *last* ``@`` is treated as credentials, whatever it holds: a
+    password may contain ``/``, ``?``, ``#`` or ``:``, which a URL parser would read as path, query or port."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "***" if "@" in url else url
+    if "@" in rest:
+        return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return url
 
 
 def check_url(url: str, what: str) -> str:
     """An http(s) URL without credentials in it; ``ConfigError`` (never showing the password) otherwise."""
+    shown = redact_url(url)
+    if "@" in url:
+        raise ConfigError(
+            f"{what} {shown!r} carries credentials: remove them from the URL and give the user with "
+            f"--username (backend.username) and the password in {ENV_PREFIX}PASSWORD (or an API key in "
+            f"{ENV_PREFIX}API_KEY), so they never appear in settings, logs or messages"
+        )
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError:
-        raise ConfigError(f"{what} {redact_url(url) if '@' in url else url!r} is not a valid URL") from None
+        raise ConfigError(f"{what} {shown!r} is not a valid URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{what} {redact_url(url)!r} must start with http:// or https:// (http(s)://HOST:PORT)")
+        raise ConfigError(f"{what} {shown!r} must start with http:// or https:// (http(s)://HOST:PORT)")
     if parts.username is not None or parts.password is not None:
         raise ConfigError(
             f"{what} {redact_url(url)!r} carries credentials: remove them from the URL and give the user with "
@@ -304,7 +338,7 @@ def _read_settings_file(path: Path) -> dict[str, Any]:
 
     try:
         text = path.read_text(encoding="utf-8")
-        data = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
+        data = tomllib.loads(text) if suffix == ".toml" else _load_yaml(text, path)
     except (tomllib.TOMLDecodeError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise ConfigError(f"settings file {path} is not valid: {exc}") from None
     except yaml.YAMLError as exc:
@@ -325,6 +359,34 @@ def _read_settings_file(path: Path) -> dict[str, Any]:
     return data
 
 
+_MAX_YAML_ALIASES = 100  # a settings file needs few, if any; nested aliases expand exponentially
+
+
+def _load_yaml(text: str, path: Path) -> Any:
+    """``yaml.safe_load`` that refuses more than a few aliases (``*name``), so a small file of nested aliases
+    (a "billion laughs") cannot expand into gigabytes or hang every command."""
+    import yaml
+
+    class _BoundedLoader(yaml.SafeLoader):
+        aliases = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                self.aliases += 1
+                if self.aliases > _MAX_YAML_ALIASES:
+                    raise ConfigError(
+                        f"settings file {path} uses more than {_MAX_YAML_ALIASES} YAML aliases (*name): write the "
+                        "values out instead"
+                    )
+            return super().compose_node(parent, index)
+
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def _non_string_keys(data: Any) -> list[Any]:
     """Keys anywhere in nested mappings that are not strings (YAML allows ``? x`` and ``1: y``)."""
     if not isinstance(data, dict):
@@ -332,11 +394,25 @@ def _non_string_keys(data: Any) -> list[Any]:
     return [k for k in data if not isinstance(k, str)] + [b for v in data.values() for b in _non_string_keys(v)]
 
 
+def _check_secret_variables() -> None:
+    """``HYBRID_SEARCH_BACKEND__PASSWORD`` would set the *name* of the password's variable to the password: say
+    what to export instead, without showing the value."""
+    for field, default in (("PASSWORD", "PASSWORD"), ("API_KEY", "API_KEY")):
+        name = f"{ENV_PREFIX}BACKEND__{field}"
+        value = os.environ.get(name)
+        if value and not (_ENV_VAR_NAME.match(value) and value.isupper()):
+            raise ConfigError(
+                f"{name} is set, but it names the variable that holds the credential: export the credential as "
+                f"{ENV_PREFIX}{default} instead (and unset {name}); its value is not shown"
+            )
+
+
 def load_settings(config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
     """Settings from defaults < file < environment < ``overrides`` (nested dicts, e.g. CLI flags).
 
     ``None`` values in ``overrides`` mean "not given" and are ignored, so CLI flags can be passed as they are.
     """
+    _check_secret_variables()
     path = config_file if config_file is not None else os.environ.get(CONFIG_ENV)
     token = _config_path.set(Path(path) if path else None)
     try:
@@ -344,8 +420,12 @@ def load_settings(config_file: str | Path | None = None, overrides: Mapping[str,
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
+        cause = first.get("ctx", {}).get("error")
+        msg = str(cause) if isinstance(cause, ConfigError) else first["msg"]
+        if isinstance(cause, ConfigError) and where.startswith("backend."):
+            raise ConfigError(f"invalid setting {where}: {msg}") from None  # never chain: the input may be a secret
         raise ConfigError(
-            f"invalid setting {where}: {first['msg']} (check flags, {CONFIG_ENV} and {ENV_PREFIX}* variables)"
+            f"invalid setting {where}: {msg} (check flags, {CONFIG_ENV} and {ENV_PREFIX}* variables)"
         ) from exc
     finally:
         _config_path.reset(token)

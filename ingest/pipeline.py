@@ -18,7 +18,6 @@ import dataclasses
 import itertools
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -31,11 +30,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hybrid_search.backends.base import IndexBuilder, IndexedDocument, IndexSpec
-from hybrid_search.config.errors import BadRecordError, ConfigError, IndexingError, SourceError
+from hybrid_search.config.errors import BadRecordError, ConfigError, IndexingError, QueryError, SourceError
+from hybrid_search.config.files import atomic_write_text, read_json_file
 from hybrid_search.config.settings import Settings
 from hybrid_search.encoding.models import model_identity
 from hybrid_search.ingest.sources import CorpusSource
-from hybrid_search.ingest.validate import Document, Reject, RejectsFile, VectorCheck, validate
+from hybrid_search.ingest.validate import Document, RecordLimits, Reject, RejectsFile, VectorCheck, validate
+from hybrid_search.search.filters import check_field_name
 
 if TYPE_CHECKING:
     from hybrid_search.encoding.encoder import Encoder
@@ -112,15 +113,24 @@ class Checkpoint:
 
     @staticmethod
     def load(path: Path) -> Checkpoint | None:
+        """The checkpoint in ``path``; ``None`` when there is none; ``ConfigError`` naming the file when it
+        is damaged."""
         if not path.exists():
             return None
-        return Checkpoint(**json.loads(path.read_text(encoding="utf-8")))
+        fix = "ingest without --resume to start over (the damaged checkpoint is then replaced)"
+        data = read_json_file(path, expect=dict, fix=fix)
+        try:
+            ckpt = Checkpoint(**data)
+            for name in ("alias", "physical", "source", "model"):
+                if not isinstance(getattr(ckpt, name), str) or not getattr(ckpt, name):
+                    raise TypeError(f"{name} is missing")
+            int(ckpt.position), int(ckpt.read), int(ckpt.rejected), int(ckpt.rejects_bytes)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{path} is damaged ({exc}): {fix}") from None
+        return ckpt
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(self)), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(dataclasses.asdict(self)))
 
 
 def index_spec_for(encoder: Encoder, settings: Settings, metadata_fields: Sequence[str] = ()) -> IndexSpec:
@@ -219,7 +229,10 @@ def run_ingest(
     uses it to write the ingest log. It is called before the exception propagates.
     """
     try:
-        summary = _run_ingest(source, backend, encoder, settings, alias=alias, resume=resume, progress=progress)
+        # one writer per index, across processes: a second ingest, reindex or rollback of this alias is
+        # refused (naming the holder) before it reads the checkpoint or touches a build
+        with backend.writer_lock(alias, force=settings.ingest.force_unlock):
+            summary = _run_ingest(source, backend, encoder, settings, alias=alias, resume=resume, progress=progress)
     except BaseException as exc:
         if on_finish is not None:
             on_finish(None, exc)
@@ -239,6 +252,11 @@ def _run_ingest(
     resume: bool,
     progress: bool,
 ) -> IngestSummary:
+    for name in source.fields.metadata_fields:
+        try:
+            check_field_name(name, "--metadata-fields entry")
+        except QueryError as exc:
+            raise ConfigError(str(exc)) from None
     if settings.ingest.check_fields:
         check_fields(source)  # a misspelt field fails here: before a model loads or an index is created
     spec = index_spec_for(encoder, settings, source.fields.metadata_fields)
@@ -275,7 +293,14 @@ def _discard(backend: IndexBuilder, run: _Run) -> None:
 def _start(
     backend: IndexBuilder, spec: IndexSpec, ckpt_path: Path, alias: str, source: str, model: str, resume: bool
 ) -> tuple[Checkpoint, bool]:
-    previous = Checkpoint.load(ckpt_path)
+    try:
+        previous = Checkpoint.load(ckpt_path)
+    except ConfigError:
+        if resume:
+            raise
+        log.warning("%s is damaged; starting a new build (the build it named is removed as an orphan later)", ckpt_path)
+        ckpt_path.unlink(missing_ok=True)
+        previous = None
     if resume and previous is not None:
         if (previous.source, previous.model) != (source, model):
             raise ConfigError(
@@ -427,7 +452,9 @@ def _batches(
     docs: list[Document] = []
     pending: list[Reject] = []
     read, position = 0, skip_upto
-    for item in validate(source.records(), source.fields, strict=settings.ingest.strict, vectors=vectors):
+    limits = RecordLimits(max_field_chars=settings.ingest.max_field_chars, max_depth=settings.ingest.max_depth)
+    records = validate(source.records(), source.fields, strict=settings.ingest.strict, vectors=vectors, limits=limits)
+    for item in records:
         if item.position <= skip_upto:
             continue  # its fate is already durable; validated again only to remember its id
         bar.update(item.position - bar.n)
@@ -505,9 +532,14 @@ def _finish(
     stored = backend.count(c.physical)
     expected = c.read - c.rejected
     if stored != expected:
+        # the server holds fewer documents than it acknowledged (or more than were sent): a resume must send
+        # every record again, into the same build (ids make that idempotent), not continue from the end
+        run.ckpt = dataclasses.replace(c, position=0, read=0, rejected=0, truncated=0, rejects_bytes=0)
+        run.ckpt.save(run.ckpt_path)
         raise IndexingError(
             f"count check failed for {c.physical}: {stored} stored, but {c.read} read - {c.rejected} rejected = "
-            f"{expected}; the alias {alias!r} was not switched. Inspect {rejects_path} and rerun with --resume"
+            f"{expected}; the alias {alias!r} was not switched. Rerun with --resume: it sends every record again "
+            "into the same build (nothing is duplicated)"
         )
     if stored == 0:
         raise _NothingStored(

@@ -85,6 +85,12 @@ class QuerySet:
     qrels: dict[str, dict[str, int]]
 
 
+# the CSV parser's own bound on one field (its default, 131,072 characters, would stop the whole read); a
+# field past ingest.max_field_chars is rejected by validation with its size
+_CSV_FIELD_LIMIT = 64 * 1024 * 1024
+csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
+
+
 def _decode_text(raw: bytes) -> str:
     # surrogateescape keeps undecodable bytes visible as lone surrogates; validation rejects them per field
     return raw.decode("utf-8", errors="surrogateescape")
@@ -119,6 +125,9 @@ class JsonlFile:
                 except json.JSONDecodeError as exc:
                     yield RawRecord(position, error=f"malformed JSON line: {exc.msg} at character {exc.pos}")
                     continue
+                except RecursionError:
+                    yield RawRecord(position, error="malformed JSON line: nested too deeply")
+                    continue
                 if not isinstance(obj, dict):
                     yield RawRecord(position, error=f"malformed line: expected a JSON object, got {type(obj).__name__}")
                     continue
@@ -145,7 +154,16 @@ class CsvFile:
             header = next(reader, None)
             if not header:
                 return
-            for position, row in enumerate(reader, start=1):
+            position = 0
+            while True:
+                position += 1
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:  # a field over the parser's limit: this row is rejected, the rest read on
+                    yield RawRecord(position, error=f"malformed row: {exc}")
+                    continue
                 if not row:
                     continue
                 if len(row) != len(header):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import numpy as np
 from hybrid_search.config.errors import BadRecordError
 from hybrid_search.ingest.sources import FieldMap, RawRecord
 
-__all__ = ["Document", "Reject", "RejectsFile", "SeenIds", "VectorCheck", "validate"]
+__all__ = ["Document", "RecordLimits", "Reject", "RejectsFile", "SeenIds", "VectorCheck", "validate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +49,48 @@ class Reject:
     reason: str
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _has_undecodable(value: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in value)
+    """Undecodable bytes (kept as lone surrogates by ``surrogateescape``) or a lone surrogate escape such as
+    ``\\ud800`` from JSON: neither can be stored as UTF-8."""
+    return _SURROGATE.search(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordLimits:
+    """Bounds on one record; a record past one is rejected with the reason (``IngestSettings`` sets them)."""
+
+    max_field_chars: int = 1_000_000
+    max_depth: int = 32
+
+
+def _limit_reason(value: Any, limits: RecordLimits, name: str, depth: int = 0) -> str | None:
+    """Why a record's field breaks a limit (too long, nested too deeply, not storable text); ``None`` if fine."""
+    if depth > limits.max_depth:
+        return f"field {name!r} is nested more than {limits.max_depth} levels deep (ingest.max_depth)"
+    if isinstance(value, str):
+        if len(value) > limits.max_field_chars:
+            return (
+                f"field {name!r} has {len(value):,} characters, over ingest.max_field_chars = "
+                f"{limits.max_field_chars:,}: split the document or raise the limit"
+            )
+        if _has_undecodable(value):
+            return f"undecodable bytes in {name} (not UTF-8)"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            why = _limit_reason(item, limits, name, depth + 1) or (
+                _limit_reason(key, limits, name, depth + 1) if isinstance(key, str) else None
+            )
+            if why:
+                return why
+    elif isinstance(value, list):
+        for item in value:
+            why = _limit_reason(item, limits, name, depth + 1)
+            if why:
+                return why
+    return None
 
 
 def _field_text(value: Any) -> str:
@@ -125,10 +166,23 @@ class VectorCheck:
         return vector, None
 
 
-def _check(record: RawRecord, fields: FieldMap, seen: SeenIds, vectors: VectorCheck | None = None) -> Document | Reject:
+def _check(
+    record: RawRecord,
+    fields: FieldMap,
+    seen: SeenIds,
+    vectors: VectorCheck | None = None,
+    limits: RecordLimits = RecordLimits(),
+) -> Document | Reject:
     if record.error is not None or record.fields is None:
         return Reject(record.position, None, record.error or "unreadable record")
     raw = record.fields
+    kept = [*fields.id_fields, fields.title_field, fields.text_field, *fields.metadata_fields]
+    for name in kept:
+        why = _limit_reason(raw.get(name), limits, name)
+        if why:
+            raw_id = next((raw[f] for f in fields.id_fields if isinstance(raw.get(f), (str, int))), None)
+            safe_id = str(raw_id) if raw_id is not None and _limit_reason(raw_id, limits, "id") is None else None
+            return Reject(record.position, safe_id, why)
     raw_id = next((raw[f] for f in fields.id_fields if raw.get(f) not in (None, "")), None)
     if raw_id is None:
         return Reject(record.position, None, f"missing id (looked in {', '.join(fields.id_fields)})")
@@ -160,6 +214,7 @@ def validate(
     strict: bool = False,
     seen: SeenIds | None = None,
     vectors: VectorCheck | None = None,
+    limits: RecordLimits = RecordLimits(),
 ) -> Iterator[Document | Reject]:
     """Check each record; ``seen`` may be shared to continue an earlier pass (the caller closes it);
     ``vectors`` checks the precomputed vector of ``fields.vector_field`` (required when that is set)."""
@@ -169,7 +224,7 @@ def validate(
     ids = SeenIds() if seen is None else seen
     try:
         for record in records:
-            result = _check(record, fields, ids, vectors)
+            result = _check(record, fields, ids, vectors, limits)
             if strict and isinstance(result, Reject):
                 raise BadRecordError(
                     f"record {result.position} (id {result.doc_id or '?'}) rejected: {result.reason}; "

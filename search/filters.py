@@ -1,9 +1,17 @@
-"""Metadata filters: one small language, translated by pure functions per engine.
+"""Metadata filters: one small language with one meaning, translated by pure functions per engine.
 
 A filter maps a metadata field to a value (equality) or to a list of values (any of them); all entries must
 hold. ``{"lang": "en", "topic": ["sports", "news"]}`` means lang == "en" AND topic in (sports, news).
 Each engine's translation is a dispatch dict from operator to a function, so adding an operator is one
 entry per engine and nothing is copied between engines.
+
+The meaning, the same on every backend and in every mode (a contract test runs one table through all):
+values are JSON-typed and compared by type: a string matches only that string, a number only an equal
+number (``1`` matches ``1.0``), a boolean only that boolean (``true`` never matches ``1``). A document whose
+field holds a list matches when any element does. Field names are letters, digits, ``_`` and ``-``: a dotted
+name is refused (at ingest as in filters), since engines read a dot as a path into nested objects. A value of
+another type than the field holds is refused by the client (:func:`check_value_types`) rather than matching
+nothing, and CLI text is converted by the field's type (:func:`coerce_text_filters`).
 """
 
 from __future__ import annotations
@@ -14,21 +22,42 @@ from typing import Any, TypeAlias
 
 from hybrid_search.config.errors import QueryError
 
-__all__ = ["Filter", "METADATA_FIELD", "clauses", "to_query_dsl", "to_sql"]
+__all__ = [
+    "Filter",
+    "METADATA_FIELD",
+    "check_field_name",
+    "check_value_types",
+    "clauses",
+    "coerce_text_filters",
+    "to_query_dsl",
+    "to_sql",
+]
 
 Scalar: TypeAlias = str | int | float | bool
 Filter: TypeAlias = Mapping[str, Scalar | Sequence[Scalar]]
 
 METADATA_FIELD = "metadata"
-_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+NUMERIC_TYPES = frozenset(
+    {"long", "integer", "short", "byte", "double", "float", "half_float", "scaled_float", "unsigned_long"}
+)
+
+
+def check_field_name(name: object, what: str = "filter field") -> None:
+    """A metadata field name every backend treats alike; ``QueryError`` otherwise."""
+    if not isinstance(name, str) or not _FIELD_NAME.match(name):
+        hint = " (a '.' would be read as a path into nested objects)" if isinstance(name, str) and "." in name else ""
+        raise QueryError(
+            f"{what} {name!r} is not a valid metadata field name: use letters, digits, '_' and '-', starting "
+            f"with a letter or '_', at most 64{hint}"
+        )
 
 
 def clauses(filters: Filter | None) -> list[tuple[str, str, Any]]:
     """Validate ``filters`` and return ``(operator, field, value)`` clauses; operator is ``eq`` or ``in``."""
     out: list[tuple[str, str, Any]] = []
     for name, value in (filters or {}).items():
-        if not isinstance(name, str) or not _FIELD_NAME.match(name):
-            raise QueryError(f"filter field {name!r} is not a valid metadata field name (letters, digits, _ . -)")
+        check_field_name(name)
         if isinstance(value, (str, int, float, bool)):
             out.append(("eq", name, value))
         elif isinstance(value, Sequence) and value and all(isinstance(v, (str, int, float, bool)) for v in value):
@@ -51,13 +80,30 @@ def to_query_dsl(filters: Filter | None) -> list[dict[str, Any]]:
 
 
 # --- SQLite over a JSON metadata column (embedded backend) ---
+# json_each at the field's path yields the scalar itself (key NULL) or each element of a list (integer key);
+# the row's JSON type makes the comparison typed, as the text index's JSON terms are
+def _sql_value(value: Any) -> tuple[str, list[Any]]:
+    if isinstance(value, bool):
+        return ("type = 'true'" if value else "type = 'false'"), []
+    if isinstance(value, (int, float)):
+        return "(type IN ('integer', 'real') AND value = ?)", [value]
+    return "(type = 'text' AND value = ?)", [value]
+
+
+def _sql_any(name: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+    parts = [_sql_value(v) for v in values]
+    cond = " OR ".join(p for p, _ in parts)
+    scalar_or_element = "(key IS NULL OR typeof(key) = 'integer')"
+    sql = f"EXISTS (SELECT 1 FROM json_each({METADATA_FIELD}, ?) WHERE {scalar_or_element} AND ({cond}))"
+    return sql, [f'$."{name}"', *(x for _, params in parts for x in params)]
+
+
 def _sql_eq(name: str, value: Any) -> tuple[str, list[Any]]:
-    return f"json_extract({METADATA_FIELD}, ?) = ?", [f"$.{name}", value]
+    return _sql_any(name, [value])
 
 
 def _sql_in(name: str, values: Any) -> tuple[str, list[Any]]:
-    marks = ",".join("?" * len(values))
-    return f"json_extract({METADATA_FIELD}, ?) IN ({marks})", [f"$.{name}", *values]
+    return _sql_any(name, values)
 
 
 _SQL: dict[str, Callable[[str, Any], tuple[str, list[Any]]]] = {"eq": _sql_eq, "in": _sql_in}
@@ -69,3 +115,66 @@ def to_sql(filters: Filter | None) -> tuple[str, list[Any]]:
     if not parts:
         return "1", []
     return " AND ".join(p for p, _ in parts), [x for _, params in parts for x in params]
+
+
+# --- values checked and converted by the field's type (what the index's mapping says it holds) ---
+def _kind(field_type: str) -> str | None:
+    if field_type in NUMERIC_TYPES:
+        return "number"
+    if field_type == "boolean":
+        return "boolean"
+    if field_type in ("keyword", "text", "constant_keyword", "wildcard"):
+        return "string"
+    return None
+
+
+def _value_kind(value: Scalar) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    return "number" if isinstance(value, (int, float)) else "string"
+
+
+def check_value_types(filters: Filter, types: Mapping[str, str]) -> None:
+    """``QueryError`` when a filter value's type differs from what its field holds (``"2019"`` for a numeric
+    field would match nothing on one engine and everything equal on another)."""
+    for _op, name, value in clauses(filters):
+        want = _kind(types.get(name, ""))
+        if want is None:
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            if _value_kind(v) != want:
+                example = {"number": "2019", "boolean": "true", "string": '"text"'}[want]
+                raise QueryError(
+                    f"filter {name!r}: the field holds {want}s ({types[name]}), but {v!r} is a {_value_kind(v)}: "
+                    f"give a {want} (e.g. {example})"
+                )
+
+
+def _from_text(name: str, text: str, field_type: str) -> Scalar:
+    kind = _kind(field_type)
+    if kind == "boolean":
+        if text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        raise QueryError(f"--filter {name}={text}: {name!r} holds booleans: give true or false")
+    if kind == "number":
+        try:
+            number = float(text)
+        except ValueError:
+            raise QueryError(f"--filter {name}={text}: {name!r} holds numbers ({field_type}): give a number") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise QueryError(f"--filter {name}={text}: give a finite number")
+        return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
+    return text
+
+
+def coerce_text_filters(filters: Mapping[str, str | list[str]], types: Mapping[str, str]) -> dict[str, Any]:
+    """CLI filters (all text) converted to the type each field holds; ``QueryError`` for text that is not
+    that type. A field of unknown type keeps its text."""
+    out: dict[str, Any] = {}
+    for name, value in filters.items():
+        field_type = types.get(name, "")
+        if isinstance(value, list):
+            out[name] = [_from_text(name, v, field_type) for v in value]
+        else:
+            out[name] = _from_text(name, value, field_type)
+    return out

@@ -22,7 +22,15 @@ from hybrid_search.search.fusion import fuse, normalize_minmax
 from hybrid_search.search.hits import Hit, SearchResult
 from hybrid_search.search.interfaces import QueryEncoder, Reranker, ResultRecorder, Retriever, ServerFusion
 
-__all__ = ["BASE_MODES", "HybridSearcher", "blend_rerank_scores", "check_query", "parse_mode", "rerank_hits"]
+__all__ = [
+    "BASE_MODES",
+    "HybridSearcher",
+    "blend_rerank_scores",
+    "check_limits",
+    "check_query",
+    "parse_mode",
+    "rerank_hits",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +45,37 @@ def parse_mode(mode: str) -> tuple[str, bool]:
     return base, suffix == "rerank"
 
 
-def check_query(query: str) -> None:
-    """An empty or blank query is an error: kNN would otherwise return arbitrary nearest neighbours."""
+def check_query(query: str, max_chars: int | None = None) -> None:
+    """An empty, blank, oversized or non-UTF-8 query is an error: kNN would otherwise return arbitrary
+    nearest neighbours, a huge one would hold a core for seconds, and lone surrogates cannot be encoded."""
+    if not isinstance(query, str):
+        raise QueryError(f"the query must be text, not {type(query).__name__}")
     if not query.strip():
         raise QueryError("the query is empty: give some words to search for")
+    if max_chars is not None and len(query) > max_chars:
+        raise QueryError(
+            f"the query has {len(query):,} characters, over search.max_query_chars = {max_chars:,}: shorten it"
+        )
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError:
+        raise QueryError("the query is not valid UTF-8 text (undecodable bytes): give it as UTF-8") from None
+
+
+def check_limits(settings: SearchSettings, *, top_k: int, rerank_depth: int | None) -> None:
+    """``QueryError`` when one request asks for more than the settings' hard bounds allow."""
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise QueryError(f"top_k must be a positive whole number, got {top_k!r}")
+    if top_k > settings.max_top_k:
+        raise QueryError(
+            f"top_k {top_k:,} is over search.max_top_k = {settings.max_top_k:,}: page through results instead, "
+            "or raise the limit in the settings"
+        )
+    if rerank_depth is not None and rerank_depth > settings.max_rerank_depth:
+        raise QueryError(
+            f"rerank depth {rerank_depth:,} is over search.max_rerank_depth = {settings.max_rerank_depth:,} "
+            "(each reranked hit is a cross-encoder pass): lower it or raise the limit"
+        )
 
 
 def _ms(start: float) -> float:
@@ -82,12 +117,13 @@ class HybridSearcher:
 
         ``vector`` is the query's embedding when the caller already has it (it skips the encode stage).
         """
-        if vector is None:
-            check_query(query)
+        if vector is None or query:
+            check_query(query, self.settings.max_query_chars)
         base, rerank_in_mode = parse_mode(mode or self.settings.mode)
         do_rerank = rerank_in_mode or (self.settings.rerank if rerank is None else rerank)
-        top_k = top_k or self.settings.top_k
+        top_k = self.settings.top_k if top_k is None else top_k
         depth = max(top_k, self.settings.rerank_depth) if do_rerank else top_k
+        check_limits(self.settings, top_k=top_k, rerank_depth=depth if do_rerank else None)
         timings: dict[str, float] = {}
         start = time.perf_counter()
         location = None

@@ -59,7 +59,7 @@ elif stage == "mid_checkpoint":
             if calls["n"] == nth:
                 die()  # the new checkpoint is written to its temporary file, not yet renamed
         return real_replace(src, dst)
-    pipeline.os.replace = replace
+    os.replace = replace  # the one os module: every atomic write goes through it
 elif stage == "after_checkpoint":
     wrap(pipeline.Checkpoint, "save", before=False)
 elif stage == "before_swap":

@@ -104,7 +104,7 @@ def test_a_repeated_filter_scans_the_table_once_until_the_next_write(tmp_path, m
         backend.refresh("f")
         scans = []
         idx = backend._get("f")
-        idx.db.set_trace_callback(lambda sql: scans.append(sql) if "json_extract" in sql else None)
+        idx.db.set_trace_callback(lambda sql: scans.append(sql) if "json_each" in sql else None)
         first = backend.search_knn("f", vecs[0], 10, 300, {"part": "b"})
         again = backend.search_knn("f", vecs[0], 10, 300, {"part": "b"})
         assert len(scans) == 1 and [h.doc_id for h in first] == [h.doc_id for h in again]

@@ -128,6 +128,9 @@ class MinedPairs:
         self._db.close()
 
 
+MAX_DUPLICATE_TOP_K = 1_000
+
+
 def mine_duplicates(
     backend: MinableBackend,
     index: str,
@@ -146,6 +149,12 @@ def mine_duplicates(
     """
     if top_k < 1 or chunk < 1:
         raise ConfigError("--top-k and the chunk size must be at least 1")
+    if top_k > MAX_DUPLICATE_TOP_K:
+        # neighbours are held per chunk of documents: top_k x chunk results at once
+        raise ConfigError(
+            f"--top-k {top_k:,} is over {MAX_DUPLICATE_TOP_K:,} neighbours per document: near-duplicates are "
+            "among the first few; lower it"
+        )
     pairs = MinedPairs(backend, index)
     for ids, vectors in backend.iter_vectors(index, chunk):
         neighbours = backend.knn_batch(index, vectors, top_k + 1, max(num_candidates, top_k + 1))

@@ -28,6 +28,9 @@ class Inspection:
     last_ingest: Mapping[str, Any] | None = None
     queries_logged: int = 0
     last_query: Mapping[str, Any] | None = field(default=None)
+    # builds of this alias nothing serves (a kill between a swap and its clean-up, or an unfinished ingest):
+    # the next successful build removes them
+    orphan_builds: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -51,6 +54,10 @@ class Inspection:
             lines.append(f"vectors        {s.spec.dims} dims, {s.spec.similarity}, model {s.spec.model or '?'}")
         if s.vector:
             lines.append("vector field   " + ", ".join(f"{k}={_short(v)}" for k, v in s.vector.items()))
+        if self.orphan_builds:
+            lines.append(
+                f"orphan builds  {', '.join(self.orphan_builds)} (unserved; removed by the next successful build)"
+            )
         filterable = ", ".join(f"{name} ({kind})" for name, kind in s.metadata_fields.items())
         lines.append(f"filter fields  {filterable or 'none (ingest with --metadata-fields to filter)'}")
         lines.append("mapping")
@@ -117,4 +124,5 @@ def inspect_index(backend: Backend, index: str) -> Inspection:
         last_ingest=sink.latest(ingest_log_index(alias)),
         queries_logged=logged,
         last_query=sink.latest(queries) if logged else None,
+        orphan_builds=tuple(backend.orphan_builds(alias)),
     )

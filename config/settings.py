@@ -359,30 +359,41 @@ def _read_settings_file(path: Path) -> dict[str, Any]:
     return data
 
 
-_MAX_YAML_ALIASES = 100  # a settings file needs few, if any; nested aliases expand exponentially
+_MAX_YAML_NODES = 100_000  # values in the file once every alias (*name) is expanded: settings need a few hundred
 
 
 def _load_yaml(text: str, path: Path) -> Any:
-    """``yaml.safe_load`` that refuses more than a few aliases (``*name``), so a small file of nested aliases
-    (a "billion laughs") cannot expand into gigabytes or hang every command."""
+    """``yaml.safe_load`` that first measures the document with its aliases expanded and refuses one past
+    ``_MAX_YAML_NODES``, so a small file of nested aliases (a "billion laughs") cannot expand into gigabytes
+    or hang every command that reads the settings."""
     import yaml
 
-    class _BoundedLoader(yaml.SafeLoader):
-        aliases = 0
-
-        def compose_node(self, parent: Any, index: Any) -> Any:
-            if self.check_event(yaml.AliasEvent):
-                self.aliases += 1
-                if self.aliases > _MAX_YAML_ALIASES:
-                    raise ConfigError(
-                        f"settings file {path} uses more than {_MAX_YAML_ALIASES} YAML aliases (*name): write the "
-                        "values out instead"
-                    )
-            return super().compose_node(parent, index)
-
-    loader = _BoundedLoader(text)
+    loader = yaml.SafeLoader(text)
     try:
-        return loader.get_single_data()
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        sizes: dict[int, int] = {}
+
+        def expanded(node: Any) -> int:
+            key = id(node)
+            if key not in sizes:
+                sizes[key] = 0  # a node that contains itself counts once
+                if isinstance(node, yaml.SequenceNode):
+                    total = 1 + sum(expanded(child) for child in node.value)
+                elif isinstance(node, yaml.MappingNode):
+                    total = 1 + sum(expanded(k) + expanded(v) for k, v in node.value)
+                else:
+                    total = 1
+                sizes[key] = min(total, _MAX_YAML_NODES + 1)
+            return sizes[key]
+
+        if expanded(root) > _MAX_YAML_NODES:
+            raise ConfigError(
+                f"settings file {path} expands to more than {_MAX_YAML_NODES:,} values through its YAML aliases "
+                "(*name): write the values out instead"
+            )
+        return loader.construct_document(root)
     finally:
         loader.dispose()
 

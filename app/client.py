@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hybrid_search.backends.base import Backend, IndexSpec, IndexStats, open_backend
 from hybrid_search.config.errors import ConfigError, IndexNotFound, QueryError
@@ -192,8 +192,9 @@ class HybridSearch:
     # --- the work -----------------------------------------------------------------------------------
     def ingest(
         self,
-        source: str | Path | CorpusSource,
+        source: str | Path | CorpusSource | Iterable[Mapping[str, Any]] | Any,
         *,
+        name: str | None = None,
         metadata_fields: Sequence[str] = (),
         id_field: str | None = None,
         title_field: str = "title",
@@ -203,8 +204,10 @@ class HybridSearch:
         resume: bool = False,
         progress: bool = False,
     ) -> IngestSummary:
-        """Read, encode and store ``source`` (``quora``, ``nq``, ``sample``, a BEIR folder or a
-        .jsonl/.csv/.parquet file) into a new build of the index, then switch the index to it.
+        """Read, encode and store ``source`` (``quora``, ``nq``, ``sample``, a BEIR folder, a
+        .jsonl/.csv/.parquet file, or records in memory: dicts, a pandas DataFrame, a pyarrow Table or a
+        ``datasets.Dataset``) into a new build of the index, then switch the index to it. ``name`` names
+        in-memory records, which ``resume`` requires.
 
         ``metadata_fields`` are kept as filterable metadata; ``id_field`` (default ``_id``, then ``id``),
         ``title_field`` and ``text_field`` name the record's fields (or give a whole ``FieldMap``);
@@ -222,7 +225,19 @@ class HybridSearch:
                 metadata_fields=tuple(metadata_fields),
                 vector_field=vector_field,
             )
-        corpus = open_source(source, fields) if isinstance(source, (str, Path)) else source
+        if isinstance(source, (str, Path)):
+            corpus: CorpusSource = open_source(source, fields)
+        elif hasattr(source, "records") and hasattr(source, "fields"):
+            corpus = cast("CorpusSource", source)
+        else:  # records held in memory: dicts, a DataFrame, an Arrow table or a datasets.Dataset
+            from hybrid_search.ingest.sources import Records
+
+            corpus = Records(source, fields, name=name)
+            if resume and not corpus.named:
+                raise ConfigError(
+                    "resume needs to know the records are the same ones: pass name=... (and the same records in "
+                    "the same order) to ingest and to the resumed ingest"
+                )
         return self._build(corpus, self.encoder, self.settings, resume=resume, progress=progress)
 
     def _build(

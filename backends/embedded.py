@@ -120,6 +120,19 @@ def _bm25_query(schema: tantivy.Schema, analyzer: tantivy.TextAnalyzer, query: s
     return tantivy.Query.disjunction_max_query(per_field, tie_breaker=0.0)
 
 
+def _read_only_connection(db: Path) -> sqlite3.Connection:
+    """SQLite opened for reading only: ``mode=ro`` (sees a WAL left by a crash), else ``immutable=1`` (no
+    shared-memory file either, for a disk with no room even for that)."""
+    for flags in ("mode=ro", "immutable=1"):
+        try:
+            conn = sqlite3.connect(f"file:{db}?{flags}", uri=True, isolation_level=None, check_same_thread=False)
+            conn.execute("SELECT count(*) FROM docs").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            continue
+    raise sqlite3.OperationalError(f"{db} cannot be opened even read-only")
+
+
 def _file_crc(path: Path) -> int:
     crc = 0
     with open(path, "rb") as fh:
@@ -173,10 +186,19 @@ class _PhysicalIndex:
         self.spec = spec
         self.ef_search = ef_search
         self.flush_seconds = flush_seconds
-        self.db = sqlite3.connect(path / "docs.sqlite", isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA_SQL)
+        self.read_only = False
+        try:
+            self.db = sqlite3.connect(path / "docs.sqlite", isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA_SQL)
+        except sqlite3.OperationalError as exc:
+            if not (path / "docs.sqlite").exists() or not any(w in str(exc) for w in ("disk", "read-only", "readonly")):
+                raise
+            # a full or read-only disk: a complete build stays searchable, opened without any write
+            log.warning("embedded index %s opened read-only (%s): searches work, writes do not", path.name, exc)
+            self.db = _read_only_connection(path / "docs.sqlite")
+            self.read_only = True
         self.analyzer = _analyzer(spec.analyzer)
         self.text_index = self._open_text_index()
         self._writer: tantivy.IndexWriter | None = None
@@ -187,7 +209,8 @@ class _PhysicalIndex:
         self._storage_ids: np.ndarray | None = None  # graph position -> row key (see _graph_storage)
         self._filter_cache: OrderedDict[str, tuple[int, list[int] | None, Any, Any]] = OrderedDict()
         self._last_flush = time.monotonic()
-        self._recover()
+        if not self.read_only:
+            self._recover()
 
     # --- creation and recovery -------------------------------------------------------------------
     @staticmethod
@@ -641,7 +664,7 @@ class _PhysicalIndex:
 
     def close(self) -> None:
         try:
-            if self.path.exists():
+            if self.path.exists() and not self.read_only:
                 self.flush()
             if self._writer is not None:
                 self._writer.wait_merging_threads()
@@ -698,7 +721,7 @@ class EmbeddedBackend:
         """aliases.json read, changed by the caller and written back under the data dir's alias lock, so
         two processes changing aliases (even of different indexes) never lose each other's update."""
         lock = FileLock(
-            self.data_dir / "locks" / "aliases.lock",
+            self.data_dir / "locks" / ".aliases.lock",  # no index name starts with a dot
             lambda holder: f"aliases.json under {self.data_dir} is being changed by {describe_holder(holder)}",
             wait=30.0,
         )

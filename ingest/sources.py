@@ -24,6 +24,7 @@ SAMPLE_SOURCE = "sample"
 _BOM = b"\xef\xbb\xbf"
 
 __all__ = [
+    "Records",
     "StoredIndex",
     "SAMPLE_SOURCE",
     "sample_path",
@@ -332,6 +333,64 @@ class StoredIndex:
             for doc in batch:
                 position += 1
                 yield RawRecord(position, {**doc.metadata, "_id": doc.doc_id, "title": doc.title, "text": doc.text})
+
+
+class Records:
+    """Records held in memory as a source: an iterable of mappings, a pandas ``DataFrame``, a pyarrow
+    ``Table`` or a ``datasets.Dataset``, read row by row through the same validation, rejects and checkpoints
+    as a file. ``name`` identifies the records for ``resume``: a resumed ingest must be given the same records
+    in the same order under the same name (an unnamed one cannot be resumed, since nothing says it is the same)."""
+
+    def __init__(self, data: Any, fields: FieldMap = FieldMap(), *, name: str | None = None) -> None:
+        if isinstance(data, (str, bytes, Mapping)) or not hasattr(data, "__iter__") and not _is_table(data):
+            raise SourceError(
+                f"records must be an iterable of mappings, a pandas DataFrame, a pyarrow Table or a datasets "
+                f"Dataset, not {type(data).__name__}"
+            )
+        self.data, self.fields = data, fields
+        # a one-shot iterator (a generator) can be read once: its first records are kept so that the field
+        # check's look at them does not consume them (the ingest then reads them again, then the rest)
+        self._once = iter(data) if not _is_table(data) and iter(data) is data else None
+        self._head: list[Any] = []
+        self.named = name is not None
+        self.name = f"records:{name}" if name is not None else "records:(unnamed)"
+
+    def count_hint(self) -> int | None:
+        size = getattr(self.data, "num_rows", None)
+        if size is None and hasattr(self.data, "__len__"):
+            size = len(self.data)
+        return int(size) if size is not None else None
+
+    def _rows(self) -> Iterator[Any]:
+        data = self.data
+        if hasattr(data, "to_batches"):  # pyarrow Table: a batch at a time, never the whole table as Python
+            for batch in data.to_batches(max_chunksize=8192):
+                yield from batch.to_pylist()
+        elif hasattr(data, "iterrows") and hasattr(data, "columns"):  # pandas DataFrame
+            for _, row in data.iterrows():  # a missing cell is NaN in pandas: it is a missing field here
+                yield {k: None if isinstance(v, float) and v != v else v for k, v in row.to_dict().items()}
+        elif self._once is not None:
+            yield from self._head
+            for row in self._once:
+                if len(self._head) < _HEAD_KEPT:
+                    self._head.append(row)
+                yield row
+        else:
+            yield from data
+
+    def records(self) -> Iterator[RawRecord]:
+        for position, row in enumerate(self._rows(), start=1):
+            if isinstance(row, Mapping):
+                yield RawRecord(position, fields={str(k): _bytes_to_text(v) for k, v in row.items()})
+            else:
+                yield RawRecord(position, error=f"malformed record: expected a mapping, got {type(row).__name__}")
+
+
+_HEAD_KEPT = 1_000  # as many as the field check looks at (ingest.pipeline.FIELD_SAMPLE)
+
+
+def _is_table(data: Any) -> bool:
+    return hasattr(data, "to_batches") or (hasattr(data, "iterrows") and hasattr(data, "columns"))
 
 
 def sample_path() -> Path:

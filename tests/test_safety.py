@@ -7,13 +7,12 @@ Each of these tests failed on the code before the fixes it pins (see the commit 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
-import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -589,3 +588,52 @@ def test_soak_two_writers_and_a_reader(tmp_path):
         assert backend.orphan_builds("soak") == []
         assert {p.name for p in (tmp_path / "indexes").iterdir()} == set(backend._aliases().values())
         assert backend.count("soak") == N_SOAK
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A real 8 MiB file system (tmpfs), so the disk can really be filled; skips where mounting is not allowed."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {out.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_with_the_disk_full_the_serving_build_stays_searchable(small_disk):
+    data = small_disk / "data"
+    with EmbeddedBackend(data_dir=data) as backend:
+        _build(backend, "docs", 20, 1)
+    with (small_disk / "fill").open("wb") as fh:
+        with pytest.raises(OSError):
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        with contextlib.suppress(OSError):
+            fh.close()
+    with EmbeddedBackend(data_dir=data) as backend:  # before: 'disk I/O error' from opening the build
+        assert len(backend.search_bm25("docs", "doc", 5)) == 5
+        assert len(backend.search_knn("docs", _unit(1), 5, 20)) == 5
+
+
+# --- in-memory records (also the everyday-use issue's first item) ---------------------------------
+def test_records_in_memory_ingest_through_the_same_validation(settings):
+    import pandas as pd
+    import pyarrow as pa
+
+    rows = [{"id": "r1", "text": "green tea from japan", "lang": "en"}, {"id": "r2", "text": ""}, {"text": "no id"}]
+    with HybridSearch.from_settings(settings, index="mem") as hs:
+        for data in (rows, iter(rows), pd.DataFrame(rows), pa.Table.from_pylist(rows)):
+            summary = hs.ingest(data, metadata_fields=["lang"], id_field="id")
+            assert (summary.read, summary.stored, summary.rejected) == (3, 1, 2), type(data)
+            assert summary.source == "records:(unnamed)"
+        assert [h.doc_id for h in hs.search("tea", mode="bm25").hits] == ["r1"]
+        with pytest.raises(ConfigError, match="pass name="):
+            hs.ingest(rows, id_field="id", resume=True)
+        assert hs.ingest(rows, id_field="id", name="batch-1").source == "records:batch-1"
+        with pytest.raises(Exception, match="records must be"):
+            hs.ingest({"id": "x", "text": "a dict is one record, not many"})

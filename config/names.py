@@ -21,6 +21,7 @@ from hybrid_search.config.errors import ConfigError
 
 __all__ = [
     "LOCK_INDEX",
+    "check_field_name",
     "build_pattern",
     "check_index_name",
     "check_user_index_name",
@@ -78,3 +79,19 @@ def previous_alias(alias: str) -> str:
 def build_pattern(alias: str) -> re.Pattern[str]:
     """Matches exactly the physical build names of ``alias`` (``<alias>-<20 digits>``)."""
     return re.compile(re.escape(alias) + _BUILD_SUFFIX + "$")
+
+
+_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+
+
+def check_field_name(name: object, what: str = "filter field") -> None:
+    """A metadata field name every backend treats alike (no dots: engines read one as a path into nested
+    objects); ``QueryError`` otherwise. Ingest refuses such a ``--metadata-fields`` entry, filters such a key."""
+    from hybrid_search.config.errors import QueryError
+
+    if not isinstance(name, str) or not _FIELD_NAME.match(name):
+        hint = " (a '.' would be read as a path into nested objects)" if isinstance(name, str) and "." in name else ""
+        raise QueryError(
+            f"{what} {name!r} is not a valid metadata field name: use letters, digits, '_' and '-', starting "
+            f"with a letter or '_', at most 64{hint}"
+        )

@@ -237,8 +237,8 @@ class BackendSettings(_Section):
             # a conventional variable name is shown; anything else may be a password put in its place
             named = self.password.env_var if self.password.env_var.isupper() else "the variable it names"
             raise ConfigError(
-                f"username {self.username!r} given but {named} (backend.password) is not set: export the password "
-                "in that variable"
+                f"username {self.username!r} given but {named} is not set: export the password in that variable "
+                "(backend.password names it)"
             )
         return None, (self.username, password)
 

@@ -32,11 +32,11 @@ import numpy as np
 from hybrid_search.backends.base import IndexBuilder, IndexedDocument, IndexSpec
 from hybrid_search.config.errors import BadRecordError, ConfigError, IndexingError, QueryError, SourceError
 from hybrid_search.config.files import atomic_write_text, read_json_file
+from hybrid_search.config.names import check_field_name
 from hybrid_search.config.settings import Settings
 from hybrid_search.encoding.models import model_identity
 from hybrid_search.ingest.sources import CorpusSource
 from hybrid_search.ingest.validate import Document, RecordLimits, Reject, RejectsFile, VectorCheck, validate
-from hybrid_search.search.filters import check_field_name
 
 if TYPE_CHECKING:
     from hybrid_search.encoding.encoder import Encoder

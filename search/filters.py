@@ -16,11 +16,11 @@ nothing, and CLI text is converted by the field's type (:func:`coerce_text_filte
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 from hybrid_search.config.errors import QueryError
+from hybrid_search.config.names import check_field_name
 
 __all__ = [
     "Filter",
@@ -37,20 +37,9 @@ Scalar: TypeAlias = str | int | float | bool
 Filter: TypeAlias = Mapping[str, Scalar | Sequence[Scalar]]
 
 METADATA_FIELD = "metadata"
-_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 NUMERIC_TYPES = frozenset(
     {"long", "integer", "short", "byte", "double", "float", "half_float", "scaled_float", "unsigned_long"}
 )
-
-
-def check_field_name(name: object, what: str = "filter field") -> None:
-    """A metadata field name every backend treats alike; ``QueryError`` otherwise."""
-    if not isinstance(name, str) or not _FIELD_NAME.match(name):
-        hint = " (a '.' would be read as a path into nested objects)" if isinstance(name, str) and "." in name else ""
-        raise QueryError(
-            f"{what} {name!r} is not a valid metadata field name: use letters, digits, '_' and '-', starting "
-            f"with a letter or '_', at most 64{hint}"
-        )
 
 
 def clauses(filters: Filter | None) -> list[tuple[str, str, Any]]:

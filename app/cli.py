@@ -40,7 +40,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     g.add_argument("-v", "--verbose", action="store_true", help="also show informational logs")
     g.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def _search_knobs(p: argparse.ArgumentParser) -> None:

@@ -404,6 +404,7 @@ class HybridSearch:
         for mode in modes:
             if mode != TUNED:
                 parse_mode(mode)
+        self.check_index()  # a never-ingested index is IndexNotFound saying how to create it, as in the CLI
         query_set = open_query_set(source, split)
         queries = select_queries(query_set.queries, query_set.qrels, max_queries)
         self.check_judged_documents(source, query_set.qrels, [qid for qid, _ in queries])

@@ -673,3 +673,19 @@ def test_records_in_memory_ingest_through_the_same_validation(settings):
         assert hs.ingest(rows, id_field="id", name="batch-1").source == "records:batch-1"
         with pytest.raises(Exception, match="records must be"):
             hs.ingest({"id": "x", "text": "a dict is one record, not many"})
+
+
+def test_evaluate_on_a_missing_index_is_a_clear_error_and_q_is_quiet(tmp_path):
+    from hybrid_search.config.errors import IndexNotFound
+
+    with (
+        HybridSearch(index="never", data_dir=tmp_path) as hs,
+        pytest.raises(IndexNotFound, match="ingest SOURCE --index never"),
+    ):
+        hs.evaluate("sample", modes=["bm25"])
+    out = subprocess.run(
+        [*HYBRID_SEARCH, "inspect", "-q", "--index", "never", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and "does not exist" in out.stderr and "unrecognized" not in out.stderr

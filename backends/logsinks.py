@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -131,10 +132,11 @@ class JsonlLogSink:
             else:
                 good.append(json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
         if good:
-            with self._lock, self._path(name).open("a+", encoding="utf-8") as fh:
+            with self._lock, self._path(name).open("ab+") as fh:  # bytes: a text file cannot seek to any byte
                 # a torn last line (a writer killed mid-line) is closed first, so it never glues to this one
-                torn = fh.tell() > 0 and fh.seek(fh.tell() - 1) >= 0 and fh.read(1) != "\n"
-                fh.write(("\n" if torn else "") + "\n".join(good) + "\n")
+                end = fh.seek(0, os.SEEK_END)
+                torn = end > 0 and fh.seek(end - 1) >= 0 and fh.read(1) != b"\n"
+                fh.write((("\n" if torn else "") + "\n".join(good) + "\n").encode("utf-8"))
         if failed:
             raise IndexingError(f"{len(failed)} log documents do not fit the {name} mapping", failed=failed)
         return len(good)

@@ -392,8 +392,8 @@ def test_a_torn_last_log_line_is_skipped(tmp_path, settings, memo_encoder):
         sink = backend.log_sink()
         sink.ensure("docs-ingest", {"properties": {"@timestamp": {"type": "date"}, "n": {"type": "long"}}})
         sink.append("docs-ingest", [{"@timestamp": "2026-12-01T00:00:00Z", "n": 1}])
-        with (settings.data_dir / "logs" / "docs-ingest.jsonl").open("a") as fh:
-            fh.write('{"@timestamp": "2026-12-01T00:00:0')  # a writer killed mid-line
+        with (settings.data_dir / "logs" / "docs-ingest.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write('{"@timestamp": "2026-12-01T00:00:0", "q": "caf\u00e9')  # a writer killed mid-line, after an é
         assert sink.latest("docs-ingest")["n"] == 1
         sink.append("docs-ingest", [{"@timestamp": "2026-12-02T00:00:00Z", "n": 2}])
         assert sink.latest("docs-ingest")["n"] == 2  # the torn line never swallowed the next one

@@ -470,10 +470,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         hs.check_index()  # a missing index or an unreachable cluster is reported before any model loads
         filters = None
         if text_filters:
-            from hybrid_search.search.filters import check_field_name, coerce_text_filters
+            from hybrid_search.search.filters import coerce_text_filters
 
-            for name in text_filters:
-                check_field_name(name)
             filters = coerce_text_filters(text_filters, hs.field_types())  # "2019" -> 2019 for a numeric field
             hs.check_filters(filters)
         hs.warm_up(rerank=rerank_in_mode or settings.search.rerank)  # loading is not part of the search time

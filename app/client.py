@@ -344,21 +344,26 @@ class HybridSearch:
         """Search the index. ``mode``: ``bm25``, ``knn`` or ``hybrid``, optionally ``+rerank`` (default from
         the settings); ``filters``: ``{"field": value}`` or ``{"field": [any, of]}`` on metadata fields, which
         must be fields the index was ingested with (a misspelt one is an error, not zero hits)."""
-        self._follow_build()
-        if filters:
-            self.check_filters(filters)
-        try:
+
+        def once() -> SearchResult:
+            if filters:
+                self._check_filters(filters)
             return self.searcher.search(query, mode=mode, top_k=top_k, rerank=rerank, filters=filters)
+
+        self._follow_build()
+        try:
+            return once()
         except IndexNotFound:
             # the build this client opened was dropped by another process's later builds: open the serving one
             self._follow_build(force=True)
-            if filters:
-                self.check_filters(filters)
-            return self.searcher.search(query, mode=mode, top_k=top_k, rerank=rerank, filters=filters)
+            return once()
 
     def field_types(self) -> dict[str, str]:
         """Metadata field -> the type the index holds it as (keyword, long, double, boolean), read once per build."""
         self._follow_build()
+        return self._types()
+
+    def _types(self) -> dict[str, str]:
         if self._field_types is None:
             self._field_types = dict(self.backend.stats(self._serving or self.index).metadata_fields)
         return self._field_types
@@ -367,6 +372,10 @@ class HybridSearch:
         """``QueryError`` when a filter names a field the index was not ingested with, or gives a value of
         another type than the field holds."""
         self._follow_build()
+        self._check_filters(filters)
+
+    def _check_filters(self, filters: Filter) -> None:
+        """``check_filters`` against the build this client follows now (the caller has just followed it)."""
         spec = self._spec
         if spec is None:
             spec = self._spec = self.backend.index_spec(self._serving or self.index)
@@ -380,7 +389,7 @@ class HybridSearch:
                     f"no metadata field {unknown[0]!r} in index {self.index!r} (it has: {have}): check the name, "
                     f"or ingest with --metadata-fields {unknown[0]} to filter on it"
                 )
-        check_value_types(filters, self.field_types())
+        check_value_types(filters, self._types())
 
     def evaluate(
         self,

@@ -354,27 +354,18 @@ class ClusterBackend(ABC):
     def _held_lock(self, alias: str, force: bool) -> Iterator[None]:
         self._ensure_lock_index()
         if force:
-            self._break_lock(alias)
+            self._break_lock(alias, self._lock_holder(alias))
         record = {**holder_info(), "alias": alias, "heartbeat": time.time()}
-        try:
-            taken = self._call(
-                "take writer lock", self.client.create, index=LOCK_INDEX, id=alias, body=record, refresh="true"
-            )
-        except self.api_error as exc:
-            if self._status(exc) != 409:
-                raise
-            if not self._holder_died_here(alias):
-                raise IndexLocked(self._lock_refusal(alias)) from None
+        taken = self._try_lock(alias, record)
+        if taken is None:
+            holder = self._lock_holder(alias)
+            if not _died_on_this_host(holder):
+                raise IndexLocked(self._lock_refusal(alias, holder))
             # its holder was a process on this host that no longer exists (killed): the lock is certainly stale
-            self._break_lock(alias)
-            try:
-                taken = self._call(
-                    "take writer lock", self.client.create, index=LOCK_INDEX, id=alias, body=record, refresh="true"
-                )
-            except self.api_error as again:
-                if self._status(again) != 409:
-                    raise
-                raise IndexLocked(self._lock_refusal(alias)) from None
+            self._break_lock(alias, holder)
+            taken = self._try_lock(alias, record)
+            if taken is None:
+                raise IndexLocked(self._lock_refusal(alias, self._lock_holder(alias)))
         stop = threading.Event()
         beat = threading.Thread(
             target=self._heartbeat, args=(alias, record, taken, stop), name=f"lock-{alias}", daemon=True
@@ -388,20 +379,32 @@ class ClusterBackend(ABC):
             with contextlib.suppress(Exception):  # a lock we cannot delete expires by its heartbeat
                 self._call("release writer lock", self.client.delete, index=LOCK_INDEX, id=alias, refresh="true")
 
-    def _ensure_lock_index(self) -> None:
-        self.server  # noqa: B018 - connect first
-        if self._call("index exists", self.client.indices.exists, index=LOCK_INDEX):
-            return
+    def _try_lock(self, alias: str, record: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """Create the lock document; its write result, or ``None`` when one exists (another holder)."""
         try:
-            self._call(
-                "create lock index", self.client.indices.create, index=LOCK_INDEX, body=log_index_body(LOCK_MAPPING)
+            return self._call(
+                "take writer lock", self.client.create, index=LOCK_INDEX, id=alias, body=dict(record), refresh="true"
             )
         except self.api_error as exc:
-            if "resource_already_exists" not in str(exc):  # another process created it first: fine
+            if self._status(exc) != 409:
                 raise
+            return None
 
-    def _lock_refusal(self, alias: str) -> str:
-        holder = self._lock_holder(alias)
+    def _ensure_lock_index(self) -> None:
+        if not self.index_exists(LOCK_INDEX):
+            self.create_if_missing(LOCK_INDEX, log_index_body(LOCK_MAPPING), "create lock index")
+
+    def create_if_missing(self, name: str, body: Mapping[str, Any], what: str) -> bool:
+        """Create index ``name``; ``False`` when another process created it first (not an error)."""
+        try:
+            self._call(what, self.client.indices.create, index=name, body=dict(body))
+            return True
+        except self.api_error as exc:
+            if "resource_already_exists" not in str(exc):
+                raise
+            return False
+
+    def _lock_refusal(self, alias: str, holder: Mapping[str, Any] | None) -> str:
         age = time.time() - float((holder or {}).get("heartbeat") or 0)
         if holder is not None and age > LOCK_TTL_SECONDS:
             return (
@@ -413,18 +416,6 @@ class ClusterBackend(ABC):
             "--force-unlock if that process is gone"
         )
 
-    def _holder_died_here(self, alias: str) -> bool:
-        holder = self._lock_holder(alias)
-        if not holder or holder.get("host") != holder_info()["host"] or not isinstance(holder.get("pid"), int):
-            return False
-        try:
-            os.kill(holder["pid"], 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-
     def _lock_holder(self, alias: str) -> dict[str, Any] | None:
         try:
             found = self._call("read writer lock", self.client.get, index=LOCK_INDEX, id=alias)
@@ -432,8 +423,7 @@ class ClusterBackend(ABC):
             return None
         return dict(found.get("_source") or {})
 
-    def _break_lock(self, alias: str) -> None:
-        holder = self._lock_holder(alias)
+    def _break_lock(self, alias: str, holder: Mapping[str, Any] | None) -> None:
         if holder is not None:
             log.warning("breaking the writer lock of %s held by %s", alias, describe_holder(holder))
             with contextlib.suppress(self.api_error):
@@ -879,14 +869,10 @@ class ClusterLogSink:
     @checks_names
     def ensure(self, name: str, mapping: Mapping[str, Any]) -> None:
         b = self.backend
-        if not b.index_exists(name):
-            try:
-                b._call("create log index", b.client.indices.create, index=name, body=log_index_body(mapping))
-                return
-            except b.api_error as exc:
-                if "resource_already_exists" not in str(exc):  # another process created it first: fine
-                    raise
-        # an index made by an older version gains the fields added since (mappings only ever grow)
+        if not b.index_exists(name) and b.create_if_missing(name, log_index_body(mapping), "create log index"):
+            return
+        # it existed (made by another process first, or by an older version): it gains the fields added since
+        # (mappings only ever grow)
         b._call(
             "update log mapping", b.client.indices.put_mapping, index=name, body={"properties": mapping["properties"]}
         )
@@ -921,6 +907,19 @@ class ClusterLogSink:
     @checks_names
     def count(self, name: str) -> int:
         return self.backend.count(name) if self.backend.index_exists(name) else 0
+
+
+def _died_on_this_host(holder: Mapping[str, Any] | None) -> bool:
+    """Whether a lock's holder was a process on this host that no longer exists."""
+    if not holder or holder.get("host") != holder_info()["host"] or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, under another user
+        return False
+    return False
 
 
 def _spec_from_mapping(body: Mapping[str, Any]) -> IndexSpec | None:

@@ -19,7 +19,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -75,7 +75,7 @@ def holder_info() -> dict[str, Any]:
     return {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
-def describe_holder(info: dict[str, Any] | None) -> str:
+def describe_holder(info: Mapping[str, Any] | None) -> str:
     if not info:
         return "another process"
     return f"pid {info.get('pid', '?')} on host {info.get('host', '?')} since {info.get('since', '?')}"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from hybrid_search.config.errors import ConfigError
+from hybrid_search.config.errors import ConfigError, HybridSearchError, QueryError
 
 __all__ = [
     "LOCK_INDEX",
@@ -84,14 +84,13 @@ def build_pattern(alias: str) -> re.Pattern[str]:
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 
 
-def check_field_name(name: object, what: str = "filter field") -> None:
+def check_field_name(name: object, what: str = "filter field", error: type[HybridSearchError] = QueryError) -> None:
     """A metadata field name every backend treats alike (no dots: engines read one as a path into nested
-    objects); ``QueryError`` otherwise. Ingest refuses such a ``--metadata-fields`` entry, filters such a key."""
-    from hybrid_search.config.errors import QueryError
-
+    objects); ``error`` otherwise. Ingest refuses such a ``--metadata-fields`` entry (``ConfigError``), filters
+    such a key (``QueryError``)."""
     if not isinstance(name, str) or not _FIELD_NAME.match(name):
         hint = " (a '.' would be read as a path into nested objects)" if isinstance(name, str) and "." in name else ""
-        raise QueryError(
+        raise error(
             f"{what} {name!r} is not a valid metadata field name: use letters, digits, '_' and '-', starting "
             f"with a letter or '_', at most 64{hint}"
         )

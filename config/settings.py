@@ -319,12 +319,6 @@ def check_url(url: str, what: str) -> str:
         raise ConfigError(f"{what} {shown!r} is not a valid URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{what} {shown!r} must start with http:// or https:// (http(s)://HOST:PORT)")
-    if parts.username is not None or parts.password is not None:
-        raise ConfigError(
-            f"{what} {redact_url(url)!r} carries credentials: remove them from the URL and give the user with "
-            f"--username (backend.username) and the password in {ENV_PREFIX}PASSWORD (or an API key in "
-            f"{ENV_PREFIX}API_KEY), so they never appear in settings, logs or messages"
-        )
     return url
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hybrid_search.backends.base import IndexBuilder, IndexedDocument, IndexSpec
-from hybrid_search.config.errors import BadRecordError, ConfigError, IndexingError, QueryError, SourceError
+from hybrid_search.config.errors import BadRecordError, ConfigError, IndexingError, SourceError
 from hybrid_search.config.files import atomic_write_text, read_json_file
 from hybrid_search.config.names import check_field_name
 from hybrid_search.config.settings import Settings
@@ -253,10 +253,7 @@ def _run_ingest(
     progress: bool,
 ) -> IngestSummary:
     for name in source.fields.metadata_fields:
-        try:
-            check_field_name(name, "--metadata-fields entry")
-        except QueryError as exc:
-            raise ConfigError(str(exc)) from None
+        check_field_name(name, "--metadata-fields entry", ConfigError)
     if settings.ingest.check_fields:
         check_fields(source)  # a misspelt field fails here: before a model loads or an index is created
     spec = index_spec_for(encoder, settings, source.fields.metadata_fields)

@@ -176,21 +176,17 @@ def _check(
     if record.error is not None or record.fields is None:
         return Reject(record.position, None, record.error or "unreadable record")
     raw = record.fields
-    kept = [*fields.id_fields, fields.title_field, fields.text_field, *fields.metadata_fields]
-    for name in kept:
+    raw_id = next((raw[f] for f in fields.id_fields if raw.get(f) not in (None, "")), None)
+    # every field kept is checked (length, depth, storable text) before anything else reads it
+    for name in [*fields.id_fields, fields.title_field, fields.text_field, *fields.metadata_fields]:
         why = _limit_reason(raw.get(name), limits, name)
         if why:
-            raw_id = next((raw[f] for f in fields.id_fields if isinstance(raw.get(f), (str, int))), None)
-            safe_id = str(raw_id) if raw_id is not None and _limit_reason(raw_id, limits, "id") is None else None
-            return Reject(record.position, safe_id, why)
-    raw_id = next((raw[f] for f in fields.id_fields if raw.get(f) not in (None, "")), None)
+            shown = raw_id is not None and _limit_reason(raw_id, limits, "id") is None
+            return Reject(record.position, _field_text(raw_id).strip() if shown else None, why)
     if raw_id is None:
         return Reject(record.position, None, f"missing id (looked in {', '.join(fields.id_fields)})")
     doc_id = _field_text(raw_id).strip()
     title, text = _field_text(raw.get(fields.title_field)), _field_text(raw.get(fields.text_field))
-    for name, value in (("id", doc_id), (fields.title_field, title), (fields.text_field, text)):
-        if _has_undecodable(value):
-            return Reject(record.position, None if name == "id" else doc_id, f"undecodable bytes in {name} (not UTF-8)")
     if not doc_id:
         return Reject(record.position, None, "missing id (blank)")
     if not text.strip() and not title.strip():

@@ -161,6 +161,7 @@ def coerce_text_filters(filters: Mapping[str, str | list[str]], types: Mapping[s
     that type. A field of unknown type keeps its text."""
     out: dict[str, Any] = {}
     for name, value in filters.items():
+        check_field_name(name)  # before its type is looked up: a dotted name is refused as such
         field_type = types.get(name, "")
         if isinstance(value, list):
             out[name] = [_from_text(name, v, field_type) for v in value]

@@ -313,7 +313,7 @@ def bench_query_log(settings: Settings, source: str | None, queries: int, repeat
     from hybrid_search.app.client import HybridSearch
     from hybrid_search.app.logs import QueryLog
     from hybrid_search.backends.logsinks import JsonlLogSink
-    from hybrid_search.search.searcher import HybridSearcher
+    from hybrid_search.search.searcher import RetrievalPipeline
 
     query_texts = _queries(source, queries)
     out: dict[str, Any] = {
@@ -328,9 +328,16 @@ def bench_query_log(settings: Settings, source: str | None, queries: int, repeat
         backend, encoder = hs.backend, hs.query_encoder
         sink = JsonlLogSink(tmp) if backend.name == "embedded" else backend.log_sink()
         qlog = QueryLog(sink, index=f"{settings.index.name}-bench", backend=backend.name, settings=settings.logs)
-        plain = HybridSearcher(backend, index=settings.index.name, encoder=encoder, settings=settings.search)
-        logged = HybridSearcher(
-            backend, index=settings.index.name, encoder=encoder, settings=settings.search, query_log=qlog
+        plain = RetrievalPipeline(
+            backend, index=settings.index.name, encoder=encoder, settings=settings.search, owns_parts=False
+        )
+        logged = RetrievalPipeline(
+            backend,
+            index=settings.index.name,
+            encoder=encoder,
+            settings=settings.search,
+            query_log=qlog,
+            owns_parts=False,
         )
         for mode in ("bm25", "hybrid"):
             plain.search(query_texts[0], mode=mode)  # warm-up (the writer thread starts here too)

@@ -25,7 +25,8 @@ from hybrid_search.config.errors import ConfigError, IndexNotFound, QueryError
 from hybrid_search.config.settings import Settings, load_settings
 from hybrid_search.search.filters import Filter, check_value_types
 from hybrid_search.search.hits import SearchResult
-from hybrid_search.search.searcher import HybridSearcher, parse_mode
+from hybrid_search.search.request import SearchRequest, build_request, parse_mode
+from hybrid_search.search.searcher import RetrievalPipeline
 
 if TYPE_CHECKING:
     from hybrid_search.app.evaluate import EvalReport
@@ -83,7 +84,7 @@ class HybridSearch:
         self._encoder: Encoder | None = None
         self._query_encoder: Encoder | None = None
         self._reranker: CrossEncoderReranker | None = None
-        self._searcher: HybridSearcher | None = None
+        self._pipeline: RetrievalPipeline | None = None
         self._query_log: QueryLog | None = None
         self._spec: IndexSpec | None = None  # read once for filter checks; a new build resets it
         self._field_types: dict[str, str] | None = None  # metadata field -> type, read with the spec
@@ -151,31 +152,38 @@ class HybridSearch:
             return self._reranker
 
     @property
-    def searcher(self) -> HybridSearcher:
+    def pipeline(self) -> RetrievalPipeline:
+        """The retrieval pipeline over the build this client follows (created on first use)."""
         if self._serving is None:
             self._follow_build()
         with self._lock:
-            if self._searcher is None:
+            if self._pipeline is None:
                 from hybrid_search.encoding.encoder import set_cpu_threads
 
                 set_cpu_threads(self.settings.search.threads)  # for serving: see SearchSettings.threads
                 backend = self.backend
                 if self._query_log is None:  # one log for the client's life, across rebuilds
                     self._query_log = self._new_query_log(backend)
-                self._searcher = HybridSearcher(
+                self._pipeline = RetrievalPipeline(
                     backend,
                     index=self._serving or self.index,
                     encoder=self.query_encoder,
                     reranker=self.reranker,
                     settings=self.settings.search,
                     query_log=self._query_log,
+                    owns_parts=False,
                 )
-            return self._searcher
+            return self._pipeline
+
+    @property
+    def searcher(self) -> RetrievalPipeline:
+        """Deprecated name of ``pipeline``."""
+        return self.pipeline
 
     @property
     def query_log(self) -> QueryLog | None:
         """The query log searches are recorded in, when ``logs.queries`` is on (``None`` otherwise)."""
-        self.searcher  # noqa: B018 - the log is created with the searcher
+        self.pipeline.query_log  # noqa: B018 - the log is created with the pipeline
         return self._query_log
 
     def _new_query_log(self, backend: Backend) -> QueryLog | None:
@@ -273,7 +281,7 @@ class HybridSearch:
             self._spec = None
             self._field_types = None
             self._query_encoder = None
-            self._searcher = None
+            self._pipeline = None
             self._serving = None
             self._build_checked = 0.0
 
@@ -332,9 +340,22 @@ class HybridSearch:
                 self._encoder = encoder
         return summary
 
-    def search(
+    def request(
         self,
         query: str,
+        *,
+        mode: str | None = None,
+        top_k: int | None = None,
+        filters: Filter | None = None,
+        rerank: bool | None = None,
+    ) -> SearchRequest:
+        """The ``SearchRequest`` a mode preset makes from this client's settings (change it with
+        ``dataclasses.replace`` and pass it to ``search``)."""
+        return build_request(self.settings.search, query, mode=mode, top_k=top_k, rerank=rerank, filters=filters)
+
+    def search(
+        self,
+        query: str | SearchRequest,
         *,
         mode: str | None = None,
         top_k: int | None = None,
@@ -343,12 +364,18 @@ class HybridSearch:
     ) -> SearchResult:
         """Search the index. ``mode``: ``bm25``, ``knn`` or ``hybrid``, optionally ``+rerank`` (default from
         the settings); ``filters``: ``{"field": value}`` or ``{"field": [any, of]}`` on metadata fields, which
-        must be fields the index was ingested with (a misspelt one is an error, not zero hits)."""
+        must be fields the index was ingested with (a misspelt one is an error, not zero hits). ``query`` may
+        be a whole ``SearchRequest`` instead (the keywords are then not used)."""
+        request = (
+            query
+            if isinstance(query, SearchRequest)
+            else self.request(query, mode=mode, top_k=top_k, filters=filters, rerank=rerank)
+        )
 
         def once() -> SearchResult:
-            if filters:
-                self._check_filters(filters)
-            return self.searcher.search(query, mode=mode, top_k=top_k, rerank=rerank, filters=filters)
+            if request.filters:
+                self._check_filters(request.filters)
+            return self.pipeline.run(request)
 
         self._follow_build()
         try:
@@ -419,21 +446,22 @@ class HybridSearch:
         self.check_judged_documents(source, query_set.qrels, [qid for qid, _ in queries])
         if TUNED not in modes:
             return evaluate(
-                self.searcher,
+                self.pipeline,
                 queries,
                 query_set.qrels,
                 modes,
                 ignore_identical_ids=ignore_identical_ids,
                 progress=progress,
             )
-        searcher = self.searcher
-        fixed = HybridSearcher(
+        searcher = self.pipeline
+        fixed = RetrievalPipeline(
             self.backend,
             index=self.index,
             encoder=self.query_encoder,
             reranker=self.reranker,
             settings=SearchSettings(),
             query_log=self._query_log,
+            owns_parts=False,
         )
         reports = {}
         for mode in modes:
@@ -522,15 +550,42 @@ class HybridSearch:
             if self._closed:
                 return
             self._closed = True
-            searcher, self._searcher = self._searcher, None
-            if searcher is not None:
-                searcher.close()  # the query log, the encoder and the reranker
-            else:
-                for part in (self._encoder, self._reranker):
-                    if part is not None:
-                        part.close()
+            pipeline, self._pipeline = self._pipeline, None
+            if pipeline is not None:
+                pipeline.close()  # drains the query log; the models are this client's to close
+            elif self._query_log is not None:
+                self._query_log.close()
+            for part in dict.fromkeys(p for p in (self._encoder, self._query_encoder, self._reranker) if p is not None):
+                part.close()
             if self._backend is not None:
                 self._backend.close()
+
+    def query_log_report(self) -> str | None:
+        """One line on where the query log went and what it could not write (``None`` without a log)."""
+        log = self._query_log
+        if log is None:
+            return None
+        s = log.stats
+        return (
+            f"query log {log.name} at {log.sink.location}: {s.written} written, {s.dropped} dropped, "
+            f"{s.failed} failed of {s.recorded}"
+        )
+
+    def index_model(self) -> str | None:
+        """The bi-encoder the serving build was encoded with, as its spec records it (``None`` if unrecorded)."""
+        spec = self.backend.index_spec(self.index)
+        return spec.model if spec is not None and spec.model else None
+
+    def passages(self, *, limit: int | None = None) -> list[str]:
+        """The stored documents' passage texts (title and text), in storage order, the first ``limit``."""
+        from hybrid_search.config.text import passage_text
+
+        texts: list[str] = []
+        for batch in self.backend.iter_documents(self.index):
+            texts += [passage_text(d.title, d.text) for d in batch]
+            if limit is not None and len(texts) >= limit:
+                return texts[:limit]
+        return texts
 
     def __enter__(self) -> HybridSearch:
         return self

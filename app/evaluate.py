@@ -8,6 +8,7 @@ also corpus documents, and would otherwise find themselves).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from hybrid_search.config.errors import ConfigError
-from hybrid_search.search.searcher import HybridSearcher, parse_mode
+from hybrid_search.search.request import parse_mode
+from hybrid_search.search.searcher import RetrievalPipeline
 
 __all__ = ["METRICS", "EvalReport", "ModeReport", "evaluate", "per_query_scores", "score_run", "select_queries"]
 
@@ -121,7 +123,7 @@ def select_queries(
 
 
 def evaluate(
-    searcher: HybridSearcher,
+    searcher: RetrievalPipeline,
     queries: Sequence[tuple[str, str]],
     qrels: Mapping[str, Mapping[str, int]],
     modes: Iterable[str],
@@ -139,12 +141,13 @@ def evaluate(
             parse_mode(mode)
         # "tuned": the settings' own pipeline (a tune profile); a fixed mode never takes the settings' rerank
         run_mode, run_rerank = (None, None) if mode == TUNED else (mode, parse_mode(mode)[1])
-        if queries:  # load models outside the timed loop, so latency is per query, not per process
-            searcher.search(queries[0][1], mode=run_mode, rerank=run_rerank, top_k=depth)
         run: dict[str, list[str]] = {}
         latencies: list[float] = []
+        if queries:  # load models outside the timed loop, so latency is per query, not per process
+            template = searcher.request(queries[0][1], mode=run_mode, rerank=run_rerank, top_k=depth)
+            searcher.run(template)
         for qid, text in tqdm(queries, desc=mode, unit="q", disable=not progress):
-            result = searcher.search(text, mode=run_mode, rerank=run_rerank, top_k=depth)
+            result = searcher.run(dataclasses.replace(template, query=text))
             run[qid] = result.doc_ids
             latencies.append(result.timings_ms["total"])
         metrics = score_run(qrels, run, ignore_identical_ids=ignore_identical_ids)

@@ -219,6 +219,12 @@ class Inspectable(Protocol):
     def iter_documents(self, index: str, batch: int = ...) -> Iterable[list[StoredDocument]]:
         """Every stored document, streamed a batch at a time (no vectors), for re-encoding and training."""
 
+    def iter_vectors(self, index: str, batch: int = ...) -> Iterable[tuple[list[str], np.ndarray]]:
+        """Every stored vector with its id, a batch at a time (duplicate mining)."""
+
+    def knn_batch(self, index: str, vectors: np.ndarray, k: int, num_candidates: int) -> list[list[tuple[str, float]]]:
+        """Neighbours of many vectors at once, as ``(doc_id, similarity)`` runs."""
+
 
 @runtime_checkable
 class Backend(Retriever, IndexBuilder, LogStore, Inspectable, Protocol):

@@ -52,9 +52,11 @@ from hybrid_search.config.errors import (
 from hybrid_search.config.files import describe_holder, holder_info
 from hybrid_search.config.names import LOCK_INDEX, build_pattern
 from hybrid_search.config.settings import BackendSettings, IndexSettings
+from hybrid_search.config.text import passage_text
 from hybrid_search.search.filters import METADATA_FIELD, Filter, to_query_dsl
 from hybrid_search.search.hits import Hit
 from hybrid_search.search.interfaces import ServerFusion
+from hybrid_search.search.request import SearchRequest, two_leg_request
 
 __all__ = [
     "ClusterBackend",
@@ -713,61 +715,48 @@ class ClusterBackend(ABC):
             h["_score"] = self.similarity(float(h.get("_score") or 0.0))
         return self._hits(raw, "knn")
 
-    def hybrid_body(
-        self,
-        query: str,
-        vector: np.ndarray,
-        k: int,
-        *,
-        bm25_depth: int,
-        knn_depth: int,
-        num_candidates: int,
-        fusion: ServerFusion,
-        filters: Filter | None,
-    ) -> dict[str, Any]:
-        """The server-side fusion request; raise ``FusionUnsupported`` where this server cannot."""
+    def dialect_fusion_refusal(self, request: SearchRequest) -> str | None:
+        """Why this engine and version cannot fuse ``request`` on the server (the engine subclass says)."""
+        return f"{self.name} has no server-side fusion"
+
+    def fused_body(self, request: SearchRequest) -> dict[str, Any]:
+        """The server-side fusion request (asked only after ``dialect_fusion_refusal`` said yes)."""
         raise FusionUnsupported(f"{self.name} has no server-side fusion")
+
+    def fusion_refusal(self, request: SearchRequest) -> str | None:
+        if request.fusion is None:
+            return "one leg has nothing to fuse"
+        return self._server_fusion_refused.get(request.fusion.method) or self.dialect_fusion_refusal(request)
 
     def _hybrid_search(self, index: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         return self._search(index, body)
 
     @checks_names
-    def search_hybrid(
-        self,
-        index: str,
-        query: str,
-        vector: np.ndarray,
-        k: int,
-        *,
-        bm25_depth: int,
-        knn_depth: int,
-        num_candidates: int,
-        fusion: ServerFusion,
-        filters: Filter | None = None,
-    ) -> list[Hit]:
-        refused = self._server_fusion_refused.get(fusion.method)
-        if refused:
-            raise FusionUnsupported(refused)
-        body = self.hybrid_body(
-            query,
-            vector,
-            k,
-            bm25_depth=bm25_depth,
-            knn_depth=knn_depth,
-            num_candidates=num_candidates,
-            fusion=fusion,
-            filters=filters,
-        )
+    def search_fused(self, index: str, request: SearchRequest) -> list[Hit]:
+        assert request.fusion is not None, "asked only after fusion_refusal said yes"
+        body = self.fused_body(request)
         try:
             raw = self._hybrid_search(index, body)
         except QueryError as exc:
             cause = exc.__cause__
             if cause is not None and self._status(cause) in (400, 403, 404):
-                reason = f"{self.name} {self.server.version_text} refused {fusion.method} fusion: {_reason(cause)}"
-                self._server_fusion_refused[fusion.method] = reason
+                method = request.fusion.method
+                reason = f"{self.name} {self.server.version_text} refused {method} fusion: {_reason(cause)}"
+                self._server_fusion_refused[method] = reason
                 raise FusionUnsupported(reason) from exc
             raise
         return self._hits(raw, "fusion")
+
+    @checks_names
+    def search_hybrid(self, index: str, query: str, vector: np.ndarray, k: int, **legs: Any) -> list[Hit]:
+        """Deprecated two-leg form of ``search_fused`` (``legs``: bm25_depth, knn_depth, num_candidates,
+        fusion as a ``ServerFusion``, filters); raises ``FusionUnsupported`` where the server cannot fuse."""
+        fusion: ServerFusion = legs.pop("fusion")
+        request = two_leg_request(query, vector, k, fusion=fusion.spec(), **legs)
+        reason = self.fusion_refusal(request)
+        if reason is not None:
+            raise FusionUnsupported(reason)
+        return self.search_fused(index, request)
 
     # --- corpus-wide access (duplicate mining) -------------------------------------------------------
     def _scan(self, index: str, body: dict[str, Any], size: int) -> Iterable[dict[str, Any]]:
@@ -836,7 +825,7 @@ class ClusterBackend(ABC):
                 "mget", self.client.mget, index=index, body={"ids": part}, _source_includes=list(TEXT_FIELDS)
             )
             out.update(
-                (d["_id"], f"{d['_source'].get('title', '')} {d['_source'].get('text', '')}".strip())
+                (d["_id"], passage_text(d["_source"].get("title", ""), d["_source"].get("text", "")))
                 for d in response["docs"]
                 if d.get("found")
             )

@@ -2,8 +2,9 @@
 
 What differs from OpenSearch lives here: the ``dense_vector`` mapping, the top-level ``knn`` search, and
 server-side fusion with retrievers (``rrf`` from 8.14, ``linear`` from 8.18, weighted RRF from 9.1). Where
-the server is too old, lacks the licence, or answers that it does not know a retriever, the backend raises
-``FusionUnsupported`` and the searcher fuses in the client; a refusal is remembered so it is asked once.
+the server is too old the backend says so by its ``fusion_refusal`` capability, and the pipeline fuses in
+the client; a server that lacks the licence or answers that it does not know a retriever raises
+``FusionUnsupported`` once, and that refusal is remembered and answered by the capability from then on.
 Request bodies are built by the pure functions below, so tests can check each against the official spec.
 """
 
@@ -27,9 +28,12 @@ from hybrid_search.backends.cluster import (
 from hybrid_search.config.errors import ConfigError, FusionUnsupported
 from hybrid_search.search.filters import METADATA_FIELD, Filter, to_query_dsl
 from hybrid_search.search.interfaces import ServerFusion
+from hybrid_search.search.request import Dense, Lexical, SearchRequest, two_leg_request
 
 __all__ = [
     "ElasticsearchBackend",
+    "es_fused_body",
+    "es_fusion_refusal",
     "es_hybrid_body",
     "es_index_body",
     "es_knn_body",
@@ -91,57 +95,62 @@ def es_knn_body(vector: np.ndarray, k: int, num_candidates: int, filters: Filter
     }
 
 
-def es_hybrid_body(
-    query: str,
-    vector: np.ndarray,
-    k: int,
-    *,
-    bm25_depth: int,
-    knn_depth: int,
-    num_candidates: int,
-    fusion: ServerFusion,
-    filters: Filter | None,
-    version: tuple[int, int, int],
-) -> dict[str, Any]:
-    """A ``retriever`` search fusing BM25 and kNN on the server; ``FusionUnsupported`` where it cannot."""
-    standard: dict[str, Any] = {"standard": {"query": bm25_query(query, None)}}
-    dsl = to_query_dsl(filters)
-    if dsl:
-        standard["standard"]["filter"] = dsl
-    knn = {"knn": es_knn_clause(vector, knn_depth, num_candidates, filters)}
-    window = max(bm25_depth, knn_depth, k)
+def es_fusion_refusal(request: SearchRequest, version: tuple[int, int, int]) -> str | None:
+    """Why this Elasticsearch version cannot fuse ``request`` with a retriever, or ``None`` when it can."""
+    fusion = request.fusion
+    if fusion is None or request.leg_names != ("bm25", "knn"):
+        return f"Elasticsearch's retrievers here fuse bm25 + knn, not {'+'.join(request.leg_names)}"
     if fusion.method == "rrf":
         if version < RRF_SINCE:
-            raise FusionUnsupported(f"the rrf retriever needs Elasticsearch {_v(RRF_SINCE)}+")
+            return f"the rrf retriever needs Elasticsearch {_v(RRF_SINCE)}+"
+        if fusion.leg_weights(request.leg_names) is not None and version < WEIGHTED_RRF_SINCE:
+            return f"weighted rrf needs Elasticsearch {_v(WEIGHTED_RRF_SINCE)}+"
+        return None
+    if version < LINEAR_SINCE:
+        return f"the linear retriever needs Elasticsearch {_v(LINEAR_SINCE)}+"
+    normalizer, since = SERVER_NORMALIZERS.get(fusion.normalizer, (None, LINEAR_SINCE))
+    if normalizer is None or version < since:
+        return f"Elasticsearch {_v(version)}'s linear retriever has no {fusion.normalizer} normalizer"
+    return None
+
+
+def es_fused_body(request: SearchRequest, version: tuple[int, int, int]) -> dict[str, Any]:
+    """A ``retriever`` search fusing BM25 and kNN on the server; ``FusionUnsupported`` where it cannot."""
+    reason = es_fusion_refusal(request, version)
+    if reason is not None:
+        raise FusionUnsupported(reason)
+    lexical, dense, fusion = request.leg("bm25"), request.leg("knn"), request.fusion
+    assert isinstance(lexical, Lexical) and isinstance(dense, Dense) and fusion is not None  # refusal checked
+    assert request.vector is not None, "the pipeline encodes before it fuses"
+    standard: dict[str, Any] = {"standard": {"query": bm25_query(request.query, None)}}
+    dsl = to_query_dsl(request.filters)
+    if dsl:
+        standard["standard"]["filter"] = dsl
+    knn = {"knn": es_knn_clause(request.vector, dense.depth, dense.num_candidates, request.filters)}
+    k = request.candidates
+    window = max(lexical.depth, dense.depth, k)
+    parts = ((standard, fusion.weight("bm25")), (knn, fusion.weight("knn")))
+    if fusion.method == "rrf":
         retrievers: list[Any] = [standard, knn]
-        if fusion.bm25_weight != fusion.knn_weight:
-            if version < WEIGHTED_RRF_SINCE:
-                raise FusionUnsupported(f"weighted rrf needs Elasticsearch {_v(WEIGHTED_RRF_SINCE)}+")
-            retrievers = [
-                {"retriever": standard, "weight": fusion.bm25_weight},
-                {"retriever": knn, "weight": fusion.knn_weight},
-            ]
-        retriever = {"rrf": {"retrievers": retrievers, "rank_window_size": window, "rank_constant": fusion.rrf_k}}
-    elif fusion.method == "linear":
-        if version < LINEAR_SINCE:
-            raise FusionUnsupported(f"the linear retriever needs Elasticsearch {_v(LINEAR_SINCE)}+")
-        normalizer, since = SERVER_NORMALIZERS.get(fusion.normalizer, (None, LINEAR_SINCE))
-        if normalizer is None or version < since:
-            raise FusionUnsupported(
-                f"Elasticsearch {_v(version)}'s linear retriever has no {fusion.normalizer} normalizer"
-            )
+        if fusion.leg_weights(request.leg_names) is not None:
+            retrievers = [{"retriever": r, "weight": w} for r, w in parts]
+        retriever = {"rrf": {"retrievers": retrievers, "rank_window_size": window, "rank_constant": fusion.k}}
+    else:
+        normalizer = SERVER_NORMALIZERS[fusion.normalizer][0]
         retriever = {
             "linear": {
-                "retrievers": [
-                    {"retriever": standard, "weight": fusion.bm25_weight, "normalizer": normalizer},
-                    {"retriever": knn, "weight": fusion.knn_weight, "normalizer": normalizer},
-                ],
+                "retrievers": [{"retriever": r, "weight": w, "normalizer": normalizer} for r, w in parts],
                 "rank_window_size": window,
             }
         }
-    else:
-        raise FusionUnsupported(f"unknown fusion {fusion.method!r}")
     return {"retriever": retriever, "size": k, "_source": {"excludes": [VECTOR_FIELD]}}
+
+
+def es_hybrid_body(
+    query: str, vector: np.ndarray, k: int, *, fusion: ServerFusion, version: tuple[int, int, int], **legs: Any
+) -> dict[str, Any]:
+    """Deprecated two-leg form of ``es_fused_body`` (``legs``: bm25_depth, knn_depth, num_candidates, filters)."""
+    return es_fused_body(two_leg_request(query, vector, k, fusion=fusion.spec(), **legs), version)
 
 
 def _v(version: tuple[int, int, int]) -> str:
@@ -225,26 +234,8 @@ class ElasticsearchBackend(ClusterBackend):
     def knn_body(self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None) -> dict[str, Any]:
         return es_knn_body(vector, k, num_candidates, filters)
 
-    def hybrid_body(
-        self,
-        query: str,
-        vector: np.ndarray,
-        k: int,
-        *,
-        bm25_depth: int,
-        knn_depth: int,
-        num_candidates: int,
-        fusion: ServerFusion,
-        filters: Filter | None,
-    ) -> dict[str, Any]:
-        return es_hybrid_body(
-            query,
-            vector,
-            k,
-            bm25_depth=bm25_depth,
-            knn_depth=knn_depth,
-            num_candidates=num_candidates,
-            fusion=fusion,
-            filters=filters,
-            version=self.server.version,
-        )
+    def dialect_fusion_refusal(self, request: SearchRequest) -> str | None:
+        return es_fusion_refusal(request, self.server.version)
+
+    def fused_body(self, request: SearchRequest) -> dict[str, Any]:
+        return es_fused_body(request, self.server.version)

@@ -58,9 +58,10 @@ from hybrid_search.config.errors import (
 )
 from hybrid_search.config.files import FileLock, atomic_write_text, describe_holder, read_json_file
 from hybrid_search.config.names import build_pattern
+from hybrid_search.config.text import passage_text
 from hybrid_search.search.filters import METADATA_FIELD, Filter, clauses, to_sql
 from hybrid_search.search.hits import Hit
-from hybrid_search.search.interfaces import ServerFusion
+from hybrid_search.search.request import SearchRequest
 
 __all__ = ["EmbeddedBackend", "LexicalIndex"]
 
@@ -885,20 +886,10 @@ class EmbeddedBackend:
     ) -> list[Hit]:
         return self._get(index).knn(vector, k, num_candidates, filters)
 
-    @checks_names
-    def search_hybrid(
-        self,
-        index: str,
-        query: str,
-        vector: np.ndarray,
-        k: int,
-        *,
-        bm25_depth: int,
-        knn_depth: int,
-        num_candidates: int,
-        fusion: ServerFusion,
-        filters: Filter | None = None,
-    ) -> list[Hit]:
+    def fusion_refusal(self, request: SearchRequest) -> str | None:
+        return "the embedded backend fuses in the client"
+
+    def search_fused(self, index: str, request: SearchRequest) -> list[Hit]:
         raise FusionUnsupported("the embedded backend fuses in the client")
 
     @checks_names
@@ -982,7 +973,7 @@ class EmbeddedBackend:
     def get_texts(self, index: str, doc_ids: Sequence[str]) -> dict[str, str]:
         """``title text`` of each id found."""
         rows = self._get(index)._rows_by("doc_id", list(doc_ids))
-        return {doc_id: f"{row[2]} {row[3]}".strip() for doc_id, row in rows.items()}
+        return {doc_id: passage_text(row[2], row[3]) for doc_id, row in rows.items()}
 
     def _all_physical(self) -> set[str]:
         root = self.data_dir / "indexes"

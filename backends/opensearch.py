@@ -5,8 +5,8 @@ duplicates access) comes from ``ClusterBackend``; this module holds what differs
 ``knn_vector`` field (lucene or faiss HNSW, optional fp16 scalar quantisation), the ``knn`` query with its
 filter inside, and server-side fusion through a ``hybrid`` query and a search pipeline that the backend
 creates or updates idempotently (``normalization-processor``: min_max or l2 with weighted arithmetic_mean;
-``score-ranker-processor`` RRF from 2.19). Without the neural-search plugin, or when the server refuses,
-``FusionUnsupported`` sends the searcher to client-side fusion.
+``score-ranker-processor`` RRF from 2.19). Without the neural-search plugin the ``fusion_refusal`` capability says
+so and the pipeline fuses in the client; a server that refuses at run time is remembered the same way.
 """
 
 from __future__ import annotations
@@ -31,8 +31,17 @@ from hybrid_search.backends.cluster import (
 from hybrid_search.config.errors import ConfigError, FusionUnsupported
 from hybrid_search.search.filters import METADATA_FIELD, Filter, to_query_dsl
 from hybrid_search.search.interfaces import ServerFusion
+from hybrid_search.search.request import Dense, FusionSpec, Lexical, SearchRequest, two_leg_request
 
-__all__ = ["OpenSearchBackend", "os_hybrid_query", "os_index_body", "os_knn_body", "os_pipeline_body"]
+__all__ = [
+    "OpenSearchBackend",
+    "os_fused_query",
+    "os_hybrid_query",
+    "os_index_body",
+    "os_knn_body",
+    "os_pipeline_body",
+    "os_pipeline_refusal",
+]
 
 KNN_PLUGIN = "opensearch-knn"
 NEURAL_PLUGIN = "opensearch-neural-search"
@@ -40,6 +49,7 @@ SCORE_RANKER_SINCE = (2, 19, 0)
 PAGINATION_DEPTH_SINCE = (2, 19, 0)
 METHOD_PARAMETERS_SINCE = (2, 16, 0)
 NORMALIZATION = {"minmax": "min_max", "l2": "l2"}  # OpenSearch has no z-score technique
+TWO_LEGS = ("bm25", "knn")
 
 
 def os_index_body(
@@ -107,53 +117,62 @@ def os_knn_body(
     }
 
 
-def os_pipeline_body(fusion: ServerFusion, version: tuple[int, int, int]) -> dict[str, Any]:
-    """The search pipeline that fuses a ``hybrid`` query's sub-query results."""
+def os_pipeline_refusal(fusion: FusionSpec, version: tuple[int, int, int]) -> str | None:
+    """Why no search pipeline of this OpenSearch version fuses the way ``fusion`` asks, or ``None``."""
+    weights = fusion.leg_weights(TWO_LEGS)
     if fusion.method == "rrf":
         if version < SCORE_RANKER_SINCE:
-            raise FusionUnsupported("RRF in a search pipeline needs OpenSearch 2.19+")
-        if fusion.bm25_weight != fusion.knn_weight:
-            raise FusionUnsupported("OpenSearch's score-ranker-processor has no per-query weights")
+            return "RRF in a search pipeline needs OpenSearch 2.19+"
+        if weights is not None:
+            return "OpenSearch's score-ranker-processor has no per-query weights"
+        return None
+    if fusion.normalizer not in NORMALIZATION:
+        return f"OpenSearch's normalization-processor has no {fusion.normalizer} technique"
+    if weights is not None and sum(weights) <= 0:
+        return "fusion weights sum to zero"
+    return None
+
+
+def os_pipeline_body(fusion: FusionSpec | ServerFusion, version: tuple[int, int, int]) -> dict[str, Any]:
+    """The search pipeline that fuses a ``hybrid`` query's sub-query results."""
+    spec = fusion.spec() if isinstance(fusion, ServerFusion) else fusion
+    reason = os_pipeline_refusal(spec, version)
+    if reason is not None:
+        raise FusionUnsupported(reason)
+    if spec.method == "rrf":
         processor: dict[str, Any] = {
-            "score-ranker-processor": {"combination": {"technique": "rrf", "rank_constant": fusion.rrf_k}}
+            "score-ranker-processor": {"combination": {"technique": "rrf", "rank_constant": spec.k}}
         }
-    elif fusion.method == "linear":
-        technique = NORMALIZATION.get(fusion.normalizer)
-        if technique is None:
-            raise FusionUnsupported(f"OpenSearch's normalization-processor has no {fusion.normalizer} technique")
-        total = fusion.bm25_weight + fusion.knn_weight
-        if total <= 0:
-            raise FusionUnsupported("fusion weights sum to zero")
-        weights = [fusion.bm25_weight / total, fusion.knn_weight / total]  # the processor wants them to sum to 1
+    else:
+        raw = [spec.weight(name) for name in TWO_LEGS]
+        weights = [w / sum(raw) for w in raw]  # the processor wants them to sum to 1
         processor = {
             "normalization-processor": {
-                "normalization": {"technique": technique},
+                "normalization": {"technique": NORMALIZATION[spec.normalizer]},
                 "combination": {"technique": "arithmetic_mean", "parameters": {"weights": weights}},
             }
         }
-    else:
-        raise FusionUnsupported(f"unknown fusion {fusion.method!r}")
     return {"description": "hybrid-search: BM25 + kNN fusion", "phase_results_processors": [processor]}
 
 
-def os_hybrid_query(
-    query: str,
-    vector: np.ndarray,
-    k: int,
-    *,
-    bm25_depth: int,
-    knn_depth: int,
-    num_candidates: int,
-    filters: Filter | None,
-    version: tuple[int, int, int],
-) -> dict[str, Any]:
+def os_fused_query(request: SearchRequest, version: tuple[int, int, int]) -> dict[str, Any]:
     """The ``hybrid`` search body; ``pagination_depth`` bounds each sub-query's results (2.19+)."""
-    hybrid: dict[str, Any] = {
-        "queries": [bm25_query(query, filters), os_knn_query(vector, knn_depth, num_candidates, filters, version)]
-    }
+    lexical, dense = request.leg("bm25"), request.leg("knn")
+    assert isinstance(lexical, Lexical) and isinstance(dense, Dense), "checked by fusion_refusal"
+    assert request.vector is not None, "the pipeline encodes before it fuses"
+    k = request.candidates
+    knn = os_knn_query(request.vector, dense.depth, dense.num_candidates, request.filters, version)
+    hybrid: dict[str, Any] = {"queries": [bm25_query(request.query, request.filters), knn]}
     if version >= PAGINATION_DEPTH_SINCE:
-        hybrid["pagination_depth"] = max(bm25_depth, knn_depth, k)
+        hybrid["pagination_depth"] = max(lexical.depth, dense.depth, k)
     return {"size": k, "query": {"hybrid": hybrid}, "_source": {"excludes": [VECTOR_FIELD]}}
+
+
+def os_hybrid_query(
+    query: str, vector: np.ndarray, k: int, *, version: tuple[int, int, int], **legs: Any
+) -> dict[str, Any]:
+    """Deprecated two-leg form of ``os_fused_query`` (``legs``: bm25_depth, knn_depth, num_candidates, filters)."""
+    return os_fused_query(two_leg_request(query, vector, k, fusion=FusionSpec(), **legs), version)
 
 
 def pipeline_name(body: dict[str, Any]) -> str:
@@ -242,21 +261,16 @@ class OpenSearchBackend(ClusterBackend):
     def knn_body(self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None) -> dict[str, Any]:
         return os_knn_body(vector, k, num_candidates, filters, self.server.version)
 
-    def hybrid_body(
-        self,
-        query: str,
-        vector: np.ndarray,
-        k: int,
-        *,
-        bm25_depth: int,
-        knn_depth: int,
-        num_candidates: int,
-        fusion: ServerFusion,
-        filters: Filter | None,
-    ) -> dict[str, Any]:
+    def dialect_fusion_refusal(self, request: SearchRequest) -> str | None:
         if NEURAL_PLUGIN not in self.server.plugins:
-            raise FusionUnsupported(f"OpenSearch at {self.urls_text} has no neural-search plugin")
-        pipeline = os_pipeline_body(fusion, self.server.version)
+            return f"OpenSearch at {self.urls_text} has no neural-search plugin"
+        if request.fusion is None or request.leg_names != TWO_LEGS:
+            return f"OpenSearch's hybrid query here fuses bm25 + knn, not {'+'.join(request.leg_names)}"
+        return os_pipeline_refusal(request.fusion, self.server.version)
+
+    def fused_body(self, request: SearchRequest) -> dict[str, Any]:
+        assert request.fusion is not None, "checked by fusion_refusal"
+        pipeline = os_pipeline_body(request.fusion, self.server.version)
         name = pipeline_name(pipeline)
         if name not in self._pipelines:  # PUT is idempotent; once per process is enough
             self._call(
@@ -267,17 +281,7 @@ class OpenSearchBackend(ClusterBackend):
                 body=pipeline,
             )
             self._pipelines.add(name)
-        body = os_hybrid_query(
-            query,
-            vector,
-            k,
-            bm25_depth=bm25_depth,
-            knn_depth=knn_depth,
-            num_candidates=num_candidates,
-            filters=filters,
-            version=self.server.version,
-        )
-        return {"pipeline": name, "body": body}
+        return {"pipeline": name, "body": os_fused_query(request, self.server.version)}
 
     def _hybrid_search(self, index: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         return self._search(index, body["body"], params={"search_pipeline": body["pipeline"]})

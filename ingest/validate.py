@@ -18,6 +18,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from hybrid_search.config.errors import BadRecordError
+from hybrid_search.config.text import passage_text
 from hybrid_search.ingest.sources import FieldMap, RawRecord
 
 __all__ = ["Document", "RecordLimits", "Reject", "RejectsFile", "SeenIds", "VectorCheck", "validate"]
@@ -37,7 +38,7 @@ class Document:
     @property
     def passage(self) -> str:
         """What encoders and cross-encoders read: title and text joined by a space (BEIR's convention)."""
-        return f"{self.title} {self.text}".strip()
+        return passage_text(self.title, self.text)
 
 
 @dataclass(frozen=True, slots=True)

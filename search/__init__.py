@@ -1,4 +1,4 @@
-"""Search: the hybrid searcher, fusion, filters and typed results.
+"""Search: the request value, the retrieval pipeline, fusion, filters and typed results.
 
 ``search`` imports only ``config``. What it needs from storage, the bi-encoder and the cross-encoder is
 declared here as small protocols (``search.interfaces``) that those packages implement.
@@ -17,10 +17,31 @@ from hybrid_search.search.fusion import (
 )
 from hybrid_search.search.hits import Hit, SearchResult
 from hybrid_search.search.interfaces import QueryEncoder, Reranker, ResultRecorder, Retriever, ServerFusion
-from hybrid_search.search.searcher import BASE_MODES, HybridSearcher, parse_mode, rerank_hits
+from hybrid_search.search.request import (
+    MODES,
+    Dense,
+    FusionSpec,
+    Leg,
+    Lexical,
+    RerankSpec,
+    SearchRequest,
+    build_request,
+    parse_mode,
+)
+from hybrid_search.search.searcher import BASE_MODES, HybridSearcher, RetrievalPipeline, fuse_legs, rerank_hits
 
 __all__ = [
     "BASE_MODES",
+    "MODES",
+    "Dense",
+    "FusionSpec",
+    "Leg",
+    "Lexical",
+    "RerankSpec",
+    "RetrievalPipeline",
+    "SearchRequest",
+    "build_request",
+    "fuse_legs",
     "FUSERS",
     "NORMALIZERS",
     "Filter",

@@ -14,16 +14,19 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from hybrid_search.search.filters import Filter
 from hybrid_search.search.hits import Hit, SearchResult
+from hybrid_search.search.request import FusionSpec
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from hybrid_search.search.request import SearchRequest
 
 __all__ = ["QueryEncoder", "Reranker", "ResultRecorder", "Retriever", "ServerFusion"]
 
 
 @dataclass(frozen=True, slots=True)
 class ServerFusion:
-    """A request for fusion on the server: the method and its parameters, as the searcher would do it."""
+    """Deprecated: the two-leg fusion parameters of ``search_hybrid``; ``FusionSpec`` replaces it."""
 
     method: Literal["rrf", "linear"]
     rrf_k: int = 60
@@ -31,10 +34,19 @@ class ServerFusion:
     bm25_weight: float = 0.5
     knn_weight: float = 0.5
 
+    def spec(self) -> FusionSpec:
+        return FusionSpec.of(
+            self.method,
+            weights={"bm25": self.bm25_weight, "knn": self.knn_weight},
+            normalizer=self.normalizer,
+            k=self.rrf_k,
+        )
+
 
 @runtime_checkable
 class Retriever(Protocol):
-    """First-stage retrieval over one index (an alias or a physical index)."""
+    """First-stage retrieval over one index (an alias or a physical index): one leg at a time, or a whole
+    fused request where the engine can fuse on the server (``fusion_refusal`` says whether)."""
 
     name: str
 
@@ -46,20 +58,14 @@ class Retriever(Protocol):
     ) -> list[Hit]:
         """Approximate nearest neighbours of ``vector``, nearest first; ``filters`` restricts the candidates."""
 
-    def search_hybrid(
-        self,
-        index: str,
-        query: str,
-        vector: np.ndarray,
-        k: int,
-        *,
-        bm25_depth: int,
-        knn_depth: int,
-        num_candidates: int,
-        fusion: ServerFusion,
-        filters: Filter | None = None,
-    ) -> list[Hit]:
-        """Server-side fusion; raises ``FusionUnsupported`` when the engine cannot, so the caller fuses."""
+    def fusion_refusal(self, request: SearchRequest) -> str | None:
+        """``None`` when this engine can fuse ``request``'s legs on the server; otherwise why not (the caller
+        then fuses in the client). A capability: asking never raises for a normal request."""
+
+    def search_fused(self, index: str, request: SearchRequest) -> list[Hit]:
+        """The request's legs fused on the server, ``request.candidates`` deep. Only asked after
+        ``fusion_refusal`` said yes; a server that refuses at run time raises ``FusionUnsupported`` once
+        and is refused by ``fusion_refusal`` from then on."""
 
 
 class QueryEncoder(Protocol):

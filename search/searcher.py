@@ -1,9 +1,10 @@
-"""``HybridSearcher``: query -> encode -> BM25 and kNN -> fuse -> optional rerank -> typed results.
+"""``RetrievalPipeline``: a ``SearchRequest`` -> encode -> each retrieval leg -> fuse -> optional rerank -> result.
 
-Modes are ``bm25``, ``knn`` and ``hybrid``, each optionally ``+rerank``. Hybrid fusion runs on the server
-when the backend can do it and the settings allow it; when the backend raises ``FusionUnsupported`` the
-searcher fuses in the client and logs that once per backend and method. Every stage is timed, and with a
-``QueryLog`` each result is handed to a background writer that can never slow down or fail the search.
+The request (``search.request``) says which legs run, how deep, how they fuse and whether to rerank; this
+module runs it. Fusion happens on the server when the settings allow it and the backend says, by its
+``fusion_refusal`` capability, that it can; otherwise the pipeline fuses the legs' runs in the client and
+logs why once per backend and method. Every stage is timed, and with a ``QueryLog`` each result is handed
+to a background writer that can never slow down or fail the search.
 """
 
 from __future__ import annotations
@@ -12,78 +13,52 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from hybrid_search.config.errors import ConfigError, FusionUnsupported, QueryError
+from hybrid_search.config.errors import ConfigError, FusionUnsupported
 from hybrid_search.config.settings import SearchSettings
+from hybrid_search.config.text import passage_text
 from hybrid_search.search.filters import Filter
-from hybrid_search.search.fusion import fuse, normalize_minmax
+from hybrid_search.search.fusion import normalize_minmax
 from hybrid_search.search.hits import Hit, SearchResult
-from hybrid_search.search.interfaces import QueryEncoder, Reranker, ResultRecorder, Retriever, ServerFusion
+from hybrid_search.search.interfaces import QueryEncoder, Reranker, ResultRecorder, Retriever
+from hybrid_search.search.request import (
+    MODES,
+    FusionSpec,
+    Leg,
+    SearchRequest,
+    build_request,
+    check_limits,
+    check_query,
+    parse_mode,
+)
 
 __all__ = [
     "BASE_MODES",
     "HybridSearcher",
+    "RetrievalPipeline",
     "blend_rerank_scores",
     "check_limits",
     "check_query",
+    "fuse_legs",
     "parse_mode",
     "rerank_hits",
 ]
 
 log = logging.getLogger(__name__)
 
-BASE_MODES = ("bm25", "knn", "hybrid")
-
-
-def parse_mode(mode: str) -> tuple[str, bool]:
-    """``"hybrid+rerank"`` -> ``("hybrid", True)``; raises ``ConfigError`` for anything unknown."""
-    base, plus, suffix = mode.strip().lower().partition("+")
-    if base not in BASE_MODES or (plus and suffix != "rerank"):
-        raise ConfigError(f"unknown mode {mode!r}: use bm25, knn or hybrid, each optionally with +rerank")
-    return base, suffix == "rerank"
-
-
-def check_query(query: str, max_chars: int | None = None) -> None:
-    """An empty, blank, oversized or non-UTF-8 query is an error: kNN would otherwise return arbitrary
-    nearest neighbours, a huge one would hold a core for seconds, and lone surrogates cannot be encoded."""
-    if not isinstance(query, str):
-        raise QueryError(f"the query must be text, not {type(query).__name__}")
-    if not query.strip():
-        raise QueryError("the query is empty: give some words to search for")
-    if max_chars is not None and len(query) > max_chars:
-        raise QueryError(
-            f"the query has {len(query):,} characters, over search.max_query_chars = {max_chars:,}: shorten it"
-        )
-    try:
-        query.encode("utf-8")
-    except UnicodeEncodeError:
-        raise QueryError("the query is not valid UTF-8 text (undecodable bytes): give it as UTF-8") from None
-
-
-def check_limits(settings: SearchSettings, *, top_k: int, rerank_depth: int | None) -> None:
-    """``QueryError`` when one request asks for more than the settings' hard bounds allow."""
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-        raise QueryError(f"top_k must be a positive whole number, got {top_k!r}")
-    if top_k > settings.max_top_k:
-        raise QueryError(
-            f"top_k {top_k:,} is over search.max_top_k = {settings.max_top_k:,}: page through results instead, "
-            "or raise the limit in the settings"
-        )
-    if rerank_depth is not None and rerank_depth > settings.max_rerank_depth:
-        raise QueryError(
-            f"rerank depth {rerank_depth:,} is over search.max_rerank_depth = {settings.max_rerank_depth:,} "
-            "(each reranked hit is a cross-encoder pass): lower it or raise the limit"
-        )
+BASE_MODES = MODES
 
 
 def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
-class HybridSearcher:
-    """Runs the retrieval pipeline over one index of a backend. Construction loads nothing."""
+class RetrievalPipeline:
+    """Runs search requests over one index of a backend. Construction loads nothing; the encoder and
+    reranker it is given are closed with it unless ``owns_parts=False`` (their owner closes them)."""
 
     def __init__(
         self,
@@ -94,14 +69,31 @@ class HybridSearcher:
         reranker: Reranker | None = None,
         settings: SearchSettings | None = None,
         query_log: ResultRecorder | None = None,
+        owns_parts: bool = True,
     ) -> None:
         self.backend = backend
+        self.owns_parts = owns_parts
         self.index = index
         self.encoder = encoder
         self.reranker = reranker
         self.settings = settings or SearchSettings()
         self.query_log = query_log
         self._fallback_logged: set[str] = set()
+
+    def request(
+        self,
+        query: str,
+        *,
+        mode: str | None = None,
+        top_k: int | None = None,
+        rerank: bool | None = None,
+        filters: Filter | None = None,
+        vector: np.ndarray | None = None,
+    ) -> SearchRequest:
+        """The request a mode preset makes from this pipeline's settings (see ``build_request``)."""
+        return build_request(
+            self.settings, query, mode=mode, top_k=top_k, rerank=rerank, filters=filters, vector=vector
+        )
 
     def search(
         self,
@@ -113,144 +105,95 @@ class HybridSearcher:
         filters: Filter | None = None,
         vector: np.ndarray | None = None,
     ) -> SearchResult:
-        """Search ``query``. ``mode`` may carry ``+rerank``; ``rerank`` overrides the settings' default.
+        """Search ``query`` with a mode preset: ``mode`` may carry ``+rerank``; ``rerank`` overrides the
+        settings' default; ``vector`` is the query's embedding when the caller already has it."""
+        return self.run(self.request(query, mode=mode, top_k=top_k, rerank=rerank, filters=filters, vector=vector))
 
-        ``vector`` is the query's embedding when the caller already has it (it skips the encode stage).
-        """
-        if vector is None or query:
-            check_query(query, self.settings.max_query_chars)
-        base, rerank_in_mode = parse_mode(mode or self.settings.mode)
-        do_rerank = rerank_in_mode or (self.settings.rerank if rerank is None else rerank)
-        top_k = self.settings.top_k if top_k is None else top_k
-        depth = max(top_k, self.settings.rerank_depth) if do_rerank else top_k
-        check_limits(self.settings, top_k=top_k, rerank_depth=depth if do_rerank else None)
+    def run(self, request: SearchRequest, *, index: str | None = None) -> SearchResult:
+        """Run one request (checked against the settings' limits) over ``index`` (this pipeline's by default)."""
+        check_limits(self.settings, request)
+        if request.rerank is not None and self.reranker is None:
+            raise ConfigError("+rerank needs a reranker: construct RetrievalPipeline with reranker=...")
+        target = index or self.index
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        location = None
-        if base == "bm25":
-            hits = self._bm25(query, depth, filters, timings)
-        else:
-            dense = vector if vector is not None else self._encode(query, timings)
-            if base == "knn":
-                hits = self._knn(dense, depth, filters, timings)
-            else:
-                hits, location = self._hybrid(query, dense, depth, filters, timings)
+        if request.needs_vector and request.vector is None:
+            request = dataclasses.replace(request, vector=self._encode(request.query, timings))
+        hits, location = self._first_stage(target, request, timings)
         candidates = len(hits)
-        if do_rerank:
-            hits = self._rerank(query, hits, timings)
+        if request.rerank is not None:
+            t = time.perf_counter()
+            hits = rerank_hits(
+                self.reranker,  # type: ignore[arg-type]  # checked above
+                request.query,
+                hits,
+                request.rerank.depth,
+                interpolation=request.rerank.interpolation,
+            )
+            timings["rerank"] = _ms(t)
         timings["total"] = _ms(start)
-        label = base + ("+rerank" if do_rerank else "")
         result = SearchResult(
-            query=query,
-            mode=label,
-            hits=tuple(hits[:top_k]),
+            query=request.query,
+            mode=request.mode,
+            hits=tuple(hits[: request.top_k]),
             timings_ms=timings,
             fusion_location=location,
             total_hits=candidates,
         )
-        if self.query_log is not None:
-            self.query_log.record(result, top_k=top_k, filtered=bool(filters))  # never blocks, never raises
+        if self.query_log is not None:  # never blocks, never raises
+            self.query_log.record(result, top_k=request.top_k, filtered=bool(request.filters))
         return result
 
     # --- stages -----------------------------------------------------------------------------------
     def _encode(self, query: str, timings: dict[str, float]) -> np.ndarray:
         if self.encoder is None:
-            raise ConfigError("kNN and hybrid modes need an encoder: construct HybridSearcher with encoder=...")
+            raise ConfigError("kNN and hybrid modes need an encoder: construct RetrievalPipeline with encoder=...")
         t = time.perf_counter()
         vector = self.encoder.encode_queries([query])[0]
         timings["encode"] = _ms(t)
         return vector
 
-    def _bm25(self, query: str, k: int, filters: Filter | None, timings: dict[str, float]) -> list[Hit]:
-        t = time.perf_counter()
-        hits = self.backend.search_bm25(self.index, query, k, filters)
-        timings["bm25"] = _ms(t)
-        return hits
-
-    def _knn(self, vector: np.ndarray, k: int, filters: Filter | None, timings: dict[str, float]) -> list[Hit]:
-        t = time.perf_counter()
-        hits = self.backend.search_knn(self.index, vector, k, max(self.settings.num_candidates, k), filters)
-        timings["knn"] = _ms(t)
-        return hits
-
-    def _hybrid(
-        self, query: str, vector: np.ndarray, k: int, filters: Filter | None, timings: dict[str, float]
-    ) -> tuple[list[Hit], str]:
-        s = self.settings
-        bm25_depth, knn_depth = max(s.bm25_depth, k), max(s.knn_depth, k)
-        if s.server_fusion:
-            fusion = ServerFusion(
-                method=s.fusion,
-                rrf_k=s.rrf_k,
-                normalizer=s.normalizer,
-                bm25_weight=s.bm25_weight,
-                knn_weight=s.knn_weight,
-            )
+    def _first_stage(
+        self, index: str, request: SearchRequest, timings: dict[str, float]
+    ) -> tuple[list[Hit], str | None]:
+        depth = request.candidates
+        if request.fusion is None:
+            (leg,) = request.legs
+            return self._retrieve(index, leg, timings, request), None
+        if self.settings.server_fusion and self._server_fuses(request):
             t = time.perf_counter()
             try:
-                hits = self.backend.search_hybrid(
-                    self.index,
-                    query,
-                    vector,
-                    k,
-                    bm25_depth=bm25_depth,
-                    knn_depth=knn_depth,
-                    num_candidates=max(s.num_candidates, knn_depth),
-                    fusion=fusion,
-                    filters=filters,
-                )
+                hits = self.backend.search_fused(index, request)
+            except FusionUnsupported as exc:  # refused at run time; the backend answers no from now on
+                self._log_fallback(request.fusion, str(exc))
+            else:
                 timings["fusion"] = _ms(t)
                 return hits, "server"
-            except FusionUnsupported as exc:
-                self._log_fallback(s.fusion, exc)
-        lexical = self._bm25(query, bm25_depth, filters, timings)
-        dense = self._knn(vector, knn_depth, filters, timings)
+        runs = [(leg, self._retrieve(index, leg, timings, request)) for leg in request.legs]
         t = time.perf_counter()
-        hits = self.fuse_hits(lexical, dense)[:k]
+        hits = fuse_legs(request.fusion, runs)[:depth]
         timings["fusion"] = _ms(t)
         return hits, "client"
 
-    def fuse_hits(self, lexical: Sequence[Hit], dense: Sequence[Hit]) -> list[Hit]:
-        """Client-side fusion of a BM25 and a kNN hit list into one ranked list with every stage's score."""
-        s = self.settings
-        runs = [[(h.doc_id, h.score) for h in lexical], [(h.doc_id, h.score) for h in dense]]
-        weights = [s.bm25_weight, s.knn_weight]
-        if s.fusion == "rrf":
-            fused = fuse("rrf", runs, k=s.rrf_k, weights=None if weights[0] == weights[1] else weights)
-        else:
-            fused = fuse("linear", runs, weights=weights, normalizer=s.normalizer)
-        by_id_bm25 = {h.doc_id: h for h in lexical}
-        by_id_knn = {h.doc_id: h for h in dense}
-        out = []
-        for rank, (doc_id, score) in enumerate(fused, start=1):
-            b, v = by_id_bm25.get(doc_id), by_id_knn.get(doc_id)
-            out.append(
-                dataclasses.replace(
-                    b or by_id_knn[doc_id],
-                    rank=rank,
-                    score=score,
-                    fusion_score=score,
-                    bm25_score=b.bm25_score if b else None,
-                    knn_score=v.knn_score if v else None,
-                )
-            )
-        return out
-
-    def _rerank(self, query: str, hits: list[Hit], timings: dict[str, float]) -> list[Hit]:
-        if self.reranker is None:
-            raise ConfigError("+rerank needs a reranker: construct HybridSearcher with reranker=...")
+    def _retrieve(self, index: str, leg: Leg, timings: dict[str, float], request: SearchRequest) -> list[Hit]:
         t = time.perf_counter()
-        out = rerank_hits(
-            self.reranker, query, hits, self.settings.rerank_depth, interpolation=self.settings.rerank_interpolation
-        )
-        timings["rerank"] = _ms(t)
-        return out
+        hits = leg.retrieve(self.backend, index, request)
+        timings[leg.name] = _ms(t)
+        return hits
 
-    def _log_fallback(self, method: str, exc: Exception) -> None:
-        key = f"{self.backend.name}:{method}"
+    def _server_fuses(self, request: SearchRequest) -> bool:
+        reason = self.backend.fusion_refusal(request)
+        if reason is not None and request.fusion is not None:
+            self._log_fallback(request.fusion, reason)
+        return reason is None
+
+    def _log_fallback(self, fusion: FusionSpec, reason: str) -> None:
+        key = f"{self.backend.name}:{fusion.method}"
         if key not in self._fallback_logged:
             self._fallback_logged.add(key)
-            log.info("%s cannot fuse %s on the server (%s); fusing in the client", self.backend.name, method, exc)
+            log.info(
+                "%s cannot fuse %s on the server (%s); fusing in the client", self.backend.name, fusion.method, reason
+            )
 
     def warm_up(self) -> None:
         """Load the encoder and reranker now (each loads lazily on first use otherwise), so the first
@@ -261,16 +204,29 @@ class HybridSearcher:
             self.reranker.score("warm up", ["warm up"])
 
     def close(self) -> None:
-        """Drain the query log and close the encoder and reranker (not the backend, which the caller owns)."""
+        """Drain the query log and close the encoder and reranker when it owns them (never the backend)."""
         if self.query_log is not None:
             self.query_log.close()
-        for part in (self.encoder, self.reranker):
+        for part in (self.encoder, self.reranker) if self.owns_parts else ():
             if part is not None:
                 part.close()
 
 
-def _passage(hit: Hit) -> str:
-    return f"{hit.title} {hit.text}".strip()
+class HybridSearcher(RetrievalPipeline):
+    """Deprecated name of ``RetrievalPipeline`` (two letters from the ``HybridSearch`` client); kept working."""
+
+
+def fuse_legs(fusion: FusionSpec, runs: Sequence[tuple[Leg, Sequence[Hit]]]) -> list[Hit]:
+    """Client-side fusion of each leg's hits into one ranked list; every hit keeps the score each leg gave
+    it in that leg's ``Hit`` field (``bm25_score``, ``knn_score``, ...), ``None`` where the leg missed it."""
+    fused = fusion.fuse({leg.name: [(h.doc_id, h.score) for h in hits] for leg, hits in runs})
+    by_leg = [(leg.score_field, {h.doc_id: h for h in hits}) for leg, hits in runs]
+    out = []
+    for rank, (doc_id, score) in enumerate(fused, start=1):
+        first = next(found[doc_id] for _, found in by_leg if doc_id in found)
+        leg_scores: dict[str, Any] = {f: getattr(found[doc_id], f) if doc_id in found else None for f, found in by_leg}
+        out.append(dataclasses.replace(first, rank=rank, score=score, fusion_score=score, **leg_scores))
+    return out
 
 
 def blend_rerank_scores(first: Sequence[float], rerank: np.ndarray, interpolation: float) -> np.ndarray:
@@ -302,7 +258,7 @@ def rerank_hits(
     head, tail = list(hits[:depth]), list(hits[depth:])
     if not head:
         return list(hits)
-    scores = reranker.score(query, [_passage(h) for h in head])
+    scores = reranker.score(query, [passage_text(h.title, h.text) for h in head])
     final = blend_rerank_scores([h.score for h in head], scores, interpolation)
     order = sorted(range(len(head)), key=lambda i: (-float(final[i]), head[i].rank))
     reranked = [

@@ -1,0 +1,7 @@
+"""``python -m hybrid_search.app.cli``: the same as the ``hybrid-search`` command."""
+
+import sys
+
+from hybrid_search.app.cli import main
+
+sys.exit(main())

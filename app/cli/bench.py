@@ -1,0 +1,66 @@
+"""``hybrid-search bench``: throughput and latency, each beside a reference measured in the same run."""
+
+from __future__ import annotations
+
+import argparse
+
+from hybrid_search.app.cli import options
+
+HELP = "throughput and latency, each beside a reference in the same run"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("what", choices=["encode", "rerank", "search", "querylog", "duplicates", "scale"])
+    p.add_argument("--source", help="corpus to draw texts from (default: the bundled sample)")
+    p.add_argument(
+        "--docs",
+        type=options.int_list,
+        default=None,
+        help="texts (or pairs) to time; for scale, corpus sizes, e.g. 10000,100000,1000000",
+    )
+    p.add_argument("--concurrency", type=options.int_list, help="search: searches in flight, e.g. 1,2,4,8")
+    p.add_argument("--modes", help="search --concurrency: modes to run (default: bm25,knn,hybrid)")
+    p.add_argument("--neighbour", action="store_true", help="search --concurrency: also beside a CPU-bound process")
+    options.setting(p, "--threads", path="search.threads", type=int, help="CPU threads per search (0: all cores)")
+    p.add_argument("--dtypes", help="encode / rerank: run once per precision, e.g. float16,bfloat16 (CUDA) or float32")
+    p.add_argument("--plot", metavar="PNG", help="scale: draw each cost against corpus size (needs matplotlib)")
+    p.add_argument("--batch-size", type=int, default=32, help="reference batch size")
+    p.add_argument("--repeats", type=int, default=3)
+    options.index_flag(p)
+    p.add_argument("--queries", type=int, default=50, help="queries per mode (search bench)")
+    p.add_argument("--json", dest="json_out", metavar="OUT")
+    options.common(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hybrid_search.app.bench import run_bench
+    from hybrid_search.search.request import parse_mode
+
+    settings = options.load(args)
+    options.quiet_model_loading()
+    if args.what == "scale":
+        from hybrid_search.app.scale import bench_scale
+
+        report = bench_scale(
+            settings, args.docs or [10_000, 100_000], queries=args.queries, plot=args.plot, progress=not args.quiet
+        )
+        options.emit_json(report, args.json_out)
+        return 0
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else []
+    for mode in modes:
+        parse_mode(mode)
+    report = run_bench(
+        args.what,
+        settings,
+        source=args.source,
+        docs=(args.docs or [512])[0],
+        batch_size=args.batch_size,
+        repeats=args.repeats,
+        queries=args.queries,
+        concurrency=args.concurrency or (),
+        modes=modes,
+        neighbour=args.neighbour,
+        dtypes=[d.strip() for d in args.dtypes.split(",") if d.strip()] if args.dtypes else (),
+    )
+    options.emit_json(report, args.json_out)
+    return 0

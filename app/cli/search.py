@@ -1,0 +1,96 @@
+"""``hybrid-search search``: one query against an index, as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from hybrid_search.app.cli import options
+
+if TYPE_CHECKING:
+    from hybrid_search.search.hits import SearchResult
+
+HELP = "search an index"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("query")
+    options.index_flag(p)
+    options.mode_flags(p)
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="metadata filter; repeat for AND, separate values by | for any-of",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    options.search_knobs(p)
+    options.log_knobs(p)
+    options.common(p)
+
+
+def parse_filters(items: Sequence[str]) -> dict[str, Any] | None:
+    """``--filter FIELD=VALUE`` (``A|B`` for any of several) as filters of text values."""
+    from hybrid_search.config.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--filter {item!r}: write FIELD=VALUE (or FIELD=A|B for any of several)")
+        out[name] = value.split("|") if "|" in value else value
+    return out or None
+
+
+def run(args: argparse.Namespace) -> int:
+    from hybrid_search.search.request import build_request
+
+    settings = options.load(args)
+    request = build_request(settings.search, args.query)  # checked before anything connects or loads
+    text_filters = parse_filters(args.filter)
+    hs = options.client(settings)
+    try:
+        hs.check_index()  # a missing index or an unreachable cluster is reported before any model loads
+        if text_filters:
+            from dataclasses import replace
+
+            from hybrid_search.search.filters import coerce_text_filters
+
+            filters = coerce_text_filters(text_filters, hs.field_types())  # "2019" -> 2019 for a numeric field
+            hs.check_filters(filters)
+            request = replace(request, filters=filters)
+        hs.warm_up(rerank=request.rerank is not None)  # loading is not part of the search time
+        print_result(hs.search(request), settings.index.name, as_json=args.json)
+    finally:
+        options.close_client(hs)  # its query-log summary comes after the results
+    return 0
+
+
+def print_result(result: SearchResult, index: str, *, as_json: bool) -> None:
+    if as_json:
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(result), default=str, ensure_ascii=False), flush=True)
+        return
+    print(
+        f"{result.mode} on {index}: {len(result.hits)} hits in {result.timings_ms['total']:.1f} ms"
+        + (f" (fusion: {result.fusion_location})" if result.fusion_location else "")
+    )
+    for hit in result.hits:
+        stages = " ".join(
+            f"{name}={value:.3f}"
+            for name, value in (
+                ("bm25", hit.bm25_score),
+                ("knn", hit.knn_score),
+                ("fused", hit.fusion_score),
+                ("rerank", hit.rerank_score),
+            )
+            if value is not None
+        )
+        text = f"{hit.title}: {hit.text}" if hit.title else hit.text
+        print(f"{hit.rank:>3}. [{hit.doc_id}] {hit.score:.4f}  {stages}\n     {text[:160]}")
+    sys.stdout.flush()

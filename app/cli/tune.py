@@ -1,0 +1,68 @@
+"""``hybrid-search tune``: choose the pipeline's settings from judged queries, cross-validated."""
+
+from __future__ import annotations
+
+import argparse
+
+from hybrid_search.app.cli import options
+
+HELP = "choose the pipeline's settings from judged queries (cross-validated)"
+METRICS = ["ndcg@10", "recall@100", "mrr@10"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="quora, nq, sample or a BEIR folder (with queries and qrels)")
+    options.index_flag(p)
+    p.add_argument("--split", default="test", help="qrels split to tune on (default: test)")
+    p.add_argument("--metric", default="ndcg@10", choices=METRICS)
+    p.add_argument("--folds", type=options.positive_int, default=5, help="cross-validation folds (default: 5)")
+    p.add_argument("--budget", type=options.positive_int, help="try a seeded sample of N settings (default: all)")
+    p.add_argument("--max-queries", type=options.positive_int, metavar="N", help="use only the first N judged queries")
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=0.0,
+        help="keep this fraction of queries out of tuning and report the profile on them (e.g. 0.5)",
+    )
+    p.add_argument(
+        "--no-analyzer-check",
+        dest="analyzer_check",
+        action="store_false",
+        help="skip measuring the other text analyzer (it streams the corpus into an in-memory BM25 index)",
+    )
+    p.add_argument("--out", default="profile.toml", help="the settings file to write (default: profile.toml)")
+    p.add_argument("--json", dest="json_out", metavar="OUT", help="write the report as JSON here")
+    options.ingest_knobs(p)
+    options.common(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hybrid_search.app.evaluate import select_queries
+    from hybrid_search.app.tune import tune, write_profile
+    from hybrid_search.ingest.sources import open_query_set
+
+    settings = options.load(args)
+    query_set = open_query_set(args.source, args.split)
+    queries = select_queries(query_set.queries, query_set.qrels, args.max_queries)
+    with options.client(settings) as hs:
+        options.ingest_unless_indexed(hs, args)
+        hs.check_judged_documents(args.source, query_set.qrels, [q for q, _ in queries])
+        report = tune(
+            hs,
+            queries,
+            query_set.qrels,
+            metric=args.metric,
+            folds=args.folds,
+            budget=args.budget,
+            holdout=args.holdout,
+            progress=not args.quiet,
+            analyzer_check=args.analyzer_check,
+        )
+    write_profile(report, settings.search, args.out, source=args.source)
+    print(report.table())
+    print(
+        f"profile written to {args.out}: use it with --config {args.out} (search, eval) or "
+        "HybridSearch.from_settings(load_settings(...))"
+    )
+    options.write_json(report.to_dict(), args.json_out)
+    return 0

@@ -1,0 +1,59 @@
+"""``hybrid-search tune-defaults``: choose default settings across several judged corpora (leave-one-out)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hybrid_search.app.cli import options
+from hybrid_search.app.cli.tune import METRICS
+
+if TYPE_CHECKING:
+    from hybrid_search.app.client import HybridSearch
+
+NAME = "tune-defaults"
+HELP = "choose default settings across several judged corpora (leave-one-set-out)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sources", nargs="+", help="two or more BEIR folders (or quora, nq, sample); each its own index")
+    p.add_argument("--split", default="test", help="qrels split (default: test)")
+    p.add_argument("--metric", default="ndcg@10", choices=METRICS)
+    p.add_argument("--max-queries", type=options.positive_int, metavar="N", help="the first N judged queries of each")
+    p.add_argument("--json", dest="json_out", metavar="OUT", help="write the report as JSON here")
+    options.ingest_knobs(p)
+    options.common(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hybrid_search.app.evaluate import select_queries
+    from hybrid_search.app.tune import tune_defaults
+    from hybrid_search.ingest.sources import open_query_set
+
+    settings = options.load(args)
+    clients: list[HybridSearch] = []
+    sets = {}
+    try:
+        for source in args.sources:
+            name = Path(source.rstrip("/")).name
+            query_set = open_query_set(source, args.split)
+            queries = select_queries(query_set.queries, query_set.qrels, args.max_queries)
+            hs = options.client(settings, index=name)
+            clients.append(hs)
+            args.source = source
+            options.ingest_unless_indexed(hs, args)
+            hs.check_judged_documents(source, query_set.qrels, [q for q, _ in queries])
+            sets[name] = (hs, queries, query_set.qrels)
+        report = tune_defaults(sets, metric=args.metric, progress=not args.quiet)
+    finally:
+        for hs in clients:
+            hs.close()
+    print(f"{report['metric']}: chosen {report['chosen_labels'][0]} / {report['chosen_labels'][1]}")
+    print(f"{'set':<28} {'default':>8} {'chosen':>8} {'l-o-o':>8} {'def+rr':>8} {'ch+rr':>8} {'l-o-o+rr':>8}")
+    keys = ("current_default", "chosen", "leave_one_out", "current_default_rerank", "chosen_rerank")
+    for name, row in report["sets"].items():
+        print(f"{name:<28} " + " ".join(f"{row[k]:>8.4f}" for k in (*keys, "leave_one_out_rerank")))
+    print(f"{'mean':<28} " + " ".join(f"{report['mean'][k]:>8.4f}" for k in keys))
+    options.write_json(report, args.json_out)
+    return 0

@@ -20,12 +20,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from hybrid_search.backends.base import Backend, IndexSpec, IndexStats, open_backend
+from hybrid_search.backends import open_backend
+from hybrid_search.backends.base import Backend, IndexSpec, IndexStats
 from hybrid_search.config.errors import ConfigError, IndexNotFound, QueryError
 from hybrid_search.config.settings import Settings, load_settings
 from hybrid_search.search.filters import Filter, check_value_types
 from hybrid_search.search.hits import SearchResult
-from hybrid_search.search.request import SearchRequest, build_request, parse_mode
+from hybrid_search.search.request import SearchRequest, build_request
 from hybrid_search.search.searcher import RetrievalPipeline
 
 if TYPE_CHECKING:
@@ -432,51 +433,38 @@ class HybridSearch:
 
         A mode named ``tuned`` is this client's own pipeline as its settings (a ``tune`` profile) define it;
         beside it, the fixed modes run at the shipped defaults, so one table compares them fairly."""
-        from hybrid_search.app.evaluate import TUNED, EvalReport, evaluate, select_queries
-        from hybrid_search.config.settings import SearchSettings
-        from hybrid_search.ingest.sources import open_query_set
+        from hybrid_search.app.evaluate import evaluate_source
 
-        modes = list(modes)
-        for mode in modes:
-            if mode != TUNED:
-                parse_mode(mode)
-        self.check_index()  # a never-ingested index is IndexNotFound saying how to create it, as in the CLI
-        query_set = open_query_set(source, split)
-        queries = select_queries(query_set.queries, query_set.qrels, max_queries)
-        self.check_judged_documents(source, query_set.qrels, [qid for qid, _ in queries])
-        if TUNED not in modes:
-            return evaluate(
-                self.pipeline,
-                queries,
-                query_set.qrels,
-                modes,
-                ignore_identical_ids=ignore_identical_ids,
-                progress=progress,
-            )
-        searcher = self.pipeline
-        fixed = RetrievalPipeline(
-            self.backend,
-            index=self.index,
-            encoder=self.query_encoder,
-            reranker=self.reranker,
-            settings=SearchSettings(),
-            query_log=self._query_log,
-            owns_parts=False,
+        return evaluate_source(
+            self,
+            source,
+            modes=modes,
+            split=split,
+            max_queries=max_queries,
+            ignore_identical_ids=ignore_identical_ids,
+            progress=progress,
         )
-        reports = {}
-        for mode in modes:
-            on = searcher if mode == TUNED else fixed
-            one = evaluate(
-                on, queries, query_set.qrels, [mode], ignore_identical_ids=ignore_identical_ids, progress=progress
-            )
-            reports[mode] = one.modes[mode]
-        return EvalReport(modes=reports)
 
     def check_index(self) -> int:
         """Connect and check the index exists (``IndexNotFound`` says how to create it); return its count.
 
         Cheap: call it before anything slow, such as loading models."""
         return self.backend.count(self.index)
+
+    def fixed_pipeline(self) -> RetrievalPipeline:
+        """A pipeline over this client's index, models and query log at the shipped default settings (what a
+        ``tune`` profile is compared with)."""
+        from hybrid_search.config.settings import SearchSettings
+
+        return RetrievalPipeline(
+            self.backend,
+            index=self._serving or self.index,
+            encoder=self.query_encoder,
+            reranker=self.reranker,
+            settings=SearchSettings(),
+            query_log=self._query_log,
+            owns_parts=False,
+        )
 
     def check_judged_documents(
         self, source: object, qrels: Mapping[str, Mapping[str, int]], qids: Sequence[str], sample: int = 200

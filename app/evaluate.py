@@ -12,13 +12,17 @@ import dataclasses
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hybrid_search.config.errors import ConfigError
 from hybrid_search.search.request import parse_mode
 from hybrid_search.search.searcher import RetrievalPipeline
+
+if TYPE_CHECKING:
+    from hybrid_search.app.client import HybridSearch
 
 __all__ = ["METRICS", "EvalReport", "ModeReport", "evaluate", "per_query_scores", "score_run", "select_queries"]
 
@@ -158,4 +162,37 @@ def evaluate(
             queries=len(latencies),
         )
         log.info("%s: %s", mode, reports[mode].to_dict())
+    return EvalReport(modes=reports)
+
+
+def evaluate_source(
+    hs: HybridSearch,
+    source: str | Path,
+    *,
+    modes: Iterable[str],
+    split: str = "test",
+    max_queries: int | None = None,
+    ignore_identical_ids: bool = True,
+    progress: bool = False,
+) -> EvalReport:
+    """``HybridSearch.evaluate``: the judged queries of ``source`` through each mode of ``hs``. ``tuned`` is
+    the client's own pipeline (a ``tune`` profile); the fixed modes run at the shipped defaults beside it."""
+    from hybrid_search.ingest.sources import open_query_set
+
+    modes = list(modes)
+    for mode in modes:
+        if mode != TUNED:
+            parse_mode(mode)
+    hs.check_index()  # a never-ingested index is IndexNotFound saying how to create it, as in the CLI
+    query_set = open_query_set(source, split)
+    queries = select_queries(query_set.queries, query_set.qrels, max_queries)
+    hs.check_judged_documents(source, query_set.qrels, [qid for qid, _ in queries])
+    options = {"ignore_identical_ids": ignore_identical_ids, "progress": progress}
+    if TUNED not in modes:
+        return evaluate(hs.pipeline, queries, query_set.qrels, modes, **options)
+    tuned, fixed = hs.pipeline, hs.fixed_pipeline()
+    reports = {}
+    for mode in modes:
+        one = evaluate(tuned if mode == TUNED else fixed, queries, query_set.qrels, [mode], **options)
+        reports[mode] = one.modes[mode]
     return EvalReport(modes=reports)

@@ -147,7 +147,8 @@ def _recall(found: Sequence[Sequence[str]], exact: Sequence[Sequence[str]], k: i
 def measure_one(settings: Settings, size: int, *, queries: int = 200, progress: bool = False) -> dict[str, Any]:
     """Ingest and measure one corpus size (see the module docstring), in this process."""
     from hybrid_search.app.client import HybridSearch
-    from hybrid_search.search.fusion import fuse
+    from hybrid_search.search.request import build_request
+    from hybrid_search.search.searcher import RetrievalPipeline
 
     hs = HybridSearch.from_settings(settings)
     dims = hs.encoder.dims
@@ -171,24 +172,23 @@ def measure_one(settings: Settings, size: int, *, queries: int = 200, progress: 
     out["vectors_and_graph_bytes"] = size * dims * 4 + size * 2 * m * 4  # level-0 links dominate the graph
     texts, qvec = corpus.queries(queries)
     num_candidates = settings.search.num_candidates
+    # each mode as it ships: the settings' default request (fusion, weights, depths), run by the real pipeline
+    # with the query vector given (encoding a query is `bench search`'s business) and no reranker
+    pipeline = RetrievalPipeline(backend, index=index, settings=settings.search.model_copy(update={"rerank": False}))
+    modes = ("bm25", "knn", "hybrid")
+    out["requests"] = {m: repr(build_request(pipeline.settings, "q", mode=m, top_k=10)) for m in modes}
     for _ in range(3):  # warm caches
-        backend.search_bm25(index, texts[0], 10)
-        backend.search_knn(index, qvec[0], 10, num_candidates)
-    lat: dict[str, list[float]] = {"bm25": [], "knn": [], "hybrid": []}
+        for mode in modes:
+            pipeline.search(texts[0], mode=mode, top_k=10, vector=qvec[0])
+    lat: dict[str, list[float]] = {m: [] for m in modes}
     knn_found: list[list[str]] = []
     for text, vec in zip(texts, qvec, strict=True):
-        t = time.perf_counter()
-        backend.search_bm25(index, text, 10)
-        lat["bm25"].append((time.perf_counter() - t) * 1000)
-        t = time.perf_counter()
-        hits = backend.search_knn(index, vec, 10, num_candidates)
-        lat["knn"].append((time.perf_counter() - t) * 1000)
-        knn_found.append([h.doc_id for h in hits])
-        t = time.perf_counter()
-        lexical = backend.search_bm25(index, text, settings.search.bm25_depth)
-        dense = backend.search_knn(index, vec, settings.search.knn_depth, num_candidates)
-        fuse("rrf", [[(h.doc_id, h.score) for h in lexical], [(h.doc_id, h.score) for h in dense]], k=60)
-        lat["hybrid"].append((time.perf_counter() - t) * 1000)
+        for mode in modes:
+            t = time.perf_counter()
+            result = pipeline.search(text, mode=mode, top_k=10, vector=vec)
+            lat[mode].append((time.perf_counter() - t) * 1000)
+            if mode == "knn":
+                knn_found.append(result.doc_ids)
     out["latency"] = {mode: _pcts(v) for mode, v in lat.items()}
     exact = _exact_top(corpus, qvec, 10)
     out["knn_recall@10"] = round(_recall(knn_found, exact), 4)

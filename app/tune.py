@@ -22,17 +22,31 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from hybrid_search.app.evaluate import RUN_DEPTH, per_query_scores
 from hybrid_search.config.errors import ConfigError
 from hybrid_search.config.settings import SearchSettings
-from hybrid_search.search.fusion import fuse
+from hybrid_search.config.text import passage_text
+from hybrid_search.search.request import FusionSpec, Normalizer
 from hybrid_search.search.searcher import blend_rerank_scores
 
-__all__ = ["FIXED_MODES", "Pipeline", "RunCache", "TuneReport", "grid", "randomization_test", "tune"]
+if TYPE_CHECKING:
+    from hybrid_search.app.client import HybridSearch
+
+__all__ = [
+    "FIXED_MODES",
+    "Pipeline",
+    "RunCache",
+    "TuneReport",
+    "grid",
+    "mean_over",
+    "per_query_metric",
+    "randomization_test",
+    "tune",
+]
 
 FIXED_MODES = ("bm25", "knn", "hybrid", "hybrid+rerank")
 RRF_KS = (5, 10, 20, 40, 60, 100)
@@ -91,6 +105,15 @@ class Pipeline:
             }
         )
 
+    def fusion_spec(self) -> FusionSpec:
+        """How this setting fuses its two legs (the same rules a search's ``FusionSpec`` applies)."""
+        return FusionSpec.of(
+            "rrf" if self.fusion == "rrf" else "linear",
+            weights={"bm25": self.bm25_weight, "knn": self.knn_weight},
+            normalizer=cast(Normalizer, self.normalizer),
+            k=self.rrf_k,
+        )
+
     @property
     def label(self) -> str:
         out = self.base
@@ -125,7 +148,9 @@ def grid() -> list[Pipeline]:
 class RunCache:
     """First-stage runs per query (at the deepest depth tried) and cross-encoder scores, each computed once."""
 
-    def __init__(self, hs: Any, queries: Sequence[tuple[str, str]], *, depth: int, progress: bool = False) -> None:
+    def __init__(
+        self, hs: HybridSearch, queries: Sequence[tuple[str, str]], *, depth: int, progress: bool = False
+    ) -> None:
         from tqdm.auto import tqdm
 
         self.hs, self.queries = hs, dict(queries)
@@ -144,7 +169,7 @@ class RunCache:
             self.bm25[qid] = [(h.doc_id, h.score) for h in lexical]
             self.knn[qid] = [(h.doc_id, h.score) for h in dense]
             for h in (*lexical, *dense):
-                self.texts.setdefault(h.doc_id, f"{h.title} {h.text}".strip())
+                self.texts.setdefault(h.doc_id, passage_text(h.title, h.text))
 
     @property
     def ce_pairs_scored(self) -> int:
@@ -176,12 +201,7 @@ class RunCache:
         elif p.base == "knn":
             first = self.knn[qid][: max(p.rerank_depth if p.rerank else 0, k)]
         else:
-            runs = [self.bm25[qid][:depth], self.knn[qid][:depth]]
-            weights = [p.bm25_weight, p.knn_weight]
-            if p.fusion == "rrf":
-                first = fuse("rrf", runs, k=p.rrf_k, weights=None if weights[0] == weights[1] else weights)
-            else:
-                first = fuse("linear", runs, weights=weights, normalizer=p.normalizer)
+            first = p.fusion_spec().fuse({"bm25": self.bm25[qid][:depth], "knn": self.knn[qid][:depth]})
             first = first[: max(p.rerank_depth if p.rerank else 0, k)]
         if not p.rerank:
             return [d for d, _ in first[:k]]
@@ -306,7 +326,7 @@ def tune(
     t_cache = time.perf_counter() - t0
 
     def scores(p: Pipeline, qids: Sequence[str]) -> dict[str, float]:
-        return _scores(cache, p, qids, qrels, metric, ignore_identical_ids)
+        return per_query_metric(cache, p, qids, qrels, metric, ignore_identical_ids)
 
     t1 = time.perf_counter()
     tuning_ids = [q for q, _ in tuning]
@@ -325,7 +345,7 @@ def tune(
     table, chosen = selection.table, selection.chosen
 
     def mean(p: Pipeline, qids: Sequence[str]) -> float:
-        return _avg(table[p], qids)
+        return mean_over(table[p], qids)
 
     fixed_scores = {m: mean(p, tuning_ids) for m, p in fixed.items()}
     best_fixed = max(fixed_scores, key=lambda m: fixed_scores[m])
@@ -336,8 +356,8 @@ def tune(
         tuned_h = scores(chosen, held_ids)
         fixed_h = {m: scores(p, held_ids) for m, p in fixed.items()}
         default_h = scores(default, held_ids)
-        hs_scores = {"tuned": _avg(tuned_h, held_ids), **{m: _avg(v, held_ids) for m, v in fixed_h.items()}}
-        best_fixed_h = max(fixed_h, key=lambda m: _avg(fixed_h[m], held_ids))
+        hs_scores = {"tuned": mean_over(tuned_h, held_ids), **{m: mean_over(v, held_ids) for m, v in fixed_h.items()}}
+        best_fixed_h = max(fixed_h, key=lambda m: mean_over(fixed_h[m], held_ids))
         report_holdout = {
             "queries": len(held_ids),
             "scores": hs_scores,
@@ -377,7 +397,7 @@ def tune(
     )
 
 
-def _scores(
+def per_query_metric(
     cache: RunCache,
     p: Pipeline,
     qids: Sequence[str],
@@ -413,13 +433,13 @@ def _select(
     from tqdm.auto import tqdm
 
     table = {
-        p: _scores(cache, p, qids, qrels, metric, ignore_identical_ids)
+        p: per_query_metric(cache, p, qids, qrels, metric, ignore_identical_ids)
         for p in tqdm(candidates, desc="settings", unit="setting", disable=not progress)
     }
 
     def best_on(subset: Sequence[str]) -> Pipeline:
         # ties go to the earlier candidate: the fixed modes and the default come first
-        return max(reversed(candidates), key=lambda p: _avg(table[p], subset))
+        return max(reversed(candidates), key=lambda p: mean_over(table[p], subset))
 
     # choose on the other folds, score on this one: every query is scored exactly once, by a setting
     # chosen without it
@@ -429,7 +449,7 @@ def _select(
         held_out = set(fold)
         best = best_on([q for q in qids if q not in held_out])
         held_out_scores.update({q: table[best].get(q, 0.0) for q in fold})
-        fold_scores.append(_avg(table[best], fold))
+        fold_scores.append(mean_over(table[best], fold))
     return _Selection(table, best_on(qids), held_out_scores, fold_scores)
 
 
@@ -480,14 +500,14 @@ def analyzer_effect(
         cross_validated[name] = dict(selection.cross_validated)
         chosen[name] = selection.chosen.label
     alternative = next(a for a in ANALYZERS if a != current)
-    gain = _avg(cross_validated[alternative], qids) - _avg(cross_validated[current], qids)
+    gain = mean_over(cross_validated[alternative], qids) - mean_over(cross_validated[current], qids)
     p = randomization_test([cross_validated[alternative][q] for q in qids], [cross_validated[current][q] for q in qids])
     recommend = alternative if gain > 0 and p < 0.05 else None
     return {
         "current": current,
         "alternative": alternative,
         "documents": lexical[current].count,
-        "cross_validated": {name: _avg(v, qids) for name, v in cross_validated.items()},
+        "cross_validated": {name: mean_over(v, qids) for name, v in cross_validated.items()},
         "chosen": chosen,
         "gain": gain,
         "p": p,
@@ -501,7 +521,7 @@ def analyzer_effect(
     }
 
 
-def _avg(per_query: Mapping[str, float], qids: Sequence[str]) -> float:
+def mean_over(per_query: Mapping[str, float], qids: Sequence[str]) -> float:
     return float(np.mean([per_query.get(q, 0.0) for q in qids])) if qids else 0.0
 
 
@@ -560,76 +580,3 @@ def _toml(value: Any) -> str:
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else "0.0"
     return str(value)
-
-
-def tune_defaults(
-    sets: Mapping[str, tuple[Any, Sequence[tuple[str, str]], Mapping[str, Mapping[str, int]]]],
-    *,
-    metric: str = "ndcg@10",
-    ignore_identical_ids: bool = True,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Choose shipped defaults across corpora: the first stage (mode, fusion, depths) with the best mean
-    ``metric`` over the sets (each set weighs the same, however many queries it has), then the rerank depth
-    and interpolation for that first stage the same way. Leave-one-set-out tells how the choice carries to a
-    corpus it never saw: each set is scored by the settings chosen on the others.
-
-    ``sets`` maps a name to (client over the set's index, judged queries, qrels)."""
-    names = list(sets)
-    if len(names) < 2:
-        raise ConfigError("choosing defaults across corpora needs at least two sets")
-    current = Pipeline.from_settings(SearchSettings())
-    current_rerank = replace(current, rerank=True)
-    firsts = list(dict.fromkeys([current, *(p for p in grid() if not p.rerank)]))
-    caches: dict[str, RunCache] = {}
-    means: dict[str, dict[Pipeline, float]] = {name: {} for name in names}
-    t0 = time.perf_counter()
-    for name, (hs, queries, _) in sets.items():
-        caches[name] = RunCache(hs, queries, depth=max(FIRST_DEPTHS) + 1, progress=progress)
-
-    def score(p: Pipeline, name: str) -> float:
-        # each (setting, set) scored once, on first use: only the rerank settings tried pay the cross-encoder
-        if p not in means[name]:
-            _, queries, qrels = sets[name]
-            qids = [q for q, _ in queries]
-            means[name][p] = _avg(_scores(caches[name], p, qids, qrels, metric, ignore_identical_ids), qids)
-        return means[name][p]
-
-    def choose(on: Sequence[str]) -> tuple[Pipeline, Pipeline]:
-        # ties go to the earlier candidate: today's default comes first
-        first = max(reversed(firsts), key=lambda p: float(np.mean([score(p, n) for n in on])))
-        reranks = [
-            replace(first, rerank=True, rerank_depth=d, interpolation=a)
-            for d, a in itertools.product(RERANK_DEPTHS, INTERPOLATIONS)
-        ]
-        rerank = max(reversed(reranks), key=lambda p: float(np.mean([score(p, n) for n in on])))
-        return first, rerank
-
-    chosen_first, chosen_rerank = choose(names)
-    rows = {}
-    for name in names:
-        loo_first, loo_rerank = choose([n for n in names if n != name])
-        rows[name] = {
-            "queries": len(sets[name][1]),
-            "current_default": score(current, name),
-            "current_default_rerank": score(current_rerank, name),
-            "chosen": score(chosen_first, name),
-            "chosen_rerank": score(chosen_rerank, name),
-            "leave_one_out": score(loo_first, name),
-            "leave_one_out_rerank": score(loo_rerank, name),
-            "leave_one_out_choice": [loo_first.label, loo_rerank.label],
-            "bm25": score(Pipeline("bm25"), name),
-            "knn": score(Pipeline("knn"), name),
-        }
-    return {
-        "metric": metric,
-        "current": [current.label, current_rerank.label],
-        "chosen": {"first_stage": asdict(chosen_first), "rerank": asdict(chosen_rerank)},
-        "chosen_labels": [chosen_first.label, chosen_rerank.label],
-        "mean": {
-            key: float(np.mean([row[key] for row in rows.values()]))
-            for key in ("current_default", "chosen", "leave_one_out", "current_default_rerank", "chosen_rerank")
-        },
-        "sets": rows,
-        "seconds": round(time.perf_counter() - t0, 1),
-    }

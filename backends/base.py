@@ -15,15 +15,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 from hybrid_search.config.errors import ConfigError, FailedItem
-from hybrid_search.config.extras import require
 from hybrid_search.config.names import check_index_name, previous_alias
 from hybrid_search.search.interfaces import Retriever
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from hybrid_search.backends.handles import BuildHandle, IndexHandle
     from hybrid_search.backends.logsinks import LogSink
-    from hybrid_search.config.settings import Settings
 
 __all__ = [
     "Backend",
@@ -36,8 +35,8 @@ __all__ = [
     "IndexStats",
     "StoredDocument",
     "check_index_name",
+    "CheckedName",
     "checks_names",
-    "open_backend",
     "previous_alias",
 ]
 
@@ -46,6 +45,19 @@ Similarity = Literal["dot_product", "cosine"]
 _NAME_PARAMS = ("index", "alias", "physical", "resume_from", "name")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CheckedName(str):
+    """An index name ``check_index_name`` has accepted: what an ``IndexHandle`` holds and passes, so the
+    backend methods it calls do not check it again."""
+
+    __slots__ = ()
+
+    def __new__(cls, name: str) -> CheckedName:
+        if isinstance(name, CheckedName):
+            return name
+        check_index_name(name)
+        return super().__new__(cls, name)
 
 
 def checks_names(method: F) -> F:
@@ -57,10 +69,12 @@ def checks_names(method: F) -> F:
 
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if len(args) > 1 and isinstance(args[1], CheckedName) and len(checked) == 1 and not kwargs.get(checked[0]):
+            return method(*args, **kwargs)  # a handle's name: checked once, when the handle was opened
         bound = signature.bind(*args, **kwargs)
         for param in checked:
             value = bound.arguments.get(param)
-            if value is not None:
+            if value is not None and not isinstance(value, CheckedName):
                 check_index_name(value)
         return method(*args, **kwargs)
 
@@ -230,38 +244,18 @@ class Inspectable(Protocol):
 class Backend(Retriever, IndexBuilder, LogStore, Inspectable, Protocol):
     """A whole storage engine: every small protocol above, plus ``close`` and use as a context manager.
 
-    Callers type against the small protocol they need; ``open_backend`` returns this."""
+    Callers type against the small protocol they need; ``hybrid_search.backends.open_backend`` returns this."""
 
     build_check_seconds: float  # how often a client may ask ``serving_build`` (0: before every search)
+
+    def open_index(self, name: str) -> IndexHandle:
+        """A handle on index (or alias) ``name``, checked once (``backends.handles``)."""
+
+    def open_build(self, physical: str) -> BuildHandle:
+        """A handle for writing physical build ``physical``."""
 
     def close(self) -> None: ...
 
     def __enter__(self) -> Backend: ...
 
     def __exit__(self, *exc: object) -> None: ...
-
-
-def open_backend(settings: Settings) -> Backend:
-    """The backend the settings name. Nothing connects until first use."""
-    kind = settings.backend.kind
-    if kind == "embedded":
-        from hybrid_search.backends.embedded import EmbeddedBackend
-
-        return EmbeddedBackend(
-            data_dir=settings.data_dir,
-            ef_search=settings.index.hnsw_ef_search,
-            flush_seconds=settings.ingest.checkpoint_seconds,
-        )
-    if kind == "elasticsearch":
-        for module in ("elasticsearch", "tenacity"):
-            require(module, extra="elasticsearch", purpose="the Elasticsearch backend")
-        from hybrid_search.backends.elasticsearch import ElasticsearchBackend
-
-        return ElasticsearchBackend(settings.backend, settings.index)
-    if kind == "opensearch":
-        for module in ("opensearchpy", "tenacity"):
-            require(module, extra="opensearch", purpose="the OpenSearch backend")
-        from hybrid_search.backends.opensearch import OpenSearchBackend
-
-        return OpenSearchBackend(settings.backend, settings.index)
-    raise ConfigError(f"unknown backend {kind!r}: use embedded, elasticsearch or opensearch")

@@ -198,7 +198,7 @@ class ElasticsearchBackend(ClusterBackend):
 
         return helpers
 
-    def _status(self, exc: BaseException) -> int | None:
+    def status_of(self, exc: BaseException) -> int | None:
         status = getattr(exc, "status_code", None)
         if status is None:
             meta = getattr(exc, "meta", None)

@@ -227,7 +227,7 @@ class OpenSearchBackend(ClusterBackend):
 
         return helpers
 
-    def _status(self, exc: BaseException) -> int | None:
+    def status_of(self, exc: BaseException) -> int | None:
         status = getattr(exc, "status_code", None)
         return status if isinstance(status, int) else None
 
@@ -273,7 +273,7 @@ class OpenSearchBackend(ClusterBackend):
         pipeline = os_pipeline_body(request.fusion, self.server.version)
         name = pipeline_name(pipeline)
         if name not in self._pipelines:  # PUT is idempotent; once per process is enough
-            self._call(
+            self.call(
                 "put search pipeline",
                 self.client.transport.perform_request,
                 "PUT",
@@ -284,4 +284,4 @@ class OpenSearchBackend(ClusterBackend):
         return {"pipeline": name, "body": os_fused_query(request, self.server.version)}
 
     def _hybrid_search(self, index: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-        return self._search(index, body["body"], params={"search_pipeline": body["pipeline"]})
+        return self.search_body(index, body["body"], params={"search_pipeline": body["pipeline"]})

@@ -1,9 +1,10 @@
 """What searching needs from the parts around it, as small protocols the searcher owns.
 
-Storage backends (``hybrid_search.backends``) implement ``Retriever``; the bi-encoder
-(``hybrid_search.encoding``) satisfies ``QueryEncoder``; the cross-encoder (``hybrid_search.rerank``)
-satisfies ``Reranker``. Declaring them here keeps ``search`` independent of all three: it imports only
-``config``, and the packages that implement these protocols depend on ``search``, never the reverse.
+Storage backends (``hybrid_search.backends``) implement ``Retriever`` and open ``SearchableIndex`` handles;
+the bi-encoder (``hybrid_search.encoding``) satisfies ``QueryEncoder``; the cross-encoder
+(``hybrid_search.rerank``) satisfies ``Reranker``. Declaring them here keeps ``search`` independent of all
+three: it imports only ``config``, and the packages that implement these protocols depend on ``search``,
+never the reverse.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
     from hybrid_search.search.request import SearchRequest
 
-__all__ = ["QueryEncoder", "Reranker", "ResultRecorder", "Retriever", "ServerFusion"]
+__all__ = ["QueryEncoder", "Reranker", "ResultRecorder", "Retriever", "SearchableIndex", "ServerFusion"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +45,31 @@ class ServerFusion:
 
 
 @runtime_checkable
+class SearchableIndex(Protocol):
+    """One index of a backend, bound by name when it was opened: what a retrieval leg searches."""
+
+    name: str
+
+    def search_bm25(self, query: str, k: int, filters: Filter | None = None) -> list[Hit]: ...
+
+    def search_knn(
+        self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None = None
+    ) -> list[Hit]: ...
+
+    def fusion_refusal(self, request: SearchRequest) -> str | None: ...
+
+    def search_fused(self, request: SearchRequest) -> list[Hit]: ...
+
+
+@runtime_checkable
 class Retriever(Protocol):
     """First-stage retrieval over one index (an alias or a physical index): one leg at a time, or a whole
     fused request where the engine can fuse on the server (``fusion_refusal`` says whether)."""
 
     name: str
+
+    def open_index(self, name: str) -> SearchableIndex:
+        """A handle on index (or alias) ``name``, checked once here: its calls take no name."""
 
     def search_bm25(self, index: str, query: str, k: int, filters: Filter | None = None) -> list[Hit]:
         """BM25 over title and text; user text is never parsed as query syntax."""

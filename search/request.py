@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from hybrid_search.config.settings import SearchSettings
     from hybrid_search.search.filters import Filter
-    from hybrid_search.search.interfaces import Retriever
+    from hybrid_search.search.interfaces import SearchableIndex
 
 __all__ = [
     "MODES",
@@ -54,7 +54,7 @@ class Leg(Protocol):
     @property
     def depth(self) -> int: ...
 
-    def retrieve(self, retriever: Retriever, index: str, request: SearchRequest) -> list[Hit]: ...
+    def retrieve(self, index: SearchableIndex, request: SearchRequest) -> list[Hit]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +69,8 @@ class Lexical:
     def __post_init__(self) -> None:
         _check_depth(self.depth, "bm25 depth")
 
-    def retrieve(self, retriever: Retriever, index: str, request: SearchRequest) -> list[Hit]:
-        return retriever.search_bm25(index, request.query, self.depth, request.filters)
+    def retrieve(self, index: SearchableIndex, request: SearchRequest) -> list[Hit]:
+        return index.search_bm25(request.query, self.depth, request.filters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +90,10 @@ class Dense:
         if self.num_candidates < self.depth:
             object.__setattr__(self, "num_candidates", self.depth)
 
-    def retrieve(self, retriever: Retriever, index: str, request: SearchRequest) -> list[Hit]:
+    def retrieve(self, index: SearchableIndex, request: SearchRequest) -> list[Hit]:
         if request.vector is None:
             raise ConfigError("the kNN leg needs the query's vector: give an encoder or vector=")
-        return retriever.search_knn(index, request.vector, self.depth, self.num_candidates, request.filters)
+        return index.search_knn(request.vector, self.depth, self.num_candidates, request.filters)
 
 
 def _check_depth(value: int, what: str) -> None:

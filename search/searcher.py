@@ -23,7 +23,7 @@ from hybrid_search.config.text import passage_text
 from hybrid_search.search.filters import Filter
 from hybrid_search.search.fusion import normalize_minmax
 from hybrid_search.search.hits import Hit, SearchResult
-from hybrid_search.search.interfaces import QueryEncoder, Reranker, ResultRecorder, Retriever
+from hybrid_search.search.interfaces import QueryEncoder, Reranker, ResultRecorder, Retriever, SearchableIndex
 from hybrid_search.search.request import (
     MODES,
     FusionSpec,
@@ -74,6 +74,7 @@ class RetrievalPipeline:
         self.backend = backend
         self.owns_parts = owns_parts
         self.index = index
+        self.target = backend.open_index(index)  # the name is checked here, once
         self.encoder = encoder
         self.reranker = reranker
         self.settings = settings or SearchSettings()
@@ -109,12 +110,12 @@ class RetrievalPipeline:
         settings' default; ``vector`` is the query's embedding when the caller already has it."""
         return self.run(self.request(query, mode=mode, top_k=top_k, rerank=rerank, filters=filters, vector=vector))
 
-    def run(self, request: SearchRequest, *, index: str | None = None) -> SearchResult:
+    def run(self, request: SearchRequest, *, index: SearchableIndex | None = None) -> SearchResult:
         """Run one request (checked against the settings' limits) over ``index`` (this pipeline's by default)."""
         check_limits(self.settings, request)
         if request.rerank is not None and self.reranker is None:
             raise ConfigError("+rerank needs a reranker: construct RetrievalPipeline with reranker=...")
-        target = index or self.index
+        target = index or self.target
         timings: dict[str, float] = {}
         start = time.perf_counter()
         if request.needs_vector and request.vector is None:
@@ -154,16 +155,16 @@ class RetrievalPipeline:
         return vector
 
     def _first_stage(
-        self, index: str, request: SearchRequest, timings: dict[str, float]
+        self, index: SearchableIndex, request: SearchRequest, timings: dict[str, float]
     ) -> tuple[list[Hit], str | None]:
         depth = request.candidates
         if request.fusion is None:
             (leg,) = request.legs
             return self._retrieve(index, leg, timings, request), None
-        if self.settings.server_fusion and self._server_fuses(request):
+        if self.settings.server_fusion and self._server_fuses(index, request):
             t = time.perf_counter()
             try:
-                hits = self.backend.search_fused(index, request)
+                hits = index.search_fused(request)
             except FusionUnsupported as exc:  # refused at run time; the backend answers no from now on
                 self._log_fallback(request.fusion, str(exc))
             else:
@@ -175,14 +176,16 @@ class RetrievalPipeline:
         timings["fusion"] = _ms(t)
         return hits, "client"
 
-    def _retrieve(self, index: str, leg: Leg, timings: dict[str, float], request: SearchRequest) -> list[Hit]:
+    def _retrieve(
+        self, index: SearchableIndex, leg: Leg, timings: dict[str, float], request: SearchRequest
+    ) -> list[Hit]:
         t = time.perf_counter()
-        hits = leg.retrieve(self.backend, index, request)
+        hits = leg.retrieve(index, request)
         timings[leg.name] = _ms(t)
         return hits
 
-    def _server_fuses(self, request: SearchRequest) -> bool:
-        reason = self.backend.fusion_refusal(request)
+    def _server_fuses(self, index: SearchableIndex, request: SearchRequest) -> bool:
+        reason = index.fusion_refusal(request)
         if reason is not None and request.fusion is not None:
             self._log_fallback(request.fusion, reason)
         return reason is None

@@ -88,7 +88,7 @@ def test_elasticsearch_matches_embedded_on_nq(shared_data, memo_encoder, tmp_pat
                     "search": {"fusion": "rrf"},  # the stand-in fuses RRF on the server, as 8.15 does
                 }
             )
-            from hybrid_search.backends.base import open_backend
+            from hybrid_search.backends import open_backend
 
             with open_backend(settings) as backend:
                 run_ingest(open_source(folder), backend, memo_encoder, settings, alias="nq")

@@ -76,7 +76,7 @@ def test_embedded_checks_names_at_every_entry_point(tmp_path):
 
 @pytest.mark.parametrize("kind", ["elasticsearch", "opensearch"])
 def test_cluster_backends_check_names_before_any_request(kind):
-    from hybrid_search.backends.base import open_backend
+    from hybrid_search.backends import open_backend
 
     settings = load_settings(overrides={"backend": {"kind": kind, "urls": "http://127.0.0.1:9"}})
     with open_backend(settings) as backend:  # nothing listens there: a request would be BackendUnavailable

@@ -79,3 +79,83 @@ def test_every_module_imports_alone_in_a_fresh_interpreter(package, tmp_path):
     with ThreadPoolExecutor(max_workers=2) as pool:
         failures = [r for r in pool.map(load, modules) if r[1] != 0]
     assert failures == []
+
+
+def _runtime_imports(path: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """``(module, names)`` of every import that runs: module level and inside functions (lazy ones too),
+    but not under ``if TYPE_CHECKING:``, which never executes and cannot take part in an import cycle."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    out = []
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            out += [(a.name, ()) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.append((node.module, tuple(a.name for a in node.names)))
+    return out
+
+
+def _file_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports at run time (``from pkg import sub`` counts as ``pkg.sub``)."""
+    modules = {dotted: path for _, dotted, path in _modules()}
+    graph: dict[str, set[str]] = {dotted: set() for dotted in modules}
+    for dotted, path in modules.items():
+        for module, names in _runtime_imports(path):
+            targets = [f"{module}.{n}" for n in names if f"{module}.{n}" in modules] or [module]
+            graph[dotted] |= {t for t in targets if t in modules and t != dotted}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycle_between_files():
+    assert _cycles(_file_graph()) == []
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_module_over_600_lines():
+    long = {
+        dotted: n for _, dotted, path in _modules() if (n := len(path.read_text(encoding="utf-8").splitlines())) > 600
+    }
+    assert long == {}

@@ -84,6 +84,8 @@ def test_bench_scale_command_writes_json_and_plot(tmp_path):
         assert set(run["filtered_knn"]) == {"1%", "10%", "50%"}
         assert all(v["recall@10"] >= 0.95 for v in run["filtered_knn"].values())
         assert run["peak_rss_bytes"] > 0 and run["bytes_on_disk"] > 0
+        # hybrid latency is the shipped default request (linear, l2, 0.2 / 0.8), not a hand-rolled fusion
+        assert "method='linear', normalizer='l2', weights=(('bm25', 0.2), ('knn', 0.8))" in run["requests"]["hybrid"]
     assert set(report["growth_exponents"]) >= {"bm25_p50_ms", "knn_p50_ms", "peak_rss_bytes"}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = subprocess.run(

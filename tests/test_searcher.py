@@ -79,3 +79,45 @@ def test_missing_components_are_clear_errors(sample_backend):
         searcher.search("x", mode="knn")
     with pytest.raises(ConfigError, match="needs a reranker"):
         searcher.search("x", mode="bm25+rerank")
+
+
+def test_a_pipeline_checks_its_index_name_once_and_reads_aliases_once(sample_backend, encoder, monkeypatch):
+    import hybrid_search.backends.base as base
+    from hybrid_search.search.searcher import RetrievalPipeline
+
+    checked: list[str] = []
+    real = base.check_index_name
+    monkeypatch.setattr(base, "check_index_name", lambda name: checked.append(name) or real(name))
+    fresh = EmbeddedBackend(data_dir=sample_backend.data_dir)  # nothing read yet
+    pipeline = RetrievalPipeline(fresh, index="sample", encoder=encoder, settings=SearchSettings(fusion="rrf"))
+    for query in ("bread", "coffee", "green tea", "batteries"):
+        for mode in ("bm25", "knn", "hybrid"):
+            assert pipeline.search(query, mode=mode).hits
+    assert checked == ["sample"]  # at open; no search checked it again
+    assert fresh.alias_reads == 1  # aliases.json parsed once for the opened index, then only stat'ed
+    with pytest.raises(ConfigError):
+        fresh.search_bm25("../escape", "bread", 3)  # a bare name is still checked on every call
+    assert checked[-1] == "../escape"
+    fresh.close()
+
+
+def test_a_request_is_one_value_built_once(sample_backend, encoder):
+    from dataclasses import replace
+
+    from hybrid_search.search.request import Dense, FusionSpec, Lexical, SearchRequest, build_request
+    from hybrid_search.search.searcher import RetrievalPipeline
+
+    settings = SearchSettings(fusion="rrf", top_k=5, bm25_depth=30, knn_depth=20, num_candidates=10)
+    request = build_request(settings, "coffee", mode="hybrid+rerank")
+    assert request.legs == (Lexical(50), Dense(50, 50)) and request.rerank.depth == 50 and request.candidates == 50
+    assert request.mode == "hybrid+rerank" and request.fusion.leg_weights(["bm25", "knn"]) is None  # plain RRF
+    assert build_request(settings, "coffee", mode="bm25").legs == (Lexical(5),)  # alone: exactly the candidates
+    pipeline = RetrievalPipeline(sample_backend, index="sample", encoder=encoder, settings=settings)
+    hand = SearchRequest("coffee", legs=(Lexical(30), Dense(20, 10)), top_k=5, fusion=FusionSpec.of("rrf"))
+    assert pipeline.run(hand).doc_ids == pipeline.search("coffee", mode="hybrid").doc_ids
+    lexical_only = replace(hand, legs=(Lexical(30),), fusion=None)
+    assert lexical_only.mode == "bm25" and pipeline.run(lexical_only).doc_ids == pipeline.search("coffee", mode="bm25").doc_ids
+    with pytest.raises(ConfigError, match="FusionSpec"):
+        SearchRequest("coffee", legs=(Lexical(), Dense()))
+    with pytest.raises(ConfigError, match="once"):
+        SearchRequest("coffee", legs=(Lexical(), Lexical(5)), fusion=FusionSpec())

@@ -217,7 +217,7 @@ def test_tune_through_elasticsearch(noida_url, tmp_path):
 
 
 def test_tune_defaults_chooses_across_sets_and_scores_each_by_the_others(sample_index, tmp_path):
-    from hybrid_search.app.tune import tune_defaults
+    from hybrid_search.app.tune_defaults import tune_defaults
 
     hs, queries, qrels, data = sample_index
     other = HybridSearch(index="sample-b", data_dir=data)

@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hybrid_search.app import train
+    from hybrid_search.app import training as train
 
     settings = options.load(args)
     opts = train.TrainOptions(
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _bi_encoder(args: argparse.Namespace, settings: Settings, opts: Any) -> Any:
-    from hybrid_search.app import train
+    from hybrid_search.app import training as train
     from hybrid_search.config.errors import ConfigError
 
     pairs = train.read_pairs(args.pairs, max_pairs=args.max_pairs)
@@ -104,7 +104,7 @@ def _bi_encoder(args: argparse.Namespace, settings: Settings, opts: Any) -> Any:
 
 
 def _cross_encoder(args: argparse.Namespace, settings: Settings, opts: Any) -> Any:
-    from hybrid_search.app import train
+    from hybrid_search.app import training as train
 
     return train.train_cross_encoder(
         train.read_pairs(args.pairs, max_pairs=args.max_pairs),
@@ -118,7 +118,7 @@ def _cross_encoder(args: argparse.Namespace, settings: Settings, opts: Any) -> A
 
 
 def _adapt(args: argparse.Namespace, settings: Settings, opts: Any) -> Any:
-    from hybrid_search.app import train
+    from hybrid_search.app import training as train
 
     with options.client(settings) as hs:
         hs.check_index()
@@ -138,7 +138,7 @@ def _adapt(args: argparse.Namespace, settings: Settings, opts: Any) -> Any:
 def _knn_evaluator(args: argparse.Namespace, settings: Settings) -> Callable[[str], Any] | None:
     if not args.eval_source:
         return None
-    from hybrid_search.app.train import knn_quality
+    from hybrid_search.app.training import knn_quality
 
     return lambda folder: knn_quality(
         folder, args.eval_source, max_queries=args.eval_max_queries, device=settings.models.device
@@ -148,7 +148,7 @@ def _knn_evaluator(args: argparse.Namespace, settings: Settings) -> Callable[[st
 def _rerank_evaluator(args: argparse.Namespace, settings: Settings) -> Callable[[str], Any] | None:
     if not args.eval_source:
         return None
-    from hybrid_search.app.train import rerank_quality
+    from hybrid_search.app.training import rerank_quality
 
     return lambda folder: rerank_quality(
         folder,

@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hybrid_search.app.evaluate import select_queries
-    from hybrid_search.app.tune import tune_defaults
+    from hybrid_search.app.tune_defaults import tune_defaults
     from hybrid_search.ingest.sources import open_query_set
 
     settings = options.load(args)

@@ -1,0 +1,127 @@
+"""Request bodies and constants both cluster engines share: BM25 (``multi_match`` best fields, never query
+syntax), alias swaps, the metadata template, log indexes, and reading a spec or an error reason back.
+Pure functions: tests check each body against the official API specs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hybrid_search.backends.base import (
+    IndexSpec,
+)
+from hybrid_search.search.filters import METADATA_FIELD, Filter, to_query_dsl
+
+__all__ = [
+    "RETRYABLE_STATUS",
+    "SPEC_META_KEY",
+    "TEXT_FIELDS",
+    "VECTOR_FIELD",
+    "ServerInfo",
+    "alias_actions",
+    "bm25_body",
+    "bm25_query",
+    "latest_body",
+    "log_index_body",
+    "metadata_dynamic_template",
+    "parse_version",
+    "reason",
+    "spec_from_mapping",
+]
+
+RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+VECTOR_FIELD = "vector"
+TEXT_FIELDS = ("title", "text")
+SPEC_META_KEY = "hybrid_search"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """What the backend learnt when it connected."""
+
+    distribution: str  # "elasticsearch" or "opensearch"
+    version: tuple[int, int, int]
+    plugins: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(map(str, self.version))
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    parts = [int("".join(ch for ch in p if ch.isdigit()) or 0) for p in text.split("-")[0].split(".")[:3]]
+    return tuple((parts + [0, 0, 0])[:3])  # type: ignore[return-value]
+
+
+# --- request-body pieces both engines accept unchanged ----------------------------------------------
+def bm25_query(query: str, filters: Filter | None) -> dict[str, Any]:
+    """``multi_match`` over title and text (best field wins); the text is analysed, never parsed as syntax."""
+    match = {"multi_match": {"query": query, "fields": list(TEXT_FIELDS), "type": "best_fields"}}
+    dsl = to_query_dsl(filters)
+    return {"bool": {"must": [match], "filter": dsl}} if dsl else match
+
+
+def bm25_body(query: str, k: int, filters: Filter | None) -> dict[str, Any]:
+    """The BM25 search request (vectors left out of the returned ``_source``)."""
+    return {"query": bm25_query(query, filters), "size": k, "_source": {"excludes": [VECTOR_FIELD]}}
+
+
+def alias_actions(
+    targets: Mapping[str, tuple[Sequence[str], str | None]], *, remove_index: str | None = None
+) -> dict[str, Any]:
+    """One atomic ``_aliases`` request: each alias leaves the indexes it points at and joins the new one
+    (or none); ``remove_index`` drops a plain index in the same step (it gives way to an alias)."""
+    actions: list[dict[str, Any]] = []
+    for alias, (old, _) in targets.items():
+        actions += [{"remove": {"index": p, "alias": alias}} for p in old]
+    if remove_index:
+        actions.append({"remove_index": {"index": remove_index}})
+    actions += [{"add": {"index": new, "alias": alias}} for alias, (_, new) in targets.items() if new]
+    return {"actions": actions}
+
+
+def metadata_dynamic_template() -> dict[str, Any]:
+    """Metadata strings are exact-match keywords, so filters compare whole values."""
+    return {
+        "metadata_keywords": {
+            "path_match": f"{METADATA_FIELD}.*",
+            "match_mapping_type": "string",
+            "mapping": {"type": "keyword"},
+        }
+    }
+
+
+def log_index_body(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """A log index: one shard, a replica only where a second node can hold it, the log's strict mapping."""
+    return {"settings": {"index": {"number_of_shards": 1, "auto_expand_replicas": "0-1"}}, "mappings": dict(mapping)}
+
+
+def latest_body() -> dict[str, Any]:
+    """The newest log document."""
+    return {"size": 1, "sort": [{"@timestamp": {"order": "desc"}}], "query": {"match_all": {}}}
+
+
+def spec_from_mapping(body: Mapping[str, Any]) -> IndexSpec | None:
+    """The spec stored in the mapping's ``_meta``; for an index made elsewhere, its vector size alone."""
+    meta = (body.get("_meta") or {}).get(SPEC_META_KEY)
+    if meta:
+        return IndexSpec.from_dict(meta)
+    vector = body.get("properties", {}).get(VECTOR_FIELD, {})
+    dims = vector.get("dims") or vector.get("dimension")
+    return IndexSpec(dims=int(dims)) if dims else None
+
+
+def reason(error: Any) -> str:
+    """A short human reason from an engine error body or exception."""
+    if isinstance(error, dict):
+        text = error.get("reason") or error.get("type") or str(error)
+        caused = error.get("caused_by")
+        if isinstance(caused, dict) and caused.get("reason") and caused.get("reason") != text:
+            text = f"{text} (caused by: {caused['reason']})"
+        return str(text)
+    info = getattr(error, "info", None) or getattr(error, "body", None)
+    if isinstance(info, dict) and isinstance(info.get("error"), dict):
+        return reason(info["error"].get("root_cause", [info["error"]])[0])
+    return str(error) if error is not None else "unknown error"

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Unpack, cast
 
 from hybrid_search.backends import open_backend
 from hybrid_search.backends.base import Backend, IndexSpec, IndexStats
@@ -26,7 +26,7 @@ from hybrid_search.config.errors import ConfigError, IndexNotFound, QueryError
 from hybrid_search.config.settings import Settings, load_settings
 from hybrid_search.search.filters import Filter, check_value_types
 from hybrid_search.search.hits import SearchResult
-from hybrid_search.search.request import SearchRequest, build_request
+from hybrid_search.search.request import Preset, SearchRequest, build_request
 from hybrid_search.search.searcher import RetrievalPipeline
 
 if TYPE_CHECKING:
@@ -341,37 +341,17 @@ class HybridSearch:
                 self._encoder = encoder
         return summary
 
-    def request(
-        self,
-        query: str,
-        *,
-        mode: str | None = None,
-        top_k: int | None = None,
-        filters: Filter | None = None,
-        rerank: bool | None = None,
-    ) -> SearchRequest:
-        """The ``SearchRequest`` a mode preset makes from this client's settings (change it with
-        ``dataclasses.replace`` and pass it to ``search``)."""
-        return build_request(self.settings.search, query, mode=mode, top_k=top_k, rerank=rerank, filters=filters)
+    def request(self, query: str, **preset: Unpack[Preset]) -> SearchRequest:
+        """The ``SearchRequest`` a mode preset makes from this client's settings (see ``Preset``; change it
+        with ``dataclasses.replace`` and pass it to ``search``)."""
+        return build_request(self.settings.search, query, **preset)
 
-    def search(
-        self,
-        query: str | SearchRequest,
-        *,
-        mode: str | None = None,
-        top_k: int | None = None,
-        filters: Filter | None = None,
-        rerank: bool | None = None,
-    ) -> SearchResult:
-        """Search the index. ``mode``: ``bm25``, ``knn`` or ``hybrid``, optionally ``+rerank`` (default from
-        the settings); ``filters``: ``{"field": value}`` or ``{"field": [any, of]}`` on metadata fields, which
-        must be fields the index was ingested with (a misspelt one is an error, not zero hits). ``query`` may
-        be a whole ``SearchRequest`` instead (the keywords are then not used)."""
-        request = (
-            query
-            if isinstance(query, SearchRequest)
-            else self.request(query, mode=mode, top_k=top_k, filters=filters, rerank=rerank)
-        )
+    def search(self, query: str | SearchRequest, **preset: Unpack[Preset]) -> SearchResult:
+        """Search the index. ``preset``: ``mode`` (``bm25``, ``knn`` or ``hybrid``, optionally ``+rerank``;
+        default from the settings), ``top_k``, ``rerank``, and ``filters``: ``{"field": value}`` or
+        ``{"field": [any, of]}`` on metadata fields, which must be fields the index was ingested with (a
+        misspelt one is an error, not zero hits). ``query`` may be a whole ``SearchRequest`` instead."""
+        request = query if isinstance(query, SearchRequest) else self.request(query, **preset)
 
         def once() -> SearchResult:
             if request.filters:

@@ -15,16 +15,8 @@ from typing import Any
 import numpy as np
 
 from hybrid_search.backends.base import IndexSpec
-from hybrid_search.backends.cluster import (
-    SPEC_META_KEY,
-    TEXT_FIELDS,
-    VECTOR_FIELD,
-    ClusterBackend,
-    ServerInfo,
-    bm25_query,
-    metadata_dynamic_template,
-    parse_version,
-)
+from hybrid_search.backends.cluster import bodies
+from hybrid_search.backends.cluster.store import ClientLibrary, ClusterBackend
 from hybrid_search.config.errors import ConfigError, FusionUnsupported
 from hybrid_search.search.filters import METADATA_FIELD, Filter, to_query_dsl
 from hybrid_search.search.interfaces import ServerFusion
@@ -56,11 +48,11 @@ def es_index_body(
     return {
         "settings": {"index": {"number_of_replicas": replicas, "refresh_interval": refresh_interval}},
         "mappings": {
-            "_meta": {SPEC_META_KEY: spec.to_dict()},
-            "dynamic_templates": [metadata_dynamic_template()],
+            "_meta": {bodies.SPEC_META_KEY: spec.to_dict()},
+            "dynamic_templates": [bodies.metadata_dynamic_template()],
             "properties": {
-                **{f: {"type": "text", "analyzer": analyzer} for f in TEXT_FIELDS},
-                VECTOR_FIELD: {
+                **{f: {"type": "text", "analyzer": analyzer} for f in bodies.TEXT_FIELDS},
+                bodies.VECTOR_FIELD: {
                     "type": "dense_vector",
                     "dims": spec.dims,
                     "index": True,
@@ -76,7 +68,7 @@ def es_index_body(
 def es_knn_clause(vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None) -> dict[str, Any]:
     """The kNN clause shared by the top-level ``knn`` search and the ``knn`` retriever."""
     clause: dict[str, Any] = {
-        "field": VECTOR_FIELD,
+        "field": bodies.VECTOR_FIELD,
         "query_vector": [float(x) for x in np.asarray(vector).ravel()],
         "k": k,
         "num_candidates": max(num_candidates, k),
@@ -91,7 +83,7 @@ def es_knn_body(vector: np.ndarray, k: int, num_candidates: int, filters: Filter
     return {
         "knn": es_knn_clause(vector, k, num_candidates, filters),
         "size": k,
-        "_source": {"excludes": [VECTOR_FIELD]},
+        "_source": {"excludes": [bodies.VECTOR_FIELD]},
     }
 
 
@@ -122,7 +114,7 @@ def es_fused_body(request: SearchRequest, version: tuple[int, int, int]) -> dict
     lexical, dense, fusion = request.leg("bm25"), request.leg("knn"), request.fusion
     assert isinstance(lexical, Lexical) and isinstance(dense, Dense) and fusion is not None  # refusal checked
     assert request.vector is not None, "the pipeline encodes before it fuses"
-    standard: dict[str, Any] = {"standard": {"query": bm25_query(request.query, None)}}
+    standard: dict[str, Any] = {"standard": {"query": bodies.bm25_query(request.query, None)}}
     dsl = to_query_dsl(request.filters)
     if dsl:
         standard["standard"]["filter"] = dsl
@@ -143,7 +135,7 @@ def es_fused_body(request: SearchRequest, version: tuple[int, int, int]) -> dict
                 "rank_window_size": window,
             }
         }
-    return {"retriever": retriever, "size": k, "_source": {"excludes": [VECTOR_FIELD]}}
+    return {"retriever": retriever, "size": k, "_source": {"excludes": [bodies.VECTOR_FIELD]}}
 
 
 def es_hybrid_body(
@@ -180,23 +172,13 @@ class ElasticsearchBackend(ClusterBackend):
             kwargs["ca_certs"] = str(s.ca_certs)
         return Elasticsearch(list(s.urls), **kwargs)
 
-    @property
-    def connection_errors(self) -> tuple[type[BaseException], ...]:  # type: ignore[override]
+    def _library(self) -> ClientLibrary:
+        import elasticsearch
         from elastic_transport import ConnectionError, ConnectionTimeout, TlsError
 
-        return (ConnectionError, ConnectionTimeout, TlsError)
-
-    @property
-    def api_error(self) -> type[BaseException]:  # type: ignore[override]
-        from elasticsearch import ApiError
-
-        return ApiError
-
-    @property
-    def helpers(self) -> Any:
-        from elasticsearch import helpers
-
-        return helpers
+        return ClientLibrary(
+            (ConnectionError, ConnectionTimeout, TlsError), elasticsearch.ApiError, elasticsearch.helpers
+        )
 
     def status_of(self, exc: BaseException) -> int | None:
         status = getattr(exc, "status_code", None)
@@ -205,11 +187,11 @@ class ElasticsearchBackend(ClusterBackend):
             status = getattr(meta, "status", None)
         return status if isinstance(status, int) else None
 
-    def _probe(self) -> ServerInfo:
+    def _probe(self) -> bodies.ServerInfo:
         info = self.client.info()
         version = info["version"]
         distribution = version.get("distribution", "elasticsearch")
-        return ServerInfo(distribution=distribution, version=parse_version(version["number"]))
+        return bodies.ServerInfo(distribution=distribution, version=bodies.parse_version(version["number"]))
 
     def index_body(self, spec: IndexSpec, *, loading: bool) -> dict[str, Any]:
         option = self.index_settings.es_vector_index

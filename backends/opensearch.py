@@ -18,16 +18,8 @@ from typing import Any
 import numpy as np
 
 from hybrid_search.backends.base import IndexSpec
-from hybrid_search.backends.cluster import (
-    SPEC_META_KEY,
-    TEXT_FIELDS,
-    VECTOR_FIELD,
-    ClusterBackend,
-    ServerInfo,
-    bm25_query,
-    metadata_dynamic_template,
-    parse_version,
-)
+from hybrid_search.backends.cluster import bodies
+from hybrid_search.backends.cluster.store import ClientLibrary, ClusterBackend
 from hybrid_search.config.errors import ConfigError, FusionUnsupported
 from hybrid_search.search.filters import METADATA_FIELD, Filter, to_query_dsl
 from hybrid_search.search.interfaces import ServerFusion
@@ -78,11 +70,11 @@ def os_index_body(
             }
         },
         "mappings": {
-            "_meta": {SPEC_META_KEY: spec.to_dict()},
-            "dynamic_templates": [metadata_dynamic_template()],
+            "_meta": {bodies.SPEC_META_KEY: spec.to_dict()},
+            "dynamic_templates": [bodies.metadata_dynamic_template()],
             "properties": {
-                **{f: {"type": "text", "analyzer": analyzer} for f in TEXT_FIELDS},
-                VECTOR_FIELD: {
+                **{f: {"type": "text", "analyzer": analyzer} for f in bodies.TEXT_FIELDS},
+                bodies.VECTOR_FIELD: {
                     "type": "knn_vector",
                     "dimension": spec.dims,
                     "space_type": "innerproduct" if spec.similarity == "dot_product" else "cosinesimil",
@@ -104,7 +96,7 @@ def os_knn_query(
         clause["filter"] = {"bool": {"filter": dsl}}
     if version >= METHOD_PARAMETERS_SINCE:
         clause["method_parameters"] = {"ef_search": max(num_candidates, k)}
-    return {"knn": {VECTOR_FIELD: clause}}
+    return {"knn": {bodies.VECTOR_FIELD: clause}}
 
 
 def os_knn_body(
@@ -113,7 +105,7 @@ def os_knn_body(
     return {
         "size": k,
         "query": os_knn_query(vector, k, num_candidates, filters, version),
-        "_source": {"excludes": [VECTOR_FIELD]},
+        "_source": {"excludes": [bodies.VECTOR_FIELD]},
     }
 
 
@@ -162,10 +154,10 @@ def os_fused_query(request: SearchRequest, version: tuple[int, int, int]) -> dic
     assert request.vector is not None, "the pipeline encodes before it fuses"
     k = request.candidates
     knn = os_knn_query(request.vector, dense.depth, dense.num_candidates, request.filters, version)
-    hybrid: dict[str, Any] = {"queries": [bm25_query(request.query, request.filters), knn]}
+    hybrid: dict[str, Any] = {"queries": [bodies.bm25_query(request.query, request.filters), knn]}
     if version >= PAGINATION_DEPTH_SINCE:
         hybrid["pagination_depth"] = max(lexical.depth, dense.depth, k)
-    return {"size": k, "query": {"hybrid": hybrid}, "_source": {"excludes": [VECTOR_FIELD]}}
+    return {"size": k, "query": {"hybrid": hybrid}, "_source": {"excludes": [bodies.VECTOR_FIELD]}}
 
 
 def os_hybrid_query(
@@ -209,34 +201,24 @@ class OpenSearchBackend(ClusterBackend):
             kwargs["ca_certs"] = str(s.ca_certs)
         return OpenSearch(hosts=list(s.urls), **kwargs)
 
-    @property
-    def connection_errors(self) -> tuple[type[BaseException], ...]:  # type: ignore[override]
+    def _library(self) -> ClientLibrary:
+        import opensearchpy
         from opensearchpy import ConnectionError, ConnectionTimeout, SSLError
 
-        return (ConnectionError, ConnectionTimeout, SSLError)
-
-    @property
-    def api_error(self) -> type[BaseException]:  # type: ignore[override]
-        from opensearchpy import TransportError
-
-        return TransportError
-
-    @property
-    def helpers(self) -> Any:
-        from opensearchpy import helpers
-
-        return helpers
+        return ClientLibrary(
+            (ConnectionError, ConnectionTimeout, SSLError), opensearchpy.TransportError, opensearchpy.helpers
+        )
 
     def status_of(self, exc: BaseException) -> int | None:
         status = getattr(exc, "status_code", None)
         return status if isinstance(status, int) else None
 
-    def _probe(self) -> ServerInfo:
+    def _probe(self) -> bodies.ServerInfo:
         version = self.client.info()["version"]
         plugins = frozenset(p.get("component", "") for p in self.client.cat.plugins(format="json"))
-        return ServerInfo(
+        return bodies.ServerInfo(
             distribution=version.get("distribution", "elasticsearch"),
-            version=parse_version(version["number"]),
+            version=bodies.parse_version(version["number"]),
             plugins=plugins,
         )
 

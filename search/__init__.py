@@ -16,13 +16,21 @@ from hybrid_search.search.fusion import (
     normalize_zscore,
 )
 from hybrid_search.search.hits import Hit, SearchResult
-from hybrid_search.search.interfaces import QueryEncoder, Reranker, ResultRecorder, Retriever, ServerFusion
+from hybrid_search.search.interfaces import (
+    QueryEncoder,
+    Reranker,
+    ResultRecorder,
+    Retriever,
+    SearchableIndex,
+    ServerFusion,
+)
 from hybrid_search.search.request import (
     MODES,
     Dense,
     FusionSpec,
     Leg,
     Lexical,
+    Preset,
     RerankSpec,
     SearchRequest,
     build_request,
@@ -37,6 +45,7 @@ __all__ = [
     "FusionSpec",
     "Leg",
     "Lexical",
+    "Preset",
     "RerankSpec",
     "RetrievalPipeline",
     "SearchRequest",
@@ -52,6 +61,7 @@ __all__ = [
     "ResultRecorder",
     "Retriever",
     "SearchResult",
+    "SearchableIndex",
     "ServerFusion",
     "fuse",
     "fuse_linear",

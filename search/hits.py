@@ -27,6 +27,7 @@ class Hit:
     fusion_score: float | None = None
     rerank_score: float | None = None
     rank_before_rerank: int | None = None  # the rank the reranker started from, when it ran
+    leg_scores: Mapping[str, float] = field(default_factory=dict)  # fused: each retrieval leg's score, by leg name
 
     @property
     def rank_change(self) -> int | None:

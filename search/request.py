@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, TypedDict, Unpack
 
 from hybrid_search.config.errors import ConfigError, QueryError
 from hybrid_search.search.fusion import Run, fuse
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MODES",
     "Dense",
+    "Preset",
     "FusionSpec",
     "Leg",
     "Lexical",
@@ -48,7 +49,7 @@ class Leg(Protocol):
     ``Hit`` field carries its score, and the backend call that answers it."""
 
     name: ClassVar[str]
-    score_field: ClassVar[str]
+    score_field: ClassVar[str | None]  # a ``Hit`` field of its own (``bm25_score``), or None: ``leg_scores`` only
     needs_vector: ClassVar[bool]
 
     @property
@@ -63,7 +64,7 @@ class Lexical:
 
     depth: int = 200
     name: ClassVar[str] = "bm25"
-    score_field: ClassVar[str] = "bm25_score"
+    score_field: ClassVar[str | None] = "bm25_score"
     needs_vector: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
@@ -81,7 +82,7 @@ class Dense:
     depth: int = 200
     num_candidates: int = 400
     name: ClassVar[str] = "knn"
-    score_field: ClassVar[str] = "knn_score"
+    score_field: ClassVar[str | None] = "knn_score"
     needs_vector: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -278,19 +279,23 @@ def parse_mode(mode: str) -> tuple[str, bool]:
     return base, suffix == "rerank"
 
 
-def build_request(
-    settings: SearchSettings,
-    query: str,
-    *,
-    mode: str | None = None,
-    top_k: int | None = None,
-    rerank: bool | None = None,
-    filters: Filter | None = None,
-    vector: np.ndarray | None = None,
-) -> SearchRequest:
-    """The request a mode preset makes from the settings: ``mode`` may carry ``+rerank``; ``rerank``
-    overrides the settings' default; checked against the settings' hard limits."""
-    base, rerank_in_mode = parse_mode(mode or settings.mode)
+class Preset(TypedDict, total=False):
+    """What a caller may say of a mode preset (every key optional; the settings give the rest): ``mode``
+    (``bm25``, ``knn`` or ``hybrid``, optionally ``+rerank``), ``top_k``, ``rerank`` (overrides the settings'
+    default), ``filters``, and ``vector``, the query's embedding when the caller already has it."""
+
+    mode: str | None
+    top_k: int | None
+    rerank: bool | None
+    filters: Filter | None
+    vector: np.ndarray | None
+
+
+def build_request(settings: SearchSettings, query: str, **preset: Unpack[Preset]) -> SearchRequest:
+    """The request a mode preset makes from the settings (see ``Preset``), checked against the settings'
+    hard limits."""
+    base, rerank_in_mode = parse_mode(preset.get("mode") or settings.mode)
+    rerank, top_k = preset.get("rerank"), preset.get("top_k")
     do_rerank = rerank_in_mode or (settings.rerank if rerank is None else rerank)
     top_k = settings.top_k if top_k is None else top_k
     _check_depth(top_k, "top_k")
@@ -304,8 +309,8 @@ def build_request(
         top_k=top_k,
         fusion=FusionSpec.from_settings(settings) if fused else None,
         rerank=rerank_spec,
-        filters=filters,
-        vector=vector,
+        filters=preset.get("filters"),
+        vector=preset.get("vector"),
     )
     check_limits(settings, request)
     return request

@@ -13,14 +13,13 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
 from hybrid_search.config.errors import ConfigError, FusionUnsupported
 from hybrid_search.config.settings import SearchSettings
 from hybrid_search.config.text import passage_text
-from hybrid_search.search.filters import Filter
 from hybrid_search.search.fusion import normalize_minmax
 from hybrid_search.search.hits import Hit, SearchResult
 from hybrid_search.search.interfaces import QueryEncoder, Reranker, ResultRecorder, Retriever, SearchableIndex
@@ -28,6 +27,7 @@ from hybrid_search.search.request import (
     MODES,
     FusionSpec,
     Leg,
+    Preset,
     SearchRequest,
     build_request,
     check_limits,
@@ -81,34 +81,13 @@ class RetrievalPipeline:
         self.query_log = query_log
         self._fallback_logged: set[str] = set()
 
-    def request(
-        self,
-        query: str,
-        *,
-        mode: str | None = None,
-        top_k: int | None = None,
-        rerank: bool | None = None,
-        filters: Filter | None = None,
-        vector: np.ndarray | None = None,
-    ) -> SearchRequest:
-        """The request a mode preset makes from this pipeline's settings (see ``build_request``)."""
-        return build_request(
-            self.settings, query, mode=mode, top_k=top_k, rerank=rerank, filters=filters, vector=vector
-        )
+    def request(self, query: str, **preset: Unpack[Preset]) -> SearchRequest:
+        """The request a mode preset makes from this pipeline's settings (see ``Preset``)."""
+        return build_request(self.settings, query, **preset)
 
-    def search(
-        self,
-        query: str,
-        *,
-        mode: str | None = None,
-        top_k: int | None = None,
-        rerank: bool | None = None,
-        filters: Filter | None = None,
-        vector: np.ndarray | None = None,
-    ) -> SearchResult:
-        """Search ``query`` with a mode preset: ``mode`` may carry ``+rerank``; ``rerank`` overrides the
-        settings' default; ``vector`` is the query's embedding when the caller already has it."""
-        return self.run(self.request(query, mode=mode, top_k=top_k, rerank=rerank, filters=filters, vector=vector))
+    def search(self, query: str, **preset: Unpack[Preset]) -> SearchResult:
+        """Search ``query`` with a mode preset (see ``Preset``): ``request`` then ``run``."""
+        return self.run(self.request(query, **preset))
 
     def run(self, request: SearchRequest, *, index: SearchableIndex | None = None) -> SearchResult:
         """Run one request (checked against the settings' limits) over ``index`` (this pipeline's by default)."""
@@ -221,14 +200,19 @@ class HybridSearcher(RetrievalPipeline):
 
 def fuse_legs(fusion: FusionSpec, runs: Sequence[tuple[Leg, Sequence[Hit]]]) -> list[Hit]:
     """Client-side fusion of each leg's hits into one ranked list; every hit keeps the score each leg gave
-    it in that leg's ``Hit`` field (``bm25_score``, ``knn_score``, ...), ``None`` where the leg missed it."""
+    it in ``leg_scores`` (by leg name) and in that leg's own ``Hit`` field where it has one (``bm25_score``,
+    ``knn_score``; ``None`` where the leg missed it)."""
     fused = fusion.fuse({leg.name: [(h.doc_id, h.score) for h in hits] for leg, hits in runs})
-    by_leg = [(leg.score_field, {h.doc_id: h for h in hits}) for leg, hits in runs]
+    by_leg = [(leg, {h.doc_id: h for h in hits}) for leg, hits in runs]
     out = []
     for rank, (doc_id, score) in enumerate(fused, start=1):
-        first = next(found[doc_id] for _, found in by_leg if doc_id in found)
-        leg_scores: dict[str, Any] = {f: getattr(found[doc_id], f) if doc_id in found else None for f, found in by_leg}
-        out.append(dataclasses.replace(first, rank=rank, score=score, fusion_score=score, **leg_scores))
+        seen = [(leg, found[doc_id]) for leg, found in by_leg if doc_id in found]
+        fields: dict[str, Any] = {leg.score_field: None for leg, _ in by_leg if leg.score_field}
+        fields.update({leg.score_field: getattr(hit, leg.score_field) for leg, hit in seen if leg.score_field})
+        scores = {leg.name: hit.score for leg, hit in seen}
+        out.append(
+            dataclasses.replace(seen[0][1], rank=rank, score=score, fusion_score=score, leg_scores=scores, **fields)
+        )
     return out
 
 

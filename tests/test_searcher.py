@@ -116,8 +116,52 @@ def test_a_request_is_one_value_built_once(sample_backend, encoder):
     hand = SearchRequest("coffee", legs=(Lexical(30), Dense(20, 10)), top_k=5, fusion=FusionSpec.of("rrf"))
     assert pipeline.run(hand).doc_ids == pipeline.search("coffee", mode="hybrid").doc_ids
     lexical_only = replace(hand, legs=(Lexical(30),), fusion=None)
-    assert lexical_only.mode == "bm25" and pipeline.run(lexical_only).doc_ids == pipeline.search("coffee", mode="bm25").doc_ids
+    assert (
+        lexical_only.mode == "bm25"
+        and pipeline.run(lexical_only).doc_ids == pipeline.search("coffee", mode="bm25").doc_ids
+    )
     with pytest.raises(ConfigError, match="FusionSpec"):
         SearchRequest("coffee", legs=(Lexical(), Dense()))
     with pytest.raises(ConfigError, match="once"):
         SearchRequest("coffee", legs=(Lexical(), Lexical(5)), fusion=FusionSpec())
+
+
+def test_a_third_leg_needs_no_change_to_fusion_or_the_pipeline(sample_backend, encoder):
+    """A leg written outside the library (BM25 over a query with its question words dropped) joins BM25 and
+    kNN: fusion, the pipeline and the result types take any number of legs."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from hybrid_search.search.fusion import fuse_rrf
+    from hybrid_search.search.request import Dense, FusionSpec, Lexical, SearchRequest
+    from hybrid_search.search.searcher import RetrievalPipeline
+
+    @dataclass(frozen=True)
+    class Keywords:
+        depth: int = 20
+        name: ClassVar[str] = "keywords"
+        score_field: ClassVar[str | None] = None
+        needs_vector: ClassVar[bool] = False
+
+        def retrieve(self, index, request):
+            words = [w for w in request.query.split() if w.lower() not in {"how", "do", "i", "my", "why", "does"}]
+            return index.search_bm25(" ".join(words), self.depth, request.filters)
+
+    query = "how do I keep my sourdough starter alive"
+    legs = (Lexical(20), Dense(20, 40), Keywords(20))
+    request = SearchRequest(query, legs=legs, top_k=5, fusion=FusionSpec.of("rrf"))
+    pipeline = RetrievalPipeline(sample_backend, index="sample", encoder=encoder)
+    result = pipeline.run(request)
+    assert result.mode == "bm25,knn,keywords" and result.fusion_location == "client"
+    assert {"bm25", "knn", "keywords", "fusion"} <= set(result.timings_ms)
+    handle = sample_backend.open_index("sample")
+    vector = encoder.encode_queries([query])[0]
+    runs = [
+        handle.search_bm25(query, 20),
+        handle.search_knn(vector, 20, 40),
+        handle.search_bm25("keep sourdough starter alive", 20),
+    ]
+    expected = fuse_rrf([[(h.doc_id, h.score) for h in run] for run in runs], k=60)[:5]
+    assert [(h.doc_id, pytest.approx(h.score)) for h in result.hits] == [(d, pytest.approx(s)) for d, s in expected]
+    top = result.hits[0]
+    assert set(top.leg_scores) == {"bm25", "knn", "keywords"} and top.bm25_score == top.leg_scores["bm25"]

@@ -103,32 +103,19 @@ def test_tune_on_the_sample_and_the_profile_loads(sample_index, tmp_path):
     assert report.ce_pairs_scored > 0
 
     profile = tmp_path / "profile.toml"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hybrid_search.app.cli",
-            "tune",
-            "sample",
-            "--index",
-            "sample",
-            "--data-dir",
-            str(data),
-            "--folds",
-            "3",
-            "--budget",
-            "30",
-            "--out",
-            str(profile),
-            "--json",
-            str(tmp_path / "tune.json"),
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        timeout=600,
+    common = ["--index", "sample", "--data-dir", str(data), "--quiet"]
+    out = _cli(
+        "tune",
+        "sample",
+        *common,
+        "--folds",
+        "3",
+        "--budget",
+        "30",
+        "--out",
+        str(profile),
+        "--json",
+        str(tmp_path / "tune.json"),
     )
     assert out.returncode == 0, out.stderr
     assert "cross-validated" in out.stdout and json.loads((tmp_path / "tune.json").read_text())["folds"] == 3
@@ -139,31 +126,15 @@ def test_tune_on_the_sample_and_the_profile_loads(sample_index, tmp_path):
     assert "[index]" not in profile.read_text() and settings.index.analyzer == "standard"
     chosen = json.loads((tmp_path / "tune.json").read_text())["chosen"]
     assert settings.search.mode == chosen["base"] and settings.search.rerank_interpolation == chosen["interpolation"]
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hybrid_search.app.cli",
-            "eval",
-            "sample",
-            "--index",
-            "sample",
-            "--data-dir",
-            str(data),
-            "--config",
-            str(profile),
-            "--modes",
-            "bm25,knn",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        timeout=600,
-    )
+    out = _cli("eval", "sample", *common, "--config", str(profile), "--modes", "bm25,knn")
     assert out.returncode == 0, out.stderr
     assert [line.split()[0] for line in out.stdout.splitlines()[2:]] == ["bm25", "knn", "tuned"]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "hybrid_search.app.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
 
 
 @pytest.mark.parametrize("analyzer", ["standard", "english"])

@@ -143,14 +143,14 @@ def search_knobs(p: argparse.ArgumentParser) -> None:
     setting(
         p, "--num-candidates", path="search.num_candidates", group=g, type=int, help="HNSW candidate pool per query"
     )
-    setting(
-        p,
-        "--client-fusion",
-        convert=lambda on: {"search.server_fusion": False} if on else {},
-        group=g,
-        action="store_true",
-        help="fuse in the client even if the server can",
-    )
+    switch_off(p, "--client-fusion", "search.server_fusion", group=g, help="fuse in the client even if the server can")
+
+
+def switch_off(
+    p: argparse.ArgumentParser, flag: str, path: str, *, help: str, group: argparse._ArgumentGroup | None = None
+) -> None:
+    """A ``--no-...`` flag that sets the boolean setting at ``path`` to False when given."""
+    setting(p, flag, convert=lambda on: {path: False} if on else {}, group=group, action="store_true", help=help)
 
 
 def force_unlock(p: argparse.ArgumentParser, group: argparse._ArgumentGroup | None = None) -> None:
@@ -173,12 +173,11 @@ def ingest_knobs(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", help="continue an interrupted ingest of this index")
     force_unlock(p, g)
     setting(p, "--strict", path="ingest.strict", group=g, action="store_true", help="the first bad record is fatal")
-    setting(
+    switch_off(
         p,
         "--no-field-check",
-        convert=lambda on: {"ingest.check_fields": False} if on else {},
+        "ingest.check_fields",
         group=g,
-        action="store_true",
         help="skip the check that --text-field and --metadata-fields appear among the first 1,000 records",
     )
     setting(
@@ -219,14 +218,7 @@ def log_knobs(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="record each search in <index>-queries (also HYBRID_SEARCH_LOGS__QUERIES=true)",
     )
-    setting(
-        p,
-        "--no-query-text",
-        convert=lambda on: {"logs.query_text": False} if on else {},
-        group=g,
-        action="store_true",
-        help="log searches without their query text",
-    )
+    switch_off(p, "--no-query-text", "logs.query_text", group=g, help="log searches without their query text")
 
 
 # --- argparse types ---------------------------------------------------------------------------------

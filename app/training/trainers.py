@@ -250,22 +250,10 @@ def train_bi_encoder(
             train_dataset=datasets[name] if single else datasets,
             loss=loss_fns[name] if single else loss_fns,
         )
-        seconds = _run(trainer, options)
-        model.save(str(work))
+        finished = _finish(model, trainer, work, options)
         _write_card(work, kind="bi-encoder", base=base, loss=loss, pairs=len(pairs))
-    return _summary(
-        "bi-encoder",
-        out,
-        base,
-        len(pairs),
-        loss,
-        trainer,
-        seconds,
-        device,
-        before,
-        evaluate,
-        options,
-        ("epochs", "batch_size", "lr", "max_steps", "seed", "margin"),
+    return _Run("bi-encoder", base, len(pairs), loss, device, before, (*_RECORDED, "margin")).summary(
+        out, finished, evaluate, options
     )
 
 
@@ -298,55 +286,56 @@ def train_cross_encoder(
         model = st.CrossEncoder(str(folder), num_labels=1, device=device)
         args = _args(CrossEncoderTrainingArguments, options, work, _steps_hint(len(data), options))
         trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=BinaryCrossEntropyLoss(model))
-        seconds = _run(trainer, options)
-        model.save(str(work))
+        finished = _finish(model, trainer, work, options)
         _write_card(work, kind="cross-encoder", base=base, loss="binary-cross-entropy", pairs=len(pairs))
-    return _summary(
-        "cross-encoder",
-        out,
-        base,
-        len(pairs),
-        "binary-cross-entropy",
-        trainer,
-        seconds,
-        device,
-        before,
-        evaluate,
-        options,
-        ("epochs", "batch_size", "lr", "max_steps", "seed"),
+    return _Run("cross-encoder", base, len(pairs), "binary-cross-entropy", device, before, _RECORDED).summary(
+        out, finished, evaluate, options
     )
 
 
-def _summary(
-    kind: str,
-    out: str | Path,
-    base: str,
-    examples: int,
-    loss: str,
-    trainer: Any,
-    seconds: float,
-    device: str,
-    before: dict[str, float] | None,
-    evaluate: Any,
-    options: TrainOptions,
-    keys: tuple[str, ...],
-) -> TrainSummary:
-    """The run's summary; ``evaluate`` (if any) measures the folder now in place at ``out``."""
-    target = Path(out).resolve()
-    return TrainSummary(
-        kind=kind,
-        out=str(target),
-        base=base,
-        pairs=examples,
-        loss=loss,
-        steps=int(trainer.state.global_step),
-        seconds=round(seconds, 1),
-        device=device,
-        loss_curve=_loss_curve(trainer.state.log_history),
-        before=before,
-        after=evaluate(target) if evaluate is not None else None,
-        options={k: getattr(options, k) for k in keys},
-    )
+_RECORDED = ("epochs", "batch_size", "lr", "max_steps", "seed")  # the options a summary records
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """What one training run was: its kind, base model, examples, loss, device, the quality before, and the
+    options worth recording."""
+
+    kind: str
+    base: str
+    examples: int
+    loss: str
+    device: str
+    before: dict[str, float] | None
+    keys: tuple[str, ...]
+
+    def summary(
+        self, out: str | Path, finished: tuple[Any, float], evaluate: Any, options: TrainOptions
+    ) -> TrainSummary:
+        """The run's summary; ``evaluate`` (if any) measures the folder now in place at ``out``."""
+        trainer, seconds = finished
+        target = Path(out).resolve()
+        return TrainSummary(
+            kind=self.kind,
+            out=str(target),
+            base=self.base,
+            pairs=self.examples,
+            loss=self.loss,
+            steps=int(trainer.state.global_step),
+            seconds=round(seconds, 1),
+            device=self.device,
+            loss_curve=_loss_curve(trainer.state.log_history),
+            before=self.before,
+            after=evaluate(target) if evaluate is not None else None,
+            options={k: getattr(options, k) for k in self.keys},
+        )
+
+
+def _finish(model: Any, trainer: Any, work: Path, options: TrainOptions) -> tuple[Any, float]:
+    """Train, then save the model into the staged folder: ``(trainer, seconds)``."""
+    seconds = _run(trainer, options)
+    model.save(str(work))
+    return trainer, seconds
 
 
 def _is_cross_encoder(folder: Path) -> bool:
@@ -391,22 +380,10 @@ def adapt(
             loss_fn = losses.DenoisingAutoEncoderLoss(model, decoder_name_or_path=str(folder), tie_encoder_decoder=True)
         args = _args(st.SentenceTransformerTrainingArguments, options, work, _steps_hint(len(data), options))
         trainer = st.SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss_fn)
-        seconds = _run(trainer, options)
-        model.save(str(work))
+        finished = _finish(model, trainer, work, options)
         _write_card(work, kind="bi-encoder", base=base, loss=method, pairs=len(kept))
-    return _summary(
-        "adapted bi-encoder",
-        out,
-        base,
-        len(kept),
-        method,
-        trainer,
-        seconds,
-        device,
-        before,
-        evaluate,
-        options,
-        ("epochs", "batch_size", "lr", "max_steps", "seed"),
+    return _Run("adapted bi-encoder", base, len(kept), method, device, before, _RECORDED).summary(
+        out, finished, evaluate, options
     )
 
 

@@ -7,34 +7,16 @@ failed on a dropped connection, with capped exponential backoff and full jitter 
 refusals (mapping errors, wrong dimensions) come back as ``FailedItem`` for the rejects file.
 """
 
-from hybrid_search.backends.cluster.bodies import (
-    SPEC_META_KEY,
-    TEXT_FIELDS,
-    VECTOR_FIELD,
-    ServerInfo,
-    alias_actions,
-    bm25_body,
-    bm25_query,
-    latest_body,
-    log_index_body,
-    metadata_dynamic_template,
-    parse_version,
-)
+from hybrid_search.backends.cluster.bodies import ServerInfo, alias_actions, bm25_body, latest_body, log_index_body
 from hybrid_search.backends.cluster.logsink import ClusterLogSink
 from hybrid_search.backends.cluster.store import ClusterBackend
 
 __all__ = [
-    "SPEC_META_KEY",
-    "TEXT_FIELDS",
-    "VECTOR_FIELD",
     "ClusterBackend",
     "ClusterLogSink",
     "ServerInfo",
     "alias_actions",
     "bm25_body",
-    "bm25_query",
     "latest_body",
     "log_index_body",
-    "metadata_dynamic_template",
-    "parse_version",
 ]

@@ -14,6 +14,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Self
@@ -61,9 +62,19 @@ if TYPE_CHECKING:
     from hybrid_search.backends.cluster.logsink import ClusterLogSink
     from hybrid_search.config.settings import Settings
 
-__all__ = ["ClusterBackend"]
+__all__ = ["ClientLibrary", "ClusterBackend"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLibrary:
+    """What an engine's Python client gives every call: the errors of a dropped connection, the error of an
+    answered request, and the ``helpers`` module (``streaming_bulk``, ``scan``)."""
+
+    connection_errors: tuple[type[BaseException], ...]
+    api_error: type[BaseException]
+    helpers: Any
 
 
 class ClusterBackend(OpensIndexes, ABC):
@@ -131,9 +142,26 @@ class ClusterBackend(OpensIndexes, ABC):
     def urls_text(self) -> str:
         return ", ".join(self.settings.urls)
 
-    # exception families, set by the engine
-    connection_errors: tuple[type[BaseException], ...] = ()
-    api_error: type[BaseException] = Exception
+    @abstractmethod
+    def _library(self) -> ClientLibrary:
+        """The engine's client library, imported on first use."""
+
+    @cached_property
+    def library(self) -> ClientLibrary:
+        return self._library()
+
+    @property
+    def connection_errors(self) -> tuple[type[BaseException], ...]:
+        return self.library.connection_errors
+
+    @property
+    def api_error(self) -> type[BaseException]:
+        return self.library.api_error
+
+    @property
+    def helpers(self) -> Any:
+        """The client library's ``helpers`` module: both ship ``streaming_bulk`` and ``scan`` alike."""
+        return self.library.helpers
 
     @abstractmethod
     def status_of(self, exc: BaseException) -> int | None:
@@ -301,10 +329,6 @@ class ClusterBackend(OpensIndexes, ABC):
             self.call("drop index", self.client.indices.delete, index=physical)
 
     # --- documents (see ``bulk``) ---------------------------------------------------------------------
-    @property
-    @abstractmethod
-    def helpers(self) -> Any:
-        """The client library's ``helpers`` module: both ship ``streaming_bulk`` and ``scan`` alike."""
 
     def streaming_bulk(self, actions: Iterable[dict[str, Any]]) -> Iterable[tuple[bool, dict[str, Any]]]:
         """``(ok, item)`` per action; failures come back as items (our retry loop decides), never raised."""

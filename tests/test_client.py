@@ -41,6 +41,17 @@ def test_the_readme_snippet_runs_as_written(corpus, tmp_path, monkeypatch):
         assert all(h.metadata["lang"] == "en" for h in result.hits)
         assert result.hits[0].doc_id and isinstance(result.hits[0].score, float)
         assert {"encode", "rerank", "total"} <= set(result.timings_ms)
+
+        from dataclasses import replace
+
+        from hybrid_search.search import Dense, FusionSpec, Lexical
+
+        request = hs.request("who wrote hamlet", mode="hybrid")
+        assert request == hs.request("who wrote hamlet", mode="hybrid")  # a value: the same preset, the same request
+        deeper = replace(request, legs=(Lexical(500), Dense(300, num_candidates=600)), fusion=FusionSpec.of("rrf"))
+        hits = hs.search(deeper).hits
+        assert len(hits) == 10 and hs.search(deeper).doc_ids == [h.doc_id for h in hits]
+        assert hs.search(request).doc_ids == hs.search("who wrote hamlet", mode="hybrid").doc_ids
     assert (tmp_path / ".hybrid-search" / "aliases.json").is_file()
 
 

@@ -173,12 +173,10 @@ class ElasticsearchBackend(ClusterBackend):
         return Elasticsearch(list(s.urls), **kwargs)
 
     def _library(self) -> ClientLibrary:
-        import elasticsearch
         from elastic_transport import ConnectionError, ConnectionTimeout, TlsError
+        from elasticsearch import ApiError, helpers
 
-        return ClientLibrary(
-            (ConnectionError, ConnectionTimeout, TlsError), elasticsearch.ApiError, elasticsearch.helpers
-        )
+        return ClientLibrary((ConnectionError, ConnectionTimeout, TlsError), ApiError, helpers)
 
     def status_of(self, exc: BaseException) -> int | None:
         status = getattr(exc, "status_code", None)

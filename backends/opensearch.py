@@ -202,12 +202,9 @@ class OpenSearchBackend(ClusterBackend):
         return OpenSearch(hosts=list(s.urls), **kwargs)
 
     def _library(self) -> ClientLibrary:
-        import opensearchpy
-        from opensearchpy import ConnectionError, ConnectionTimeout, SSLError
+        from opensearchpy import ConnectionError, ConnectionTimeout, SSLError, TransportError, helpers
 
-        return ClientLibrary(
-            (ConnectionError, ConnectionTimeout, SSLError), opensearchpy.TransportError, opensearchpy.helpers
-        )
+        return ClientLibrary((ConnectionError, ConnectionTimeout, SSLError), TransportError, helpers)
 
     def status_of(self, exc: BaseException) -> int | None:
         status = getattr(exc, "status_code", None)

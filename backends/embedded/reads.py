@@ -1,0 +1,129 @@
+"""``EmbeddedReads``: what the embedded backend answers about an index: existence and spec, the serving
+build and orphans, BM25, kNN, counts, stats and corpus-wide reads, each from the physical index the name
+resolves to. The embedded engine fuses in the client; ``fusion_refusal`` says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from hybrid_search.backends.base import (
+    IndexSpec,
+    IndexStats,
+    StoredDocument,
+    checks_names,
+)
+from hybrid_search.backends.embedded.disk import EmbeddedDisk
+from hybrid_search.backends.embedded.physical import PhysicalIndex
+from hybrid_search.config.errors import (
+    FusionUnsupported,
+)
+from hybrid_search.config.names import build_pattern
+from hybrid_search.config.text import passage_text
+from hybrid_search.search.filters import METADATA_FIELD, Filter
+from hybrid_search.search.hits import Hit
+from hybrid_search.search.request import SearchRequest
+
+__all__ = ["EmbeddedReads"]
+
+
+class EmbeddedReads(EmbeddedDisk):
+    """Reads and searches over the data directory's indexes."""
+
+    @checks_names
+    def index_exists(self, index: str) -> bool:
+        return (self._path(self._physical(index)) / "spec.json").exists()
+
+    @checks_names
+    def index_spec(self, index: str) -> IndexSpec | None:
+        if not self.index_exists(index):
+            return None
+        return PhysicalIndex.read_spec(self._path(self._physical(index)))
+
+    @checks_names
+    def serving_build(self, alias: str) -> str | None:
+        physical = self._aliases().get(alias)
+        if physical is not None:
+            return physical
+        return alias if self.index_exists(alias) else None
+
+    @checks_names
+    def orphan_builds(self, alias: str) -> list[str]:
+        pattern = build_pattern(alias)
+        served = set(self._aliases().values())
+        return sorted(p for p in self._all_physical() if pattern.match(p) and p not in served)
+
+    @checks_names
+    def search_bm25(self, index: str, query: str, k: int, filters: Filter | None = None) -> list[Hit]:
+        return self._get(index).bm25(query, k, filters)
+
+    @checks_names
+    def search_knn(
+        self, index: str, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None = None
+    ) -> list[Hit]:
+        return self._get(index).knn(vector, k, num_candidates, filters)
+
+    def fusion_refusal(self, request: SearchRequest) -> str | None:
+        return "the embedded backend fuses in the client"
+
+    def search_fused(self, index: str, request: SearchRequest) -> list[Hit]:
+        raise FusionUnsupported("the embedded backend fuses in the client")
+
+    @checks_names
+    def count(self, index: str) -> int:
+        return self._get(index).count()
+
+    @checks_names
+    def stats(self, index: str) -> IndexStats:
+        idx = self._get(index)
+        spec = idx.spec
+        vector = {
+            "type": "faiss IndexHNSWFlat",
+            "dims": spec.dims,
+            "metric": "inner_product",
+            "similarity": spec.similarity,
+            "m": spec.hnsw_m,
+            "ef_construction": spec.hnsw_ef_construction,
+            "ef_search": self.ef_search,
+            "vectors_in_graph": idx.vectors.ntotal,
+            "tombstones": idx._dead_count(),
+        }
+        fields = {
+            "title": f"text (tantivy, {spec.analyzer})",
+            "text": f"text (tantivy, {spec.analyzer})",
+            "vector": f"float32[{spec.dims}] (SQLite + faiss HNSW)",
+            METADATA_FIELD: "json (tantivy raw terms)",
+        }
+        return IndexStats(
+            alias=index if index in self._aliases() else "",
+            physical=idx.path.name,
+            count=idx.count(),
+            spec=spec,
+            store_bytes=idx.store_bytes(),
+            vector=vector,
+            fields=fields,
+            metadata_fields=idx.metadata_types(),
+        )
+
+    @checks_names
+    def iter_vectors(self, index: str, batch: int = 10_000) -> Iterable[tuple[list[str], np.ndarray]]:
+        """Stored vectors straight from disk, for corpus-wide jobs such as duplicate mining."""
+        return self._get(index).iter_vectors(batch)
+
+    @checks_names
+    def iter_documents(self, index: str, batch: int = 1_000) -> Iterable[list[StoredDocument]]:
+        """Stored documents straight from disk, a batch at a time (re-encoding, training, corpus statistics)."""
+        return self._get(index).iter_documents(batch)
+
+    @checks_names
+    def knn_batch(self, index: str, vectors: np.ndarray, k: int, num_candidates: int) -> list[list[tuple[str, float]]]:
+        """Neighbours of many vectors at once over the HNSW graph (no per-query round trips)."""
+        return self._get(index).knn_batch(vectors, k, num_candidates)
+
+    @checks_names
+    def get_texts(self, index: str, doc_ids: Sequence[str]) -> dict[str, str]:
+        """``title text`` of each id found."""
+        rows = self._get(index)._rows_by("doc_id", list(doc_ids))
+        return {doc_id: passage_text(row[2], row[3]) for doc_id, row in rows.items()}

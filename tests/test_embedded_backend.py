@@ -63,7 +63,7 @@ def test_many_replacements_compact_the_graph(tmp_path):
 
 
 def test_large_filtered_knn_uses_the_graph_with_a_selector(tmp_path, monkeypatch):
-    import hybrid_search.backends.embedded.physical as embedded
+    import hybrid_search.backends.embedded.vectors as embedded
 
     monkeypatch.setattr(embedded, "_EXACT_FILTER_LIMIT", 5)
     with EmbeddedBackend(data_dir=tmp_path) as b:
@@ -90,7 +90,7 @@ def test_english_analyzer_stems(tmp_path):
 
 def test_a_repeated_filter_scans_the_table_once_until_the_next_write(tmp_path, monkeypatch):
     """Filtered kNN keeps one bitmap per filter (no per-query id list); a write makes it stale."""
-    import hybrid_search.backends.embedded.physical as embedded
+    import hybrid_search.backends.embedded.vectors as embedded
     from hybrid_search.backends.base import IndexedDocument, IndexSpec
 
     monkeypatch.setattr(embedded, "_EXACT_FILTER_LIMIT", 5)  # force the HNSW + bitmap path on a small index

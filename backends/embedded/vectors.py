@@ -1,0 +1,205 @@
+"""The faiss side of a physical index: the HNSW graph (loaded, checked by CRC, written, rebuilt), kNN over
+it with tombstones and filters as selectors (an exact pass below ``_EXACT_FILTER_LIMIT`` allowed rows), and
+batched kNN and vector scans for corpus-wide jobs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import zlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from hybrid_search.backends.embedded.rows import RowStore
+from hybrid_search.config.errors import (
+    CorruptIndex,
+    QueryError,
+)
+from hybrid_search.search.filters import Filter, to_sql
+from hybrid_search.search.hits import Hit
+
+__all__ = ["VECTOR_FILE", "VectorSearch"]
+
+_EXACT_FILTER_LIMIT = 20_000  # below this many allowed docs, a filtered kNN is answered exactly
+_FILTER_CACHE_SIZE = 32  # distinct filters whose allowed rows are kept (a bitmap of N/8 bytes each)
+VECTOR_FILE = re.compile(r"^vectors-(\d+)\.faiss$")
+
+
+def _file_crc(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+class VectorSearch(RowStore):
+    """The HNSW graph of a physical index and the kNN searches over it."""
+
+    def _load_vectors(self) -> tuple[Any, int]:
+        files = sorted(
+            ((int(m.group(1)), p) for p in self.path.iterdir() if (m := VECTOR_FILE.match(p.name))),
+            reverse=True,
+        )
+        for _upto, stale in files[1:]:
+            with contextlib.suppress(OSError):  # tidying only: a read-only or full disk must not stop a search
+                stale.unlink(missing_ok=True)
+        if not files:
+            return self._new_vector_index(), 0
+        upto, path = files[0]
+        expected = self._meta_text(f"crc:{path.name}")
+        if expected is not None and str(_file_crc(path)) != expected:
+            raise CorruptIndex(f"{path} does not match the checksum recorded when it was written (damaged on disk)")
+        try:
+            return faiss.read_index(str(path)), upto
+        except RuntimeError as exc:
+            raise CorruptIndex(f"{path} cannot be read by faiss ({str(exc).splitlines()[0][:200]})") from None
+
+    def _new_vector_index(self) -> Any:
+        hnsw = faiss.IndexHNSWFlat(self.spec.dims, self.spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = self.spec.hnsw_ef_construction
+        return faiss.IndexIDMap2(hnsw)
+
+    def _add_vectors(self, keys: Sequence[int], vectors: np.ndarray) -> None:
+        fresh = [i for i, k in enumerate(keys) if k > self.vectors_upto]
+        if not fresh:
+            return
+        self.vectors.add_with_ids(
+            np.ascontiguousarray(vectors[fresh], dtype=np.float32), np.asarray([keys[i] for i in fresh], np.int64)
+        )
+        self.vectors_upto = max(keys[i] for i in fresh)
+
+    def _write_graph(self, target: Path) -> None:
+        """Write the graph under a unique temporary name, record its checksum, then rename it into place:
+        a file that exists under its final name always has its checksum recorded."""
+        tmp = self.path / f"vectors.{os.getpid()}.tmp"
+        faiss.write_index(self.vectors, str(tmp))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        self._set_meta(f"crc:{target.name}", _file_crc(tmp))
+        os.replace(tmp, target)
+        for p in self.path.iterdir():
+            if VECTOR_FILE.match(p.name) and p != target:
+                p.unlink(missing_ok=True)
+        self.db.execute("DELETE FROM meta WHERE name LIKE 'crc:%' AND name != ?", (f"crc:{target.name}",))
+
+    def _rebuild_graph(self) -> None:
+        fresh = self._new_vector_index()
+        cursor = self.db.execute("SELECT key, vector FROM docs ORDER BY key")
+        while batch := cursor.fetchmany(50_000):
+            keys = np.asarray([r[0] for r in batch], np.int64)
+            fresh.add_with_ids(np.stack([self._vec(r[1]) for r in batch]), keys)
+        self.vectors = fresh
+        self._storage_ids = None
+
+    def knn(self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None) -> list[Hit]:
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        if query.shape[1] != self.spec.dims:
+            raise QueryError(f"query vector has {query.shape[1]} dims, the index has {self.spec.dims}")
+        if self.spec.similarity == "cosine":
+            query = query / max(float(np.linalg.norm(query)), 1e-12)
+        if filters:
+            allowed, selector = self._filter_selector(filters)
+            if allowed is not None:
+                return self._exact_knn(query[0], allowed, k)
+        else:
+            selector = self._not_dead_selector()
+        scores, keys = self._graph_search(query, k, num_candidates, selector)
+        found = [(int(key), float(s)) for key, s in zip(keys[0], scores[0], strict=True) if key >= 0]
+        return self._knn_hits(found)
+
+    def _graph_search(self, queries: np.ndarray, k: int, num_candidates: int, selector: Any) -> tuple[Any, Any]:
+        """One HNSW search of one or many queries; ``selector`` limits the candidates (None: all)."""
+        params: dict[str, Any] = {"efSearch": max(num_candidates, k, self.ef_search)}
+        if selector is not None:
+            params["sel"] = selector
+        hnsw_params = faiss.SearchParametersHNSW  # type: ignore[attr-defined]  # missing from faiss's stubs
+        return self.vectors.search(queries, k, params=hnsw_params(**params))
+
+    def _exact_knn(self, query: np.ndarray, keys: Sequence[int], k: int) -> list[Hit]:
+        """Exact inner products over the allowed rows, read from the graph's own flat storage (no copy, no
+        table read); only the top ``k`` rows are then fetched."""
+        if not len(keys):
+            return []
+        ids, stored = self._graph_storage()
+        wanted = np.asarray(keys, dtype=np.int64)
+        pos = np.searchsorted(ids, wanted)
+        pos = pos[(pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == wanted)]
+        if not len(pos):
+            return []
+        sims = stored[pos] @ query
+        top = np.argsort(-sims, kind="stable")[:k]
+        return self._knn_hits([(int(ids[pos[i]]), float(sims[i])) for i in top])
+
+    def _graph_storage(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row key of each graph position, in ascending order; the vectors, a zero-copy view): rows enter
+        the graph in key order, and a rebuilt graph keeps that order."""
+        n = int(self.vectors.ntotal)
+        if self._storage_ids is None or len(self._storage_ids) != n:
+            self._storage_ids = faiss.vector_to_array(self.vectors.id_map)
+        hnsw: Any = faiss.downcast_index(self.vectors.index)  # IndexHNSWFlat: its stubs lack storage / get_xb
+        flat: Any = faiss.downcast_index(hnsw.storage)
+        stored = faiss.rev_swig_ptr(flat.get_xb(), n * self.spec.dims).reshape(n, self.spec.dims)
+        return self._storage_ids, stored
+
+    def _knn_hits(self, found: Sequence[tuple[int, float]]) -> list[Hit]:
+        rows = self._rows_by("key", [key for key, _ in found])
+        hits: list[Hit] = []
+        for key, score in found:
+            if key in rows:
+                hits.append(self._hit(rows[key], len(hits) + 1, score, knn=score))
+        return hits
+
+    def _filter_selector(self, filters: Filter) -> tuple[list[int] | None, Any]:
+        """The rows a filter allows: their keys when few enough for an exact search, else a faiss bitmap
+        selector (one bit per row). Cached per filter until the next write, so a repeated filter costs no
+        table scan and no per-query id list."""
+        cache_key = json.dumps(filters, sort_keys=True, default=str)
+        cached = self._filter_cache.get(cache_key)
+        if cached is not None and cached[0] == self._generation:
+            self._filter_cache.move_to_end(cache_key)
+            return cached[1], cached[2]
+        where, params = to_sql(filters)
+        keys = np.fromiter((r[0] for r in self.db.execute(f"SELECT key FROM docs WHERE {where}", params)), np.int64)
+        if len(keys) <= _EXACT_FILTER_LIMIT:
+            entry: tuple[int, list[int] | None, Any, Any] = (self._generation, keys.tolist(), None, None)
+        else:
+            bits = np.zeros(int(keys.max()) + 1, dtype=bool)
+            bits[keys] = True
+            bitmap = np.packbits(bits, bitorder="little")  # faiss reads bit (i & 7) of byte i >> 3
+            # the selector points into ``bitmap``: the cache entry keeps both alive together
+            entry = (self._generation, None, faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bitmap)), bitmap)
+        self._filter_cache[cache_key] = entry
+        while len(self._filter_cache) > _FILTER_CACHE_SIZE:
+            self._filter_cache.popitem(last=False)
+        return entry[1], entry[2]
+
+    def _not_dead_selector(self) -> Any:
+        if self._dead_selector is None or self._dead_selector[0] != self._dead_epoch:
+            dead = np.asarray([r[0] for r in self.db.execute("SELECT key FROM dead")], dtype=np.int64)
+            batch = faiss.IDSelectorBatch(dead) if len(dead) else None
+            # the wrapped batch selector is kept alive beside the Not selector that points at it
+            self._dead_selector = (self._dead_epoch, faiss.IDSelectorNot(batch) if batch else None, batch)
+        return self._dead_selector[1]
+
+    def knn_batch(self, vectors: np.ndarray, k: int, num_candidates: int) -> list[list[tuple[str, float]]]:
+        """Nearest neighbours of many vectors in one faiss call (threads over queries), as (doc id, score)."""
+        query = np.ascontiguousarray(vectors, dtype=np.float32)
+        scores, keys = self._graph_search(query, k, num_candidates, self._not_dead_selector())
+        ids = self._ids_by_key(sorted({int(x) for x in keys.ravel() if x >= 0}))
+        return [
+            [(ids[int(key)], float(sc)) for key, sc in zip(krow, srow, strict=True) if key >= 0 and int(key) in ids]
+            for krow, srow in zip(keys, scores, strict=True)
+        ]
+
+    def iter_vectors(self, batch: int = 10_000) -> Iterable[tuple[list[str], np.ndarray]]:
+        """Every stored (ids, vectors) in key order, a batch at a time."""
+        cursor = self.db.execute("SELECT doc_id, vector FROM docs ORDER BY key")
+        while rows := cursor.fetchmany(batch):
+            yield [r[0] for r in rows], np.stack([self._vec(r[1]) for r in rows])

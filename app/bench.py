@@ -28,11 +28,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hybrid_search.config.errors import ConfigError
 from hybrid_search.config.extras import require
 from hybrid_search.config.settings import Settings
+
+if TYPE_CHECKING:
+    from hybrid_search.app.client import HybridSearch
 
 __all__ = ["random_cross_encoder", "run_bench"]
 
@@ -190,7 +193,7 @@ def _queries(source: str | None, n: int) -> list[str]:
     return (texts * (n // max(len(texts), 1) + 1))[:n]
 
 
-def _ensure_indexed(hs: Any, source: str | None) -> None:
+def _ensure_indexed(hs: HybridSearch, source: str | None) -> None:
     """Ingest the source (default: the bundled sample) into the client's index unless it exists."""
     if not hs.exists():
         hs.ingest(source or "sample")

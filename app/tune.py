@@ -284,7 +284,7 @@ def _folds(qids: Sequence[str], k: int, seed: int) -> list[list[str]]:
 
 
 def tune(
-    hs: Any,
+    hs: HybridSearch,
     queries: Sequence[tuple[str, str]],
     qrels: Mapping[str, Mapping[str, int]],
     *,

@@ -165,3 +165,18 @@ def test_a_third_leg_needs_no_change_to_fusion_or_the_pipeline(sample_backend, e
     assert [(h.doc_id, pytest.approx(h.score)) for h in result.hits] == [(d, pytest.approx(s)) for d, s in expected]
     top = result.hits[0]
     assert set(top.leg_scores) == {"bm25", "knn", "keywords"} and top.bm25_score == top.leg_scores["bm25"]
+
+
+def test_an_engine_that_cannot_fuse_says_so_and_is_never_asked(sample_backend, encoder, monkeypatch):
+    """Capabilities, not exceptions: a normal embedded hybrid search asks ``fusion_refusal`` and fuses in
+    the client; ``search_fused`` (which would raise) is never called."""
+    from hybrid_search.search.searcher import RetrievalPipeline
+
+    def never(*args, **kwargs):
+        raise AssertionError("search_fused was called on an engine that said it cannot fuse")
+
+    monkeypatch.setattr(type(sample_backend), "search_fused", never)
+    pipeline = RetrievalPipeline(sample_backend, index="sample", encoder=encoder)
+    request = pipeline.request("coffee", mode="hybrid")
+    assert sample_backend.fusion_refusal(request) == "the embedded backend fuses in the client"
+    assert pipeline.run(request).fusion_location == "client"

@@ -6,12 +6,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hybrid_search.app.training.pairs import norm_text
 from hybrid_search.config.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hybrid_search.app.client import HybridSearch
 
 __all__ = ["MiningReport", "mine_hard_negatives"]
 
@@ -31,7 +34,7 @@ class MiningReport:
 
 
 def mine_hard_negatives(
-    hs: Any,
+    hs: HybridSearch,
     anchors: Sequence[str],
     positives: Sequence[str],
     *,

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from hybrid_search.app.inspection import Inspection
     from hybrid_search.app.logs import QueryLog
     from hybrid_search.encoding.encoder import Encoder
+    from hybrid_search.encoding.sparse import SparseEncoder
     from hybrid_search.ingest.pipeline import IngestSummary
     from hybrid_search.ingest.sources import CorpusSource, FieldMap
     from hybrid_search.rerank.cross_encoder import CrossEncoderReranker
@@ -85,6 +86,7 @@ class HybridSearch:
         self._encoder: Encoder | None = None
         self._query_encoder: Encoder | None = None
         self._reranker: CrossEncoderReranker | None = None
+        self._sparse_encoder: SparseEncoder | None = None
         self._pipeline: RetrievalPipeline | None = None
         self._query_log: QueryLog | None = None
         self._spec: IndexSpec | None = None  # read once for filter checks; a new build resets it
@@ -143,6 +145,22 @@ class HybridSearch:
         return Encoder(spec.model, settings=self.settings.models)
 
     @property
+    def sparse_encoder(self) -> SparseEncoder | None:
+        """The learned-sparse encoder for queries: the model the serving build's sparse vectors come from
+        (``None`` when the index has no sparse field)."""
+        if self._serving is None:
+            self._follow_build()
+        with self._lock:
+            if self._sparse_encoder is None:
+                spec = self.backend.index_spec(self._serving or self.index)
+                if spec is None or not spec.sparse_model:
+                    return None
+                from hybrid_search.encoding.sparse import SparseEncoder
+
+                self._sparse_encoder = SparseEncoder(spec.sparse_model, settings=self.settings.models)
+            return self._sparse_encoder
+
+    @property
     def reranker(self) -> CrossEncoderReranker:
         with self._lock:
             self._check_open()
@@ -173,6 +191,7 @@ class HybridSearch:
                     settings=self.settings.search,
                     query_log=self._query_log,
                     owns_parts=False,
+                    sparse_encoder=self.sparse_encoder,
                 )
             return self._pipeline
 
@@ -262,6 +281,11 @@ class HybridSearch:
         log = IngestLog(backend, settings.logs, alias=self.index, source=source.name, model=encoder.model_name)
         previous = set_cpu_threads(0)  # encoding a corpus uses every core, whatever searches use
         try:
+            sparse = None
+            if settings.models.sparse_encoder:
+                from hybrid_search.encoding.sparse import SparseEncoder
+
+                sparse = SparseEncoder(settings.models.sparse_encoder, settings=settings.models)
             return run_ingest(
                 source,
                 backend,
@@ -271,6 +295,7 @@ class HybridSearch:
                 resume=resume,
                 progress=progress,
                 on_finish=log,
+                sparse_encoder=sparse,
             )
         finally:
             set_cpu_threads(previous)
@@ -282,6 +307,7 @@ class HybridSearch:
             self._spec = None
             self._field_types = None
             self._query_encoder = None
+            self._sparse_encoder = None
             self._pipeline = None
             self._serving = None
             self._build_checked = 0.0
@@ -444,6 +470,7 @@ class HybridSearch:
             settings=SearchSettings(),
             query_log=self._query_log,
             owns_parts=False,
+            sparse_encoder=self.sparse_encoder,
         )
 
     def check_judged_documents(
@@ -523,7 +550,8 @@ class HybridSearch:
                 pipeline.close()  # drains the query log; the models are this client's to close
             elif self._query_log is not None:
                 self._query_log.close()
-            for part in dict.fromkeys(p for p in (self._encoder, self._query_encoder, self._reranker) if p is not None):
+            parts = (self._encoder, self._query_encoder, self._reranker, self._sparse_encoder)
+            for part in dict.fromkeys(p for p in parts if p is not None):
                 part.close()
             if self._backend is not None:
                 self._backend.close()

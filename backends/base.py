@@ -94,6 +94,7 @@ class IndexSpec:
     # the metadata fields records were ingested with (what filters may name); None for an index built
     # before this was recorded, whose filters are not checked
     metadata_fields: tuple[str, ...] | None = None
+    sparse_model: str = ""  # the learned-sparse model its sparse vectors come from ("": no sparse field)
 
     def __post_init__(self) -> None:
         if self.dims <= 0:
@@ -123,6 +124,7 @@ class IndexedDocument:
     text: str
     vector: np.ndarray
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    sparse: Mapping[str, float] | None = None  # token -> weight, when the index has a sparse field
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ bound to one index.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from hybrid_search.backends.base import CheckedName
@@ -43,6 +43,9 @@ class IndexHandle:
 
     def search_knn(self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None = None) -> list[Hit]:
         return self.backend.search_knn(self.name, vector, k, num_candidates, filters)
+
+    def search_sparse(self, vector: Mapping[str, float], k: int, filters: Filter | None = None) -> list[Hit]:
+        return self.backend.search_sparse(self.name, vector, k, filters)
 
     def fusion_refusal(self, request: SearchRequest) -> str | None:
         return self.backend.fusion_refusal(request)

@@ -83,6 +83,9 @@ class ModelSettings(_Section):
 
     bi_encoder: str = DEFAULT_BI_ENCODER
     cross_encoder: str = DEFAULT_CROSS_ENCODER
+    # learned-sparse (SPLADE) encoder for ingest: None indexes no sparse vectors; "splade-tiny" is the offline
+    # copy (the offline extra), or any SPLADE hub id / folder (naver/splade-cocondenser-ensembledistil)
+    sparse_encoder: str | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
     max_length: int | None = None  # None: the model's own max_seq_length
@@ -139,6 +142,30 @@ class IngestSettings(_Section):
     max_depth: int = Field(default=32, ge=1)  # nesting of JSON objects / lists in one record
 
 
+# the retrieval legs and the named presets over them (``search.request`` builds requests from these)
+LEG_NAMES = ("bm25", "knn", "sparse")
+MODE_PRESETS: dict[str, tuple[str, ...]] = {
+    "bm25": ("bm25",),
+    "knn": ("knn",),
+    "sparse": ("sparse",),
+    "hybrid": ("bm25", "knn"),
+    "hybrid3": ("bm25", "knn", "sparse"),
+}
+
+
+def mode_legs(mode: str) -> tuple[str, ...]:
+    """The legs a mode (without ``+rerank``) names: a preset's, or a comma-separated list (``bm25,sparse``)
+    of distinct known legs; ``ConfigError`` otherwise."""
+    base = mode.strip().lower().replace(" ", "")
+    legs = MODE_PRESETS.get(base) or tuple(name for name in base.split(",") if name)
+    if not legs or any(leg not in LEG_NAMES for leg in legs) or len(set(legs)) != len(legs):
+        raise ConfigError(
+            f"unknown mode {mode!r}: use {', '.join(MODE_PRESETS)} or distinct legs ({', '.join(LEG_NAMES)}) "
+            "joined by commas (e.g. bm25,sparse), each optionally with +rerank"
+        )
+    return legs
+
+
 class SearchSettings(_Section):
     """Retrieval depths, fusion and rerank parameters."""
 
@@ -146,7 +173,7 @@ class SearchSettings(_Section):
     # corpora, an l2-normalised linear fusion weighted 0.8 towards kNN over the top 200 of each retriever beat
     # equal-weight RRF on eight, and was the choice of every leave-one-corpus-out fold; reranking interpolated
     # half-and-half with the first stage never fell far below the first stage, where the cross-encoder alone did.
-    mode: Literal["bm25", "knn", "hybrid"] = "hybrid"
+    mode: str = "hybrid"  # bm25, knn, sparse, hybrid (bm25 + knn), hybrid3 (+ sparse), or legs: bm25,sparse
     # Hard bounds on one request, so no call can exhaust a serving process (10,000 is Elasticsearch's
     # index.max_result_window and its kNN num_candidates limit); a request above one is refused with the limit
     max_top_k: int = Field(default=10_000, ge=1)
@@ -164,18 +191,27 @@ class SearchSettings(_Section):
     # RRF (what was measured for it: a weighted RRF is a choice to make explicitly)
     bm25_weight: float = Field(default=0.2, ge=0.0)
     knn_weight: float = Field(default=0.8, ge=0.0)
+    # the learned-sparse leg (modes sparse, hybrid3, or legs such as bm25,sparse): its depth and weight
+    sparse_depth: int = Field(default=200, ge=1, le=10_000)
+    sparse_weight: float = Field(default=0.5, ge=0.0)
     rerank: bool = False
     rerank_depth: int = Field(default=50, ge=1, le=10_000)
     # final = a * minmax(cross-encoder) + (1 - a) * minmax(first stage) over the reranked head; 1 = reranker alone
     rerank_interpolation: float = Field(default=0.5, ge=0.0, le=1.0)
     server_fusion: bool = True  # let an engine fuse when it can; client-side otherwise
 
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        mode_legs(value)
+        return value.strip().lower().replace(" ", "")
+
     @model_validator(mode="before")
     @classmethod
     def _weights_follow_fusion(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("fusion") == "rrf":
             data = dict(data)
-            for name in ("bm25_weight", "knn_weight"):
+            for name in ("bm25_weight", "knn_weight", "sparse_weight"):
                 if data.get(name) is None:
                     data[name] = 0.5
         return data

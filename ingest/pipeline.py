@@ -40,6 +40,7 @@ from hybrid_search.ingest.validate import Document, RecordLimits, Reject, Reject
 
 if TYPE_CHECKING:
     from hybrid_search.encoding.encoder import Encoder
+    from hybrid_search.encoding.sparse import SparseEncoder
 
 __all__ = ["Checkpoint", "IngestSummary", "check_fields", "index_spec_for", "run_ingest"]
 
@@ -133,10 +134,16 @@ class Checkpoint:
         atomic_write_text(path, json.dumps(dataclasses.asdict(self)))
 
 
-def index_spec_for(encoder: Encoder, settings: Settings, metadata_fields: Sequence[str] = ()) -> IndexSpec:
-    """The index an encoder's vectors need (its dimension, dot product for normalised vectors), and the
-    metadata fields its records carry (what filters may name)."""
+def index_spec_for(
+    encoder: Encoder,
+    settings: Settings,
+    metadata_fields: Sequence[str] = (),
+    sparse_encoder: SparseEncoder | None = None,
+) -> IndexSpec:
+    """The index an encoder's vectors need (its dimension, dot product for normalised vectors), the
+    metadata fields its records carry (what filters may name), and the sparse model when there is one."""
     return IndexSpec(
+        sparse_model=model_identity(sparse_encoder.model_name) if sparse_encoder is not None else "",
         dims=encoder.dims,
         similarity="dot_product" if encoder.pooling.normalize else "cosine",
         analyzer=settings.index.analyzer,
@@ -191,6 +198,7 @@ class _Run:
         self.encode_s = self.upsert_s = self.read_s = 0.0
         self.encoded = self.precomputed = 0
         self.started = time.perf_counter()
+        self.sparse_encoder: SparseEncoder | None = None
 
     def commit(self, position: int, read: int, rejected: Sequence[Reject], truncated: int) -> None:
         for r in rejected:
@@ -222,8 +230,10 @@ def run_ingest(
     resume: bool = False,
     progress: bool = False,
     on_finish: IngestObserver | None = None,
+    sparse_encoder: SparseEncoder | None = None,
 ) -> IngestSummary:
-    """Build (or with ``resume``, finish) ``alias`` from ``source``; see the module docstring.
+    """Build (or with ``resume``, finish) ``alias`` from ``source``; see the module docstring. With a
+    ``sparse_encoder``, each document also gets a learned-sparse vector (the index records its model).
 
     ``on_finish`` hears of every run, finished (the summary) or failed (the exception); the application
     uses it to write the ingest log. It is called before the exception propagates.
@@ -232,7 +242,9 @@ def run_ingest(
         # one writer per index, across processes: a second ingest, reindex or rollback of this alias is
         # refused (naming the holder) before it reads the checkpoint or touches a build
         with backend.writer_lock(alias, force=settings.ingest.force_unlock):
-            summary = _run_ingest(source, backend, encoder, settings, alias=alias, resume=resume, progress=progress)
+            summary = _run_ingest(
+                source, backend, encoder, settings, alias=alias, resume=resume, progress=progress, sparse=sparse_encoder
+            )
     except BaseException as exc:
         if on_finish is not None:
             on_finish(None, exc)
@@ -251,18 +263,22 @@ def _run_ingest(
     alias: str,
     resume: bool,
     progress: bool,
+    sparse: SparseEncoder | None,
 ) -> IngestSummary:
     for name in source.fields.metadata_fields:
         check_field_name(name, "--metadata-fields entry", ConfigError)
     if settings.ingest.check_fields:
         check_fields(source)  # a misspelt field fails here: before a model loads or an index is created
-    spec = index_spec_for(encoder, settings, source.fields.metadata_fields)
+    spec = index_spec_for(encoder, settings, source.fields.metadata_fields, sparse)
     encoder.load()  # model loading is not encode time
+    if sparse is not None:
+        sparse.load()
     ckpt_path = Checkpoint.path_for(settings.data_dir, alias)
     ckpt, resumed = _start(backend, spec, ckpt_path, alias, source.name, encoder.model_name, resume)
     rejects_path = settings.data_dir / "rejects" / f"{alias}.jsonl"
     rejects = RejectsFile(rejects_path, source=source.name, truncate_to=ckpt.rejects_bytes if resumed else None)
     run = _Run(ckpt, ckpt_path, rejects)
+    run.sparse_encoder = sparse
     try:
         try:
             _stream(source, backend, encoder, settings, run, progress)
@@ -336,6 +352,7 @@ class _Batch:
     position: int
     read: int
     vectors: np.ndarray | None = None
+    sparse: list[dict[str, float]] | None = None  # learned-sparse vectors, with a sparse encoder
     truncated: int = 0
 
 
@@ -471,6 +488,10 @@ def _encode(batch: _Batch, encoder: Encoder, run: _Run) -> None:
     """Vectors for the batch: the precomputed ones its records carried, or the encoder's."""
     if not batch.docs:
         return
+    if run.sparse_encoder is not None:
+        t = time.perf_counter()
+        batch.sparse = run.sparse_encoder.encode_documents([d.passage for d in batch.docs])
+        run.encode_s += time.perf_counter() - t
     if batch.docs[0].vector is not None:  # a vector field is required of every record, so all or none
         batch.vectors = np.stack([d.vector for d in batch.docs if d.vector is not None])
         run.precomputed += len(batch.docs)
@@ -486,8 +507,10 @@ def _write(batch: _Batch, backend: IndexBuilder, settings: Settings, run: _Run) 
     rejected = batch.rejects
     if batch.docs:
         assert batch.vectors is not None
+        sparse: list[dict[str, float] | None] = list(batch.sparse) if batch.sparse else [None] * len(batch.docs)
         docs = [
-            IndexedDocument(d.doc_id, d.title, d.text, batch.vectors[i], d.metadata) for i, d in enumerate(batch.docs)
+            IndexedDocument(d.doc_id, d.title, d.text, batch.vectors[i], d.metadata, sparse[i])
+            for i, d in enumerate(batch.docs)
         ]
         t = time.perf_counter()
         result = backend.upsert(run.ckpt.physical, docs)

@@ -24,6 +24,7 @@ class Hit:
     metadata: Mapping[str, object] = field(default_factory=dict)
     bm25_score: float | None = None
     knn_score: float | None = None
+    sparse_score: float | None = None  # the learned-sparse (SPLADE) dot product
     fusion_score: float | None = None
     rerank_score: float | None = None
     rank_before_rerank: int | None = None  # the rank the reranker started from, when it ran

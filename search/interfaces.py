@@ -9,7 +9,7 @@ never the reverse.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
@@ -22,7 +22,15 @@ if TYPE_CHECKING:
 
     from hybrid_search.search.request import SearchRequest
 
-__all__ = ["QueryEncoder", "Reranker", "ResultRecorder", "Retriever", "SearchableIndex", "ServerFusion"]
+__all__ = [
+    "QueryEncoder",
+    "Reranker",
+    "ResultRecorder",
+    "Retriever",
+    "SearchableIndex",
+    "ServerFusion",
+    "SparseQueryEncoder",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +64,8 @@ class SearchableIndex(Protocol):
         self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None = None
     ) -> list[Hit]: ...
 
+    def search_sparse(self, vector: Mapping[str, float], k: int, filters: Filter | None = None) -> list[Hit]: ...
+
     def fusion_refusal(self, request: SearchRequest) -> str | None: ...
 
     def search_fused(self, request: SearchRequest) -> list[Hit]: ...
@@ -79,6 +89,11 @@ class Retriever(Protocol):
     ) -> list[Hit]:
         """Approximate nearest neighbours of ``vector``, nearest first; ``filters`` restricts the candidates."""
 
+    def search_sparse(
+        self, index: str, vector: Mapping[str, float], k: int, filters: Filter | None = None
+    ) -> list[Hit]:
+        """Learned-sparse retrieval: highest dot product of ``vector`` (token -> weight) with the stored ones."""
+
     def fusion_refusal(self, request: SearchRequest) -> str | None:
         """``None`` when this engine can fuse ``request``'s legs on the server; otherwise why not (the caller
         then fuses in the client). A capability: asking never raises for a normal request."""
@@ -93,6 +108,14 @@ class QueryEncoder(Protocol):
     """Turns queries into vectors of the index's model."""
 
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+class SparseQueryEncoder(Protocol):
+    """Turns queries into learned-sparse vectors (token -> weight) of the index's sparse model."""
+
+    def encode_queries(self, queries: Sequence[str]) -> list[dict[str, float]]: ...
 
     def close(self) -> None: ...
 

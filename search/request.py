@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, TypedDict, Unpack
 
 from hybrid_search.config.errors import ConfigError, QueryError
+from hybrid_search.config.settings import MODE_PRESETS, mode_legs
 from hybrid_search.search.fusion import Run, fuse
 from hybrid_search.search.hits import Hit
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MODES",
     "Dense",
+    "Sparse",
     "Preset",
     "FusionSpec",
     "Leg",
@@ -37,6 +39,7 @@ __all__ = [
     "build_request",
     "check_limits",
     "check_query",
+    "mode_legs",
     "parse_mode",
 ]
 
@@ -97,6 +100,25 @@ class Dense:
         return index.search_knn(request.vector, self.depth, self.num_candidates, request.filters)
 
 
+@dataclass(frozen=True, slots=True)
+class Sparse:
+    """Learned-sparse (SPLADE) retrieval: the dot product of the query's token weights with each document's."""
+
+    depth: int = 200
+    name: ClassVar[str] = "sparse"
+    score_field: ClassVar[str | None] = "sparse_score"
+    needs_vector: ClassVar[bool] = False
+    needs_sparse: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        _check_depth(self.depth, "sparse depth")
+
+    def retrieve(self, index: SearchableIndex, request: SearchRequest) -> list[Hit]:
+        if request.sparse_vector is None:
+            raise ConfigError("the sparse leg needs the query's sparse vector: give a sparse encoder or sparse_vector=")
+        return index.search_sparse(request.sparse_vector, self.depth, request.filters)
+
+
 def _check_depth(value: int, what: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise QueryError(f"{what} must be a positive whole number, got {value!r}")
@@ -136,7 +158,7 @@ class FusionSpec:
     def from_settings(cls, s: SearchSettings) -> FusionSpec:
         return cls.of(
             s.fusion,
-            weights={Lexical.name: s.bm25_weight, Dense.name: s.knn_weight},
+            weights={Lexical.name: s.bm25_weight, Dense.name: s.knn_weight, Sparse.name: s.sparse_weight},
             normalizer=s.normalizer,
             k=s.rrf_k,
         )
@@ -189,9 +211,10 @@ class SearchRequest:
     rerank: RerankSpec | None = None
     filters: Filter | None = None
     vector: np.ndarray | None = field(default=None, compare=False, repr=False)
+    sparse_vector: Mapping[str, float] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.vector is None or self.query:
+        if (self.vector is None and self.sparse_vector is None) or self.query:
             check_query(self.query)
         _check_depth(self.top_k, "top_k")
         if not self.legs:
@@ -209,6 +232,10 @@ class SearchRequest:
     @property
     def needs_vector(self) -> bool:
         return any(leg.needs_vector for leg in self.legs)
+
+    @property
+    def needs_sparse(self) -> bool:
+        return any(getattr(leg, "needs_sparse", False) for leg in self.legs)
 
     @property
     def candidates(self) -> int:
@@ -260,7 +287,7 @@ def check_limits(settings: SearchSettings, request: SearchRequest) -> None:
 
 
 # --- presets: a mode names the legs; the settings give their depths ------------------------------------
-MODE_LEGS: dict[str, tuple[str, ...]] = {"bm25": ("bm25",), "knn": ("knn",), "hybrid": ("bm25", "knn")}
+MODE_LEGS = MODE_PRESETS
 MODES = tuple(MODE_LEGS)
 
 # each leg from the settings at a candidate depth: alone it retrieves exactly the candidates; fused, at least
@@ -268,14 +295,16 @@ MODES = tuple(MODE_LEGS)
 _LEG_FROM_SETTINGS: dict[str, Callable[[SearchSettings, int, bool], Leg]] = {
     "bm25": lambda s, depth, fused: Lexical(max(s.bm25_depth, depth) if fused else depth),
     "knn": lambda s, depth, fused: Dense(max(s.knn_depth, depth) if fused else depth, s.num_candidates),
+    "sparse": lambda s, depth, fused: Sparse(max(s.sparse_depth, depth) if fused else depth),
 }
 
 
 def parse_mode(mode: str) -> tuple[str, bool]:
     """``"hybrid+rerank"`` -> ``("hybrid", True)``; raises ``ConfigError`` for anything unknown."""
-    base, plus, suffix = mode.strip().lower().partition("+")
-    if base not in MODE_LEGS or (plus and suffix != "rerank"):
-        raise ConfigError(f"unknown mode {mode!r}: use {', '.join(MODES)}, each optionally with +rerank")
+    base, plus, suffix = mode.strip().lower().replace(" ", "").partition("+")
+    mode_legs(base)  # ConfigError naming the modes and legs there are
+    if plus and suffix != "rerank":
+        raise ConfigError(f"unknown mode {mode!r}: only +rerank may follow the legs")
     return base, suffix == "rerank"
 
 
@@ -301,7 +330,7 @@ def build_request(settings: SearchSettings, query: str, **preset: Unpack[Preset]
     _check_depth(top_k, "top_k")
     rerank_spec = RerankSpec(settings.rerank_depth, settings.rerank_interpolation) if do_rerank else None
     depth = max(top_k, rerank_spec.depth) if rerank_spec else top_k
-    names = MODE_LEGS[base]
+    names = mode_legs(base)
     fused = len(names) > 1
     request = SearchRequest(
         query=query,

@@ -22,7 +22,14 @@ from hybrid_search.config.settings import SearchSettings
 from hybrid_search.config.text import passage_text
 from hybrid_search.search.fusion import normalize_minmax
 from hybrid_search.search.hits import Hit, SearchResult
-from hybrid_search.search.interfaces import QueryEncoder, Reranker, ResultRecorder, Retriever, SearchableIndex
+from hybrid_search.search.interfaces import (
+    QueryEncoder,
+    Reranker,
+    ResultRecorder,
+    Retriever,
+    SearchableIndex,
+    SparseQueryEncoder,
+)
 from hybrid_search.search.request import (
     MODES,
     FusionSpec,
@@ -70,12 +77,14 @@ class RetrievalPipeline:
         settings: SearchSettings | None = None,
         query_log: ResultRecorder | None = None,
         owns_parts: bool = True,
+        sparse_encoder: SparseQueryEncoder | None = None,
     ) -> None:
         self.backend = backend
         self.owns_parts = owns_parts
         self.index = index
         self.target = backend.open_index(index)  # the name is checked here, once
         self.encoder = encoder
+        self.sparse_encoder = sparse_encoder
         self.reranker = reranker
         self.settings = settings or SearchSettings()
         self.query_log = query_log
@@ -99,6 +108,8 @@ class RetrievalPipeline:
         start = time.perf_counter()
         if request.needs_vector and request.vector is None:
             request = dataclasses.replace(request, vector=self._encode(request.query, timings))
+        if request.needs_sparse and request.sparse_vector is None:
+            request = dataclasses.replace(request, sparse_vector=self._encode_sparse(request.query, timings))
         hits, location = self._first_stage(target, request, timings)
         candidates = len(hits)
         if request.rerank is not None:
@@ -131,6 +142,17 @@ class RetrievalPipeline:
         t = time.perf_counter()
         vector = self.encoder.encode_queries([query])[0]
         timings["encode"] = _ms(t)
+        return vector
+
+    def _encode_sparse(self, query: str, timings: dict[str, float]) -> dict[str, float]:
+        if self.sparse_encoder is None:
+            raise ConfigError(
+                "the sparse leg needs a sparse encoder: ingest with a sparse model (--sparse-model), or construct "
+                "RetrievalPipeline with sparse_encoder=..."
+            )
+        t = time.perf_counter()
+        vector = self.sparse_encoder.encode_queries([query])[0]
+        timings["encode_sparse"] = _ms(t)
         return vector
 
     def _first_stage(
@@ -189,7 +211,7 @@ class RetrievalPipeline:
         """Drain the query log and close the encoder and reranker when it owns them (never the backend)."""
         if self.query_log is not None:
             self.query_log.close()
-        for part in (self.encoder, self.reranker) if self.owns_parts else ():
+        for part in (self.encoder, self.sparse_encoder, self.reranker) if self.owns_parts else ():
             if part is not None:
                 part.close()
 

@@ -13,7 +13,8 @@ import logging
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +27,16 @@ from hybrid_search.backends.base import (
     IndexSpec,
 )
 from hybrid_search.backends.embedded.rows import SQL_CHUNK
+from hybrid_search.backends.embedded.sparse import SparsePostings
 from hybrid_search.backends.embedded.text import analyzer, bm25_query, tantivy_filter
 from hybrid_search.backends.embedded.vectors import VECTOR_FILE, VectorSearch
 from hybrid_search.config.errors import (
     ConfigError,
     FailedItem,
+    QueryError,
 )
 from hybrid_search.config.files import atomic_write_text, read_json_file
-from hybrid_search.search.filters import METADATA_FIELD, Filter
+from hybrid_search.search.filters import METADATA_FIELD, Filter, to_sql
 from hybrid_search.search.hits import Hit
 
 __all__ = ["PhysicalIndex", "VECTOR_FILE"]
@@ -54,6 +57,7 @@ CREATE TABLE IF NOT EXISTS docs(
 );
 CREATE TABLE IF NOT EXISTS dead(key INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sparse(key INTEGER PRIMARY KEY, terms TEXT NOT NULL);
 """
 
 
@@ -100,6 +104,7 @@ class PhysicalIndex(VectorSearch):
         self._generation = 0  # bumped whenever any row changes: cached filter selectors go stale
         self._storage_ids: np.ndarray | None = None  # graph position -> row key (see _graph_storage)
         self._filter_cache: OrderedDict[str, tuple[int, list[int] | None, Any, Any]] = OrderedDict()
+        self._sparse: tuple[int, SparsePostings] | None = None  # built on the first sparse search after a write
         self._last_flush = time.monotonic()
         if not self.read_only:
             self._recover()
@@ -157,6 +162,7 @@ class PhysicalIndex(VectorSearch):
         latest: dict[str, IndexedDocument] = {d.doc_id: d for d in docs}  # last write of an id wins
         failed: list[FailedItem] = []
         rows: list[tuple[str, str, str, str, bytes]] = []
+        sparse: list[tuple[str, str]] = []  # (terms JSON, doc id)
         for doc in latest.values():
             reason = self._check(doc)
             if reason:
@@ -166,8 +172,10 @@ class PhysicalIndex(VectorSearch):
             if self.spec.similarity == "cosine":
                 vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
             rows.append((doc.doc_id, doc.title, doc.text, json.dumps(dict(doc.metadata)), vec.tobytes()))
+            if doc.sparse:
+                sparse.append((json.dumps(dict(doc.sparse)), doc.doc_id))
         if rows:
-            self._write_rows(rows)
+            self._write_rows(rows, sparse)
             self._generation += 1
         return BulkResult(stored=tuple(r[0] for r in rows), failed=tuple(failed))
 
@@ -179,9 +187,11 @@ class PhysicalIndex(VectorSearch):
             return "vector contains NaN or infinity"
         if not doc.doc_id:
             return "empty document id"
+        if doc.sparse is not None and not self.spec.sparse_model:
+            return "the document has a sparse vector but the index has no sparse field (ingest with a sparse model)"
         return None
 
-    def _write_rows(self, rows: list[tuple[str, str, str, str, bytes]]) -> None:
+    def _write_rows(self, rows: list[tuple[str, str, str, str, bytes]], sparse: Sequence[tuple[str, str]] = ()) -> None:
         ids = [r[0] for r in rows]
         text_upto = self._meta("text_upto")
         self.db.execute("BEGIN")
@@ -192,6 +202,8 @@ class PhysicalIndex(VectorSearch):
             self._delete_keys(old)
             self._dead_epoch += bool(old)
             self.db.executemany("INSERT INTO docs(doc_id, title, text, metadata, vector) VALUES (?, ?, ?, ?, ?)", rows)
+            # in the same transaction: a document is stored with its sparse vector or not at all
+            self.db.executemany("INSERT INTO sparse(key, terms) SELECT key, ? FROM docs WHERE doc_id = ?", sparse)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -215,7 +227,9 @@ class PhysicalIndex(VectorSearch):
     def _delete_keys(self, keys: Sequence[int]) -> None:
         for i in range(0, len(keys), SQL_CHUNK):
             part = keys[i : i + SQL_CHUNK]
-            self.db.execute(f"DELETE FROM docs WHERE key IN ({','.join('?' * len(part))})", part)
+            marks = ",".join("?" * len(part))
+            self.db.execute(f"DELETE FROM docs WHERE key IN ({marks})", part)
+            self.db.execute(f"DELETE FROM sparse WHERE key IN ({marks})", part)
 
     def _index_text(self, rows: Sequence[tuple[int, str, str, str, str]], replaced: set[str] | None = None) -> None:
         """Add rows to the text index. ``replaced``: the ids that may already be in it (None: any may be, as
@@ -295,6 +309,28 @@ class PhysicalIndex(VectorSearch):
             if doc_id in rows:
                 hits.append(self._hit(rows[doc_id], len(hits) + 1, float(score), bm25=float(score)))
         return hits
+
+    def sparse(self, query: Mapping[str, float], k: int, filters: Filter | None) -> list[Hit]:
+        """Exact learned-sparse search: the ``k`` documents of highest dot product with ``query``."""
+        if not self.spec.sparse_model:
+            raise QueryError(
+                f"index {self.path.name} has no sparse field: ingest it with a sparse model (--sparse-model)"
+            )
+        if self._sparse is None or self._sparse[0] != self._generation:
+            stored = self.db.execute("SELECT s.key, s.terms FROM sparse s JOIN docs d ON d.key = s.key")
+            self._sparse = (self._generation, SparsePostings(stored))
+        allowed = None
+        if filters:
+            where, params = to_sql(filters)
+            allowed = np.fromiter(
+                (r[0] for r in self.db.execute(f"SELECT key FROM docs WHERE {where}", params)), np.int64
+            )
+        found = self._sparse[1].search(query, k, allowed)
+        rows = self._rows_by("key", [key for key, _ in found])
+        return [
+            replace(self._hit(rows[key], rank, score), sparse_score=score)
+            for rank, (key, score) in enumerate(((key, s) for key, s in found if key in rows), start=1)
+        ]
 
     def close(self) -> None:
         try:

@@ -5,7 +5,7 @@ resolves to. The embedded engine fuses in the client; ``fusion_refusal`` says so
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -64,6 +64,13 @@ class EmbeddedReads(EmbeddedDisk):
         self, index: str, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None = None
     ) -> list[Hit]:
         return self._get(index).knn(vector, k, num_candidates, filters)
+
+    @checks_names
+    def search_sparse(
+        self, index: str, vector: Mapping[str, float], k: int, filters: Filter | None = None
+    ) -> list[Hit]:
+        """Exact learned-sparse search (``embedded.sparse``)."""
+        return self._get(index).sparse(vector, k, filters)
 
     def fusion_refusal(self, request: SearchRequest) -> str | None:
         return "the embedded backend fuses in the client"

@@ -10,6 +10,7 @@ Request bodies are built by the pure functions below, so tests can check each ag
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ __all__ = [
     "es_index_body",
     "es_knn_body",
     "es_knn_clause",
+    "es_sparse_body",
 ]
 
 RRF_SINCE = (8, 14, 0)
@@ -60,9 +62,19 @@ def es_index_body(
                     "index_options": options,
                 },
                 METADATA_FIELD: {"type": "object"},
+                **({bodies.SPARSE_FIELD: {"type": "sparse_vector"}} if spec.sparse_model else {}),
             },
         },
     }
+
+
+def es_sparse_body(vector: Mapping[str, float], k: int, filters: Filter | None) -> dict[str, Any]:
+    """A ``sparse_vector`` query with the client-encoded token weights (its score: the dot product)."""
+    query: dict[str, Any] = {"sparse_vector": {"field": bodies.SPARSE_FIELD, "query_vector": dict(vector)}}
+    dsl = to_query_dsl(filters)
+    if dsl:
+        query = {"bool": {"must": [query], "filter": dsl}}
+    return {"query": query, "size": k, "_source": {"excludes": bodies.SOURCE_EXCLUDES}}
 
 
 def es_knn_clause(vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None) -> dict[str, Any]:
@@ -83,7 +95,7 @@ def es_knn_body(vector: np.ndarray, k: int, num_candidates: int, filters: Filter
     return {
         "knn": es_knn_clause(vector, k, num_candidates, filters),
         "size": k,
-        "_source": {"excludes": [bodies.VECTOR_FIELD]},
+        "_source": {"excludes": bodies.SOURCE_EXCLUDES},
     }
 
 
@@ -135,7 +147,7 @@ def es_fused_body(request: SearchRequest, version: tuple[int, int, int]) -> dict
                 "rank_window_size": window,
             }
         }
-    return {"retriever": retriever, "size": k, "_source": {"excludes": [bodies.VECTOR_FIELD]}}
+    return {"retriever": retriever, "size": k, "_source": {"excludes": bodies.SOURCE_EXCLUDES}}
 
 
 def es_hybrid_body(
@@ -213,6 +225,9 @@ class ElasticsearchBackend(ClusterBackend):
 
     def knn_body(self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None) -> dict[str, Any]:
         return es_knn_body(vector, k, num_candidates, filters)
+
+    def sparse_body(self, vector: Mapping[str, float], k: int, filters: Filter | None) -> dict[str, Any]:
+        return es_sparse_body(vector, k, filters)
 
     def dialect_fusion_refusal(self, request: SearchRequest) -> str | None:
         return es_fusion_refusal(request, self.server.version)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ __all__ = [
     "os_knn_body",
     "os_pipeline_body",
     "os_pipeline_refusal",
+    "os_sparse_body",
 ]
 
 KNN_PLUGIN = "opensearch-knn"
@@ -81,9 +83,24 @@ def os_index_body(
                     "method": {"name": "hnsw", "engine": engine, "parameters": parameters},
                 },
                 METADATA_FIELD: {"type": "object"},
+                **({bodies.SPARSE_FIELD: {"type": "rank_features"}} if spec.sparse_model else {}),
             },
         },
     }
+
+
+def os_sparse_body(vector: Mapping[str, float], k: int, filters: Filter | None) -> dict[str, Any]:
+    """Learned-sparse search on a ``rank_features`` field: one ``rank_feature`` clause per query token,
+    linear, boosted by the token's weight, so the score is the dot product (any OpenSearch, no plugin)."""
+    should = [
+        {"rank_feature": {"field": f"{bodies.SPARSE_FIELD}.{token}", "linear": {}, "boost": float(weight)}}
+        for token, weight in vector.items()
+    ]
+    query: dict[str, Any] = {"bool": {"should": should, "minimum_should_match": 1}}
+    dsl = to_query_dsl(filters)
+    if dsl:
+        query["bool"]["filter"] = dsl
+    return {"size": k, "query": query, "_source": {"excludes": bodies.SOURCE_EXCLUDES}}
 
 
 def os_knn_query(
@@ -105,7 +122,7 @@ def os_knn_body(
     return {
         "size": k,
         "query": os_knn_query(vector, k, num_candidates, filters, version),
-        "_source": {"excludes": [bodies.VECTOR_FIELD]},
+        "_source": {"excludes": bodies.SOURCE_EXCLUDES},
     }
 
 
@@ -157,7 +174,7 @@ def os_fused_query(request: SearchRequest, version: tuple[int, int, int]) -> dic
     hybrid: dict[str, Any] = {"queries": [bodies.bm25_query(request.query, request.filters), knn]}
     if version >= PAGINATION_DEPTH_SINCE:
         hybrid["pagination_depth"] = max(lexical.depth, dense.depth, k)
-    return {"size": k, "query": {"hybrid": hybrid}, "_source": {"excludes": [bodies.VECTOR_FIELD]}}
+    return {"size": k, "query": {"hybrid": hybrid}, "_source": {"excludes": bodies.SOURCE_EXCLUDES}}
 
 
 def os_hybrid_query(
@@ -239,6 +256,9 @@ class OpenSearchBackend(ClusterBackend):
 
     def knn_body(self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None) -> dict[str, Any]:
         return os_knn_body(vector, k, num_candidates, filters, self.server.version)
+
+    def sparse_body(self, vector: Mapping[str, float], k: int, filters: Filter | None) -> dict[str, Any]:
+        return os_sparse_body(vector, k, filters)
 
     def dialect_fusion_refusal(self, request: SearchRequest) -> str | None:
         if NEURAL_PLUGIN not in self.server.plugins:

@@ -122,7 +122,8 @@ def mode_flags(p: argparse.ArgumentParser) -> None:
         p,
         "--mode",
         convert=_mode,
-        help=f"bm25, knn or hybrid, optionally +rerank (default: {SEARCH_DEFAULTS.mode})",
+        help="bm25, knn, sparse, hybrid (bm25+knn), hybrid3 (+sparse) or legs such as bm25,sparse; "
+        f"optionally +rerank (default: {SEARCH_DEFAULTS.mode})",
     )
     setting(p, "--rerank", path="search.rerank", action="store_true")
     setting(
@@ -137,6 +138,8 @@ def search_knobs(p: argparse.ArgumentParser) -> None:
     setting(p, "--normalizer", path="search.normalizer", group=g, choices=["minmax", "zscore", "l2"])
     setting(p, "--bm25-weight", path="search.bm25_weight", group=g, type=float)
     setting(p, "--knn-weight", path="search.knn_weight", group=g, type=float)
+    setting(p, "--sparse-weight", path="search.sparse_weight", group=g, type=float)
+    setting(p, "--sparse-depth", path="search.sparse_depth", group=g, type=int, help="sparse hits fused (default 200)")
     setting(
         p, "--rerank-depth", path="search.rerank_depth", group=g, type=int, help="top hits the cross-encoder rescores"
     )
@@ -198,6 +201,13 @@ def ingest_knobs(p: argparse.ArgumentParser) -> None:
         help="concurrent bulk requests to a cluster per upsert (default 2)",
     )
     setting(p, "--analyzer", path="index.analyzer", group=g, choices=["standard", "english"])
+    setting(
+        p,
+        "--sparse-model",
+        path="models.sparse_encoder",
+        group=g,
+        help="also index learned-sparse (SPLADE) vectors: a hub id, a folder, or splade-tiny (offline)",
+    )
     g.add_argument("--id-field", help="id field of JSONL/CSV/Parquet records (default: _id, then id)")
     g.add_argument("--title-field", default="title")
     g.add_argument("--text-field", default="text")

@@ -16,6 +16,8 @@ from hybrid_search.search.filters import METADATA_FIELD, Filter, to_query_dsl
 
 __all__ = [
     "RETRYABLE_STATUS",
+    "SOURCE_EXCLUDES",
+    "SPARSE_FIELD",
     "SPEC_META_KEY",
     "TEXT_FIELDS",
     "VECTOR_FIELD",
@@ -33,6 +35,8 @@ __all__ = [
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 VECTOR_FIELD = "vector"
+SPARSE_FIELD = "sparse"  # token -> weight (sparse_vector on Elasticsearch, rank_features on OpenSearch)
+SOURCE_EXCLUDES = [VECTOR_FIELD, SPARSE_FIELD]  # what searches leave out of the returned _source
 TEXT_FIELDS = ("title", "text")
 SPEC_META_KEY = "hybrid_search"
 
@@ -65,7 +69,7 @@ def bm25_query(query: str, filters: Filter | None) -> dict[str, Any]:
 
 def bm25_body(query: str, k: int, filters: Filter | None) -> dict[str, Any]:
     """The BM25 search request (vectors left out of the returned ``_source``)."""
-    return {"query": bm25_query(query, filters), "size": k, "_source": {"excludes": [VECTOR_FIELD]}}
+    return {"query": bm25_query(query, filters), "size": k, "_source": {"excludes": SOURCE_EXCLUDES}}
 
 
 def alias_actions(

@@ -22,6 +22,7 @@ from hybrid_search.backends.base import (
 )
 from hybrid_search.backends.cluster.bodies import (
     RETRYABLE_STATUS,
+    SPARSE_FIELD,
     VECTOR_FIELD,
     reason,
 )
@@ -62,6 +63,7 @@ class BulkWriter:
             "text": doc.text,
             VECTOR_FIELD: np.asarray(doc.vector, dtype=np.float32),
             METADATA_FIELD: dict(doc.metadata),
+            **({SPARSE_FIELD: dict(doc.sparse)} if doc.sparse else {}),
         }
 
     def _bulk_actions(self, index: str, docs: Iterable[IndexedDocument]) -> Iterable[dict[str, Any]]:

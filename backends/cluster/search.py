@@ -115,6 +115,7 @@ class ClusterSearch(ClusterConnection):
                     metadata=src.get(METADATA_FIELD) or {},
                     bm25_score=score if stage == "bm25" else None,
                     knn_score=score if stage == "knn" else None,
+                    sparse_score=score if stage == "sparse" else None,
                     fusion_score=score if stage == "fusion" else None,
                 )
             )
@@ -140,6 +141,18 @@ class ClusterSearch(ClusterConnection):
         for h in raw:  # report the similarity itself, as the embedded backend does
             h["_score"] = self.similarity(float(h.get("_score") or 0.0))
         return self._hits(raw, "knn")
+
+    @abstractmethod
+    def sparse_body(self, vector: Mapping[str, float], k: int, filters: Filter | None) -> dict[str, Any]:
+        """The engine's learned-sparse search request."""
+
+    @checks_names
+    def search_sparse(
+        self, index: str, vector: Mapping[str, float], k: int, filters: Filter | None = None
+    ) -> list[Hit]:
+        if not vector:
+            return []  # a query that weighs nothing matches nothing
+        return self._hits(self.search_body(index, self.sparse_body(vector, k, filters)), "sparse")
 
     def dialect_fusion_refusal(self, request: SearchRequest) -> str | None:
         """Why this engine and version cannot fuse ``request`` on the server (the engine subclass says)."""

@@ -102,6 +102,11 @@ class EmbeddedReads(EmbeddedDisk):
             "text": f"text (tantivy, {spec.analyzer})",
             "vector": f"float32[{spec.dims}] (SQLite + faiss HNSW)",
             METADATA_FIELD: "json (tantivy raw terms)",
+            **(
+                {"sparse": f"token weights of {spec.sparse_model} (SQLite + exact postings)"}
+                if spec.sparse_model
+                else {}
+            ),
         }
         return IndexStats(
             alias=index if index in self._aliases() else "",

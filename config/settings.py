@@ -154,14 +154,14 @@ MODE_PRESETS: dict[str, tuple[str, ...]] = {
 
 
 def mode_legs(mode: str) -> tuple[str, ...]:
-    """The legs a mode (without ``+rerank``) names: a preset's, or a comma-separated list (``bm25,sparse``)
-    of distinct known legs; ``ConfigError`` otherwise."""
+    """The legs a mode (without ``+rerank``) names: a preset's, or distinct known legs joined by ``+``
+    (``bm25+sparse``); ``ConfigError`` otherwise."""
     base = mode.strip().lower().replace(" ", "")
-    legs = MODE_PRESETS.get(base) or tuple(name for name in base.split(",") if name)
-    if not legs or any(leg not in LEG_NAMES for leg in legs) or len(set(legs)) != len(legs):
+    legs = MODE_PRESETS.get(base) or tuple(base.split("+"))
+    if any(leg not in LEG_NAMES for leg in legs) or len(set(legs)) != len(legs):
         raise ConfigError(
             f"unknown mode {mode!r}: use {', '.join(MODE_PRESETS)} or distinct legs ({', '.join(LEG_NAMES)}) "
-            "joined by commas (e.g. bm25,sparse), each optionally with +rerank"
+            "joined by + (e.g. bm25+sparse), each optionally with +rerank"
         )
     return legs
 
@@ -173,7 +173,7 @@ class SearchSettings(_Section):
     # corpora, an l2-normalised linear fusion weighted 0.8 towards kNN over the top 200 of each retriever beat
     # equal-weight RRF on eight, and was the choice of every leave-one-corpus-out fold; reranking interpolated
     # half-and-half with the first stage never fell far below the first stage, where the cross-encoder alone did.
-    mode: str = "hybrid"  # bm25, knn, sparse, hybrid (bm25 + knn), hybrid3 (+ sparse), or legs: bm25,sparse
+    mode: str = "hybrid"  # bm25, knn, sparse, hybrid (bm25 + knn), hybrid3 (+ sparse), or legs: bm25+sparse
     # Hard bounds on one request, so no call can exhaust a serving process (10,000 is Elasticsearch's
     # index.max_result_window and its kNN num_candidates limit); a request above one is refused with the limit
     max_top_k: int = Field(default=10_000, ge=1)

@@ -244,9 +244,9 @@ class SearchRequest:
 
     @property
     def mode(self) -> str:
-        """The preset's name (``hybrid+rerank``), or the legs joined by ``,`` for a request no preset makes."""
+        """The preset's name (``hybrid+rerank``), or the legs joined by ``+`` for a request no preset makes."""
         names = self.leg_names
-        base = next((mode for mode, legs in MODE_LEGS.items() if legs == names), ",".join(names))
+        base = next((mode for mode, legs in MODE_LEGS.items() if legs == names), "+".join(names))
         return base + ("+rerank" if self.rerank else "")
 
     def leg(self, name: str) -> Leg | None:
@@ -300,12 +300,12 @@ _LEG_FROM_SETTINGS: dict[str, Callable[[SearchSettings, int, bool], Leg]] = {
 
 
 def parse_mode(mode: str) -> tuple[str, bool]:
-    """``"hybrid+rerank"`` -> ``("hybrid", True)``; raises ``ConfigError`` for anything unknown."""
-    base, plus, suffix = mode.strip().lower().replace(" ", "").partition("+")
+    """``"hybrid+rerank"`` -> ``("hybrid", True)``; ``"bm25+sparse"`` -> ``("bm25+sparse", False)``; raises
+    ``ConfigError`` for anything unknown."""
+    text = mode.strip().lower().replace(" ", "")
+    base, rerank = (text[: -len("+rerank")], True) if text.endswith("+rerank") else (text, False)
     mode_legs(base)  # ConfigError naming the modes and legs there are
-    if plus and suffix != "rerank":
-        raise ConfigError(f"unknown mode {mode!r}: only +rerank may follow the legs")
-    return base, suffix == "rerank"
+    return base, rerank
 
 
 class Preset(TypedDict, total=False):

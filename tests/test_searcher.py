@@ -152,7 +152,7 @@ def test_a_third_leg_needs_no_change_to_fusion_or_the_pipeline(sample_backend, e
     request = SearchRequest(query, legs=legs, top_k=5, fusion=FusionSpec.of("rrf"))
     pipeline = RetrievalPipeline(sample_backend, index="sample", encoder=encoder)
     result = pipeline.run(request)
-    assert result.mode == "bm25,knn,keywords" and result.fusion_location == "client"
+    assert result.mode == "bm25+knn+keywords" and result.fusion_location == "client"
     assert {"bm25", "knn", "keywords", "fusion"} <= set(result.timings_ms)
     handle = sample_backend.open_index("sample")
     vector = encoder.encode_queries([query])[0]

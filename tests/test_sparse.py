@@ -104,10 +104,10 @@ def test_modes_name_the_sparse_leg_and_any_combination():
     settings = SearchSettings()
     assert build_request(settings, "q", mode="sparse").legs == (Sparse(10),)
     assert build_request(settings, "q", mode="hybrid3").leg_names == ("bm25", "knn", "sparse")
-    request = build_request(settings, "q", mode="bm25,sparse+rerank")
-    assert request.leg_names == ("bm25", "sparse") and request.mode == "bm25,sparse+rerank"
+    request = build_request(settings, "q", mode="bm25+sparse+rerank")
+    assert request.leg_names == ("bm25", "sparse") and request.mode == "bm25+sparse+rerank"
     assert request.fusion is not None and request.fusion.weight("sparse") == settings.sparse_weight
-    for bad in ("sparse,sparse", "bm25,dense", ",", "hybrid3+bm25"):
+    for bad in ("sparse+sparse", "bm25+dense", "+", "hybrid3+bm25", "bm25,sparse"):
         with pytest.raises(ConfigError, match="unknown mode"):
             parse_mode(bad)
     with pytest.raises(Exception, match="unknown mode"):
@@ -281,10 +281,10 @@ def test_the_command_line_ingests_and_searches_sparse(tmp_path):
 
     out = cli("ingest", str(SAMPLE), "--sparse-model", "splade-tiny")
     assert out.returncode == 0, out.stderr
-    out = cli("search", "what temperature water for green tea", "--mode", "bm25,sparse", "--json", "--top-k", "3")
+    out = cli("search", "what temperature water for green tea", "--mode", "bm25+sparse", "--json", "--top-k", "3")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert result["mode"] == "bm25,sparse" and result["hits"][0]["doc_id"] == "d06"
+    assert result["mode"] == "bm25+sparse" and result["hits"][0]["doc_id"] == "d06"
     assert result["hits"][0]["leg_scores"]["sparse"] == result["hits"][0]["sparse_score"] > 0
     out = cli("inspect")
     assert out.returncode == 0 and "token weights of splade-tiny" in out.stdout

@@ -122,7 +122,7 @@ def mode_flags(p: argparse.ArgumentParser) -> None:
         p,
         "--mode",
         convert=_mode,
-        help="bm25, knn, sparse, hybrid (bm25+knn), hybrid3 (+sparse) or legs such as bm25,sparse; "
+        help="bm25, knn, sparse, hybrid (bm25+knn), hybrid3 (+sparse) or legs such as bm25+sparse; "
         f"optionally +rerank (default: {SEARCH_DEFAULTS.mode})",
     )
     setting(p, "--rerank", path="search.rerank", action="store_true")

@@ -74,6 +74,11 @@ class Pipeline:
 
     @classmethod
     def from_settings(cls, s: SearchSettings, *, base: str | None = None, rerank: bool | None = None) -> Pipeline:
+        if (base or s.mode) not in ("bm25", "knn", "hybrid"):
+            raise ConfigError(
+                f"tune searches bm25, knn and hybrid settings; mode {base or s.mode!r} (a sparse leg) is not "
+                "tuned yet: set search.mode to one of those for tune, and weigh the sparse leg by eval"
+            )
         return cls(
             base=base or s.mode,
             rerank=s.rerank if rerank is None else rerank,

@@ -159,3 +159,17 @@ def test_no_module_over_600_lines():
         dotted: n for _, dotted, path in _modules() if (n := len(path.read_text(encoding="utf-8").splitlines())) > 600
     }
     assert long == {}
+
+
+def test_every_package_folder_is_installed():
+    """A subpackage missing from pyproject's package list is left out of the wheel (the editable install
+    would still find it): every folder with an ``__init__.py`` must be listed."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
+    found = set()
+    for package, folder in FOLDERS.items():
+        for init in folder.rglob("__init__.py"):
+            parts = init.parent.relative_to(folder).parts
+            found.add(".".join(("hybrid_search", package, *parts)))
+    assert found - listed == set()

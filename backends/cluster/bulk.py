@@ -66,7 +66,7 @@ class BulkWriter:
             **({SPARSE_FIELD: dict(doc.sparse)} if doc.sparse else {}),
         }
 
-    def _bulk_actions(self, index: str, docs: Iterable[IndexedDocument]) -> Iterable[dict[str, Any]]:
+    def actions(self, index: str, docs: Iterable[IndexedDocument]) -> Iterable[dict[str, Any]]:
         for doc in docs:
             yield {"_op_type": "index", "_index": index, "_id": doc.doc_id, "_source": self._source(doc)}
 
@@ -105,7 +105,7 @@ class BulkWriter:
         return self.until_settled(
             index,
             pending,
-            lambda batch: self._bulk_actions(index, batch),
+            lambda batch: self.actions(index, batch),
             what="documents",
             hint="nothing was lost: check the cluster's health and rerun with --resume",
         )

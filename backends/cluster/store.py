@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -186,6 +186,10 @@ class ClusterBackend(ClusterSearch, OpensIndexes):
     @cached_property
     def _bulk(self) -> BulkWriter:
         return BulkWriter(self)
+
+    def _bulk_actions(self, index: str, docs: Iterable[IndexedDocument]) -> Iterable[dict[str, Any]]:
+        """The bulk actions an upsert sends (the spec tests check them against the official specs)."""
+        return self._bulk.actions(index, docs)
 
     @checks_names
     def upsert(self, index: str, docs: Sequence[IndexedDocument]) -> BulkResult:

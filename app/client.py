@@ -572,17 +572,6 @@ class HybridSearch:
         spec = self.backend.index_spec(self.index)
         return spec.model if spec is not None and spec.model else None
 
-    def passages(self, *, limit: int | None = None) -> list[str]:
-        """The stored documents' passage texts (title and text), in storage order, the first ``limit``."""
-        from hybrid_search.config.text import passage_text
-
-        texts: list[str] = []
-        for batch in self.backend.iter_documents(self.index):
-            texts += [passage_text(d.title, d.text) for d in batch]
-            if limit is not None and len(texts) >= limit:
-                return texts[:limit]
-        return texts
-
     def __enter__(self) -> HybridSearch:
         return self
 

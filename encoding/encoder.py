@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 __all__ = [
     "EncodeResult",
     "Encoder",
+    "TransformerParts",
+    "load_weights",
     "PoolingConfig",
     "pad_encodings",
     "plan_batches",
@@ -138,6 +140,88 @@ def torch_dtype(name: str, device: str) -> Any:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
+def load_weights(auto_class: str, folder: Path, settings: ModelSettings, device: str) -> Any:
+    """A model's weights through the named transformers Auto class, in inference mode, on ``device``."""
+    import torch
+    import transformers
+
+    with torch.inference_mode():
+        model = getattr(transformers, auto_class).from_pretrained(
+            folder, dtype=torch_dtype(settings.dtype, device), trust_remote_code=settings.trust_remote_code
+        )
+    return model.to(device).eval()
+
+
+class TransformerParts:
+    """What the bi-encoder and the sparse encoder load the same way, each on first use: the model's folder,
+    the device, a fast tokenizer truncating at ``max_length``, and the weights through ``auto_class``."""
+
+    auto_class = "AutoModel"
+    model_name: str
+    settings: ModelSettings
+
+    @cached_property
+    def folder(self) -> Path:
+        return resolve_model(self.model_name)
+
+    @cached_property
+    def device(self) -> str:
+        return select_device(self.settings.device)
+
+    @cached_property
+    def max_length(self) -> int:
+        return self.settings.max_length or 512
+
+    @cached_property
+    def batch_tokens(self) -> int:
+        """Padded tokens per batch: small batches stay in CPU caches, large ones fill a GPU (measured)."""
+        if self.settings.batch_tokens:
+            return self.settings.batch_tokens
+        return 65_536 if self.device.startswith("cuda") else 4_096
+
+    @cached_property
+    def _hf_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(self.folder, trust_remote_code=self.settings.trust_remote_code)
+        if not tok.is_fast:
+            raise ConfigError(f"{self.model_name}: a fast (Rust) tokenizer is required")
+        return tok
+
+    @cached_property
+    def _tokenizer(self) -> Any:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_str(self._hf_tokenizer.backend_tokenizer.to_str())
+        tok.no_padding()
+        tok.enable_truncation(max_length=self.max_length)
+        return tok
+
+    @cached_property
+    def _model(self) -> Any:
+        return load_weights(self.auto_class, self.folder, self.settings, self.device)
+
+    def load(self) -> None:
+        """Load the tokenizer and weights now, so the first batch's timing is encoding alone."""
+        self._tokenizer  # noqa: B018
+        self._model  # noqa: B018
+
+    def close(self) -> None:
+        """Release the model (and GPU memory)."""
+        if "_model" in self.__dict__:
+            del self.__dict__["_model"]
+            if self.device.startswith("cuda"):
+                import torch
+
+                torch.cuda.empty_cache()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 @dataclass(frozen=True, slots=True)
 class EncodeResult:
     """L2-normalised float32 vectors in input order, and how many inputs were cut at max length."""
@@ -146,7 +230,7 @@ class EncodeResult:
     truncated: int
 
 
-class Encoder:
+class Encoder(TransformerParts):
     """A transformer bi-encoder. ``encode_documents`` / ``encode_queries`` apply the model's prompts."""
 
     def __init__(self, model: str | None = None, *, settings: ModelSettings | None = None) -> None:
@@ -158,10 +242,6 @@ class Encoder:
         return cls(settings.bi_encoder, settings=settings)
 
     # --- lazy pieces ------------------------------------------------------------------------------
-    @cached_property
-    def folder(self) -> Path:
-        return resolve_model(self.model_name)
-
     @cached_property
     def pooling(self) -> PoolingConfig:
         return PoolingConfig.from_model_dir(self.folder)
@@ -205,53 +285,6 @@ class Encoder:
             document = self.settings.document_prompt
         return query, document
 
-    @cached_property
-    def device(self) -> str:
-        return select_device(self.settings.device)
-
-    @cached_property
-    def batch_tokens(self) -> int:
-        """Padded tokens per batch: small batches stay in CPU caches, large ones fill a GPU (measured)."""
-        if self.settings.batch_tokens:
-            return self.settings.batch_tokens
-        return 65_536 if self.device.startswith("cuda") else 4_096
-
-    @cached_property
-    def _hf_tokenizer(self) -> Any:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(self.folder, trust_remote_code=self.settings.trust_remote_code)
-        if not tok.is_fast:
-            raise ConfigError(f"{self.model_name}: a fast (Rust) tokenizer is required")
-        return tok
-
-    @cached_property
-    def _tokenizer(self) -> Any:
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_str(self._hf_tokenizer.backend_tokenizer.to_str())
-        tok.no_padding()
-        tok.enable_truncation(max_length=self.max_length)
-        return tok
-
-    @cached_property
-    def _model(self) -> Any:
-        import torch
-        from transformers import AutoModel
-
-        with torch.inference_mode():
-            model = AutoModel.from_pretrained(
-                self.folder,
-                dtype=torch_dtype(self.settings.dtype, self.device),
-                trust_remote_code=self.settings.trust_remote_code,
-            )
-        return model.to(self.device).eval()
-
-    def load(self) -> None:
-        """Load the tokenizer and weights now, so the first batch's timing is encoding alone."""
-        self._tokenizer  # noqa: B018
-        self._model  # noqa: B018
-
     # --- encoding ---------------------------------------------------------------------------------
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
         prompt = self.prompts[0]
@@ -284,21 +317,6 @@ class Encoder:
                     vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
                 out[batch] = vectors.cpu().numpy()  # one host transfer per batch
         return EncodeResult(out, truncated)
-
-    def close(self) -> None:
-        """Release the model (and GPU memory)."""
-        if "_model" in self.__dict__:
-            del self.__dict__["_model"]
-            if self.device.startswith("cuda"):
-                import torch
-
-                torch.cuda.empty_cache()
-
-    def __enter__(self) -> Encoder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def pad_encodings(encodings: Sequence[Any], pad_id: int, with_types: bool) -> dict[str, np.ndarray]:

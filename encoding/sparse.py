@@ -14,15 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cached_property
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from hybrid_search.config.errors import ConfigError
 from hybrid_search.config.settings import ModelSettings
-from hybrid_search.encoding.encoder import pad_encodings, plan_batches, select_device, torch_dtype
-from hybrid_search.encoding.models import model_identity, resolve_model
+from hybrid_search.encoding.encoder import TransformerParts, pad_encodings, plan_batches
+from hybrid_search.encoding.models import model_identity
 
 __all__ = ["SparseEncoder", "SparseVector", "check_sparse_vector", "sparse_dot"]
 
@@ -51,8 +49,10 @@ def sparse_dot(a: SparseVector, b: SparseVector) -> float:
     return float(sum(w * large[t] for t, w in small.items() if t in large))
 
 
-class SparseEncoder:
+class SparseEncoder(TransformerParts):
     """SPLADE encoding with transformers ``AutoModelForMaskedLM``. Construction loads nothing."""
+
+    auto_class = "AutoModelForMaskedLM"
 
     def __init__(self, model: str, *, settings: ModelSettings | None = None) -> None:
         if not model:
@@ -61,34 +61,8 @@ class SparseEncoder:
         self.settings = settings or ModelSettings()
 
     @cached_property
-    def folder(self) -> Path:
-        return resolve_model(self.model_name)
-
-    @cached_property
-    def device(self) -> str:
-        return select_device(self.settings.device)
-
-    @cached_property
     def max_length(self) -> int:
         return self.settings.max_length or DEFAULT_MAX_LENGTH
-
-    @cached_property
-    def _hf_tokenizer(self) -> Any:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(self.folder, trust_remote_code=self.settings.trust_remote_code)
-        if not tok.is_fast:
-            raise ConfigError(f"{self.model_name}: a fast (Rust) tokenizer is required")
-        return tok
-
-    @cached_property
-    def _tokenizer(self) -> Any:
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_str(self._hf_tokenizer.backend_tokenizer.to_str())
-        tok.no_padding()
-        tok.enable_truncation(max_length=self.max_length)
-        return tok
 
     @cached_property
     def _vocabulary(self) -> tuple[np.ndarray, list[str]]:
@@ -100,24 +74,6 @@ class SparseEncoder:
         special = set(self._hf_tokenizer.all_special_tokens)
         keep = np.asarray([bool(t) and "." not in t and t not in special for t in tokens], dtype=bool)
         return keep, tokens
-
-    @cached_property
-    def _model(self) -> Any:
-        import torch
-        from transformers import AutoModelForMaskedLM
-
-        with torch.inference_mode():
-            model = AutoModelForMaskedLM.from_pretrained(
-                self.folder,
-                dtype=torch_dtype(self.settings.dtype, self.device),
-                trust_remote_code=self.settings.trust_remote_code,
-            )
-        return model.to(self.device).eval()
-
-    def load(self) -> None:
-        """Load the tokenizer and weights now, so the first batch's timing is encoding alone."""
-        self._tokenizer  # noqa: B018
-        self._model  # noqa: B018
 
     def encode_queries(self, queries: Sequence[str]) -> list[SparseVector]:
         return self.encode(queries)
@@ -137,9 +93,8 @@ class SparseEncoder:
         pad_id = self._hf_tokenizer.pad_token_id or 0
         with_types = "token_type_ids" in self._hf_tokenizer.model_input_names
         keep, tokens = self._vocabulary
-        batch_tokens = self.settings.batch_tokens or (65_536 if self.device.startswith("cuda") else 4_096)
         with torch.inference_mode():
-            for batch in plan_batches(lengths, batch_tokens, self.settings.max_batch_size):
+            for batch in plan_batches(lengths, self.batch_tokens, self.settings.max_batch_size):
                 arrays = pad_encodings([encodings[i] for i in batch], pad_id, with_types)
                 inputs = {k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()}
                 logits = self._model(**inputs).logits.float()
@@ -150,13 +105,3 @@ class SparseEncoder:
                     ids = np.flatnonzero(row > 0)
                     out[i] = {tokens[j]: float(row[j]) for j in ids}
         return out
-
-    def close(self) -> None:
-        """Release the model (and GPU memory)."""
-        self.__dict__.pop("_model", None)
-
-    def __enter__(self) -> SparseEncoder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -19,7 +19,7 @@ import numpy as np
 
 from hybrid_search.config.errors import ConfigError
 from hybrid_search.config.settings import ModelSettings
-from hybrid_search.encoding.encoder import pad_encodings, plan_batches, select_device, torch_dtype
+from hybrid_search.encoding.encoder import load_weights, pad_encodings, plan_batches, select_device
 from hybrid_search.encoding.models import resolve_model
 
 __all__ = ["CrossEncoderReranker"]
@@ -83,16 +83,7 @@ class CrossEncoderReranker:
 
     @cached_property
     def _torch_model(self) -> Any:
-        import torch
-        from transformers import AutoModelForSequenceClassification
-
-        with torch.inference_mode():
-            model = AutoModelForSequenceClassification.from_pretrained(
-                self.folder,
-                dtype=torch_dtype(self.settings.dtype, self.device),
-                trust_remote_code=self.settings.trust_remote_code,
-            )
-        return model.to(self.device).eval()
+        return load_weights("AutoModelForSequenceClassification", self.folder, self.settings, self.device)
 
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
         """One relevance score a passage, in input order."""

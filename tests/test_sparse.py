@@ -179,32 +179,44 @@ def test_three_legs_fuse_through_the_client(tmp_path, monkeypatch):
         assert report.modes["sparse"].metrics["ndcg@10"] > 0.5 and report.modes["hybrid3"].queries == 16
 
 
-@pytest.mark.integration
-def test_elasticsearch_answers_as_the_embedded_index(noida_url, embedded, encoder, splade, tmp_path):
-    from hybrid_search.backends.elasticsearch import ElasticsearchBackend
-    from hybrid_search.config.settings import BackendSettings, IndexSettings
-
-    settings = load_settings(overrides={"data_dir": str(tmp_path)})
-    with ElasticsearchBackend(BackendSettings(kind="elasticsearch", urls=(noida_url,)), IndexSettings()) as es:
-        run_ingest(open_source(SAMPLE), es, encoder, settings, alias="sparse-es", sparse_encoder=splade)
-        fresh = EmbeddedBackend(data_dir=tmp_path / "emb")
+def _matches_embedded(cluster, alias, encoder, splade, tmp_path, *, knn: bool = True) -> None:
+    """Ingest the sample into ``cluster`` and a fresh embedded index; each query's sparse hits agree."""
+    run_ingest(
+        open_source(SAMPLE),
+        cluster,
+        encoder,
+        load_settings(overrides={"data_dir": str(tmp_path)}),
+        alias=alias,
+        sparse_encoder=splade,
+    )
+    emb_dir = tmp_path / "emb"
+    with EmbeddedBackend(data_dir=emb_dir) as fresh:
         run_ingest(
             open_source(SAMPLE),
             fresh,
             encoder,
-            load_settings(overrides={"data_dir": str(tmp_path / "emb")}),
+            load_settings(overrides={"data_dir": str(emb_dir)}),
             alias="e",
             sparse_encoder=splade,
         )
         for text in QUERIES:
             query = splade.encode_queries([text])[0]
-            ours, theirs = fresh.search_sparse("e", query, 5), es.search_sparse("sparse-es", query, 5)
+            ours, theirs = fresh.search_sparse("e", query, 5), cluster.search_sparse(alias, query, 5)
             assert [h.doc_id for h in theirs] == [h.doc_id for h in ours]
             assert [h.sparse_score for h in theirs] == pytest.approx([h.sparse_score for h in ours], rel=5e-3)
-        pipeline = RetrievalPipeline(es, index="sparse-es", encoder=encoder, sparse_encoder=splade)
-        assert pipeline.search(QUERIES[1], mode="hybrid3").fusion_location == "client"  # three legs: client
-        fresh.close()
-        es.drop_index("sparse-es")
+    pipeline = RetrievalPipeline(cluster, index=alias, encoder=encoder, sparse_encoder=splade)
+    mode = "hybrid3" if knn else "bm25+sparse"  # osmem-server has no kNN
+    assert pipeline.search(QUERIES[1], mode=mode).fusion_location == "client"  # bm25 + sparse: in the client
+    cluster.drop_index(alias)
+
+
+@pytest.mark.integration
+def test_elasticsearch_answers_as_the_embedded_index(noida_url, encoder, splade, tmp_path):
+    from hybrid_search.backends.elasticsearch import ElasticsearchBackend
+    from hybrid_search.config.settings import BackendSettings, IndexSettings
+
+    with ElasticsearchBackend(BackendSettings(kind="elasticsearch", urls=(noida_url,)), IndexSettings()) as es:
+        _matches_embedded(es, "sparse-es", encoder, splade, tmp_path)
 
 
 @pytest.mark.integration
@@ -212,25 +224,8 @@ def test_opensearch_rank_features_answer_as_the_embedded_index(osmem_url, encode
     from hybrid_search.backends.opensearch import OpenSearchBackend
     from hybrid_search.config.settings import BackendSettings, IndexSettings
 
-    settings = load_settings(overrides={"data_dir": str(tmp_path)})
     with OpenSearchBackend(BackendSettings(kind="opensearch", urls=(osmem_url,)), IndexSettings()) as os_:
-        run_ingest(open_source(SAMPLE), os_, encoder, settings, alias="sparse-os", sparse_encoder=splade)
-        fresh = EmbeddedBackend(data_dir=tmp_path / "emb")
-        run_ingest(
-            open_source(SAMPLE),
-            fresh,
-            encoder,
-            load_settings(overrides={"data_dir": str(tmp_path / "emb")}),
-            alias="e",
-            sparse_encoder=splade,
-        )
-        for text in QUERIES:
-            query = splade.encode_queries([text])[0]
-            ours, theirs = fresh.search_sparse("e", query, 5), os_.search_sparse("sparse-os", query, 5)
-            assert [h.doc_id for h in theirs] == [h.doc_id for h in ours]
-            assert [h.sparse_score for h in theirs] == pytest.approx([h.sparse_score for h in ours], rel=5e-3)
-        fresh.close()
-        os_.drop_index("sparse-os")
+        _matches_embedded(os_, "sparse-os", encoder, splade, tmp_path, knn=False)
 
 
 def test_sparse_request_bodies_follow_the_official_specs(shared):

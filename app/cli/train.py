@@ -123,7 +123,7 @@ def _adapt(args: argparse.Namespace, settings: Settings, opts: Any) -> Any:
     with options.client(settings) as hs:
         hs.check_index()
         base = args.base or hs.index_model() or settings.models.bi_encoder
-        texts = hs.passages(limit=args.max_docs)
+        texts = train.index_passages(hs, limit=args.max_docs)
     return train.adapt(
         texts,
         args.out,

@@ -16,7 +16,7 @@ Pairs, from a CSV, JSONL or Parquet file:
 """
 
 from hybrid_search.app.training.mining import MiningReport, mine_hard_negatives
-from hybrid_search.app.training.pairs import PairSet, read_pairs
+from hybrid_search.app.training.pairs import PairSet, index_passages, read_pairs
 from hybrid_search.app.training.quality import knn_quality, rerank_quality
 from hybrid_search.app.training.trainers import (
     ADAPT_METHODS,
@@ -30,6 +30,7 @@ from hybrid_search.app.training.trainers import (
 )
 
 __all__ = [
+    "index_passages",
     "ADAPT_METHODS",
     "LOSSES",
     "MiningReport",

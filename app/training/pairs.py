@@ -14,11 +14,15 @@ import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hybrid_search.config.errors import ConfigError, SourceError
+from hybrid_search.config.text import passage_text
 
-__all__ = ["PairSet", "read_pairs"]
+if TYPE_CHECKING:
+    from hybrid_search.app.client import HybridSearch
+
+__all__ = ["index_passages", "PairSet", "read_pairs"]
 
 log = logging.getLogger(__name__)
 
@@ -205,3 +209,14 @@ def read_passages(source: str | Path, only: set[str] | None = None) -> dict[str,
 
 def norm_text(text: str) -> str:
     return " ".join(text.lower().split())
+
+
+def index_passages(hs: HybridSearch, *, limit: int | None = None) -> list[str]:
+    """The passage texts (title and text) of the documents ``hs``'s index stores, the first ``limit`` of them:
+    what ``train adapt`` learns from."""
+    texts: list[str] = []
+    for batch in hs.backend.iter_documents(hs.index):
+        texts += [passage_text(d.title, d.text) for d in batch]
+        if limit is not None and len(texts) >= limit:
+            return texts[:limit]
+    return texts

@@ -155,13 +155,10 @@ class FusionSpec:
         return cls(method=method, normalizer=normalizer, weights=tuple((weights or {}).items()), k=k)
 
     @classmethod
-    def from_settings(cls, s: SearchSettings) -> FusionSpec:
-        return cls.of(
-            s.fusion,
-            weights={Lexical.name: s.bm25_weight, Dense.name: s.knn_weight, Sparse.name: s.sparse_weight},
-            normalizer=s.normalizer,
-            k=s.rrf_k,
-        )
+    def from_settings(cls, s: SearchSettings, legs: Sequence[str] = ("bm25", "knn")) -> FusionSpec:
+        """The settings' fusion over ``legs`` (each leg's weight from ``search.<leg>_weight``)."""
+        weights = {Lexical.name: s.bm25_weight, Dense.name: s.knn_weight, Sparse.name: s.sparse_weight}
+        return cls.of(s.fusion, weights={leg: weights[leg] for leg in legs}, normalizer=s.normalizer, k=s.rrf_k)
 
     def weight(self, leg: str) -> float:
         return dict(self.weights).get(leg, 1.0)
@@ -336,7 +333,7 @@ def build_request(settings: SearchSettings, query: str, **preset: Unpack[Preset]
         query=query,
         legs=tuple(_LEG_FROM_SETTINGS[name](settings, depth, fused) for name in names),
         top_k=top_k,
-        fusion=FusionSpec.from_settings(settings) if fused else None,
+        fusion=FusionSpec.from_settings(settings, names) if fused else None,
         rerank=rerank_spec,
         filters=preset.get("filters"),
         vector=preset.get("vector"),

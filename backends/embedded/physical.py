@@ -14,7 +14,6 @@ import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from hybrid_search.config.errors import (
     QueryError,
 )
 from hybrid_search.config.files import atomic_write_text, read_json_file
-from hybrid_search.search.filters import METADATA_FIELD, Filter, to_sql
+from hybrid_search.search.filters import METADATA_FIELD, Filter
 from hybrid_search.search.hits import Hit
 
 __all__ = ["PhysicalIndex", "VECTOR_FILE"]
@@ -319,18 +318,13 @@ class PhysicalIndex(VectorSearch):
         if self._sparse is None or self._sparse[0] != self._generation:
             stored = self.db.execute("SELECT s.key, s.terms FROM sparse s JOIN docs d ON d.key = s.key")
             self._sparse = (self._generation, SparsePostings(stored))
-        allowed = None
-        if filters:
-            where, params = to_sql(filters)
-            allowed = np.fromiter(
-                (r[0] for r in self.db.execute(f"SELECT key FROM docs WHERE {where}", params)), np.int64
-            )
-        found = self._sparse[1].search(query, k, allowed)
+        found = self._sparse[1].search(query, k, self._filter_keys(filters) if filters else None)
         rows = self._rows_by("key", [key for key, _ in found])
-        return [
-            replace(self._hit(rows[key], rank, score), sparse_score=score)
-            for rank, (key, score) in enumerate(((key, s) for key, s in found if key in rows), start=1)
-        ]
+        hits: list[Hit] = []
+        for key, score in found:
+            if key in rows:
+                hits.append(self._hit(rows[key], len(hits) + 1, score, sparse=score))
+        return hits
 
     def close(self) -> None:
         try:

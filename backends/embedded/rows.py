@@ -16,6 +16,7 @@ from hybrid_search.backends.base import (
     IndexSpec,
     StoredDocument,
 )
+from hybrid_search.search.filters import Filter, to_sql
 from hybrid_search.search.hits import Hit
 
 __all__ = ["SQL_CHUNK", "RowStore"]
@@ -91,7 +92,15 @@ class RowStore:
         return out
 
     @staticmethod
-    def _hit(row: tuple, rank: int, score: float, *, bm25: float | None = None, knn: float | None = None) -> Hit:
+    def _hit(
+        row: tuple,
+        rank: int,
+        score: float,
+        *,
+        bm25: float | None = None,
+        knn: float | None = None,
+        sparse: float | None = None,
+    ) -> Hit:
         return Hit(
             doc_id=row[1],
             rank=rank,
@@ -101,7 +110,13 @@ class RowStore:
             metadata=json.loads(row[4]),
             bm25_score=bm25,
             knn_score=knn,
+            sparse_score=sparse,
         )
+
+    def _filter_keys(self, filters: Filter) -> np.ndarray:
+        """The row keys of the documents ``filters`` allows (one table scan)."""
+        where, params = to_sql(filters)
+        return np.fromiter((r[0] for r in self.db.execute(f"SELECT key FROM docs WHERE {where}", params)), np.int64)
 
     @staticmethod
     def _vec(blob: bytes) -> np.ndarray:

@@ -21,7 +21,7 @@ from hybrid_search.config.errors import (
     CorruptIndex,
     QueryError,
 )
-from hybrid_search.search.filters import Filter, to_sql
+from hybrid_search.search.filters import Filter
 from hybrid_search.search.hits import Hit
 
 __all__ = ["VECTOR_FILE", "VectorSearch"]
@@ -165,8 +165,7 @@ class VectorSearch(RowStore):
         if cached is not None and cached[0] == self._generation:
             self._filter_cache.move_to_end(cache_key)
             return cached[1], cached[2]
-        where, params = to_sql(filters)
-        keys = np.fromiter((r[0] for r in self.db.execute(f"SELECT key FROM docs WHERE {where}", params)), np.int64)
+        keys = self._filter_keys(filters)
         if len(keys) <= _EXACT_FILTER_LIMIT:
             entry: tuple[int, list[int] | None, Any, Any] = (self._generation, keys.tolist(), None, None)
         else:

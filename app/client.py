@@ -89,7 +89,7 @@ class HybridSearch:
         self._sparse_encoder: SparseEncoder | None = None
         self._pipeline: RetrievalPipeline | None = None
         self._query_log: QueryLog | None = None
-        self._spec: IndexSpec | None = None  # read once for filter checks; a new build resets it
+        self._spec: IndexSpec | None = None  # the followed build's spec (models, fields), read once per build
         self._field_types: dict[str, str] | None = None  # metadata field -> type, read with the spec
         # the physical build this client's searcher and query model belong to: searches go to it by name, so
         # a rebuild by another process can never be searched with this client's (maybe other) model
@@ -128,11 +128,18 @@ class HybridSearch:
                 self._query_encoder = self._encoder_for_index()
             return self._query_encoder
 
+    def _serving_spec(self) -> IndexSpec | None:
+        """The spec of the build this client follows, read once per build (``_forget_index`` drops it);
+        ``None`` for a missing index, asked again next time."""
+        if self._spec is None:
+            self._spec = self.backend.index_spec(self._serving or self.index)
+        return self._spec
+
     def _encoder_for_index(self) -> Encoder:
         from hybrid_search.encoding.encoder import Encoder
         from hybrid_search.encoding.models import model_identity
 
-        spec = self.backend.index_spec(self._serving or self.index)
+        spec = self._serving_spec()
         configured = self.settings.models.bi_encoder
         if spec is None or not spec.model or model_identity(configured) == spec.model:
             return self.encoder
@@ -152,7 +159,7 @@ class HybridSearch:
             self._follow_build()
         with self._lock:
             if self._sparse_encoder is None:
-                spec = self.backend.index_spec(self._serving or self.index)
+                spec = self._serving_spec()
                 if spec is None or not spec.sparse_model:
                     return None
                 from hybrid_search.encoding.sparse import SparseEncoder
@@ -410,9 +417,7 @@ class HybridSearch:
 
     def _check_filters(self, filters: Filter) -> None:
         """``check_filters`` against the build this client follows now (the caller has just followed it)."""
-        spec = self._spec
-        if spec is None:
-            spec = self._spec = self.backend.index_spec(self._serving or self.index)
+        spec = self._serving_spec()
         if spec is None:
             return  # a missing index fails in the search itself
         if spec.metadata_fields is not None:  # an older index does not record its fields
@@ -569,7 +574,8 @@ class HybridSearch:
 
     def index_model(self) -> str | None:
         """The bi-encoder the serving build was encoded with, as its spec records it (``None`` if unrecorded)."""
-        spec = self.backend.index_spec(self.index)
+        self._follow_build()
+        spec = self._serving_spec()
         return spec.model if spec is not None and spec.model else None
 
     def __enter__(self) -> HybridSearch:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EncodeResult",
     "Encoder",
+    "ModelOnDevice",
     "TransformerParts",
     "load_weights",
     "PoolingConfig",
@@ -152,11 +153,9 @@ def load_weights(auto_class: str, folder: Path, settings: ModelSettings, device:
     return model.to(device).eval()
 
 
-class TransformerParts:
-    """What the bi-encoder and the sparse encoder load the same way, each on first use: the model's folder,
-    the device, a fast tokenizer truncating at ``max_length``, and the weights through ``auto_class``."""
+class ModelOnDevice:
+    """A model's local folder and the device it runs on, each resolved on first use (every model here)."""
 
-    auto_class = "AutoModel"
     model_name: str
     settings: ModelSettings
 
@@ -167,6 +166,13 @@ class TransformerParts:
     @cached_property
     def device(self) -> str:
         return select_device(self.settings.device)
+
+
+class TransformerParts(ModelOnDevice):
+    """What the bi-encoder and the sparse encoder load the same way, each on first use: a fast tokenizer
+    truncating at ``max_length``, and the weights through ``auto_class``."""
+
+    auto_class = "AutoModel"
 
     @cached_property
     def max_length(self) -> int:

@@ -12,22 +12,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hybrid_search.config.errors import ConfigError
 from hybrid_search.config.settings import ModelSettings
-from hybrid_search.encoding.encoder import load_weights, pad_encodings, plan_batches, select_device
-from hybrid_search.encoding.models import resolve_model
+from hybrid_search.encoding.encoder import ModelOnDevice, load_weights, pad_encodings, plan_batches
 
 __all__ = ["CrossEncoderReranker"]
 
 log = logging.getLogger(__name__)
 
 
-class CrossEncoderReranker:
+class CrossEncoderReranker(ModelOnDevice):
     """A cross-encoder such as ``cross-encoder/ms-marco-MiniLM-L-12-v2`` on transformers or onnxruntime."""
 
     def __init__(self, model: str | None = None, *, settings: ModelSettings | None = None) -> None:
@@ -35,14 +33,6 @@ class CrossEncoderReranker:
         self.model_name = model or self.settings.cross_encoder
         if self.settings.rerank_batch_size < 1:
             raise ConfigError("rerank batch size must be at least 1")
-
-    @cached_property
-    def folder(self) -> Path:
-        return resolve_model(self.model_name)
-
-    @cached_property
-    def device(self) -> str:
-        return select_device(self.settings.device)
 
     @cached_property
     def runtime(self) -> str:

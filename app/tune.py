@@ -15,22 +15,21 @@ held-out per-query scores with today's default and with the best single fixed mo
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hybrid_search.app.evaluate import RUN_DEPTH, per_query_scores
+from hybrid_search.app.tune_space import FIRST_DEPTHS, FIXED_MODES, Pipeline, fixed_modes, grid
 from hybrid_search.config.errors import ConfigError
 from hybrid_search.config.settings import SearchSettings
 from hybrid_search.config.text import passage_text
-from hybrid_search.search.request import FusionSpec, Normalizer
 from hybrid_search.search.searcher import blend_rerank_scores
 
 if TYPE_CHECKING:
@@ -38,6 +37,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FIXED_MODES",
+    "fixed_modes",
+    "tuning_legs",
     "Pipeline",
     "RunCache",
     "TuneReport",
@@ -48,110 +49,11 @@ __all__ = [
     "tune",
 ]
 
-FIXED_MODES = ("bm25", "knn", "hybrid", "hybrid+rerank")
-RRF_KS = (5, 10, 20, 40, 60, 100)
-LINEAR_KNN_WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-NORMALIZERS = ("minmax", "zscore", "l2")
-RERANK_DEPTHS = (10, 20, 50)
-INTERPOLATIONS = (0.25, 0.5, 0.75, 1.0)
-FIRST_DEPTHS = (100, 200)
-
-
-@dataclass(frozen=True, slots=True)
-class Pipeline:
-    """One candidate setting of the whole pipeline."""
-
-    base: str  # bm25, knn or hybrid
-    rerank: bool = False
-    fusion: str = "rrf"
-    rrf_k: int = 60
-    normalizer: str = "minmax"
-    bm25_weight: float = 0.5
-    knn_weight: float = 0.5
-    depth: int = 100  # BM25 and kNN depth for hybrid
-    rerank_depth: int = 50
-    interpolation: float = 1.0  # final = a * norm(cross-encoder) + (1 - a) * norm(first stage)
-
-    @classmethod
-    def from_settings(cls, s: SearchSettings, *, base: str | None = None, rerank: bool | None = None) -> Pipeline:
-        if (base or s.mode) not in ("bm25", "knn", "hybrid"):
-            raise ConfigError(
-                f"tune searches bm25, knn and hybrid settings; mode {base or s.mode!r} (a sparse leg) is not "
-                "tuned yet: set search.mode to one of those for tune, and weigh the sparse leg by eval"
-            )
-        return cls(
-            base=base or s.mode,
-            rerank=s.rerank if rerank is None else rerank,
-            fusion=s.fusion,
-            rrf_k=s.rrf_k,
-            normalizer=s.normalizer,
-            bm25_weight=s.bm25_weight,
-            knn_weight=s.knn_weight,
-            depth=max(s.bm25_depth, s.knn_depth),
-            rerank_depth=s.rerank_depth,
-            interpolation=s.rerank_interpolation,
-        )
-
-    def search_settings(self, base: SearchSettings) -> SearchSettings:
-        """``base`` with this pipeline's values (what the profile file records)."""
-        return base.model_copy(
-            update={
-                "mode": self.base,
-                "rerank": self.rerank,
-                "fusion": self.fusion,
-                "rrf_k": self.rrf_k,
-                "normalizer": self.normalizer,
-                "bm25_weight": self.bm25_weight,
-                "knn_weight": self.knn_weight,
-                "bm25_depth": self.depth,
-                "knn_depth": self.depth,
-                "rerank_depth": self.rerank_depth,
-                "rerank_interpolation": self.interpolation,
-            }
-        )
-
-    def fusion_spec(self) -> FusionSpec:
-        """How this setting fuses its two legs (the same rules a search's ``FusionSpec`` applies)."""
-        return FusionSpec.of(
-            "rrf" if self.fusion == "rrf" else "linear",
-            weights={"bm25": self.bm25_weight, "knn": self.knn_weight},
-            normalizer=cast(Normalizer, self.normalizer),
-            k=self.rrf_k,
-        )
-
-    @property
-    def label(self) -> str:
-        out = self.base
-        if self.base == "hybrid":
-            out += (
-                f" rrf k={self.rrf_k}" if self.fusion == "rrf" else f" linear {self.normalizer} knn={self.knn_weight:g}"
-            ) + f" depth={self.depth}"
-        if self.rerank:
-            out += f" +rerank@{self.rerank_depth} a={self.interpolation:g}"
-        return out
-
-
-def grid() -> list[Pipeline]:
-    """The search space: every first stage, each alone and with every rerank depth and interpolation."""
-    firsts = [Pipeline("bm25"), Pipeline("knn")]
-    for depth in FIRST_DEPTHS:
-        firsts += [Pipeline("hybrid", fusion="rrf", rrf_k=k, depth=depth) for k in RRF_KS]
-        firsts += [
-            Pipeline("hybrid", fusion="linear", normalizer=n, bm25_weight=round(1 - w, 2), knn_weight=w, depth=depth)
-            for n, w in itertools.product(NORMALIZERS, LINEAR_KNN_WEIGHTS)
-        ]
-    out = []
-    for first in firsts:
-        out.append(first)
-        out += [
-            replace(first, rerank=True, rerank_depth=d, interpolation=a)
-            for d, a in itertools.product(RERANK_DEPTHS, INTERPOLATIONS)
-        ]
-    return out
-
 
 class RunCache:
-    """First-stage runs per query (at the deepest depth tried) and cross-encoder scores, each computed once."""
+    """First-stage runs per leg and query (at the deepest depth tried) and cross-encoder scores, each computed
+    once. The legs are those the index answers: BM25 and kNN always, the sparse leg where the index holds
+    learned-sparse vectors (its queries encoded once, by the index's own sparse model)."""
 
     def __init__(
         self, hs: HybridSearch, queries: Sequence[tuple[str, str]], *, depth: int, progress: bool = False
@@ -160,35 +62,55 @@ class RunCache:
 
         self.hs, self.queries = hs, dict(queries)
         self.depth = depth
-        self.bm25: dict[str, list[tuple[str, float]]] = {}
-        self.knn: dict[str, list[tuple[str, float]]] = {}
         self.texts: dict[str, str] = {}
         self._ce: dict[tuple[str, str], float] = {}
         backend, index, s = hs.backend, hs.index, hs.settings.search
-        vectors = hs.query_encoder.encode_queries([text for _, text in queries])
-        for (qid, text), vector in tqdm(
-            list(zip(queries, vectors, strict=True)), desc="first stages", unit="q", disable=not progress
+        texts = [text for _, text in queries]
+        vectors = hs.query_encoder.encode_queries(texts)
+        sparse_encoder = hs.sparse_encoder
+        sparse = sparse_encoder.encode_queries(texts) if sparse_encoder is not None else None
+        self.legs: tuple[str, ...] = ("bm25", "knn", "sparse") if sparse is not None else ("bm25", "knn")
+        self.runs: dict[str, dict[str, list[tuple[str, float]]]] = {leg: {} for leg in self.legs}
+        for i, ((qid, text), vector) in enumerate(
+            tqdm(list(zip(queries, vectors, strict=True)), desc="first stages", unit="q", disable=not progress)
         ):
-            lexical = backend.search_bm25(index, text, depth)
-            dense = backend.search_knn(index, vector, depth, max(s.num_candidates, depth))
-            self.bm25[qid] = [(h.doc_id, h.score) for h in lexical]
-            self.knn[qid] = [(h.doc_id, h.score) for h in dense]
-            for h in (*lexical, *dense):
-                self.texts.setdefault(h.doc_id, passage_text(h.title, h.text))
+            hits = {
+                "bm25": backend.search_bm25(index, text, depth),
+                "knn": backend.search_knn(index, vector, depth, max(s.num_candidates, depth)),
+            }
+            if sparse is not None:
+                hits["sparse"] = backend.search_sparse(index, sparse[i], depth)
+            for leg, leg_hits in hits.items():
+                self.runs[leg][qid] = [(h.doc_id, h.score) for h in leg_hits]
+                for h in leg_hits:
+                    self.texts.setdefault(h.doc_id, passage_text(h.title, h.text))
+
+    @property
+    def bm25(self) -> dict[str, list[tuple[str, float]]]:
+        return self.runs["bm25"]
+
+    @property
+    def knn(self) -> dict[str, list[tuple[str, float]]]:
+        return self.runs["knn"]
 
     @property
     def ce_pairs_scored(self) -> int:
         return len(self._ce)
 
     def with_bm25(self, bm25: Mapping[str, list[tuple[str, float]]]) -> RunCache:
-        """This cache with other BM25 runs (another analyzer's): kNN runs and cross-encoder scores are shared."""
+        """This cache with other BM25 runs (another analyzer's): the other legs' runs and cross-encoder scores
+        are shared."""
         other = object.__new__(RunCache)
         other.__dict__.update(self.__dict__)
-        other.bm25 = dict(bm25)
+        other.runs = {**self.runs, "bm25": dict(bm25)}
         missing = sorted({d for run in bm25.values() for d, _ in run} - self.texts.keys())
         if missing:
             self.texts.update(self.hs.backend.get_texts(self.hs.index, missing))
         return other
+
+    def grid(self, *, first_stage_only: bool = False) -> list[Pipeline]:
+        """The search space over the legs this cache holds."""
+        return grid(self.legs, first_stage_only=first_stage_only)
 
     def ce(self, qid: str, doc_ids: Sequence[str]) -> np.ndarray:
         """Cross-encoder scores of the query with each document, scoring only pairs not seen before."""
@@ -200,14 +122,19 @@ class RunCache:
 
     def ranked(self, p: Pipeline, qid: str, k: int = RUN_DEPTH + 1) -> list[str]:
         """What a search with pipeline ``p`` and ``top_k=k`` returns for the query, as ids, best first."""
-        depth = max(p.depth, k)
-        if p.base == "bm25":
-            first = self.bm25[qid][: max(p.rerank_depth if p.rerank else 0, k)]
-        elif p.base == "knn":
-            first = self.knn[qid][: max(p.rerank_depth if p.rerank else 0, k)]
+        legs = p.legs
+        missing = [leg for leg in legs if leg not in self.runs]
+        if missing:
+            raise ConfigError(
+                f"setting {p.label!r} needs the {', '.join(missing)} leg, which this index cannot answer "
+                "(ingest with --sparse-model for the sparse leg)"
+            )
+        keep = max(p.rerank_depth if p.rerank else 0, k)
+        if len(legs) == 1:
+            first = self.runs[legs[0]][qid][:keep]
         else:
-            first = p.fusion_spec().fuse({"bm25": self.bm25[qid][:depth], "knn": self.knn[qid][:depth]})
-            first = first[: max(p.rerank_depth if p.rerank else 0, k)]
+            depth = max(p.depth, k)
+            first = p.fusion_spec().fuse({leg: self.runs[leg][qid][:depth] for leg in legs})[:keep]
         if not p.rerank:
             return [d for d, _ in first[:k]]
         head, tail = first[: p.rerank_depth], first[p.rerank_depth :]
@@ -301,8 +228,10 @@ def tune(
     seed: int = 0,
     progress: bool = False,
     analyzer_check: bool = False,
+    legs: Sequence[str] | None = None,
 ) -> TuneReport:
-    """Choose the best pipeline for ``queries`` (see the module docstring)."""
+    """Choose the best pipeline for ``queries`` (see the module docstring). ``legs`` limits the search to
+    settings over those legs (default: every leg the index answers); the fixed modes are scored regardless."""
     if folds < 2:
         raise ConfigError(f"--folds must be at least 2, got {folds}")
     if not 0.0 <= holdout < 1.0:
@@ -316,19 +245,19 @@ def tune(
     if len(tuning) < folds:
         raise ConfigError(f"{len(tuning)} queries cannot make {folds} folds: give more judged queries or fewer --folds")
 
-    fixed = {
-        m: Pipeline.from_settings(SearchSettings(), base=m.split("+")[0], rerank=m.endswith("+rerank"))
-        for m in FIXED_MODES
-    }
-    default = Pipeline.from_settings(SearchSettings())
-    candidates = grid()
-    if budget is not None and budget < len(candidates):
-        candidates = random.Random(seed).sample(candidates, budget)
-    candidates = list(dict.fromkeys([*fixed.values(), default, *candidates]))
-
     t0 = time.perf_counter()
     cache = RunCache(hs, [*tuning, *held], depth=max(FIRST_DEPTHS) + 1, progress=progress)
     t_cache = time.perf_counter() - t0
+    searched = tuning_legs(cache.legs, legs)
+    fixed = {
+        m: Pipeline.from_settings(SearchSettings(), base=m.split("+")[0], rerank=m.endswith("+rerank"))
+        for m in fixed_modes(cache.legs)
+    }
+    default = Pipeline.from_settings(SearchSettings())
+    candidates = grid(searched)
+    if budget is not None and budget < len(candidates):
+        candidates = random.Random(seed).sample(candidates, budget)
+    candidates = list(dict.fromkeys([*fixed.values(), default, *candidates]))
 
     def scores(p: Pipeline, qids: Sequence[str]) -> dict[str, float]:
         return per_query_metric(cache, p, qids, qrels, metric, ignore_identical_ids)
@@ -400,6 +329,20 @@ def tune(
         holdout=report_holdout,
         analyzer=analyzer,
     )
+
+
+def tuning_legs(available: Sequence[str], legs: Sequence[str] | None) -> tuple[str, ...]:
+    """The legs to search over: ``legs`` (each one of the ``available`` legs the index answers), or all."""
+    if legs is None:
+        return tuple(available)
+    wanted = tuple(dict.fromkeys(leg.strip() for leg in legs if leg.strip()))
+    missing = [leg for leg in wanted if leg not in available]
+    if missing or not wanted:
+        raise ConfigError(
+            f"--legs {','.join(wanted) or '(none)'}: the index answers {', '.join(available)}"
+            + (" (ingest with --sparse-model for the sparse leg)" if "sparse" in missing else "")
+        )
+    return wanted
 
 
 def per_query_metric(
@@ -541,8 +484,10 @@ def write_profile(report: TuneReport, base: SearchSettings, path: str | Path, *,
         "normalizer",
         "bm25_weight",
         "knn_weight",
+        "sparse_weight",
         "bm25_depth",
         "knn_depth",
+        "sparse_depth",
         "rerank_depth",
         "rerank_interpolation",
     )

@@ -1,7 +1,8 @@
 """The Elasticsearch backend (8.15+ and 9.x) on the official ``elasticsearch`` client.
 
 What differs from OpenSearch lives here: the ``dense_vector`` mapping, the top-level ``knn`` search, and
-server-side fusion with retrievers (``rrf`` from 8.14, ``linear`` from 8.18, weighted RRF from 9.1). Where
+server-side fusion of any two or three legs (BM25, kNN, learned-sparse ``sparse_vector``) with retrievers
+(``rrf`` from 8.14, ``linear`` from 8.18, weighted RRF from 9.1). Where
 the server is too old the backend says so by its ``fusion_refusal`` capability, and the pipeline fuses in
 the client; a server that lacks the licence or answers that it does not know a retriever raises
 ``FusionUnsupported`` once, and that refusal is remembered and answered by the capability from then on.
@@ -21,7 +22,7 @@ from hybrid_search.backends.cluster.store import ClientLibrary, ClusterBackend
 from hybrid_search.config.errors import ConfigError, FusionUnsupported
 from hybrid_search.search.filters import METADATA_FIELD, Filter, to_query_dsl
 from hybrid_search.search.interfaces import ServerFusion
-from hybrid_search.search.request import Dense, Lexical, SearchRequest, two_leg_request
+from hybrid_search.search.request import Dense, Leg, SearchRequest, Sparse, two_leg_request
 
 __all__ = [
     "ElasticsearchBackend",
@@ -31,7 +32,9 @@ __all__ = [
     "es_index_body",
     "es_knn_body",
     "es_knn_clause",
+    "es_leg_retriever",
     "es_sparse_body",
+    "es_sparse_query",
 ]
 
 RRF_SINCE = (8, 14, 0)
@@ -68,9 +71,14 @@ def es_index_body(
     }
 
 
+def es_sparse_query(vector: Mapping[str, float]) -> dict[str, Any]:
+    """The ``sparse_vector`` query with the client-encoded token weights (its score: the dot product)."""
+    return {"sparse_vector": {"field": bodies.SPARSE_FIELD, "query_vector": dict(vector)}}
+
+
 def es_sparse_body(vector: Mapping[str, float], k: int, filters: Filter | None) -> dict[str, Any]:
-    """A ``sparse_vector`` query with the client-encoded token weights (its score: the dot product)."""
-    query: dict[str, Any] = {"sparse_vector": {"field": bodies.SPARSE_FIELD, "query_vector": dict(vector)}}
+    """Learned-sparse search: ``es_sparse_query``, filtered without changing the scores."""
+    query = es_sparse_query(vector)
     dsl = to_query_dsl(filters)
     if dsl:
         query = {"bool": {"must": [query], "filter": dsl}}
@@ -100,10 +108,11 @@ def es_knn_body(vector: np.ndarray, k: int, num_candidates: int, filters: Filter
 
 
 def es_fusion_refusal(request: SearchRequest, version: tuple[int, int, int]) -> str | None:
-    """Why this Elasticsearch version cannot fuse ``request`` with a retriever, or ``None`` when it can."""
+    """Why this Elasticsearch version cannot fuse ``request`` with a retriever, or ``None`` when it can (any two
+    or three of the bm25, knn and sparse legs)."""
     fusion = request.fusion
-    if fusion is None or request.leg_names != ("bm25", "knn"):
-        return f"Elasticsearch's retrievers here fuse bm25 + knn, not {'+'.join(request.leg_names)}"
+    if fusion is None or len(request.legs) < 2:
+        return "a search of one leg has nothing to fuse"
     if fusion.method == "rrf":
         if version < RRF_SINCE:
             return f"the rrf retriever needs Elasticsearch {_v(RRF_SINCE)}+"
@@ -118,24 +127,36 @@ def es_fusion_refusal(request: SearchRequest, version: tuple[int, int, int]) -> 
     return None
 
 
+def es_leg_retriever(leg: Leg, request: SearchRequest) -> dict[str, Any]:
+    """The retriever that answers one leg: ``standard`` for BM25 and the sparse leg, ``knn`` for the dense one."""
+    dsl = to_query_dsl(request.filters)
+    if isinstance(leg, Dense):
+        assert request.vector is not None, "the pipeline encodes before it fuses"
+        return {"knn": es_knn_clause(request.vector, leg.depth, leg.num_candidates, request.filters)}
+    if isinstance(leg, Sparse):
+        assert request.sparse_vector is not None, "the pipeline encodes before it fuses"
+        query = es_sparse_query(request.sparse_vector)
+    else:
+        query = bodies.bm25_query(request.query, None)
+    standard: dict[str, Any] = {"query": query}
+    if dsl:
+        standard["filter"] = dsl
+    return {"standard": standard}
+
+
 def es_fused_body(request: SearchRequest, version: tuple[int, int, int]) -> dict[str, Any]:
-    """A ``retriever`` search fusing BM25 and kNN on the server; ``FusionUnsupported`` where it cannot."""
+    """A ``retriever`` search fusing the request's legs on the server (``rrf``, weighted ``rrf`` or ``linear``
+    over one retriever per leg); ``FusionUnsupported`` where this version cannot."""
     reason = es_fusion_refusal(request, version)
     if reason is not None:
         raise FusionUnsupported(reason)
-    lexical, dense, fusion = request.leg("bm25"), request.leg("knn"), request.fusion
-    assert isinstance(lexical, Lexical) and isinstance(dense, Dense) and fusion is not None  # refusal checked
-    assert request.vector is not None, "the pipeline encodes before it fuses"
-    standard: dict[str, Any] = {"standard": {"query": bodies.bm25_query(request.query, None)}}
-    dsl = to_query_dsl(request.filters)
-    if dsl:
-        standard["standard"]["filter"] = dsl
-    knn = {"knn": es_knn_clause(request.vector, dense.depth, dense.num_candidates, request.filters)}
+    fusion = request.fusion
+    assert fusion is not None  # refusal checked
     k = request.candidates
-    window = max(lexical.depth, dense.depth, k)
-    parts = ((standard, fusion.weight("bm25")), (knn, fusion.weight("knn")))
+    window = max(*(leg.depth for leg in request.legs), k)
+    parts = [(es_leg_retriever(leg, request), fusion.weight(leg.name)) for leg in request.legs]
     if fusion.method == "rrf":
-        retrievers: list[Any] = [standard, knn]
+        retrievers: list[Any] = [r for r, _ in parts]
         if fusion.leg_weights(request.leg_names) is not None:
             retrievers = [{"retriever": r, "weight": w} for r, w in parts]
         retriever = {"rrf": {"retrievers": retrievers, "rank_window_size": window, "rank_constant": fusion.k}}

@@ -3,7 +3,9 @@
 Everything both engines agree on (connection errors, alias builds, resilient bulk, rejects, count check,
 duplicates access) comes from ``ClusterBackend``; this module holds what differs: ``index.knn`` with a
 ``knn_vector`` field (lucene or faiss HNSW, optional fp16 scalar quantisation), the ``knn`` query with its
-filter inside, and server-side fusion through a ``hybrid`` query and a search pipeline that the backend
+filter inside, learned-sparse search on ``rank_features`` (``neural_sparse`` with client-encoded
+``query_tokens`` where the neural-search plugin is installed, plain ``rank_feature`` clauses otherwise), and
+server-side fusion of any two or three legs through a ``hybrid`` query and a search pipeline that the backend
 creates or updates idempotently (``normalization-processor``: min_max or l2 with weighted arithmetic_mean;
 ``score-ranker-processor`` RRF from 2.19). Without the neural-search plugin the ``fusion_refusal`` capability says
 so and the pipeline fuses in the client; a server that refuses at run time is remembered the same way.
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,7 +26,7 @@ from hybrid_search.backends.cluster.store import ClientLibrary, ClusterBackend
 from hybrid_search.config.errors import ConfigError, FusionUnsupported
 from hybrid_search.search.filters import METADATA_FIELD, Filter, to_query_dsl
 from hybrid_search.search.interfaces import ServerFusion
-from hybrid_search.search.request import Dense, FusionSpec, Lexical, SearchRequest, two_leg_request
+from hybrid_search.search.request import Dense, FusionSpec, Leg, SearchRequest, Sparse, two_leg_request
 
 __all__ = [
     "OpenSearchBackend",
@@ -32,6 +34,9 @@ __all__ = [
     "os_hybrid_query",
     "os_index_body",
     "os_knn_body",
+    "os_leg_query",
+    "os_neural_sparse_body",
+    "os_neural_sparse_query",
     "os_pipeline_body",
     "os_pipeline_refusal",
     "os_sparse_body",
@@ -103,6 +108,26 @@ def os_sparse_body(vector: Mapping[str, float], k: int, filters: Filter | None) 
     return {"size": k, "query": query, "_source": {"excludes": bodies.SOURCE_EXCLUDES}}
 
 
+def os_neural_sparse_query(vector: Mapping[str, float], filters: Filter | None) -> dict[str, Any]:
+    """The neural-search plugin's ``neural_sparse`` query with client-encoded ``query_tokens`` (2.14+) on the
+    ``rank_features`` field: the same dot product as ``os_sparse_body``, in one clause; filtered in a bool."""
+    query: dict[str, Any] = {
+        "neural_sparse": {bodies.SPARSE_FIELD: {"query_tokens": {t: float(w) for t, w in vector.items()}}}
+    }
+    dsl = to_query_dsl(filters)
+    if dsl:
+        query = {"bool": {"must": [query], "filter": dsl}}
+    return query
+
+
+def os_neural_sparse_body(vector: Mapping[str, float], k: int, filters: Filter | None) -> dict[str, Any]:
+    return {
+        "size": k,
+        "query": os_neural_sparse_query(vector, filters),
+        "_source": {"excludes": bodies.SOURCE_EXCLUDES},
+    }
+
+
 def os_knn_query(
     vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None, version: tuple[int, int, int]
 ) -> dict[str, Any]:
@@ -126,9 +151,11 @@ def os_knn_body(
     }
 
 
-def os_pipeline_refusal(fusion: FusionSpec, version: tuple[int, int, int]) -> str | None:
-    """Why no search pipeline of this OpenSearch version fuses the way ``fusion`` asks, or ``None``."""
-    weights = fusion.leg_weights(TWO_LEGS)
+def os_pipeline_refusal(
+    fusion: FusionSpec, version: tuple[int, int, int], legs: Sequence[str] = TWO_LEGS
+) -> str | None:
+    """Why no search pipeline of this OpenSearch version fuses ``legs`` the way ``fusion`` asks, or ``None``."""
+    weights = fusion.leg_weights(legs)
     if fusion.method == "rrf":
         if version < SCORE_RANKER_SINCE:
             return "RRF in a search pipeline needs OpenSearch 2.19+"
@@ -142,10 +169,12 @@ def os_pipeline_refusal(fusion: FusionSpec, version: tuple[int, int, int]) -> st
     return None
 
 
-def os_pipeline_body(fusion: FusionSpec | ServerFusion, version: tuple[int, int, int]) -> dict[str, Any]:
-    """The search pipeline that fuses a ``hybrid`` query's sub-query results."""
+def os_pipeline_body(
+    fusion: FusionSpec | ServerFusion, version: tuple[int, int, int], legs: Sequence[str] = TWO_LEGS
+) -> dict[str, Any]:
+    """The search pipeline that fuses a ``hybrid`` query's sub-query results (one per leg, in order)."""
     spec = fusion.spec() if isinstance(fusion, ServerFusion) else fusion
-    reason = os_pipeline_refusal(spec, version)
+    reason = os_pipeline_refusal(spec, version, legs)
     if reason is not None:
         raise FusionUnsupported(reason)
     if spec.method == "rrf":
@@ -153,7 +182,7 @@ def os_pipeline_body(fusion: FusionSpec | ServerFusion, version: tuple[int, int,
             "score-ranker-processor": {"combination": {"technique": "rrf", "rank_constant": spec.k}}
         }
     else:
-        raw = [spec.weight(name) for name in TWO_LEGS]
+        raw = [spec.weight(name) for name in legs]
         weights = [w / sum(raw) for w in raw]  # the processor wants them to sum to 1
         processor = {
             "normalization-processor": {
@@ -161,19 +190,28 @@ def os_pipeline_body(fusion: FusionSpec | ServerFusion, version: tuple[int, int,
                 "combination": {"technique": "arithmetic_mean", "parameters": {"weights": weights}},
             }
         }
-    return {"description": "hybrid-search: BM25 + kNN fusion", "phase_results_processors": [processor]}
+    described = " + ".join(legs).replace("bm25", "BM25").replace("knn", "kNN")
+    return {"description": f"hybrid-search: {described} fusion", "phase_results_processors": [processor]}
+
+
+def os_leg_query(leg: Leg, request: SearchRequest, version: tuple[int, int, int]) -> dict[str, Any]:
+    """One ``hybrid`` sub-query per leg: ``match`` for BM25, ``knn``, and ``neural_sparse`` for the sparse leg."""
+    if isinstance(leg, Dense):
+        assert request.vector is not None, "the pipeline encodes before it fuses"
+        return os_knn_query(request.vector, leg.depth, leg.num_candidates, request.filters, version)
+    if isinstance(leg, Sparse):
+        assert request.sparse_vector is not None, "the pipeline encodes before it fuses"
+        return os_neural_sparse_query(request.sparse_vector, request.filters)
+    return bodies.bm25_query(request.query, request.filters)
 
 
 def os_fused_query(request: SearchRequest, version: tuple[int, int, int]) -> dict[str, Any]:
-    """The ``hybrid`` search body; ``pagination_depth`` bounds each sub-query's results (2.19+)."""
-    lexical, dense = request.leg("bm25"), request.leg("knn")
-    assert isinstance(lexical, Lexical) and isinstance(dense, Dense), "checked by fusion_refusal"
-    assert request.vector is not None, "the pipeline encodes before it fuses"
+    """The ``hybrid`` search body over the request's legs; ``pagination_depth`` bounds each sub-query's results
+    (2.19+)."""
     k = request.candidates
-    knn = os_knn_query(request.vector, dense.depth, dense.num_candidates, request.filters, version)
-    hybrid: dict[str, Any] = {"queries": [bodies.bm25_query(request.query, request.filters), knn]}
+    hybrid: dict[str, Any] = {"queries": [os_leg_query(leg, request, version) for leg in request.legs]}
     if version >= PAGINATION_DEPTH_SINCE:
-        hybrid["pagination_depth"] = max(lexical.depth, dense.depth, k)
+        hybrid["pagination_depth"] = max(*(leg.depth for leg in request.legs), k)
     return {"size": k, "query": {"hybrid": hybrid}, "_source": {"excludes": bodies.SOURCE_EXCLUDES}}
 
 
@@ -258,18 +296,20 @@ class OpenSearchBackend(ClusterBackend):
         return os_knn_body(vector, k, num_candidates, filters, self.server.version)
 
     def sparse_body(self, vector: Mapping[str, float], k: int, filters: Filter | None) -> dict[str, Any]:
-        return os_sparse_body(vector, k, filters)
+        if NEURAL_PLUGIN in self.server.plugins:
+            return os_neural_sparse_body(vector, k, filters)
+        return os_sparse_body(vector, k, filters)  # plain rank_feature clauses: the same scores, no plugin
 
     def dialect_fusion_refusal(self, request: SearchRequest) -> str | None:
         if NEURAL_PLUGIN not in self.server.plugins:
             return f"OpenSearch at {self.urls_text} has no neural-search plugin"
-        if request.fusion is None or request.leg_names != TWO_LEGS:
-            return f"OpenSearch's hybrid query here fuses bm25 + knn, not {'+'.join(request.leg_names)}"
-        return os_pipeline_refusal(request.fusion, self.server.version)
+        if request.fusion is None or len(request.legs) < 2:
+            return "a search of one leg has nothing to fuse"
+        return os_pipeline_refusal(request.fusion, self.server.version, request.leg_names)
 
     def fused_body(self, request: SearchRequest) -> dict[str, Any]:
         assert request.fusion is not None, "checked by fusion_refusal"
-        pipeline = os_pipeline_body(request.fusion, self.server.version)
+        pipeline = os_pipeline_body(request.fusion, self.server.version, request.leg_names)
         name = pipeline_name(pipeline)
         if name not in self._pipelines:  # PUT is idempotent; once per process is enough
             self.call(

@@ -30,10 +30,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="skip measuring the other text analyzer (it streams the corpus into an in-memory BM25 index)",
     )
+    legs_flag(p)
     p.add_argument("--out", default="profile.toml", help="the settings file to write (default: profile.toml)")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="write the report as JSON here")
     options.ingest_knobs(p)
     options.common(p)
+
+
+def legs_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--legs",
+        type=lambda v: [leg.strip() for leg in v.split(",") if leg.strip()],
+        metavar="LEGS",
+        help="search only settings over these legs, e.g. bm25,knn (default: every leg the index answers: "
+        "bm25, knn, and sparse where it was ingested with --sparse-model)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
             holdout=args.holdout,
             progress=not args.quiet,
             analyzer_check=args.analyzer_check,
+            legs=args.legs,
         )
     write_profile(report, settings.search, args.out, source=args.source)
     print(report.table())

@@ -235,6 +235,7 @@ class HybridSearch:
         title_field: str = "title",
         text_field: str = "text",
         vector_field: str | None = None,
+        sparse_field: str | None = None,
         fields: FieldMap | None = None,
         resume: bool = False,
         progress: bool = False,
@@ -248,7 +249,8 @@ class HybridSearch:
         ``title_field`` and ``text_field`` name the record's fields (or give a whole ``FieldMap``);
         ``vector_field`` names a precomputed embedding (made by this client's model) to store instead of
         encoding: a record whose vector has the wrong size, non-finite values or (for a normalised model)
-        not unit length is rejected with that reason.
+        not unit length is rejected with that reason. ``sparse_field`` likewise names precomputed learned-sparse
+        vectors (token -> positive weight, made by ``models.sparse_encoder``, which encodes the queries).
         Every run, finished or failed, is recorded in ``<index>-ingest`` (``logs.ingest``)."""
         from hybrid_search.ingest.sources import FieldMap, open_source
 
@@ -259,6 +261,7 @@ class HybridSearch:
                 text_field=text_field,
                 metadata_fields=tuple(metadata_fields),
                 vector_field=vector_field,
+                sparse_field=sparse_field,
             )
         if isinstance(source, (str, Path)):
             corpus: CorpusSource = open_source(source, fields)
@@ -335,12 +338,23 @@ class HybridSearch:
                 self._serving = serving
             self._build_checked = now
 
-    def reindex(self, model: str, *, resume: bool = False, progress: bool = False) -> IngestSummary:
+    def reindex(
+        self,
+        model: str | None = None,
+        *,
+        sparse_model: str | None = None,
+        resume: bool = False,
+        progress: bool = False,
+    ) -> IngestSummary:
         """Re-encode the documents the index holds with ``model`` into a new build, and move the alias to it
         only once every document is stored (searches keep answering from the old build meanwhile, and it stays
         as the previous build for ``rollback``). The analyzer, HNSW options and metadata fields carry over;
         every document must re-encode (a failure leaves the index as it was). Afterwards this client searches
-        with ``model``."""
+        with ``model``.
+
+        ``model`` defaults to the index's own bi-encoder. The learned-sparse field carries over with the
+        index's sparse model unless ``sparse_model`` names another (swapping it) or is ``""`` (dropping the
+        field); queries always use the model the serving build records."""
         from hybrid_search.encoding.encoder import Encoder
         from hybrid_search.ingest.sources import StoredIndex
 
@@ -351,9 +365,13 @@ class HybridSearch:
             raise ConfigError(f"index {self.index!r} records no vector spec: ingest it with hybrid-search first")
         source = StoredIndex(backend, stats.physical, tuple(spec.metadata_fields or ()))
         s = self.settings
+        model = model or spec.model
+        if not model:
+            raise ConfigError(f"index {self.index!r} records no model: name the bi-encoder to reindex with")
+        sparse = spec.sparse_model if sparse_model is None else sparse_model.strip()
         settings = s.model_copy(
             update={
-                "models": s.models.model_copy(update={"bi_encoder": model}),
+                "models": s.models.model_copy(update={"bi_encoder": model, "sparse_encoder": sparse}),
                 "index": s.index.model_copy(
                     update={
                         "analyzer": spec.analyzer,

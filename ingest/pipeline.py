@@ -183,6 +183,10 @@ def check_fields(source: CorpusSource, sample: int = FIELD_SAMPLE) -> None:
         raise ConfigError(
             f"no record has the vector field {fields.vector_field!r} {where} (fields seen: {seen}): fix --vector-field"
         )
+    if fields.sparse_field is not None and fields.sparse_field not in keys:
+        raise ConfigError(
+            f"no record has the sparse field {fields.sparse_field!r} {where} (fields seen: {seen}): fix --sparse-field"
+        )
     for name in fields.metadata_fields:
         if name not in keys:
             raise ConfigError(
@@ -267,11 +271,17 @@ def _run_ingest(
 ) -> IngestSummary:
     for name in source.fields.metadata_fields:
         check_field_name(name, "--metadata-fields entry", ConfigError)
+    precomputed_sparse = source.fields.sparse_field is not None
+    if precomputed_sparse and sparse is None:
+        raise ConfigError(
+            f"--sparse-field {source.fields.sparse_field!r} needs --sparse-model naming the model that made those "
+            "vectors: it encodes the queries, and the index records it"
+        )
     if settings.ingest.check_fields:
         check_fields(source)  # a misspelt field fails here: before a model loads or an index is created
     spec = index_spec_for(encoder, settings, source.fields.metadata_fields, sparse)
     encoder.load()  # model loading is not encode time
-    if sparse is not None:
+    if sparse is not None and not precomputed_sparse:
         sparse.load()
     ckpt_path = Checkpoint.path_for(settings.data_dir, alias)
     ckpt, resumed = _start(backend, spec, ckpt_path, alias, source.name, encoder.model_name, resume)
@@ -488,7 +498,9 @@ def _encode(batch: _Batch, encoder: Encoder, run: _Run) -> None:
     """Vectors for the batch: the precomputed ones its records carried, or the encoder's."""
     if not batch.docs:
         return
-    if run.sparse_encoder is not None:
+    if batch.docs[0].sparse is not None:  # a sparse field is required of every record, so all or none
+        batch.sparse = [dict(d.sparse or {}) for d in batch.docs]
+    elif run.sparse_encoder is not None:
         t = time.perf_counter()
         batch.sparse = run.sparse_encoder.encode_documents([d.passage for d in batch.docs])
         run.encode_s += time.perf_counter() - t

@@ -55,6 +55,7 @@ class FieldMap:
     text_field: str = "text"
     metadata_fields: tuple[str, ...] = ()
     vector_field: str | None = None  # a precomputed embedding: stored as is, never encoded
+    sparse_field: str | None = None  # precomputed learned-sparse vectors (token -> weight): checked, never encoded
 
 
 @dataclass(frozen=True, slots=True)

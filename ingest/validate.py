@@ -34,6 +34,7 @@ class Document:
     position: int
     metadata: Mapping[str, Any] = field(default_factory=dict)
     vector: np.ndarray | None = None  # precomputed (``--vector-field``), checked; None: to be encoded
+    sparse: Mapping[str, float] | None = None  # precomputed (``--sparse-field``), checked; None: to be encoded
 
     @property
     def passage(self) -> str:
@@ -197,11 +198,42 @@ def _check(
         vector, why = vectors.reason(raw.get(fields.vector_field), fields.vector_field)
         if why is not None:
             return Reject(record.position, doc_id, why)
+    sparse = None
+    if fields.sparse_field is not None:
+        sparse, why = sparse_reason(raw.get(fields.sparse_field), fields.sparse_field)
+        if why is not None:
+            return Reject(record.position, doc_id, why)
     first = seen.first_seen(doc_id, record.position)
     if first is not None:
         return Reject(record.position, doc_id, f"duplicate id (first seen at position {first})")
     metadata = {m: raw[m] for m in fields.metadata_fields if raw.get(m) is not None}
-    return Document(doc_id, title.strip(), text.strip(), record.position, metadata, vector)
+    return Document(doc_id, title.strip(), text.strip(), record.position, metadata, vector, sparse)
+
+
+MAX_SPARSE_TOKENS = 65_536  # above any model vocabulary (BERT's has 30,522): a bigger one is not a token vector
+
+
+def sparse_reason(value: Any, name: str) -> tuple[dict[str, float] | None, str | None]:
+    """(the precomputed sparse vector, None) or (None, why it is refused): an object of token -> positive
+    finite weight (JSON text in a CSV cell), tokens without ``.``, at most ``MAX_SPARSE_TOKENS`` of them."""
+    from hybrid_search.encoding.sparse import check_sparse_vector
+
+    if value is None:
+        return None, f"missing sparse field {name!r}"
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None, f"sparse field {name!r} is not an object of token -> weight"
+    if isinstance(value, dict) and len(value) > MAX_SPARSE_TOKENS:
+        return (
+            None,
+            f"sparse field {name!r} has {len(value):,} tokens, over {MAX_SPARSE_TOKENS:,}: is it a sparse vector?",
+        )
+    checked = check_sparse_vector(value)
+    if isinstance(checked, str):
+        return None, f"sparse field {name!r}: {checked}"
+    return checked, None
 
 
 def validate(

@@ -216,6 +216,11 @@ def ingest_knobs(p: argparse.ArgumentParser) -> None:
         "--vector-field",
         help="a field holding each record's precomputed embedding (from --model): checked and stored, not encoded",
     )
+    g.add_argument(
+        "--sparse-field",
+        help="a field holding each record's precomputed sparse vector (token -> weight, from --sparse-model): "
+        "checked and stored, not encoded",
+    )
 
 
 def log_knobs(p: argparse.ArgumentParser) -> None:
@@ -260,6 +265,7 @@ def field_map(args: argparse.Namespace) -> FieldMap:
         text_field=args.text_field,
         metadata_fields=meta,
         vector_field=args.vector_field or None,
+        sparse_field=getattr(args, "sparse_field", None) or None,
     )
 
 

@@ -11,7 +11,7 @@ from hybrid_search.app.cli import options
 if TYPE_CHECKING:
     from hybrid_search.config.settings import Settings
 
-HELP = "fine-tune the bi-encoder or a cross-encoder, or adapt to a corpus"
+HELP = "fine-tune the bi-encoder, a cross-encoder or a sparse encoder, or adapt to a corpus"
 
 
 def _train_knobs(p: argparse.ArgumentParser, *, base_help: str) -> None:
@@ -43,6 +43,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t = what.add_parser("cross-encoder", help="train a duplicate / not cross-encoder on labelled pairs")
     t.add_argument("pairs", help="question1,question2,is_duplicate or sentence1,sentence2,label")
     _train_knobs(t, base_help="model to start from (default: the configured bi-encoder's weights, new head)")
+    t = what.add_parser("sparse", help="fine-tune a SPLADE sparse encoder on pairs (SpladeLoss, in-batch negatives)")
+    t.add_argument("pairs", help="question1,question2[,is_duplicate] | anchor,positive[,negative] | BEIR folder")
+    t.add_argument(
+        "--query-regularizer", type=float, default=5e-5, help="FLOPS weight on query vectors (higher: sparser)"
+    )
+    t.add_argument(
+        "--document-regularizer", type=float, default=3e-5, help="FLOPS weight on document vectors (higher: sparser)"
+    )
+    _train_knobs(t, base_help="SPLADE model to start from (default: --sparse-model setting, else splade-tiny)")
     t = what.add_parser("adapt", help="adapt the bi-encoder to an index's documents without labels")
     options.index_flag(t)
     t.add_argument("--method", default="simcse", choices=["simcse", "tsdae"])
@@ -64,9 +73,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     options.quiet_model_loading()
-    summary = {"bi-encoder": _bi_encoder, "cross-encoder": _cross_encoder, "adapt": _adapt}[args.train_command](
-        args, settings, opts
-    )
+    commands = {"bi-encoder": _bi_encoder, "cross-encoder": _cross_encoder, "sparse": _sparse, "adapt": _adapt}
+    summary = commands[args.train_command](args, settings, opts)
     print(summary.text())
     options.write_json(summary.to_dict(), args.json_out)
     return 0
@@ -114,6 +122,26 @@ def _cross_encoder(args: argparse.Namespace, settings: Settings, opts: Any) -> A
         overwrite=args.overwrite,
         evaluate=_rerank_evaluator(args, settings),
         reference=settings.models.cross_encoder,
+    )
+
+
+def _sparse(args: argparse.Namespace, settings: Settings, opts: Any) -> Any:
+    from hybrid_search.app import training as train
+
+    evaluate = None
+    if args.eval_source:
+        evaluate = lambda folder: train.sparse_quality(
+            folder, args.eval_source, max_queries=args.eval_max_queries, device=settings.models.device
+        )
+    return train.train_sparse_encoder(
+        train.read_pairs(args.pairs, max_pairs=args.max_pairs),
+        args.out,
+        base=args.base or settings.models.sparse_encoder or "splade-tiny",
+        options=opts,
+        overwrite=args.overwrite,
+        evaluate=evaluate,
+        query_regularizer=args.query_regularizer,
+        document_regularizer=args.document_regularizer,
     )
 
 

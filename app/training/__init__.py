@@ -1,5 +1,5 @@
-"""Training: fine-tune the bi-encoder or a cross-encoder on the user's pairs, or adapt the
-bi-encoder to an index's documents without labels.
+"""Training: fine-tune the bi-encoder, a cross-encoder or a SPLADE sparse encoder on the user's pairs, or
+adapt the bi-encoder to an index's documents without labels.
 
 The training loops are sentence-transformers' own (``SentenceTransformerTrainer``, ``CrossEncoderTrainer``, in
 the ``train`` extra); this module reads and checks the user's pairs, mines hard negatives through the
@@ -17,7 +17,7 @@ Pairs, from a CSV, JSONL or Parquet file:
 
 from hybrid_search.app.training.mining import MiningReport, mine_hard_negatives
 from hybrid_search.app.training.pairs import PairSet, index_passages, read_pairs
-from hybrid_search.app.training.quality import knn_quality, rerank_quality
+from hybrid_search.app.training.quality import knn_quality, rerank_quality, sparse_quality
 from hybrid_search.app.training.trainers import (
     ADAPT_METHODS,
     LOSSES,
@@ -27,6 +27,7 @@ from hybrid_search.app.training.trainers import (
     staged_output,
     train_bi_encoder,
     train_cross_encoder,
+    train_sparse_encoder,
 )
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
     "mine_hard_negatives",
     "read_pairs",
     "rerank_quality",
+    "sparse_quality",
+    "train_sparse_encoder",
     "staged_output",
     "train_bi_encoder",
     "train_cross_encoder",

@@ -13,7 +13,7 @@ import numpy as np
 from hybrid_search.app.training.pairs import read_passages
 from hybrid_search.app.training.trainers import base_folder
 
-__all__ = ["knn_quality", "rerank_quality"]
+__all__ = ["knn_quality", "rerank_quality", "sparse_quality"]
 
 log = logging.getLogger(__name__)
 
@@ -91,3 +91,31 @@ def rerank_quality(
     out[f"rerank@{depth}_ndcg@10"] = _metrics(query_set.qrels, reranked[1.0])["ndcg@10"]
     out[f"rerank@{depth}_a0.5_ndcg@10"] = _metrics(query_set.qrels, reranked[0.5])["ndcg@10"]
     return out
+
+
+def sparse_quality(
+    model_folder: str | Path, source: str | Path, *, max_queries: int | None = None, device: str = "auto"
+) -> dict[str, float]:
+    """Exact learned-sparse (dot product) nDCG@10, Recall@100 and MRR@10 of a SPLADE model on a BEIR folder,
+    the corpus encoded in memory into the embedded backend's exact postings."""
+    import json
+
+    from hybrid_search.app.evaluate import select_queries
+    from hybrid_search.backends.embedded.sparse import SparsePostings
+    from hybrid_search.config.settings import ModelSettings
+    from hybrid_search.encoding.sparse import SparseEncoder
+    from hybrid_search.ingest.sources import open_query_set
+
+    query_set = open_query_set(source)
+    queries = select_queries(query_set.queries, query_set.qrels, max_queries)
+    encoder = SparseEncoder(str(model_folder), settings=ModelSettings(device=device))
+    try:
+        passages = read_passages(source)
+        ids = list(passages)
+        vectors = encoder.encode_documents(list(passages.values()))
+        postings = SparsePostings((i, json.dumps(v)) for i, v in enumerate(vectors))
+        encoded = encoder.encode_queries([t for _, t in queries])
+    finally:
+        encoder.close()
+    run = {qid: [ids[i] for i, _ in postings.search(q, 101)] for (qid, _), q in zip(queries, encoded, strict=True)}
+    return _metrics(query_set.qrels, run)

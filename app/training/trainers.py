@@ -29,6 +29,7 @@ __all__ = [
     "TrainSummary",
     "train_bi_encoder",
     "train_cross_encoder",
+    "train_sparse_encoder",
     "adapt",
 ]
 
@@ -289,6 +290,54 @@ def train_cross_encoder(
         finished = _finish(model, trainer, work, options)
         _write_card(work, kind="cross-encoder", base=base, loss="binary-cross-entropy", pairs=len(pairs))
     return _Run("cross-encoder", base, len(pairs), "binary-cross-entropy", device, before, _RECORDED).summary(
+        out, finished, evaluate, options
+    )
+
+
+def train_sparse_encoder(
+    pairs: PairSet,
+    out: str | Path,
+    *,
+    base: str,
+    options: TrainOptions = TrainOptions(),
+    overwrite: bool = False,
+    evaluate: Any = None,
+    query_regularizer: float = 5e-5,
+    document_regularizer: float = 3e-5,
+) -> TrainSummary:
+    """Fine-tune a SPLADE sparse encoder on positives (a given negative joins each batch) with
+    sentence-transformers' own ``SparseEncoderTrainer``: ``SpladeLoss`` around
+    ``SparseMultipleNegativesRankingLoss`` (in-batch negatives), with FLOPS regularisation of query and
+    document vectors (``query_regularizer`` / ``document_regularizer``: higher keeps vectors sparser, hence
+    faster to search). ``base`` is a SPLADE model (hub id, folder, or splade-tiny offline)."""
+    _st()  # the train extra, or a clear error naming it
+    from datasets import Dataset
+    from sentence_transformers.sparse_encoder import (
+        SparseEncoder,
+        SparseEncoderTrainer,
+        SparseEncoderTrainingArguments,
+    )
+    from sentence_transformers.sparse_encoder.losses import SparseMultipleNegativesRankingLoss, SpladeLoss
+
+    a, p, neg = pairs.positives()
+    data = Dataset.from_dict({"anchor": a, "positive": p, **({"negative": neg} if neg is not None else {})})
+    folder = base_folder(base)
+    before = evaluate(folder) if evaluate is not None else None
+    device, _ = _device(options.device)
+    loss_name = "splade(sparse-mnrl)"
+    with staged_output(out, overwrite=overwrite) as work:
+        model = SparseEncoder(str(folder), device=device)
+        loss = SpladeLoss(
+            model,
+            loss=SparseMultipleNegativesRankingLoss(model),
+            query_regularizer_weight=query_regularizer,
+            document_regularizer_weight=document_regularizer,
+        )
+        args = _args(SparseEncoderTrainingArguments, options, work, _steps_hint(len(data), options))
+        trainer = SparseEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss)
+        finished = _finish(model, trainer, work, options)
+        _write_card(work, kind="sparse-encoder", base=base, loss=loss_name, pairs=len(pairs))
+    return _Run("sparse-encoder", base, len(pairs), loss_name, device, before, _RECORDED).summary(
         out, finished, evaluate, options
     )
 

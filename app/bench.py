@@ -112,6 +112,37 @@ def bench_encode(settings: Settings, source: str | None, docs: int, batch_size: 
     }
 
 
+def bench_encode_sparse(
+    settings: Settings, source: str | None, docs: int, batch_size: int, repeats: int
+) -> dict[str, Any]:
+    """Our SPLADE encoder against sentence-transformers' ``SparseEncoder`` on the same passages and model."""
+    SparseReference = _sentence_transformers().SparseEncoder
+
+    from hybrid_search.encoding.sparse import SparseEncoder
+
+    passages, _ = _texts(source, docs)
+    ours = SparseEncoder(settings.models.sparse_encoder or "splade-tiny", settings=settings.models)
+    ours.load()
+    reference = SparseReference(str(ours.folder), device=ours.device)
+    t_ours = _time(lambda: ours.encode_documents(passages), repeats)
+    t_ref = _time(lambda: reference.encode(passages, batch_size=batch_size, show_progress_bar=False), repeats)
+    nonzero = [len(v) for v in ours.encode_documents(passages[: min(len(passages), 256)])]
+    return {
+        "bench": "encode-sparse",
+        "model": ours.model_name,
+        "texts": len(passages),
+        "machine": _machine(ours.device),
+        "ours": {"docs_per_s": len(passages) / t_ours, "batch_tokens": ours.batch_tokens},
+        "reference": {
+            "name": "sentence_transformers.SparseEncoder.encode",
+            "batch_size": batch_size,
+            "docs_per_s": len(passages) / t_ref,
+        },
+        "ratio_ours_to_reference": t_ref / t_ours,
+        "mean_nonzero_tokens": sum(nonzero) / len(nonzero) if nonzero else 0.0,
+    }
+
+
 def random_cross_encoder(
     tokenizer_dir: Path, out: Path, *, layers: int = 12, hidden: int = 384, heads: int = 12, intermediate: int = 1536
 ) -> Path:
@@ -476,11 +507,12 @@ def run_bench(
     modes: Sequence[str] = (),
     neighbour: bool = False,
     dtypes: Sequence[str] = (),
+    sparse: bool = False,
 ) -> dict[str, Any]:
-    """Run one benchmark and return its JSON-ready report."""
+    """Run one benchmark and return its JSON-ready report (``sparse``: ``encode`` times the SPLADE encoder)."""
     if what in ("encode", "rerank") and dtypes:
         # the same bench once per precision (fp16 vs bf16 on a GPU), each beside its reference in that run
-        run = bench_encode if what == "encode" else bench_rerank
+        run = bench_rerank if what == "rerank" else bench_encode_sparse if sparse else bench_encode
         by_dtype = {}
         for dtype in dtypes:
             if dtype not in ("auto", "float32", "float16", "bfloat16"):
@@ -488,6 +520,8 @@ def run_bench(
             models = settings.models.model_copy(update={"dtype": dtype})
             by_dtype[dtype] = run(settings.model_copy(update={"models": models}), source, docs, batch_size, repeats)
         report = {"bench": what, "dtypes": list(dtypes), "by_dtype": by_dtype}
+    elif what == "encode" and sparse:
+        report = bench_encode_sparse(settings, source, docs, batch_size, repeats)
     elif what == "encode":
         report = bench_encode(settings, source, docs, batch_size, repeats)
     elif what == "rerank":

@@ -9,7 +9,10 @@ Each size runs in a fresh process (its peak resident memory is its own) and repo
 ingest stage's own rate, peak RSS beside the size of the vectors and HNSW graph, bytes on disk, BM25 / kNN /
 hybrid latency p50 and p95 (query vectors given: encoding a query is ``bench search``'s business), kNN
 recall@10 against exact search, and filtered kNN at each selectivity (latency and recall against exact
-filtered search). Across sizes, each cost's growth exponent is the slope of log(cost) on log(size).
+filtered search). With ``--sparse`` each document also carries a synthetic learned-sparse vector (its words
+plus Zipf-drawn expansion tokens, ~150 non-zeros, as SPLADE's passages have), ingested as precomputed
+(``FieldMap.sparse_field``), and the ``sparse`` and ``hybrid3`` modes are timed too. Across sizes, each
+cost's growth exponent is the slope of log(cost) on log(size).
 """
 
 from __future__ import annotations
@@ -53,12 +56,27 @@ def _word(i: int) -> str:
 class SyntheticCorpus:
     """A corpus source of ``size`` generated documents (see the module docstring); deterministic per seed."""
 
-    def __init__(self, size: int, dims: int = 384, *, seed: int = 0, words: int = 40, batch: int = 10_000) -> None:
+    def __init__(
+        self,
+        size: int,
+        dims: int = 384,
+        *,
+        seed: int = 0,
+        words: int = 40,
+        batch: int = 10_000,
+        sparse: bool = False,
+    ) -> None:
         if size < 1:
             raise ConfigError("corpus size must be at least 1")
         self.size, self.dims, self.seed, self.words, self.batch = size, dims, seed, words, batch
-        self.name = f"synthetic:{size}x{dims}:seed{seed}"
-        self.fields = FieldMap(id_fields=("_id",), metadata_fields=tuple(SELECTIVITIES), vector_field="vector")
+        self.sparse = sparse
+        self.name = f"synthetic:{size}x{dims}:seed{seed}" + (":sparse" if sparse else "")
+        self.fields = FieldMap(
+            id_fields=("_id",),
+            metadata_fields=tuple(SELECTIVITIES),
+            vector_field="vector",
+            sparse_field="sparse" if sparse else None,
+        )
         self.vocab = [_word(i) for i in range(_VOCAB)]
         rng = np.random.default_rng(seed)
         centres = rng.standard_normal((_CLUSTERS, dims)).astype(np.float32)
@@ -99,9 +117,17 @@ class SyntheticCorpus:
                         "title": " ".join(self.vocab[w] for w in row[:4]),
                         "text": " ".join(self.vocab[w] for w in row[4:]),
                         "vector": vectors[j],
+                        **({"sparse": self._sparse_vector(row, rng)} if self.sparse else {}),
                         **{f: "y" for f in SELECTIVITIES if flags[f][j]},
                     },
                 )
+
+    def _sparse_vector(self, words: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
+        """A learned-sparse-like vector: the document's own words plus as many Zipf-drawn expansion tokens
+        (SPLADE's passages hold ~130-180 non-zeros, its queries ~18), each with a weight in (0, 3]."""
+        tokens = {*words.tolist(), *rng.choice(_VOCAB, size=3 * len(words), p=self.word_p).tolist()}
+        weights = rng.uniform(0.05, 3.0, len(tokens))
+        return {self.vocab[t]: float(w) for t, w in zip(tokens, weights, strict=True)}
 
     def queries(self, n: int) -> tuple[list[str], np.ndarray]:
         """``n`` query texts (three mid-frequency words) and query vectors (near a cluster centre)."""
@@ -110,6 +136,18 @@ class SyntheticCorpus:
         centres = self.centres[rng.integers(0, _CLUSTERS, n)]
         q = centres + 0.7 * rng.standard_normal((n, self.dims)).astype(np.float32) / math.sqrt(self.dims)
         return texts, (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+    def sparse_queries(self, texts: Sequence[str]) -> list[dict[str, float]]:
+        """Each query text's words plus 15 Zipf-drawn expansion tokens, weighted in (0, 3]."""
+        rng = np.random.default_rng((self.seed, 98))
+        index = {w: i for i, w in enumerate(self.vocab)}
+        out = []
+        for text in texts:
+            tokens = {*(index[w] for w in text.split()), *rng.choice(_VOCAB, size=15, p=self.word_p).tolist()}
+            out.append(
+                {self.vocab[t]: float(w) for t, w in zip(tokens, rng.uniform(0.05, 3.0, len(tokens)), strict=True)}
+            )
+        return out
 
 
 def _exact_top(corpus: SyntheticCorpus, queries: np.ndarray, k: int, field: str | None = None) -> list[list[str]]:
@@ -134,6 +172,20 @@ def _exact_top(corpus: SyntheticCorpus, queries: np.ndarray, k: int, field: str 
     return [[f"d{i}" for i in row] for row in best_ids]
 
 
+def _exact_sparse_top(corpus: SyntheticCorpus, queries: Sequence[dict[str, float]], k: int) -> list[list[str]]:
+    """Brute-force top ``k`` by sparse dot product over the generated documents (ties by id order)."""
+    from hybrid_search.encoding.sparse import sparse_dot
+
+    scored: list[list[tuple[float, int, str]]] = [[] for _ in queries]
+    for position, record in enumerate(corpus.records()):
+        fields = record.fields or {}
+        for i, q in enumerate(queries):
+            score = sparse_dot(q, fields["sparse"])
+            if score > 0:
+                scored[i].append((-score, position, fields["_id"]))
+    return [[doc_id for _, _, doc_id in sorted(s)[:k]] for s in scored]
+
+
 def _pcts(ms: Sequence[float]) -> dict[str, float]:
     return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3)}
 
@@ -144,15 +196,22 @@ def _recall(found: Sequence[Sequence[str]], exact: Sequence[Sequence[str]], k: i
     )
 
 
-def measure_one(settings: Settings, size: int, *, queries: int = 200, progress: bool = False) -> dict[str, Any]:
-    """Ingest and measure one corpus size (see the module docstring), in this process."""
+def measure_one(
+    settings: Settings, size: int, *, queries: int = 200, progress: bool = False, sparse: bool = False
+) -> dict[str, Any]:
+    """Ingest and measure one corpus size (see the module docstring), in this process; ``sparse`` adds a
+    learned-sparse field (precomputed, synthetic) and times the ``sparse`` and ``hybrid3`` modes."""
     from hybrid_search.app.client import HybridSearch
     from hybrid_search.search.request import build_request
     from hybrid_search.search.searcher import RetrievalPipeline
 
+    if sparse:  # the name the index records for its sparse vectors: they are given, so it never loads
+        settings = settings.model_copy(
+            update={"models": settings.models.model_copy(update={"sparse_encoder": "synthetic-sparse"})}
+        )
     hs = HybridSearch.from_settings(settings)
     dims = hs.encoder.dims
-    corpus = SyntheticCorpus(size, dims)
+    corpus = SyntheticCorpus(size, dims, sparse=sparse)
     out: dict[str, Any] = {"docs": size, "dims": dims, "backend": settings.backend.kind}
     rss_before = _peak_rss()
     summary = hs.ingest(corpus, fields=corpus.fields, progress=progress)
@@ -175,23 +234,31 @@ def measure_one(settings: Settings, size: int, *, queries: int = 200, progress: 
     # each mode as it ships: the settings' default request (fusion, weights, depths), run by the real pipeline
     # with the query vector given (encoding a query is `bench search`'s business) and no reranker
     pipeline = RetrievalPipeline(backend, index=index, settings=settings.search.model_copy(update={"rerank": False}))
-    modes = ("bm25", "knn", "hybrid")
+    modes = ("bm25", "knn", "hybrid", *(("sparse", "hybrid3") if sparse else ()))
     out["requests"] = {m: repr(build_request(pipeline.settings, "q", mode=m, top_k=10)) for m in modes}
+    qsparse: list[dict[str, float] | None] = [*corpus.sparse_queries(texts)] if sparse else [None] * len(texts)
     for _ in range(3):  # warm caches
         for mode in modes:
-            pipeline.search(texts[0], mode=mode, top_k=10, vector=qvec[0])
+            pipeline.search(texts[0], mode=mode, top_k=10, vector=qvec[0], sparse_vector=qsparse[0])
     lat: dict[str, list[float]] = {m: [] for m in modes}
     knn_found: list[list[str]] = []
-    for text, vec in zip(texts, qvec, strict=True):
+    sparse_found: list[list[str]] = []
+    for text, vec, sv in zip(texts, qvec, qsparse, strict=True):
         for mode in modes:
             t = time.perf_counter()
-            result = pipeline.search(text, mode=mode, top_k=10, vector=vec)
+            result = pipeline.search(text, mode=mode, top_k=10, vector=vec, sparse_vector=sv)
             lat[mode].append((time.perf_counter() - t) * 1000)
             if mode == "knn":
                 knn_found.append(result.doc_ids)
+            elif mode == "sparse":
+                sparse_found.append(result.doc_ids)
     out["latency"] = {mode: _pcts(v) for mode, v in lat.items()}
     exact = _exact_top(corpus, qvec, 10)
     out["knn_recall@10"] = round(_recall(knn_found, exact), 4)
+    if sparse:  # the sparse leg is exact: its top 10 is brute force's (checked where brute force is affordable)
+        checked = min(len(texts), 20) if size <= 50_000 else 0
+        top = _exact_sparse_top(corpus, [q for q in qsparse[:checked] if q is not None], 10)
+        out["sparse_exact@10"] = round(_recall(sparse_found[:checked], top), 4) if checked else None
     # the recall / latency trade-off: the HNSW candidate pool (efSearch) a query may use
     out["knn_by_num_candidates"] = {}
     for pool in (100, 200, 400, 800):
@@ -243,6 +310,7 @@ def bench_scale(
     queries: int = 200,
     plot: str | None = None,
     progress: bool = False,
+    sparse: bool = False,
 ) -> dict[str, Any]:
     """Every size in a fresh process with its own data directory; the report adds growth exponents."""
     if sorted(set(sizes)) != list(sizes):
@@ -257,7 +325,7 @@ def bench_scale(
                     "ingest": settings.ingest.model_copy(update={"batch_size": max(settings.ingest.batch_size, 2_000)}),
                 }
             )
-            cmd = [sys.executable, "-m", "hybrid_search.app.scale", str(size), str(queries)]
+            cmd = [sys.executable, "-m", "hybrid_search.app.scale", str(size), str(queries), *(["sparse"] * sparse)]
             proc = subprocess.run(
                 cmd,
                 input=one.model_dump_json(),
@@ -274,7 +342,7 @@ def bench_scale(
         "upsert_seconds_per_doc": [1.0 / r["ingest"]["docs_per_s"] for r in runs],
         "peak_rss_bytes": [r["peak_rss_bytes"] for r in runs],
         "bytes_on_disk": [r["bytes_on_disk"] or 0 for r in runs],
-        **{f"{m}_p50_ms": [r["latency"][m]["p50_ms"] for r in runs] for m in ("bm25", "knn", "hybrid")},
+        **{f"{m}_p50_ms": [r["latency"][m]["p50_ms"] for r in runs] for m in runs[0]["latency"]},
         **{f"filtered_knn_{s}_p50_ms": [r["filtered_knn"][s]["p50_ms"] for r in runs] for s in ("1%", "10%", "50%")},
     }
     report["growth_exponents"] = {name: growth_exponent(sizes, values) for name, values in costs.items()}
@@ -323,5 +391,6 @@ if __name__ == "__main__":  # one size, in its own process: settings JSON on std
         int(sys.argv[1]),
         queries=int(sys.argv[2]),
         progress=os.environ.get("HYBRID_SEARCH_SCALE_PROGRESS") == "1",
+        sparse="sparse" in sys.argv[3:],
     )
     print(json.dumps(_report, default=float))

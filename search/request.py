@@ -308,13 +308,15 @@ def parse_mode(mode: str) -> tuple[str, bool]:
 class Preset(TypedDict, total=False):
     """What a caller may say of a mode preset (every key optional; the settings give the rest): ``mode``
     (``bm25``, ``knn`` or ``hybrid``, optionally ``+rerank``), ``top_k``, ``rerank`` (overrides the settings'
-    default), ``filters``, and ``vector``, the query's embedding when the caller already has it."""
+    default), ``filters``, and ``vector`` / ``sparse_vector``, the query's embedding / learned-sparse vector
+    when the caller already has it."""
 
     mode: str | None
     top_k: int | None
     rerank: bool | None
     filters: Filter | None
     vector: np.ndarray | None
+    sparse_vector: Mapping[str, float] | None
 
 
 def build_request(settings: SearchSettings, query: str, **preset: Unpack[Preset]) -> SearchRequest:
@@ -337,6 +339,7 @@ def build_request(settings: SearchSettings, query: str, **preset: Unpack[Preset]
         rerank=rerank_spec,
         filters=preset.get("filters"),
         vector=preset.get("vector"),
+        sparse_vector=preset.get("sparse_vector"),
     )
     check_limits(settings, request)
     return request

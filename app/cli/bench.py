@@ -23,6 +23,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--neighbour", action="store_true", help="search --concurrency: also beside a CPU-bound process")
     options.setting(p, "--threads", path="search.threads", type=int, help="CPU threads per search (0: all cores)")
     p.add_argument("--dtypes", help="encode / rerank: run once per precision, e.g. float16,bfloat16 (CUDA) or float32")
+    p.add_argument(
+        "--sparse",
+        action="store_true",
+        help="encode: time the SPLADE encoder (--sparse-model, default splade-tiny); scale: add a learned-sparse "
+        "field and time the sparse and three-leg modes",
+    )
+    options.setting(p, "--sparse-model", path="models.sparse_encoder", help="encode --sparse: the SPLADE model")
     p.add_argument("--plot", metavar="PNG", help="scale: draw each cost against corpus size (needs matplotlib)")
     p.add_argument("--batch-size", type=int, default=32, help="reference batch size")
     p.add_argument("--repeats", type=int, default=3)
@@ -42,7 +49,12 @@ def run(args: argparse.Namespace) -> int:
         from hybrid_search.app.scale import bench_scale
 
         report = bench_scale(
-            settings, args.docs or [10_000, 100_000], queries=args.queries, plot=args.plot, progress=not args.quiet
+            settings,
+            args.docs or [10_000, 100_000],
+            queries=args.queries,
+            plot=args.plot,
+            progress=not args.quiet,
+            sparse=args.sparse,
         )
         options.emit_json(report, args.json_out)
         return 0
@@ -61,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         modes=modes,
         neighbour=args.neighbour,
         dtypes=[d.strip() for d in args.dtypes.split(",") if d.strip()] if args.dtypes else (),
+        sparse=args.sparse,
     )
     options.emit_json(report, args.json_out)
     return 0

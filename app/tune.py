@@ -1,9 +1,10 @@
 """``hybrid-search tune``: learn the pipeline's settings from the user's judgements.
 
-Each first-stage retriever (BM25, kNN) runs once per query at the largest depth in the search space, and the
-cross-encoder scores each (query, document) pair at most once, on demand; every candidate setting is then
-scored from that cache in memory, with the same fusion and rerank functions a search uses, so a few hundred
-settings cost seconds, not re-queries. The search space is an exhaustive grid (a few hundred settings):
+Each first-stage retriever (BM25, kNN, and learned-sparse where the index has it) runs once per query at the
+largest depth in the search space, and the cross-encoder scores each (query, document) pair at most once, on
+demand; every candidate setting is then scored from that cache in memory, with the same fusion and rerank
+functions a search uses, so thousands of settings cost seconds, not re-queries. The search space is an
+exhaustive grid (``tune_space``: 884 settings over two legs, 5,577 over three):
 small enough to try in full, which keeps the choice reproducible and leaves nothing to a sampler's luck;
 ``--budget N`` tries a seeded sample of N instead, always with the fixed modes among them.
 

@@ -355,6 +355,7 @@ class HybridSearch:
         ``model`` defaults to the index's own bi-encoder. The learned-sparse field carries over with the
         index's sparse model unless ``sparse_model`` names another (swapping it) or is ``""`` (dropping the
         field); queries always use the model the serving build records."""
+        from hybrid_search.app.reindexing import reindex_settings
         from hybrid_search.encoding.encoder import Encoder
         from hybrid_search.ingest.sources import StoredIndex
 
@@ -365,25 +366,7 @@ class HybridSearch:
             raise ConfigError(f"index {self.index!r} records no vector spec: ingest it with hybrid-search first")
         source = StoredIndex(backend, stats.physical, tuple(spec.metadata_fields or ()))
         s = self.settings
-        model = model or spec.model
-        if not model:
-            raise ConfigError(f"index {self.index!r} records no model: name the bi-encoder to reindex with")
-        sparse = spec.sparse_model if sparse_model is None else sparse_model.strip()
-        settings = s.model_copy(
-            update={
-                "models": s.models.model_copy(update={"bi_encoder": model, "sparse_encoder": sparse}),
-                "index": s.index.model_copy(
-                    update={
-                        "analyzer": spec.analyzer,
-                        "hnsw_m": spec.hnsw_m,
-                        "hnsw_ef_construction": spec.hnsw_ef_construction,
-                    }
-                ),
-                # stored documents were validated when they were ingested: any refusal now is fatal, so the
-                # new build holds exactly what the old one does or is never served
-                "ingest": s.ingest.model_copy(update={"strict": True, "check_fields": False}),
-            }
-        )
+        settings = reindex_settings(s, spec, model=model, sparse_model=sparse_model)
         encoder = Encoder(settings=settings.models)
         summary = self._build(source, encoder, settings, resume=resume, progress=progress)
         if "bi_encoder" in s.models.model_fields_set:  # a model the user named follows the index to the new one

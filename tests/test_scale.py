@@ -51,31 +51,16 @@ def test_growth_exponent_by_hand():
     assert growth_exponent([1e3], [1.0]) is None
 
 
+def _bench_scale(cwd, *args: str) -> subprocess.CompletedProcess:
+    """``hybrid-search bench scale ARGS --quiet`` in ``cwd``, offline."""
+    command = [sys.executable, "-m", "hybrid_search.app.cli", "bench", "scale", *args, "--quiet"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
 def test_bench_scale_command_writes_json_and_plot(tmp_path):
     out, png = tmp_path / "scale.json", tmp_path / "scale.png"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hybrid_search.app.cli",
-            "bench",
-            "scale",
-            "--docs",
-            "1500,3000",
-            "--queries",
-            "20",
-            "--json",
-            str(out),
-            "--plot",
-            str(png),
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        timeout=600,
-    )
+    proc = _bench_scale(tmp_path, "--docs", "1500,3000", "--queries", "20", "--json", str(out), "--plot", str(png))
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     assert [r["docs"] for r in report["runs"]] == [1500, 3000]
@@ -151,15 +136,7 @@ def test_sparse_benches_run_as_one_command_each(tmp_path):
     assert all(10 <= len(q) <= 18 for q in queries)
 
     out = tmp_path / "scale.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "hybrid_search.app.cli", "bench", "scale", "--sparse", "--docs", "1200"]
-        + ["--queries", "10", "--json", str(out), "--quiet"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        timeout=600,
-    )
+    proc = _bench_scale(tmp_path, "--sparse", "--docs", "1200", "--queries", "10", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     run = json.loads(out.read_text())["runs"][0]
     assert {"sparse", "hybrid3"} <= set(run["latency"]) and run["ingest"]["stored"] == 1200

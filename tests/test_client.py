@@ -26,6 +26,7 @@ def corpus(tmp_path):
     for i, line in enumerate((SAMPLE / "corpus.jsonl").read_text(encoding="utf-8").splitlines()):
         record = json.loads(line)
         record["lang"] = "de" if i in (10, 11) else "en"
+        record["year"] = 2015 + i % 10
         lines.append(json.dumps(record))
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -34,9 +35,11 @@ def corpus(tmp_path):
 def test_the_readme_snippet_runs_as_written(corpus, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the embedded default lives under ./.hybrid-search
     with HybridSearch(index="nq") as hs:
-        summary = hs.ingest(str(corpus), metadata_fields=["lang"])
+        summary = hs.ingest(str(corpus), metadata_fields=["lang", "year"])
         hs.warm_up()
         result = hs.search("who wrote hamlet", mode="hybrid+rerank", top_k=5, filters={"lang": "en"})
+        recent = hs.search("who wrote hamlet", filters={"year": {"gte": 2019, "lt": 2022}, "lang": ["en", "de"]})
+        assert recent.hits and all(2019 <= h.metadata["year"] < 2022 for h in recent.hits)
         assert summary.stored == 40 and len(result.hits) == 5
         assert all(h.metadata["lang"] == "en" for h in result.hits)
         assert result.hits[0].doc_id and isinstance(result.hits[0].score, float)

@@ -30,7 +30,7 @@ from hybrid_search.search.request import Preset, SearchRequest, build_request
 from hybrid_search.search.searcher import RetrievalPipeline
 
 if TYPE_CHECKING:
-    from hybrid_search.app.evaluate import EvalReport
+    from hybrid_search.app.evaluate import EvalOutputs, EvalReport
     from hybrid_search.app.inspection import Inspection
     from hybrid_search.app.logs import QueryLog
     from hybrid_search.encoding.encoder import Encoder
@@ -440,11 +440,14 @@ class HybridSearch:
         max_queries: int | None = None,
         ignore_identical_ids: bool = True,
         progress: bool = False,
+        outputs: EvalOutputs | None = None,
     ) -> EvalReport:
         """nDCG@10, Recall@100, MRR@10 and latency per mode, on the queries and qrels of ``source``.
 
         A mode named ``tuned`` is this client's own pipeline as its settings (a ``tune`` profile) define it;
-        beside it, the fixed modes run at the shipped defaults, so one table compares them fairly."""
+        beside it, the fixed modes run at the shipped defaults, so one table compares them fairly. Each
+        query's run is cached under ``data_dir/eval-cache`` (a rerun skips it); ``outputs`` adds run files,
+        the estimate up front and each mode's report as it completes (``app.evaluate.EvalOutputs``)."""
         from hybrid_search.app.evaluate import evaluate_source
 
         return evaluate_source(
@@ -455,6 +458,7 @@ class HybridSearch:
             max_queries=max_queries,
             ignore_identical_ids=ignore_identical_ids,
             progress=progress,
+            outputs=outputs,
         )
 
     def check_index(self) -> int:
@@ -478,22 +482,6 @@ class HybridSearch:
             owns_parts=False,
             sparse_encoder=self.sparse_encoder,
         )
-
-    def check_judged_documents(
-        self, source: object, qrels: Mapping[str, Mapping[str, int]], qids: Sequence[str], sample: int = 200
-    ) -> None:
-        """Stop when most judged documents are not in the index: it was built from another corpus, and
-        every metric would read zero."""
-        judged = sorted({doc for qid in qids for doc, grade in qrels.get(qid, {}).items() if grade > 0})
-        if not judged:
-            return
-        picked = judged[:: max(1, len(judged) // sample)][:sample]
-        found = len(self.backend.get_texts(self.index, picked))
-        if found < 0.5 * len(picked):
-            raise ConfigError(
-                f"index {self.index!r} holds {found} of the {len(picked)} judged documents sampled from {source}: "
-                f"it was built from another corpus. Ingest {source} into its own index (--index NAME) first"
-            )
 
     def exists(self) -> bool:
         """Whether the index exists on the backend."""

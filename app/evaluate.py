@@ -10,21 +10,34 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hybrid_search.app.eval_runs import QueryRunCache, Run, run_key, write_per_query, write_trec_run
 from hybrid_search.config.errors import ConfigError
-from hybrid_search.search.request import parse_mode
+from hybrid_search.search.request import SearchRequest, parse_mode
 from hybrid_search.search.searcher import RetrievalPipeline
 
 if TYPE_CHECKING:
     from hybrid_search.app.client import HybridSearch
 
-__all__ = ["METRICS", "EvalReport", "ModeReport", "evaluate", "per_query_scores", "score_run", "select_queries"]
+__all__ = [
+    "METRICS",
+    "EvalOutputs",
+    "EvalReport",
+    "ModeReport",
+    "check_judged_documents",
+    "evaluate",
+    "per_query_scores",
+    "score_run",
+    "select_queries",
+    "table_header",
+    "table_row",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +52,14 @@ class ModeReport:
     latency_p50_ms: float
     latency_p95_ms: float
     queries: int
+    cached: int = 0  # of ``queries``, how many an earlier run had finished (their latency is that run's)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             **{k: round(v, 4) for k, v in self.metrics.items()},
             "latency_ms": {"p50": round(self.latency_p50_ms, 2), "p95": round(self.latency_p95_ms, 2)},
             "queries": self.queries,
+            "cached": self.cached,
         }
 
 
@@ -57,15 +72,20 @@ class EvalReport:
         return {"modes": {m: r.to_dict() for m, r in self.modes.items()}, "settings": dict(self.settings)}
 
     def table(self) -> str:
-        head = f"{'mode':<16}{'nDCG@10':>9}{'R@100':>9}{'MRR@10':>9}{'p50 ms':>9}{'p95 ms':>9}{'queries':>9}"
-        lines = [head, "-" * len(head)]
-        for mode, r in self.modes.items():
-            m = r.metrics
-            lines.append(
-                f"{mode:<16}{m['ndcg@10']:>9.4f}{m['recall@100']:>9.4f}{m['mrr@10']:>9.4f}"
-                f"{r.latency_p50_ms:>9.1f}{r.latency_p95_ms:>9.1f}{r.queries:>9d}"
-            )
-        return "\n".join(lines)
+        return "\n".join([table_header(), *(table_row(mode, r) for mode, r in self.modes.items())])
+
+
+def table_header() -> str:
+    head = f"{'mode':<16}{'nDCG@10':>9}{'R@100':>9}{'MRR@10':>9}{'p50 ms':>9}{'p95 ms':>9}{'queries':>9}"
+    return f"{head}\n{'-' * len(head)}"
+
+
+def table_row(mode: str, r: ModeReport) -> str:
+    m = r.metrics
+    return (
+        f"{mode:<16}{m['ndcg@10']:>9.4f}{m['recall@100']:>9.4f}{m['mrr@10']:>9.4f}"
+        f"{r.latency_p50_ms:>9.1f}{r.latency_p95_ms:>9.1f}{r.queries:>9d}"
+    )
 
 
 def score_run(
@@ -126,6 +146,55 @@ def select_queries(
     return chosen[:max_queries] if max_queries else chosen
 
 
+@dataclass(frozen=True, slots=True)
+class EvalOutputs:
+    """What an evaluation reports and keeps as it goes (``app.eval_runs``): per-query runs cached so a rerun
+    skips finished queries, TREC run files and per-query metrics under ``runs_dir``, and two callbacks: the
+    estimated seconds per mode before the long part starts, and each mode's report as soon as it is done."""
+
+    cache: bool = True
+    runs_dir: Path | None = None
+    on_estimate: Callable[[Mapping[str, float]], None] | None = None
+    on_mode: Callable[[str, ModeReport], None] | None = None
+
+
+PROBES = 2  # timed queries per mode behind the estimate (their results are kept, not thrown away)
+
+
+@dataclass
+class _ModeRun:
+    mode: str
+    searcher: RetrievalPipeline
+    template: SearchRequest
+    cache: QueryRunCache | None
+    run: Run = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    cached: int = 0
+
+    def take_cached(self, queries: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Fill in what the cache holds; return the queries still to run."""
+        pending = []
+        for qid, text in queries:
+            done = self.cache.get(qid) if self.cache is not None else None
+            if done is None:
+                pending.append((qid, text))
+            else:
+                self.run[qid], ms = done
+                self.latencies.append(ms)
+                self.cached += 1
+        return pending
+
+    def search(self, qid: str, text: str) -> float:
+        result = self.searcher.run(dataclasses.replace(self.template, query=text))
+        docs = [(h.doc_id, float(h.score)) for h in result.hits]
+        ms = float(result.timings_ms["total"])
+        self.run[qid] = docs
+        self.latencies.append(ms)
+        if self.cache is not None:
+            self.cache.add(qid, docs, ms)
+        return ms
+
+
 def evaluate(
     searcher: RetrievalPipeline,
     queries: Sequence[tuple[str, str]],
@@ -134,35 +203,119 @@ def evaluate(
     *,
     ignore_identical_ids: bool = True,
     progress: bool = False,
+    outputs: EvalOutputs | None = None,
+    cache_dir: Path | None = None,
+    tuned: RetrievalPipeline | None = None,
 ) -> EvalReport:
-    """Run every query through every mode and score it. Latency is the full search, encode included."""
+    """Run every query through every mode and score it. Latency is the full search, encode included.
+
+    ``tuned`` answers the ``tuned`` mode (a profile's own pipeline) where ``searcher`` runs the fixed ones.
+    With ``cache_dir``, each query's run is kept on disk as it completes and reused by a rerun of the same
+    mode and pipeline; ``outputs`` gets the estimate up front and each mode's report as it completes."""
     from tqdm.auto import tqdm
 
-    reports: dict[str, ModeReport] = {}
+    out = outputs or EvalOutputs(cache=False)
     depth = RUN_DEPTH + (1 if ignore_identical_ids else 0)
-    for mode in modes:
-        if mode != TUNED:
-            parse_mode(mode)
-        # "tuned": the settings' own pipeline (a tune profile); a fixed mode never takes the settings' rerank
-        run_mode, run_rerank = (None, None) if mode == TUNED else (mode, parse_mode(mode)[1])
-        run: dict[str, list[str]] = {}
-        latencies: list[float] = []
-        if queries:  # load models outside the timed loop, so latency is per query, not per process
-            template = searcher.request(queries[0][1], mode=run_mode, rerank=run_rerank, top_k=depth)
-            searcher.run(template)
-        for qid, text in tqdm(queries, desc=mode, unit="q", disable=not progress):
-            result = searcher.run(dataclasses.replace(template, query=text))
-            run[qid] = result.doc_ids
-            latencies.append(result.timings_ms["total"])
-        metrics = score_run(qrels, run, ignore_identical_ids=ignore_identical_ids)
-        reports[mode] = ModeReport(
-            metrics=metrics,
-            latency_p50_ms=float(np.percentile(latencies, 50)) if latencies else 0.0,
-            latency_p95_ms=float(np.percentile(latencies, 95)) if latencies else 0.0,
-            queries=len(latencies),
-        )
-        log.info("%s: %s", mode, reports[mode].to_dict())
+    plans = [_plan(m, tuned if m == TUNED and tuned else searcher, queries, depth, out, cache_dir) for m in modes]
+    pending: dict[str, list[tuple[str, str]]] = {}
+    estimate: dict[str, float] = {}
+    for plan in plans:  # load each mode's models, then time a few real queries: the estimate comes first
+        todo = plan.take_cached(queries)
+        if todo:
+            plan.searcher.run(plan.template)  # untimed: model loading is not a query's latency
+            probe_ms = [plan.search(qid, text) for qid, text in todo[:PROBES]]
+            todo = todo[PROBES:]
+            estimate[plan.mode] = float(np.mean(probe_ms)) * len(todo) / 1000.0
+        else:
+            estimate[plan.mode] = 0.0
+        pending[plan.mode] = todo
+    if out.on_estimate is not None:
+        out.on_estimate(estimate)
+    reports: dict[str, ModeReport] = {}
+    for plan in plans:
+        for qid, text in tqdm(pending[plan.mode], desc=plan.mode, unit="q", disable=not progress):
+            plan.search(qid, text)
+        if plan.cache is not None:
+            plan.cache.close()
+        reports[plan.mode] = _report(plan, qrels, ignore_identical_ids, out)
+        log.info("%s: %s", plan.mode, reports[plan.mode].to_dict())
     return EvalReport(modes=reports)
+
+
+def _plan(
+    mode: str,
+    searcher: RetrievalPipeline,
+    queries: Sequence[tuple[str, str]],
+    depth: int,
+    out: EvalOutputs,
+    cache_dir: Path | None,
+) -> _ModeRun:
+    if mode != TUNED:
+        parse_mode(mode)
+    # "tuned": the settings' own pipeline (a tune profile); a fixed mode never takes the settings' rerank
+    run_mode, run_rerank = (None, None) if mode == TUNED else (mode, parse_mode(mode)[1])
+    template = searcher.request(queries[0][1] if queries else "", mode=run_mode, rerank=run_rerank, top_k=depth)
+    cache = None
+    if out.cache and cache_dir is not None and queries:
+        key = run_key(
+            {
+                "index": searcher.index,
+                "request": {
+                    f.name: repr(getattr(template, f.name)) for f in dataclasses.fields(template) if f.name != "query"
+                },
+                "models": [getattr(p, "model_name", None) for p in (searcher.encoder, searcher.reranker)],
+                "sparse": getattr(searcher.sparse_encoder, "model_name", None),
+            }
+        )
+        cache = QueryRunCache(cache_dir / f"{_file_name(mode)}-{key}.jsonl")
+    return _ModeRun(mode, searcher, template, cache)
+
+
+def _file_name(mode: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_+" else "_" for c in mode)
+
+
+def _report(plan: _ModeRun, qrels: Mapping[str, Mapping[str, int]], ignore_ids: bool, out: EvalOutputs) -> ModeReport:
+    ids = {q: [d for d, _ in docs] for q, docs in plan.run.items()}
+    metrics = score_run(qrels, ids, ignore_identical_ids=ignore_ids)
+    report = ModeReport(
+        metrics=metrics,
+        latency_p50_ms=float(np.percentile(plan.latencies, 50)) if plan.latencies else 0.0,
+        latency_p95_ms=float(np.percentile(plan.latencies, 95)) if plan.latencies else 0.0,
+        queries=len(plan.latencies),
+        cached=plan.cached,
+    )
+    if out.runs_dir is not None:
+        kept = {q: [(d, s) for d, s in docs if not (ignore_ids and d == q)][:RUN_DEPTH] for q, docs in plan.run.items()}
+        write_trec_run(out.runs_dir / f"{_file_name(plan.mode)}.trec", plan.mode, kept)
+        per_query = {m: per_query_scores(qrels, ids, m, ignore_identical_ids=ignore_ids) for m in METRICS}
+        write_per_query(out.runs_dir / "per-query.tsv", plan.mode, per_query)
+    if out.on_mode is not None:
+        out.on_mode(plan.mode, report)
+    return report
+
+
+def check_judged_documents(
+    hs: HybridSearch, source: object, qrels: Mapping[str, Mapping[str, int]], qids: Sequence[str], sample: int = 200
+) -> None:
+    """Stop when most judged documents are not in the index: it was built from another corpus, and every
+    metric would read zero."""
+    judged = sorted({doc for qid in qids for doc, grade in qrels.get(qid, {}).items() if grade > 0})
+    if not judged:
+        return
+    picked = judged[:: max(1, len(judged) // sample)][:sample]
+    found = len(hs.backend.get_texts(hs.index, picked))
+    if found < 0.5 * len(picked):
+        raise ConfigError(
+            f"index {hs.index!r} holds {found} of the {len(picked)} judged documents sampled from {source}: "
+            f"it was built from another corpus. Ingest {source} into its own index (--index NAME) first"
+        )
+
+
+def _cache_dir(hs: HybridSearch) -> Path:
+    # one folder per build and size: a new ingest (a new physical build) never reads an older build's runs
+    stats = hs.stats()
+    return Path(hs.settings.data_dir) / "eval-cache" / hs.index / f"{stats.physical or hs.index}-{stats.count}"
 
 
 def evaluate_source(
@@ -174,9 +327,11 @@ def evaluate_source(
     max_queries: int | None = None,
     ignore_identical_ids: bool = True,
     progress: bool = False,
+    outputs: EvalOutputs | None = None,
 ) -> EvalReport:
     """``HybridSearch.evaluate``: the judged queries of ``source`` through each mode of ``hs``. ``tuned`` is
-    the client's own pipeline (a ``tune`` profile); the fixed modes run at the shipped defaults beside it."""
+    the client's own pipeline (a ``tune`` profile); the fixed modes run at the shipped defaults beside it.
+    Per-query runs are cached under ``DATA_DIR/eval-cache/INDEX`` unless ``outputs.cache`` is off."""
     from hybrid_search.ingest.sources import open_query_set
 
     modes = list(modes)
@@ -186,13 +341,16 @@ def evaluate_source(
     hs.check_index()  # a never-ingested index is IndexNotFound saying how to create it, as in the CLI
     query_set = open_query_set(source, split)
     queries = select_queries(query_set.queries, query_set.qrels, max_queries)
-    hs.check_judged_documents(source, query_set.qrels, [qid for qid, _ in queries])
-    options = {"ignore_identical_ids": ignore_identical_ids, "progress": progress}
-    if TUNED not in modes:
-        return evaluate(hs.pipeline, queries, query_set.qrels, modes, **options)
-    tuned, fixed = hs.pipeline, hs.fixed_pipeline()
-    reports = {}
-    for mode in modes:
-        one = evaluate(tuned if mode == TUNED else fixed, queries, query_set.qrels, [mode], **options)
-        reports[mode] = one.modes[mode]
-    return EvalReport(modes=reports)
+    check_judged_documents(hs, source, query_set.qrels, [qid for qid, _ in queries])
+    out = outputs or EvalOutputs()
+    return evaluate(
+        hs.fixed_pipeline() if TUNED in modes else hs.pipeline,
+        queries,
+        query_set.qrels,
+        modes,
+        ignore_identical_ids=ignore_identical_ids,
+        progress=progress,
+        outputs=out,
+        cache_dir=_cache_dir(hs) if out.cache else None,
+        tuned=hs.pipeline if TUNED in modes else None,
+    )

@@ -330,9 +330,13 @@ def emit_json(report: Mapping[str, Any], path: str | None) -> None:
 
 
 def write_json(payload: Any, path: str | None) -> None:
-    """Write a report as JSON to ``path`` when one is given (``--json OUT``)."""
+    """Write a report as JSON to ``path`` when one is given (``--json OUT``), whole or not at all (a stop
+    mid-write leaves the previous version)."""
     if path:
         import json
+        import os
 
-        with open(path, "w", encoding="utf-8") as fh:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(payload, fh, indent=2, default=str)
+        os.replace(tmp, path)

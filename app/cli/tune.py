@@ -48,7 +48,7 @@ def legs_flag(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hybrid_search.app.evaluate import select_queries
+    from hybrid_search.app.evaluate import check_judged_documents, select_queries
     from hybrid_search.app.tune import tune, write_profile
     from hybrid_search.ingest.sources import open_query_set
 
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     queries = select_queries(query_set.queries, query_set.qrels, args.max_queries)
     with options.client(settings) as hs:
         options.ingest_unless_indexed(hs, args)
-        hs.check_judged_documents(args.source, query_set.qrels, [q for q, _ in queries])
+        check_judged_documents(hs, args.source, query_set.qrels, [q for q, _ in queries])
         report = tune(
             hs,
             queries,

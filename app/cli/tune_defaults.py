@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hybrid_search.app.evaluate import select_queries
+    from hybrid_search.app.evaluate import check_judged_documents, select_queries
     from hybrid_search.app.tune_defaults import tune_defaults
     from hybrid_search.config.errors import ConfigError
     from hybrid_search.ingest.sources import open_query_set
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             clients.append(hs)
             args.source = source
             options.ingest_unless_indexed(hs, args)
-            hs.check_judged_documents(source, query_set.qrels, [q for q, _ in queries])
+            check_judged_documents(hs, source, query_set.qrels, [q for q, _ in queries])
             sets[name] = (hs, queries, query_set.qrels)
         report = tune_defaults(sets, metric=args.metric, progress=not args.quiet, legs=args.legs, rerank=args.rerank)
     finally:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast, runtime
 
 from hybrid_search.config.errors import ConfigError, FailedItem
 from hybrid_search.config.names import check_index_name, previous_alias
+from hybrid_search.config.text import Analyzer
 from hybrid_search.search.interfaces import Retriever
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ class IndexSpec:
 
     dims: int
     similarity: Similarity = "dot_product"  # dot_product for L2-normalised models, cosine otherwise
-    analyzer: Literal["standard", "english"] = "standard"
+    analyzer: Analyzer = "standard"
     model: str = ""
     hnsw_m: int = 16
     hnsw_ef_construction: int = 100

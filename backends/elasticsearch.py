@@ -48,10 +48,13 @@ def es_index_body(
     spec: IndexSpec, *, index_options: str = "hnsw", replicas: int = 1, refresh_interval: str = "1s"
 ) -> dict[str, Any]:
     """Settings and mappings: analysed title/text, an HNSW ``dense_vector``, keyword metadata."""
-    analyzer = "english" if spec.analyzer == "english" else "standard"
+    analyzer, analysis = bodies.text_analysis(spec.analyzer)
     options = {"type": index_options, "m": spec.hnsw_m, "ef_construction": spec.hnsw_ef_construction}
     return {
-        "settings": {"index": {"number_of_replicas": replicas, "refresh_interval": refresh_interval}},
+        "settings": {
+            "index": {"number_of_replicas": replicas, "refresh_interval": refresh_interval},
+            **({"analysis": analysis} if analysis else {}),
+        },
         "mappings": {
             "_meta": {bodies.SPEC_META_KEY: spec.to_dict()},
             "dynamic_templates": [bodies.metadata_dynamic_template()],

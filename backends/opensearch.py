@@ -66,7 +66,7 @@ def os_index_body(
     parameters: dict[str, Any] = {"m": spec.hnsw_m, "ef_construction": spec.hnsw_ef_construction}
     if fp16:
         parameters["encoder"] = {"name": "sq", "parameters": {"type": "fp16"}}
-    analyzer = "english" if spec.analyzer == "english" else "standard"
+    analyzer, analysis = bodies.text_analysis(spec.analyzer)
     return {
         "settings": {
             "index": {
@@ -74,7 +74,8 @@ def os_index_body(
                 "knn.algo_param.ef_search": ef_search,
                 "number_of_replicas": replicas,
                 "refresh_interval": refresh_interval,
-            }
+            },
+            **({"analysis": analysis} if analysis else {}),
         },
         "mappings": {
             "_meta": {bodies.SPEC_META_KEY: spec.to_dict()},

@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from hybrid_search.config.errors import ConfigError
 from hybrid_search.config.names import check_user_index_name
+from hybrid_search.config.text import Analyzer
 
 __all__ = [
     "BackendSettings",
@@ -103,7 +104,7 @@ class IndexSettings(_Section):
     """Index naming, text analysis and HNSW parameters."""
 
     name: str = DEFAULT_INDEX
-    analyzer: Literal["standard", "english"] = "standard"
+    analyzer: Analyzer = "standard"
     hnsw_m: int = Field(default=16, ge=2)
     hnsw_ef_construction: int = Field(default=100, ge=8)
     hnsw_ef_search: int = Field(default=100, ge=8)

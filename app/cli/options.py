@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from hybrid_search.config.settings import IndexSettings, SearchSettings
+from hybrid_search.config.text import ANALYZERS
 
 if TYPE_CHECKING:
     from hybrid_search.app.client import HybridSearch
@@ -200,7 +201,7 @@ def ingest_knobs(p: argparse.ArgumentParser) -> None:
         type=positive_int,
         help="concurrent bulk requests to a cluster per upsert (default 2)",
     )
-    setting(p, "--analyzer", path="index.analyzer", group=g, choices=["standard", "english"])
+    setting(p, "--analyzer", path="index.analyzer", group=g, choices=list(ANALYZERS))
     setting(
         p,
         "--sparse-model",

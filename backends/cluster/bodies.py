@@ -86,6 +86,19 @@ def alias_actions(
     return {"actions": actions}
 
 
+FOLDING_ANALYZER = "hs_folding"
+
+
+def text_analysis(name: str) -> tuple[str, dict[str, Any]]:
+    """The analyzer a text field maps to and the index's ``analysis`` settings it needs (both engines): the
+    built-in ``standard``, ``cjk`` and language analyzers by name; ``folding`` is a custom analyzer of the
+    standard tokenizer, ``lowercase`` and ``asciifolding``."""
+    if name == "folding":
+        custom = {"type": "custom", "tokenizer": "standard", "filter": ["lowercase", "asciifolding"]}
+        return FOLDING_ANALYZER, {"analyzer": {FOLDING_ANALYZER: custom}}
+    return name, {}
+
+
 def metadata_dynamic_template() -> dict[str, Any]:
     """Metadata strings are exact-match keywords, so filters compare whole values."""
     return {

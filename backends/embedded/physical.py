@@ -27,7 +27,7 @@ from hybrid_search.backends.base import (
 )
 from hybrid_search.backends.embedded.rows import SQL_CHUNK
 from hybrid_search.backends.embedded.sparse import SparsePostings
-from hybrid_search.backends.embedded.text import analyzer, bm25_query, tantivy_filter
+from hybrid_search.backends.embedded.text import analyzer, bm25_query, prepare, tantivy_filter
 from hybrid_search.backends.embedded.vectors import VECTOR_FILE, VectorSearch
 from hybrid_search.config.errors import (
     ConfigError,
@@ -233,12 +233,17 @@ class PhysicalIndex(VectorSearch):
     def _index_text(self, rows: Sequence[tuple[int, str, str, str, str]], replaced: set[str] | None = None) -> None:
         """Add rows to the text index. ``replaced``: the ids that may already be in it (None: any may be, as
         when replaying after a crash), whose old entries are deleted first."""
-        writer = self.writer
+        writer, kind = self.writer, self.spec.analyzer
         for _key, doc_id, title, text, metadata in rows:
             if replaced is None or doc_id in replaced:
                 writer.delete_documents_by_term("doc_id", doc_id)
             writer.add_document(
-                tantivy.Document(doc_id=doc_id, title=title, text=text, **{METADATA_FIELD: json.loads(metadata)})
+                tantivy.Document(
+                    doc_id=doc_id,
+                    title=prepare(kind, title),
+                    text=prepare(kind, text),
+                    **{METADATA_FIELD: json.loads(metadata)},
+                )
             )
         writer.commit()
         self.text_index.reload()
@@ -290,7 +295,7 @@ class PhysicalIndex(VectorSearch):
 
     def bm25(self, query: str, k: int, filters: Filter | None) -> list[Hit]:
         schema = self.text_index.schema
-        scored = bm25_query(schema, self.analyzer, query)
+        scored = bm25_query(schema, self.analyzer, prepare(self.spec.analyzer, query))
         if scored is None:
             return []
         if any(op == "range" for op, _name, _value in clauses(filters)):

@@ -1,5 +1,5 @@
-"""Text analysis and BM25 for the embedded backend: the analyzers (close to Elasticsearch's ``standard`` and
-``english``), filters as tantivy term queries, the best-fields BM25 query, and ``LexicalIndex``, an in-memory
+"""Text analysis and BM25 for the embedded backend: the analyzers (close to Elasticsearch's ``standard``,
+language, ``cjk`` and a standard + ``asciifolding`` one; the mapping is in README "Text analysis"), filters as tantivy term queries, the best-fields BM25 query, and ``LexicalIndex``, an in-memory
 BM25 index for measuring another analyzer before anyone reindexes. Nothing here touches disk.
 """
 
@@ -12,18 +12,34 @@ import tantivy
 from hybrid_search.backends.base import (
     StoredDocument,
 )
+from hybrid_search.config.errors import ConfigError
+from hybrid_search.config.text import ANALYZERS, LANGUAGES, cjk_bigrams
 from hybrid_search.search.filters import METADATA_FIELD, Filter, clauses
 
-__all__ = ["LexicalIndex", "analyzer", "bm25_query", "tantivy_filter"]
+__all__ = ["LexicalIndex", "analyzer", "bm25_query", "prepare", "tantivy_filter"]
 
 
 def analyzer(kind: str) -> tantivy.TextAnalyzer:
-    """Close to Elasticsearch's ``standard`` analyzer, or its ``english`` one (stop words, Porter2 stems)."""
+    """Close to Elasticsearch's analyzer of the same name: ``standard`` (lowercased words), a language
+    (its stop words and Snowball stemmer), ``folding`` (standard, then ASCII folding: ``naïve`` -> ``naive``)
+    or ``cjk`` (English stop words; the bigrams come from ``prepare``, before tokenising)."""
+    if kind not in ANALYZERS:
+        raise ConfigError(f"unknown analyzer {kind!r}: use one of {', '.join(ANALYZERS)}")
     builder = tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple()).filter(tantivy.Filter.remove_long(255))
     builder = builder.filter(tantivy.Filter.lowercase())
-    if kind == "english":
-        builder = builder.filter(tantivy.Filter.stopword("english")).filter(tantivy.Filter.stemmer("english"))
+    if kind in LANGUAGES:
+        builder = builder.filter(tantivy.Filter.stopword(kind)).filter(tantivy.Filter.stemmer(kind))
+    elif kind == "folding":
+        builder = builder.filter(tantivy.Filter.ascii_fold())
+    elif kind == "cjk":
+        builder = builder.filter(tantivy.Filter.stopword("english"))
     return builder.build()
+
+
+def prepare(kind: str, text: str) -> str:
+    """The text as the analyzer's tokenizer should see it: CJK runs as bigrams for ``cjk``, else unchanged
+    (applied alike to stored text and to queries)."""
+    return cjk_bigrams(text) if kind == "cjk" else text
 
 
 def tantivy_filter(schema: tantivy.Schema, filters: Filter | None) -> list[tantivy.Query]:
@@ -59,6 +75,7 @@ class LexicalIndex:
         builder.add_text_field("doc_id", stored=True, tokenizer_name="raw")
         builder.add_text_field("title", tokenizer_name="hs_text", index_option="freq")
         builder.add_text_field("text", tokenizer_name="hs_text", index_option="freq")
+        self.kind = analyzer_kind
         self.analyzer = analyzer(analyzer_kind)
         self.index = tantivy.Index(builder.build())
         self.index.register_tokenizer("hs_text", self.analyzer)
@@ -69,7 +86,8 @@ class LexicalIndex:
         if self._writer is None:
             raise RuntimeError("LexicalIndex.add after the first search")
         for doc in docs:
-            self._writer.add_document(tantivy.Document(doc_id=doc.doc_id, title=doc.title, text=doc.text))
+            title, text = prepare(self.kind, doc.title), prepare(self.kind, doc.text)
+            self._writer.add_document(tantivy.Document(doc_id=doc.doc_id, title=title, text=text))
             self.count += 1
 
     def search(self, query: str, k: int) -> list[tuple[str, float]]:
@@ -77,7 +95,7 @@ class LexicalIndex:
             self._writer.commit()
             self._writer = None
             self.index.reload()
-        scored = bm25_query(self.index.schema, self.analyzer, query)
+        scored = bm25_query(self.index.schema, self.analyzer, prepare(self.kind, query))
         if scored is None:
             return []
         searcher = self.index.searcher()

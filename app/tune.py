@@ -30,7 +30,7 @@ from hybrid_search.app.evaluate import RUN_DEPTH, per_query_scores
 from hybrid_search.app.tune_space import FIRST_DEPTHS, FIXED_MODES, Pipeline, fixed_modes, grid
 from hybrid_search.config.errors import ConfigError
 from hybrid_search.config.settings import SearchSettings
-from hybrid_search.config.text import passage_text
+from hybrid_search.config.text import has_cjk, passage_text
 from hybrid_search.search.searcher import blend_rerank_scores
 
 if TYPE_CHECKING:
@@ -402,7 +402,7 @@ def _select(
     return _Selection(table, best_on(qids), held_out_scores, fold_scores)
 
 
-ANALYZERS = ("standard", "english")
+ANALYZERS = ("standard", "english", "folding")  # measured by tune; cjk too where the corpus has CJK text
 
 
 def analyzer_effect(
@@ -427,8 +427,11 @@ def analyzer_effect(
     hs = cache.hs
     spec = hs.backend.index_spec(hs.index)
     current = spec.analyzer if spec is not None else "standard"
-    lexical = {name: LexicalIndex(name) for name in ANALYZERS}
-    for batch in hs.backend.iter_documents(hs.index):
+    names = list(dict.fromkeys([current, *ANALYZERS]))
+    lexical = {name: LexicalIndex(name) for name in names}
+    for i, batch in enumerate(hs.backend.iter_documents(hs.index)):
+        if i == 0 and "cjk" not in lexical and any(has_cjk(passage_text(d.title, d.text)) for d in batch):
+            lexical["cjk"] = LexicalIndex("cjk")  # the first batch holds CJK text: measure segmenting it
         for index in lexical.values():
             index.add(batch)
     qids = [q for q, _ in queries]
@@ -448,7 +451,8 @@ def analyzer_effect(
         )
         cross_validated[name] = dict(selection.cross_validated)
         chosen[name] = selection.chosen.label
-    alternative = next(a for a in ANALYZERS if a != current)
+    others = [a for a in lexical if a != current]
+    alternative = max(others, key=lambda a: mean_over(cross_validated[a], qids))
     gain = mean_over(cross_validated[alternative], qids) - mean_over(cross_validated[current], qids)
     p = randomization_test([cross_validated[alternative][q] for q in qids], [cross_validated[current][q] for q in qids])
     recommend = alternative if gain > 0 and p < 0.05 else None

@@ -11,7 +11,7 @@ import re
 import unicodedata
 from typing import Literal, get_args
 
-__all__ = ["ANALYZERS", "LANGUAGES", "Analyzer", "cjk_bigrams", "passage_text"]
+__all__ = ["ANALYZERS", "LANGUAGES", "Analyzer", "cjk_bigrams", "has_cjk", "passage_text"]
 
 
 def passage_text(title: str, text: str) -> str:
@@ -26,6 +26,11 @@ LANGUAGES = ("english", "french", "german", "spanish", "italian", "portuguese") 
 
 # Han, Hiragana, Katakana, Hangul (and their compatibility blocks): written without spaces between words
 _CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\u31f0-\u31ff]+")
+
+
+def has_cjk(text: str) -> bool:
+    """Whether ``text`` holds Chinese, Japanese or Korean script."""
+    return _CJK_RUN.search(text) is not None
 
 
 def cjk_bigrams(text: str) -> str:

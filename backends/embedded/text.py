@@ -1,6 +1,7 @@
 """Text analysis and BM25 for the embedded backend: the analyzers (close to Elasticsearch's ``standard``,
-language, ``cjk`` and a standard + ``asciifolding`` one; the mapping is in README "Text analysis"), filters as tantivy term queries, the best-fields BM25 query, and ``LexicalIndex``, an in-memory
-BM25 index for measuring another analyzer before anyone reindexes. Nothing here touches disk.
+language, ``cjk`` and a standard + ``asciifolding`` one; the mapping is in README "Text analysis"), filters
+as tantivy term queries, the best-fields BM25 query, and ``LexicalIndex``, an in-memory BM25 index for
+measuring another analyzer before anyone reindexes. Nothing here touches disk.
 """
 
 from __future__ import annotations

@@ -527,9 +527,11 @@ class HybridSearch:
         finally:
             self._forget_index()
 
-    def warm_up(self, *, rerank: bool = True) -> None:
-        """Load the bi-encoder (and the cross-encoder) now, so the first search measures searching."""
-        self.query_encoder.encode_queries(["warm up"])
+    def warm_up(self, *, rerank: bool = True, dense: bool = True) -> None:
+        """Load the bi-encoder (``dense``) and the cross-encoder (``rerank``) now, so the first search measures
+        searching; a BM25-only search needs neither."""
+        if dense:
+            self.query_encoder.encode_queries(["warm up"])
         if rerank:
             self.reranker.score("warm up", ["warm up"])
 

@@ -145,11 +145,20 @@ def load_weights(auto_class: str, folder: Path, settings: ModelSettings, device:
     """A model's weights through the named transformers Auto class, in inference mode, on ``device``."""
     import torch
     import transformers
+    from transformers.utils import logging as hf_logging
 
-    with torch.inference_mode():
-        model = getattr(transformers, auto_class).from_pretrained(
-            folder, dtype=torch_dtype(settings.dtype, device), trust_remote_code=settings.trust_remote_code
-        )
+    # a library call prints nothing of its own: transformers' "Loading weights" bar is off while loading
+    # (and back as it was after), so a Python user's output holds only what they print
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with torch.inference_mode():
+            model = getattr(transformers, auto_class).from_pretrained(
+                folder, dtype=torch_dtype(settings.dtype, device), trust_remote_code=settings.trust_remote_code
+            )
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
     return model.to(device).eval()
 
 

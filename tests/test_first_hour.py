@@ -185,3 +185,31 @@ def test_installing_prints_no_setuptools_warning(tmp_path):
     )
     assert out.returncode == 0
     assert "Warning" not in out.stdout + out.stderr and "deprecated" not in (out.stdout + out.stderr).lower()
+
+
+def test_a_bm25_search_loads_no_model(data):
+    # a device that does not exist fails any model load: BM25 must not need one, kNN must
+    no_device = {**ENV, "HYBRID_SEARCH_MODELS__DEVICE": "cuda:7"}
+    out = cli("search", "green tea", "--index", "docs", "--mode", "bm25", *_d(data), env=no_device)
+    assert out.returncode == 0 and "hits" in out.stdout, out.stderr
+    out = cli("search", "green tea", "--index", "docs", "--mode", "knn", *_d(data), env=no_device)
+    assert out.returncode == 2 and "CUDA is not available" in out.stderr
+
+
+def test_a_misspelt_option_gets_the_commands_usage_and_a_suggestion(tmp_path):
+    out = cli("search", "tea", "--mdoe", "bm25", "--data-dir", str(tmp_path))
+    assert out.returncode == 2
+    assert "usage: hybrid-search search" in out.stderr and "did you mean --mode?" in out.stderr
+    out = cli("eval", "sample", "--max-querys", "5", "--data-dir", str(tmp_path))
+    assert "usage: hybrid-search eval" in out.stderr and "did you mean --max-queries?" in out.stderr
+
+
+def test_the_python_api_prints_nothing_of_its_own(data):
+    script = (
+        "from hybrid_search import HybridSearch\n"
+        f"with HybridSearch(index='docs', data_dir={str(data[0] / 'd')!r}) as hs:\n"
+        "    print(hs.search('green tea', mode='hybrid+rerank', top_k=1).doc_ids[0])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == "" and len(out.stdout.split()) == 1  # no "Loading weights" bar, no log lines

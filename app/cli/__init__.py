@@ -58,8 +58,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         module = _command(name)
-        module.add_arguments(sub.add_parser(name, help=module.HELP))
+        command = sub.add_parser(name, help=module.HELP)
+        module.add_arguments(command)
+        command.set_defaults(command_parser=command)
     return parser
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse; an option the command does not take is reported with that command's usage and the nearest
+    option it does take (argparse alone reports it from the top-level parser, with the top-level usage)."""
+    import difflib
+
+    args, extras = build_parser().parse_known_args(argv)
+    if extras:
+        command: argparse.ArgumentParser = args.command_parser
+        known = [o for action in command._actions for o in action.option_strings if o.startswith("--")]
+        hints = []
+        for extra in extras:
+            close = difflib.get_close_matches(extra.split("=")[0], known, n=1, cutoff=0.6)
+            hints.append(f"{extra} (did you mean {close[0]}?)" if close and extra.startswith("-") else extra)
+        command.error(f"unrecognized arguments: {' '.join(hints)}")
+    return args
 
 
 def _parse_filters(items: Sequence[str]) -> dict[str, object] | None:
@@ -70,7 +89,7 @@ def _parse_filters(items: Sequence[str]) -> dict[str, object] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "faiss"):

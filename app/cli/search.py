@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
             filters = coerce_text_filters(text_filters, hs.field_types())  # "2019" -> 2019 for a numeric field
             hs.check_filters(filters)
             request = replace(request, filters=filters)
-        hs.warm_up(rerank=request.rerank is not None)  # loading is not part of the search time
+        # loading is not part of the search time; a model no leg needs is never loaded
+        hs.warm_up(rerank=request.rerank is not None, dense=any(leg.name == "knn" for leg in request.legs))
         print_result(hs.search(request), settings.index.name, as_json=args.json)
     finally:
         options.close_client(hs)  # its query-log summary comes after the results

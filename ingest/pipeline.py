@@ -566,9 +566,14 @@ def _finish(
             "into the same build (nothing is duplicated)"
         )
     if stored == 0:
+        why = (
+            f"{c.rejected} rejected (reasons in {rejects_path})"
+            if c.rejected
+            else f"the source holds no records ({c.source})"
+        )
         raise _NothingStored(
-            f"nothing was stored: {c.read} read, {c.rejected} rejected (reasons in {rejects_path}); {alias!r} is "
-            "unchanged. Check the source and --id-field / --text-field"
+            f"nothing was stored: {c.read} read, {why}; {alias!r} is unchanged. Check the source and "
+            "--id-field / --text-field"
         )
     _check_shrink(backend, alias, c.physical, stored, settings)
     backend.finish_build(alias, c.physical)

@@ -24,6 +24,7 @@ SAMPLE_SOURCE = "sample"
 _BOM = b"\xef\xbb\xbf"
 
 __all__ = [
+    "JsonArrayFile",
     "Records",
     "StoredIndex",
     "SAMPLE_SOURCE",
@@ -134,6 +135,71 @@ class JsonlFile:
                     yield RawRecord(position, error=f"malformed line: expected a JSON object, got {type(obj).__name__}")
                     continue
                 yield RawRecord(position, fields=obj)
+
+
+class JsonArrayFile:
+    """A ``.json`` file: one JSON array of objects, read element by element in 1 MiB blocks (never the whole
+    file at once), positions counting elements from 1. A file whose first character is ``{`` is JSON Lines
+    under another name, and is read as such. Past a syntax error the array has no reliable next element, so
+    the rest of the file is one rejected record saying where it broke."""
+
+    MAX_ELEMENT_CHARS = 64 * 1024 * 1024  # one element's bound, as a CSV field's
+
+    def __init__(self, path: str | Path, fields: FieldMap = FieldMap()) -> None:
+        self.path = Path(path)
+        self.fields = fields
+        self.name = f"json:{self.path.resolve()}"
+
+    def count_hint(self) -> int | None:
+        return None
+
+    def records(self) -> Iterator[RawRecord]:
+        with _open_binary(self.path) as raw:
+            text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape")
+            buf, at = text.read(1 << 20), 0
+            if not buf.strip():
+                return  # an empty file holds no records
+            while at < len(buf) and buf[at].isspace():
+                at += 1
+            if buf[at : at + 1] == "{":
+                yield from JsonlFile(self.path, self.fields).records()
+                return
+            if buf[at : at + 1] != "[":
+                yield RawRecord(1, error="malformed JSON file: expected an array of objects ([{...}, ...])")
+                return
+            yield from self._elements(text, buf, at + 1)
+
+    def _elements(self, text: io.TextIOWrapper, buf: str, at: int) -> Iterator[RawRecord]:
+        decoder, position, eof = json.JSONDecoder(), 0, False
+        while True:
+            while at < len(buf) and (buf[at].isspace() or (buf[at] == "," and position)):
+                at += 1
+            if at == len(buf) and not eof:
+                more = text.read(1 << 20)
+                buf, at, eof = buf[at:] + more, 0, not more
+                continue
+            if buf[at : at + 1] == "]" or (eof and at == len(buf)):
+                return
+            try:
+                obj, end = decoder.raw_decode(buf, at)
+            except (json.JSONDecodeError, RecursionError) as exc:
+                if not eof and len(buf) - at < self.MAX_ELEMENT_CHARS:  # the element may go on in the next block
+                    more = text.read(1 << 20)
+                    buf, at, eof = buf[at:] + more, 0, not more
+                    continue
+                reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+                yield RawRecord(
+                    position + 1,
+                    error=f"malformed JSON array at element {position + 1}: {reason}; "
+                    "the rest of the file was not read",
+                )
+                return
+            position += 1
+            at = end
+            if isinstance(obj, dict):
+                yield RawRecord(position, fields=obj)
+            else:
+                yield RawRecord(position, error=f"malformed element: expected a JSON object, got {type(obj).__name__}")
 
 
 class CsvFile:
@@ -306,7 +372,13 @@ def _open_binary(path: Path) -> io.BufferedReader:
         raise SourceError(f"cannot open {path}: {exc.strerror}") from exc
 
 
-_FILE_TYPES: dict[str, type] = {".jsonl": JsonlFile, ".ndjson": JsonlFile, ".csv": CsvFile, ".parquet": ParquetFile}
+_FILE_TYPES: dict[str, type] = {
+    ".jsonl": JsonlFile,
+    ".ndjson": JsonlFile,
+    ".json": JsonArrayFile,
+    ".csv": CsvFile,
+    ".parquet": ParquetFile,
+}
 
 
 class _DocumentReader(Protocol):
@@ -416,7 +488,7 @@ def open_source(spec: str | Path, fields: FieldMap | None = None) -> CorpusSourc
     if path.is_file():
         kind = _FILE_TYPES.get(path.suffix.lower())
         if kind is None:
-            raise SourceError(f"{path}: unknown file type {path.suffix!r}; use .jsonl, .csv or .parquet")
+            raise SourceError(f"{path}: unknown file type {path.suffix!r}; use .jsonl, .json, .csv or .parquet")
         return kind(path, fields)
     raise SourceError(f"source {text!r} not found: give {' or '.join(HUB_DATASETS)}, a BEIR folder or a file")
 

@@ -222,3 +222,36 @@ def test_broken_queries_or_qrels_stop_evaluation_with_the_line(tmp_path):
     (root / "queries.jsonl").write_text('{"_id": "q1", "text": "x"}\n{"_id": "q2", "text": \n')
     with pytest.raises(SourceError, match="queries.jsonl line 2"):
         open_query_set(root)
+
+
+# --- .json: one array of objects, streamed ---------------------------------------------------------------
+def _read(path):
+    src = open_source(path)
+    return list(validate(src.records(), src.fields))
+
+
+def test_a_json_array_is_read_element_by_element(tmp_path):
+    long_text = "word " * 180_000  # 900 kB after 500 kB: the element runs over the 1 MiB read block
+    rows = [{"_id": "a", "text": "x " * 250_000}, {"_id": "b", "text": long_text}, 7, {"_id": "c", "text": "last"}]
+    path = tmp_path / "docs.json"
+    path.write_text("\ufeff[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n", encoding="utf-8")
+    docs, rejects = _split(_read(path))
+    assert [d.doc_id for d in docs] == ["a", "b", "c"] and docs[1].text == long_text.strip()
+    assert [(r.position, "expected a JSON object" in r.reason) for r in rejects] == [(3, True)]
+
+
+def test_json_lines_named_json_and_a_broken_array(tmp_path):
+    lines = tmp_path / "lines.json"
+    lines.write_text('{"_id": "1", "text": "one"}\n{"_id": "2", "text": "two"}\n')
+    assert [d.doc_id for d in _split(_read(lines))[0]] == ["1", "2"]
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"_id": "1", "text": "one"}, {"_id": "2", "text": "tw}, {"_id": "3"}]')
+    docs, rejects = _split(_read(broken))
+    assert [d.doc_id for d in docs] == ["1"]
+    assert len(rejects) == 1 and rejects[0].position == 2 and "the rest of the file was not read" in rejects[0].reason
+    empty = tmp_path / "empty.json"
+    empty.write_text("  \n")
+    assert list(open_source(empty).records()) == []
+    scalar = tmp_path / "scalar.json"
+    scalar.write_text('"just a string"')
+    assert "expected an array of objects" in (next(iter(open_source(scalar).records())).error or "")

@@ -213,3 +213,33 @@ def test_the_python_api_prints_nothing_of_its_own(data):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stderr == "" and len(out.stdout.split()) == 1  # no "Loading weights" bar, no log lines
+
+
+def test_ingest_prints_json_to_a_pipe_and_only_its_line_to_a_terminal(tmp_path):
+    import pty
+
+    def ingest_on_a_terminal(*extra: str) -> str:
+        leader, follower = pty.openpty()
+        args = ["ingest", "sample", "--index", "t", "--data-dir", str(tmp_path), "--quiet", *extra]
+        proc = subprocess.run(
+            [sys.executable, "-m", "hybrid_search.app.cli", *args], stdout=follower, stderr=subprocess.PIPE, env=ENV
+        )
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal's other end is closed: all read
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(leader)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr.decode().startswith("ingested t")
+        return b"".join(chunks).decode()
+
+    assert ingest_on_a_terminal().strip() == ""
+    assert json.loads(ingest_on_a_terminal("--json"))["stored"] == 40
+    piped = cli("ingest", "sample", "--index", "t", "--data-dir", str(tmp_path), "--quiet")
+    assert json.loads(piped.stdout)["stored"] == 40

@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack, cast
 
@@ -380,17 +381,26 @@ class HybridSearch:
         with ``dataclasses.replace`` and pass it to ``search``)."""
         return build_request(self.settings.search, query, **preset)
 
-    def search(self, query: str | SearchRequest, **preset: Unpack[Preset]) -> SearchResult:
+    def search(self, query: str | SearchRequest, *, highlight: bool = False, **preset: Unpack[Preset]) -> SearchResult:
         """Search the index. ``preset``: ``mode`` (``bm25``, ``knn`` or ``hybrid``, optionally ``+rerank``;
-        default from the settings), ``top_k``, ``rerank``, and ``filters``: ``{"field": value}`` or
-        ``{"field": [any, of]}`` on metadata fields, which must be fields the index was ingested with (a
-        misspelt one is an error, not zero hits). ``query`` may be a whole ``SearchRequest`` instead."""
+        default from the settings), ``top_k``, ``offset`` (a later page), ``rerank``, and ``filters``:
+        ``{"field": value}``, ``{"field": [any, of]}`` or ``{"field": {"gte": low, "lt": high}}`` on metadata
+        fields the index was ingested with (a misspelt one is an error, not zero hits). ``highlight``: each
+        hit's ``highlight`` is the matching part of its text. ``query`` may be a whole ``SearchRequest``."""
         request = query if isinstance(query, SearchRequest) else self.request(query, **preset)
 
         def once() -> SearchResult:
             if request.filters:
                 self._check_filters(request.filters)
-            return self.pipeline.run(request)
+            result = self.pipeline.run(request)
+            if not highlight:
+                return result
+            from hybrid_search.app.highlight import highlight_hits
+
+            spec = self._serving_spec()
+            return replace(
+                result, hits=highlight_hits(result.hits, request.query, spec.analyzer if spec else "standard")
+            )
 
         self._follow_build()
         try:

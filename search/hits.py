@@ -29,6 +29,7 @@ class Hit:
     rerank_score: float | None = None
     rank_before_rerank: int | None = None  # the rank the reranker started from, when it ran
     leg_scores: Mapping[str, float] = field(default_factory=dict)  # fused: each retrieval leg's score, by leg name
+    highlight: str | None = None  # with highlight=True: the matching part of the text, terms in <em> tags
 
     @property
     def rank_change(self) -> int | None:
@@ -46,7 +47,16 @@ class SearchResult:
     timings_ms: Mapping[str, float] = field(default_factory=dict)
     fusion_location: str | None = None  # "server" or "client" for hybrid modes
     total_hits: int | None = None  # candidates the first stage returned (up to its depth), before the top-k cut
+    offset: int = 0  # the hits skipped before this page (ranks stay those of the whole ranking)
+    top_k: int | None = None  # the page size asked for
 
     @property
     def doc_ids(self) -> list[str]:
         return [h.doc_id for h in self.hits]
+
+    @property
+    def next_offset(self) -> int | None:
+        """The ``offset`` of the next page, or ``None`` when the candidates ran out before this page ended (a
+        full last page still gives one; the page after it is then empty)."""
+        end = self.offset + len(self.hits)
+        return end if self.hits and len(self.hits) == self.top_k else None

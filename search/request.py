@@ -207,6 +207,7 @@ class SearchRequest:
     fusion: FusionSpec | None = None
     rerank: RerankSpec | None = None
     filters: Filter | None = None
+    offset: int = 0  # a page: the hits ranked offset+1 .. offset+top_k of the same ranking
     vector: np.ndarray | None = field(default=None, compare=False, repr=False)
     sparse_vector: Mapping[str, float] | None = field(default=None, compare=False, repr=False)
 
@@ -214,6 +215,8 @@ class SearchRequest:
         if (self.vector is None and self.sparse_vector is None) or self.query:
             check_query(self.query)
         _check_depth(self.top_k, "top_k")
+        if isinstance(self.offset, bool) or not isinstance(self.offset, int) or self.offset < 0:
+            raise ConfigError(f"offset must be a whole number >= 0 (the hits to skip), got {self.offset!r}")
         if not self.legs:
             raise ConfigError("a search needs at least one retrieval leg")
         names = [leg.name for leg in self.legs]
@@ -236,8 +239,10 @@ class SearchRequest:
 
     @property
     def candidates(self) -> int:
-        """How many first-stage hits the request keeps: the top k, or the rerank depth when deeper."""
-        return max(self.top_k, self.rerank.depth) if self.rerank else self.top_k
+        """How many first-stage hits the request keeps: through the page's end, or the rerank depth when
+        deeper."""
+        end = self.offset + self.top_k
+        return max(end, self.rerank.depth) if self.rerank else end
 
     @property
     def mode(self) -> str:
@@ -276,6 +281,12 @@ def check_limits(settings: SearchSettings, request: SearchRequest) -> None:
             f"top_k {request.top_k:,} is over search.max_top_k = {settings.max_top_k:,}: page through results "
             "instead, or raise the limit in the settings"
         )
+    if request.offset + request.top_k > settings.max_top_k:
+        raise QueryError(
+            f"offset {request.offset:,} + top_k {request.top_k:,} pages past search.max_top_k = "
+            f"{settings.max_top_k:,} (every page re-ranks from the top): narrow the query with filters, or raise "
+            "the limit in the settings"
+        )
     if request.rerank is not None and request.candidates > settings.max_rerank_depth:
         raise QueryError(
             f"rerank depth {request.candidates:,} is over search.max_rerank_depth = {settings.max_rerank_depth:,} "
@@ -307,12 +318,13 @@ def parse_mode(mode: str) -> tuple[str, bool]:
 
 class Preset(TypedDict, total=False):
     """What a caller may say of a mode preset (every key optional; the settings give the rest): ``mode``
-    (``bm25``, ``knn`` or ``hybrid``, optionally ``+rerank``), ``top_k``, ``rerank`` (overrides the settings'
-    default), ``filters``, and ``vector`` / ``sparse_vector``, the query's embedding / learned-sparse vector
-    when the caller already has it."""
+    (``bm25``, ``knn`` or ``hybrid``, optionally ``+rerank``), ``top_k``, ``offset`` (a page further down),
+    ``rerank`` (overrides the settings' default), ``filters``, and ``vector`` / ``sparse_vector``, the
+    query's embedding / learned-sparse vector when the caller already has it."""
 
     mode: str | None
     top_k: int | None
+    offset: int | None
     rerank: bool | None
     filters: Filter | None
     vector: np.ndarray | None
@@ -327,8 +339,9 @@ def build_request(settings: SearchSettings, query: str, **preset: Unpack[Preset]
     do_rerank = rerank_in_mode or (settings.rerank if rerank is None else rerank)
     top_k = settings.top_k if top_k is None else top_k
     _check_depth(top_k, "top_k")
+    offset = preset.get("offset") or 0
     rerank_spec = RerankSpec(settings.rerank_depth, settings.rerank_interpolation) if do_rerank else None
-    depth = max(top_k, rerank_spec.depth) if rerank_spec else top_k
+    depth = max(offset + top_k, rerank_spec.depth) if rerank_spec else offset + top_k
     names = mode_legs(base)
     fused = len(names) > 1
     request = SearchRequest(
@@ -338,6 +351,7 @@ def build_request(settings: SearchSettings, query: str, **preset: Unpack[Preset]
         fusion=FusionSpec.from_settings(settings, names) if fused else None,
         rerank=rerank_spec,
         filters=preset.get("filters"),
+        offset=offset,
         vector=preset.get("vector"),
         sparse_vector=preset.get("sparse_vector"),
     )

@@ -126,10 +126,12 @@ class RetrievalPipeline:
         result = SearchResult(
             query=request.query,
             mode=request.mode,
-            hits=tuple(hits[: request.top_k]),
+            hits=tuple(hits[request.offset : request.offset + request.top_k]),
             timings_ms=timings,
             fusion_location=location,
             total_hits=candidates,
+            offset=request.offset,
+            top_k=request.top_k,
         )
         if self.query_log is not None:  # never blocks, never raises
             self.query_log.record(result, top_k=request.top_k, filtered=bool(request.filters))

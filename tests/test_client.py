@@ -40,6 +40,8 @@ def test_the_readme_snippet_runs_as_written(corpus, tmp_path, monkeypatch):
         result = hs.search("who wrote hamlet", mode="hybrid+rerank", top_k=5, filters={"lang": "en"})
         recent = hs.search("who wrote hamlet", filters={"year": {"gte": 2019, "lt": 2022}, "lang": ["en", "de"]})
         assert recent.hits and all(2019 <= h.metadata["year"] < 2022 for h in recent.hits)
+        page2 = hs.search("who wrote hamlet", top_k=10, offset=10, highlight=True)
+        assert page2.next_offset == 20 and [h.rank for h in page2.hits] == list(range(11, 21))
         assert summary.stored == 40 and len(result.hits) == 5
         assert all(h.metadata["lang"] == "en" for h in result.hits)
         assert result.hits[0].doc_id and isinstance(result.hits[0].score, float)

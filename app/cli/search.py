@@ -28,6 +28,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="FIELD=VALUE",
         help="metadata filter; repeat for AND, separate values by | for any-of; ranges as 'year>=2019' (>, <=, <)",
     )
+    p.add_argument(
+        "--from",
+        dest="offset",
+        type=int,
+        default=0,
+        metavar="N",
+        help="skip the first N hits: a page further down the same ranking (JSON gives next_offset)",
+    )
+    p.add_argument(
+        "--highlight", action="store_true", help="show the part of each hit's text that matches, terms in <em> tags"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     options.search_knobs(p)
     options.log_knobs(p)
@@ -68,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     from hybrid_search.search.request import build_request
 
     settings = options.load(args)
-    request = build_request(settings.search, args.query)  # checked before anything connects or loads
+    # checked before anything connects or loads
+    request = build_request(settings.search, args.query, offset=args.offset)
     text_filters = parse_filters(args.filter)
     hs = options.client(settings)
     try:
@@ -83,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             request = replace(request, filters=filters)
         # loading is not part of the search time; a model no leg needs is never loaded
         hs.warm_up(rerank=request.rerank is not None, dense=any(leg.name == "knn" for leg in request.legs))
-        print_result(hs.search(request), settings.index.name, as_json=args.json)
+        print_result(hs.search(request, highlight=args.highlight), settings.index.name, as_json=args.json)
     finally:
         options.close_client(hs)  # its query-log summary comes after the results
     return 0
@@ -93,7 +105,8 @@ def print_result(result: SearchResult, index: str, *, as_json: bool) -> None:
     if as_json:
         from dataclasses import asdict
 
-        print(json.dumps(asdict(result), default=str, ensure_ascii=False), flush=True)
+        payload = {**asdict(result), "next_offset": result.next_offset}
+        print(json.dumps(payload, default=str, ensure_ascii=False), flush=True)
         return
     print(
         f"{result.mode} on {index}: {len(result.hits)} hits in {result.timings_ms['total']:.1f} ms"
@@ -110,6 +123,8 @@ def print_result(result: SearchResult, index: str, *, as_json: bool) -> None:
             )
             if value is not None
         )
-        text = f"{hit.title}: {hit.text}" if hit.title else hit.text
+        text = hit.highlight or (f"{hit.title}: {hit.text}" if hit.title else hit.text)
         print(f"{hit.rank:>3}. [{hit.doc_id}] {hit.score:.4f}  {stages}\n     {text[:160]}")
+    if result.next_offset is not None:
+        print(f"next page: --from {result.next_offset}")
     sys.stdout.flush()

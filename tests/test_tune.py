@@ -207,3 +207,14 @@ def test_tune_defaults_chooses_across_sets_and_scores_each_by_the_others(sample_
     assert report["mean"]["chosen"] >= report["mean"]["current_default"] - 1e-12
     with pytest.raises(ConfigError, match="at least two sets"):
         tune_defaults({"a": sets["a"]})
+
+
+def test_tune_defaults_to_a_budget_that_finishes_in_minutes():
+    from hybrid_search.app.cli import build_parser
+    from hybrid_search.app.cli.tune import DEFAULT_BUDGET, DEFAULT_MAX_QUERIES
+
+    args = build_parser().parse_args(["tune", "sample"])
+    assert (args.budget, args.max_queries) == (DEFAULT_BUDGET, DEFAULT_MAX_QUERIES) == (120, 300)
+    assert build_parser().parse_args(["tune", "sample", "--budget", "all"]).budget is None  # the whole grid
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["tune", "sample", "--budget", "0"])

@@ -16,8 +16,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", help="qrels split to tune on (default: test)")
     p.add_argument("--metric", default="ndcg@10", choices=METRICS)
     p.add_argument("--folds", type=options.positive_int, default=5, help="cross-validation folds (default: 5)")
-    p.add_argument("--budget", type=options.positive_int, help="try a seeded sample of N settings (default: all)")
-    p.add_argument("--max-queries", type=options.positive_int, metavar="N", help="use only the first N judged queries")
+    p.add_argument(
+        "--budget",
+        type=_budget,
+        default=DEFAULT_BUDGET,
+        help=f"try a seeded sample of N settings, the fixed modes among them (default: {DEFAULT_BUDGET}, minutes on a "
+        "CPU; 'all' for the whole grid, hours with reranking)",
+    )
+    p.add_argument(
+        "--max-queries",
+        type=options.positive_int,
+        default=DEFAULT_MAX_QUERIES,
+        metavar="N",
+        help=f"use only the first N judged queries (default: {DEFAULT_MAX_QUERIES}; each one's cross-encoder pairs "
+        "dominate the time)",
+    )
     p.add_argument(
         "--holdout",
         type=float,
@@ -35,6 +48,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", dest="json_out", metavar="OUT", help="write the report as JSON here")
     options.ingest_knobs(p)
     options.common(p)
+
+
+DEFAULT_BUDGET = 120  # settings: with the cross-encoder's pairs cached, minutes on a 2-core CPU
+DEFAULT_MAX_QUERIES = 300
+
+
+def _budget(text: str) -> int | None:
+    return None if text.strip().lower() == "all" else options.positive_int(text)
 
 
 def legs_flag(p: argparse.ArgumentParser) -> None:

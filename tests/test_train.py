@@ -151,6 +151,9 @@ def test_few_steps_change_the_weights_lower_the_loss_and_save_a_folder_both_load
 
     out, summary = trained
     assert summary.steps == 6 and summary.loss_curve and summary.kind == "bi-encoder"
+    # mnrl trains on the 8 positive pairs of the 12 rows, and says so; --max-steps decided the length
+    assert summary.pairs == 8 and summary.epochs == 6.0 and "on 8 examples" in summary.text()
+    assert "--max-steps 6 set the length: 6 passes over the 8 examples" in summary.text()
     before, after = load_file(str(base_folder / "model.safetensors")), load_file(str(out / "model.safetensors"))
     changed = [k for k in before if k in after and not np.array_equal(before[k], after[k])]
     assert len(changed) > 10  # the transformer itself moved, not just a head
@@ -351,6 +354,7 @@ def test_reindex_and_train_from_the_command_line(trained, pairs_csv, tmp_path):
         str(tmp_path / "m.json"),
     )
     assert out.returncode == 0, out.stderr
+    assert "{'loss'" not in out.stdout + out.stderr  # no raw log dicts per step
     report = json.loads((tmp_path / "m.json").read_text())
     assert report["steps"] == 2 and report["mining"]["anchors"] == 8 and (tmp_path / "m" / "modules.json").exists()
 

@@ -141,14 +141,32 @@ def staged_output(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]
 
 
 def _run(trainer: Any, options: TrainOptions) -> float:
-    """Train; return the wall time. Without progress, the trainer's per-step log lines are not printed."""
-    if not options.progress:
-        from transformers.trainer_callback import PrinterCallback
+    """Train; return the wall time. The trainer's raw per-step log dicts are never printed: with progress,
+    the bar shows the latest loss instead."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-        trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(PrinterCallback)
+    if options.progress:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(_loss_bar())
     start = time.perf_counter()
     trainer.train()
     return time.perf_counter() - start
+
+
+def _loss_bar() -> Any:
+    """A progress callback made on first use (transformers is imported lazily)."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class LossOnTheBar(ProgressCallback):
+        """The trainer's progress bar, with the latest loss as its postfix instead of a printed dict per log."""
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            bar = getattr(self, "training_bar", None)
+            if state.is_world_process_zero and bar is not None and logs and "loss" in logs:
+                bar.set_postfix(loss=f"{float(logs['loss']):.4f}")
+
+    return LossOnTheBar()
 
 
 def _loss_curve(history: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
@@ -169,6 +187,7 @@ class TrainSummary:
     pairs: int
     loss: str
     steps: int = 0
+    epochs: float = 0.0  # passes over the examples actually run (--max-steps decides it when given)
     seconds: float = 0.0
     device: str = "cpu"
     loss_curve: list[dict[str, float]] = field(default_factory=list)
@@ -184,10 +203,16 @@ class TrainSummary:
         first = self.loss_curve[0]["loss"] if self.loss_curve else float("nan")
         last = self.loss_curve[-1]["loss"] if self.loss_curve else float("nan")
         lines = [
-            f"trained {self.kind} ({self.loss}) from {self.base} on {self.pairs} examples: {self.steps} steps in "
-            f"{self.seconds:.1f} s on {self.device}; loss {first:.4f} -> {last:.4f}",
+            f"trained {self.kind} ({self.loss}) from {self.base} on {self.pairs} examples: {self.steps} steps "
+            f"({self.epochs:g} epochs) in {self.seconds:.1f} s on {self.device}; loss {first:.4f} -> {last:.4f}",
             f"saved to {self.out} (loads in sentence-transformers and as --model / --cross-encoder)",
         ]
+        if self.options.get("max_steps"):
+            lines.insert(
+                1,
+                f"--max-steps {self.options['max_steps']} set the length: {self.epochs:g} passes over the "
+                f"{self.pairs} examples (--epochs {self.options.get('epochs')} was not used)",
+            )
         if self.mining:
             m = self.mining
             lines.append(
@@ -252,8 +277,9 @@ def train_bi_encoder(
             loss=loss_fns[name] if single else loss_fns,
         )
         finished = _finish(model, trainer, work, options)
-        _write_card(work, kind="bi-encoder", base=base, loss=loss, pairs=len(pairs))
-    return _Run("bi-encoder", base, len(pairs), loss, device, before, (*_RECORDED, "margin")).summary(
+        _write_card(work, kind="bi-encoder", base=base, loss=loss, pairs=rows)
+    # the examples the loss saw (mnrl keeps the positive pairs only), not the rows read
+    return _Run("bi-encoder", base, rows, loss, device, before, (*_RECORDED, "margin")).summary(
         out, finished, evaluate, options
     )
 
@@ -336,8 +362,8 @@ def train_sparse_encoder(
         args = _args(SparseEncoderTrainingArguments, options, work, _steps_hint(len(data), options))
         trainer = SparseEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss)
         finished = _finish(model, trainer, work, options)
-        _write_card(work, kind="sparse-encoder", base=base, loss=loss_name, pairs=len(pairs))
-    return _Run("sparse-encoder", base, len(pairs), loss_name, device, before, _RECORDED).summary(
+        _write_card(work, kind="sparse-encoder", base=base, loss=loss_name, pairs=len(data))
+    return _Run("sparse-encoder", base, len(data), loss_name, device, before, _RECORDED).summary(
         out, finished, evaluate, options
     )
 
@@ -371,6 +397,7 @@ class _Run:
             pairs=self.examples,
             loss=self.loss,
             steps=int(trainer.state.global_step),
+            epochs=round(float(trainer.state.epoch or 0.0), 2),
             seconds=round(seconds, 1),
             device=self.device,
             loss_curve=_loss_curve(trainer.state.log_history),

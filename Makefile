@@ -17,7 +17,8 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[offline,dev]"
+	# setuptools warns that folders named like the package may shadow it: ours are the package (its own layout)
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e ".[offline,dev]"
 	touch $@
 
 install: $(VENV)/.installed

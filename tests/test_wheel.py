@@ -176,3 +176,18 @@ def test_a_wheel_built_from_the_sdist_is_as_complete(wheel, tmp_path):
     assert again.returncode == 0, again.stderr
     names = set(zipfile.ZipFile(next(rebuilt.glob("*.whl"))).namelist())
     assert {n for n in zipfile.ZipFile(wheel).namelist() if "dist-info" not in n} <= names
+
+
+def test_the_makefiles_editable_install_prints_no_setuptools_warning():
+    """``make demo`` shows what the demo prints, not setuptools' "Editable installation" box: the install
+    line of the Makefile, run as written (its environment included) with ``--no-deps``, into this environment
+    (it reinstalls the same editable checkout)."""
+    line = next(s for s in (REPO / "Makefile").read_text().splitlines() if "pip install" in s and " -e " in s)
+    env_part, _, _ = line.strip().partition("$(BIN)/python")
+    env = dict(os.environ)
+    for assignment in env_part.split():
+        name, _, value = assignment.partition("=")
+        env[name] = value.strip('"')
+    out = _run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "-e", str(REPO)], REPO, env)
+    assert out.returncode == 0, out.stderr
+    assert "Editable installation" not in out.stdout + out.stderr

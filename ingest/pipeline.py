@@ -375,8 +375,9 @@ def _stream(
     from tqdm.auto import tqdm
 
     skip_upto = run.ckpt.position
-    # the bar follows positions in the source (a total where counting is cheap), one update per record:
-    # tqdm redraws at most a few times a second, so it moves smoothly even while a batch is encoded
+    # the bar follows the source positions whose fate is durable (a total where counting is cheap), one
+    # update per stored batch, so its rate and ETA are the ingest's own; miniters=1 keeps tqdm from learning
+    # a huge update interval from the reader's first fast burst (the bar then froze for minutes)
     bar = tqdm(
         desc=f"ingest {run.ckpt.alias}",
         unit="rec",
@@ -384,6 +385,7 @@ def _stream(
         initial=skip_upto,
         total=source.count_hint() if progress else None,
         mininterval=0.5,
+        miniters=1,
     )
     vectors = (
         VectorCheck(encoder.dims, unit=encoder.pooling.normalize) if source.fields.vector_field is not None else None
@@ -411,7 +413,7 @@ def _stream(
 
     def read_stage() -> None:
         try:
-            batches = _batches(source, settings, skip_upto, vectors, bar, run)
+            batches = _batches(source, settings, skip_upto, vectors, run)
             while True:
                 t = time.perf_counter()
                 batch = next(batches, None)
@@ -449,6 +451,7 @@ def _stream(
             if not isinstance(item, _Batch):
                 break
             _write(item, backend, settings, run)
+            bar.update(item.position - bar.n)
     finally:
         stop.set()
         for thread in threads:
@@ -461,7 +464,6 @@ def _batches(
     settings: Settings,
     skip_upto: int,
     vectors: VectorCheck | None,
-    bar: Any,
     run: _Run,
 ) -> Any:
     """Validated records grouped into batches of ``ingest.batch_size`` documents, in source order."""
@@ -473,7 +475,6 @@ def _batches(
     for item in records:
         if item.position <= skip_upto:
             continue  # its fate is already durable; validated again only to remember its id
-        bar.update(item.position - bar.n)
         read, position = read + 1, item.position
         if isinstance(item, Reject):
             pending.append(item)

@@ -243,3 +243,14 @@ def test_ingest_prints_json_to_a_pipe_and_only_its_line_to_a_terminal(tmp_path):
     assert json.loads(ingest_on_a_terminal("--json"))["stored"] == 40
     piped = cli("ingest", "sample", "--index", "t", "--data-dir", str(tmp_path), "--quiet")
     assert json.loads(piped.stdout)["stored"] == 40
+
+
+def test_the_ingest_bar_moves_with_each_stored_batch_and_shows_rate_and_eta(tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"id": str(i), "text": f"document {i} " * 20}) + "\n" for i in range(600)))
+    out = cli("ingest", str(corpus), "--index", "bar", "--data-dir", str(tmp_path), "--batch-size", "50")
+    assert out.returncode == 0, out.stderr
+    frames = [f for f in out.stderr.replace("\r", "\n").splitlines() if f.startswith("ingest bar:")]
+    counts = {int(f.split("|")[-1].split("/")[0]) for f in frames if "|" in f}
+    assert len(counts) >= 4 and max(counts) == 600  # several positions shown on the way, not 0 then 600
+    assert any("rec/s" in f and "<" in f for f in frames)  # a rate and an ETA

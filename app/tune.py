@@ -30,7 +30,7 @@ from hybrid_search.app.evaluate import RUN_DEPTH, per_query_scores
 from hybrid_search.app.tune_space import FIRST_DEPTHS, FIXED_MODES, Pipeline, fixed_modes, grid
 from hybrid_search.config.errors import ConfigError
 from hybrid_search.config.settings import SearchSettings
-from hybrid_search.config.text import has_cjk, passage_text
+from hybrid_search.config.text import passage_text
 from hybrid_search.search.searcher import blend_rerank_scores
 
 if TYPE_CHECKING:
@@ -402,9 +402,6 @@ def _select(
     return _Selection(table, best_on(qids), held_out_scores, fold_scores)
 
 
-ANALYZERS = ("standard", "english", "folding")  # measured by tune; cjk too where the corpus has CJK text
-
-
 def analyzer_effect(
     cache: RunCache,
     candidates: Sequence[Pipeline],
@@ -422,23 +419,16 @@ def analyzer_effect(
     scoring, for every backend, so both sides are scored alike); each analyzer's BM25 runs replace the cached
     ones and the whole grid is cross-validated again, so the comparison is tuned pipeline against tuned
     pipeline. kNN runs and cross-encoder scores are shared."""
-    from hybrid_search.backends.embedded import LexicalIndex
+    from hybrid_search.app.tune_analyzers import ANALYZERS, lexical_runs
 
     hs = cache.hs
     spec = hs.backend.index_spec(hs.index)
     current = spec.analyzer if spec is not None else "standard"
-    names = list(dict.fromkeys([current, *ANALYZERS]))
-    lexical = {name: LexicalIndex(name) for name in names}
-    for i, batch in enumerate(hs.backend.iter_documents(hs.index)):
-        if i == 0 and "cjk" not in lexical and any(has_cjk(passage_text(d.title, d.text)) for d in batch):
-            lexical["cjk"] = LexicalIndex("cjk")  # the first batch holds CJK text: measure segmenting it
-        for index in lexical.values():
-            index.add(batch)
+    lexical, documents = lexical_runs(hs, queries, [current, *ANALYZERS], cache.depth)
     qids = [q for q, _ in queries]
     cross_validated: dict[str, dict[str, float]] = {}
     chosen: dict[str, str] = {}
-    for name, index in lexical.items():
-        runs = {qid: index.search(text, cache.depth) for qid, text in queries}
+    for name, runs in lexical.items():
         selection = _select(
             cache.with_bm25(runs),
             candidates,
@@ -459,7 +449,7 @@ def analyzer_effect(
     return {
         "current": current,
         "alternative": alternative,
-        "documents": lexical[current].count,
+        "documents": documents,
         "cross_validated": {name: mean_over(v, qids) for name, v in cross_validated.items()},
         "chosen": chosen,
         "gain": gain,

@@ -30,6 +30,7 @@ def tune_defaults(
     progress: bool = False,
     legs: Sequence[str] | None = None,
     rerank: bool = True,
+    analyzers: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Choose shipped defaults across corpora: the first stage (mode, fusion, depths) with the best mean
     ``metric`` over the sets (each set weighs the same, however many queries it has), then the rerank depth
@@ -40,6 +41,9 @@ def tune_defaults(
     (``hybrid``, ``bm25+sparse``, ``hybrid3``...), the first stage chosen within it and its mean, with
     leave-one-set-out, and ``by_leg_count`` the same over all first stages of one, two or three legs, so a
     two-leg and a three-leg pipeline compare each at its best. ``rerank=False`` chooses the first stage only.
+
+    ``analyzers`` adds ``analyzers``: each text analyzer's mean on bm25, hybrid and hybrid+rerank at today's
+    defaults, the one chosen for each, and leave-one-set-out (``app.tune_analyzers``).
 
     ``sets`` maps a name to (client over the set's index, judged queries, qrels)."""
     names = list(sets)
@@ -111,8 +115,24 @@ def tune_defaults(
     by_mode = {mode: best_within([p for p in firsts if p.base == mode]) for mode in modes}
     counts = sorted({len(p.legs) for p in firsts})
     by_leg_count = {str(n): best_within([p for p in firsts if len(p.legs) == n]) for n in counts}
+    analysis = None
+    if analyzers:
+        from hybrid_search.app.tune_analyzers import analyzer_defaults
+
+        def score_with(cache: RunCache, p: Pipeline, name: str) -> float:
+            _, queries, qrels = sets[name]
+            qids = [q for q, _ in queries]
+            return mean_over(per_query_metric(cache, p, qids, qrels, metric, ignore_identical_ids), qids)
+
+        measured = {
+            "bm25": Pipeline("bm25"),
+            "hybrid": current,
+            **({"hybrid+rerank": current_rerank} if rerank else {}),
+        }
+        analysis = analyzer_defaults(caches, sets, measured, score_with, analyzers)
     return {
         "metric": metric,
+        "analyzers": analysis,
         "legs": list(searched),
         "by_mode": by_mode,
         "by_leg_count": by_leg_count,

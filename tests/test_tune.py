@@ -198,8 +198,23 @@ def test_tune_defaults_chooses_across_sets_and_scores_each_by_the_others(sample_
     other.ingest("sample")
     half = len(queries) // 2
     sets = {"a": (hs, queries[:half], qrels), "b": (other, queries[half:], qrels)}
-    report = tune_defaults(sets)
+    report = tune_defaults(sets, analyzers=["standard", "english", "folding"])
     other.close()
+    # analyzers on bm25, hybrid and hybrid+rerank: the standard one scores as the index does (the index's
+    # own analyzer, in memory), each choice is the best mean, and leave-one-set-out is each set's by the others
+    a = report["analyzers"]
+    assert set(a["mean"]) == {"standard", "english", "folding"} and set(a["chosen"]) == {
+        "bm25",
+        "hybrid",
+        "hybrid+rerank",
+    }
+    assert a["mean"]["standard"]["hybrid"] == pytest.approx(report["mean"]["current_default"])
+    for label, chosen in a["chosen"].items():
+        assert a["mean"][chosen][label] == max(row[label] for row in a["mean"].values())
+        picks = a["leave_one_out"][label]["picks"]
+        assert a["leave_one_out"][label]["mean"] == pytest.approx(
+            np.mean([a["sets"][picks[n]][label][n] for n in "ab"])
+        )
     assert set(report["sets"]) == {"a", "b"} and report["chosen_labels"][1].startswith(report["chosen_labels"][0])
     for key in ("current_default", "chosen", "leave_one_out", "chosen_rerank"):
         assert report["mean"][key] == pytest.approx(np.mean([row[key] for row in report["sets"].values()]))

@@ -159,7 +159,20 @@ def test_tune_defaults_command_prints_the_comparison(tmp_path):
     report = tmp_path / "defaults.json"
     out = _cli("tune-defaults", str(a), str(a), *common, "--no-rerank")
     assert out.returncode == 2 and "twice" in out.stderr  # one set named twice would weigh double
-    out = _cli("tune-defaults", str(a), str(b), *common, "--no-rerank", "--json", str(report))
+    out = _cli("tune-defaults", str(a), str(b), *common, "--no-rerank", "--analyzers", "standard,klingon")
+    assert out.returncode == 2 and "unknown klingon" in out.stderr
+    out = _cli(
+        "tune-defaults",
+        str(a),
+        str(b),
+        *common,
+        "--no-rerank",
+        "--json",
+        str(report),
+        "--analyzers",
+        "standard,folding",
+    )
     assert out.returncode == 0, out.stderr
     assert "best of 3 leg(s)" in out.stdout and "hybrid3" in out.stdout
+    assert "analyzers (ndcg@10" in out.stdout and json.loads(report.read_text())["analyzers"]["chosen"]["hybrid"]
     assert json.loads(report.read_text())["by_leg_count"]["3"]["chosen"].startswith("hybrid3")

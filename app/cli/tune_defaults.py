@@ -29,6 +29,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="choose the first stage only (no cross-encoder: minutes instead of tens of minutes on a CPU)",
     )
+    p.add_argument(
+        "--analyzers",
+        type=lambda v: [a.strip() for a in v.split(",") if a.strip()],
+        metavar="LIST",
+        help="also compare these text analyzers on bm25, hybrid and hybrid+rerank at today's defaults, e.g. "
+        "standard,english,folding (each set's corpus is streamed into an in-memory BM25 index per analyzer)",
+    )
     options.ingest_knobs(p)
     options.common(p)
 
@@ -59,7 +66,20 @@ def run(args: argparse.Namespace) -> int:
             options.ingest_unless_indexed(hs, args)
             check_judged_documents(hs, source, query_set.qrels, [q for q, _ in queries])
             sets[name] = (hs, queries, query_set.qrels)
-        report = tune_defaults(sets, metric=args.metric, progress=not args.quiet, legs=args.legs, rerank=args.rerank)
+        if args.analyzers:
+            from hybrid_search.config.text import ANALYZERS
+
+            unknown = [a for a in args.analyzers if a not in ANALYZERS]
+            if unknown:
+                raise ConfigError(f"--analyzers: unknown {', '.join(unknown)}; use some of {', '.join(ANALYZERS)}")
+        report = tune_defaults(
+            sets,
+            metric=args.metric,
+            progress=not args.quiet,
+            legs=args.legs,
+            rerank=args.rerank,
+            analyzers=args.analyzers,
+        )
     finally:
         for hs in clients:
             hs.close()
@@ -74,5 +94,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {mode:<16} {row['mean']:.4f}  l-o-o {row['leave_one_out']:.4f}  {row['chosen']}")
     for count, row in report["by_leg_count"].items():
         print(f"  best of {count} leg(s)   {row['mean']:.4f}  l-o-o {row['leave_one_out']:.4f}  {row['chosen']}")
+    if report["analyzers"]:
+        _print_analyzers(report["analyzers"], report["metric"])
     options.write_json(report, args.json_out)
     return 0
+
+
+def _print_analyzers(a: dict, metric: str) -> None:
+    labels = list(a["pipelines"])
+    print(f"\nanalyzers ({metric}, mean over the sets at today's defaults; l-o-o: chosen on the others)")
+    print(f"  {'analyzer':<12}" + "".join(f"{label:>16}" for label in labels))
+    for analyzer, row in a["mean"].items():
+        print(f"  {analyzer:<12}" + "".join(f"{row[label]:>16.4f}" for label in labels))
+    print(f"  {'chosen':<12}" + "".join(f"{a['chosen'][label]:>16}" for label in labels))
+    print(f"  {'l-o-o':<12}" + "".join(f"{a['leave_one_out'][label]['mean']:>16.4f}" for label in labels))

@@ -67,6 +67,7 @@ class IngestSummary:
     encoded: int = 0  # documents encoded and upserted by this run (after a resume, fewer than stored)
     read_seconds: float = 0.0  # time the read + validate stage worked (not waiting on the next stage)
     precomputed: int = 0  # documents stored with the vector their record carried
+    run_seconds: float = 0.0  # this run's wall time (``seconds`` adds the earlier runs a resume continued)
 
     def stage_rates(self) -> dict[str, float]:
         """Each stage's own rate (documents per second of its working time) and the end-to-end rate: with
@@ -80,7 +81,7 @@ class IngestSummary:
             "read": rate(self.read_seconds),
             "encode": rate(self.encode_seconds) if self.encoded else float("inf"),
             "write": rate(self.upsert_seconds),
-            "end_to_end": rate(self.seconds),
+            "end_to_end": rate(self.run_seconds or self.seconds),
         }
 
     @property
@@ -193,7 +194,7 @@ class _Run:
         self.ckpt, self.ckpt_path, self.rejects = ckpt, ckpt_path, rejects
         self.encode_s = self.upsert_s = self.read_s = 0.0
         self.encoded = self.precomputed = 0
-        self.started = time.perf_counter()
+        self.started = self.began = time.perf_counter()
         self.sparse_encoder: SparseEncoder | None = None
 
     def commit(self, position: int, read: int, rejected: Sequence[Reject], truncated: int) -> None:
@@ -580,6 +581,7 @@ def _finish(
     backend.finish_build(alias, c.physical)
     run.ckpt_path.unlink(missing_ok=True)
     seconds = c.elapsed + time.perf_counter() - run.started
+    run_seconds = time.perf_counter() - run.began
     log.info("ingest of %s finished at %s", alias, datetime.now(UTC).isoformat())
     return IngestSummary(
         alias=alias,
@@ -598,4 +600,5 @@ def _finish(
         encoded=run.encoded,
         read_seconds=round(run.read_s, 3),
         precomputed=run.precomputed,
+        run_seconds=round(run_seconds, 3),
     )

@@ -109,6 +109,9 @@ def test_resume_after_a_crash_stores_everything_once_without_reencoding(settings
         summary = logged_ingest(dirty, real, again, settings, alias="resumed", resume=True)
         assert summary.resumed and (summary.read, summary.stored, summary.rejected) == (50, 47, 3)
         assert again.encoded == 47 - 32  # only what was not stored before the crash
+        # this run's time apart from the crashed run's, and the end-to-end rate over what this run did
+        assert 0 < summary.run_seconds <= summary.seconds and summary.seconds > ckpt.elapsed
+        assert summary.stage_rates()["end_to_end"] == pytest.approx(15 / summary.run_seconds, rel=0.02)
         assert real.count("resumed") == 47
         done = real.log_sink().latest("resumed-ingest")
         assert (done["status"], done["resumed"], done["stored"]) == ("completed", True, 47)

@@ -299,7 +299,12 @@ def ingest(hs: HybridSearch, args: argparse.Namespace) -> IngestSummary:
     print(
         f"ingested {summary.alias} -> {summary.physical}: read {summary.read}, stored {summary.stored}, "
         f"rejected {summary.rejected}, truncated {summary.truncated}, {summary.docs_per_s:.1f} docs/s "
-        f"({summary.seconds:.1f} s)" + (f"; rejects in {summary.rejects_path}" if summary.rejected else ""),
+        + (
+            f"({summary.run_seconds:.1f} s this run, {summary.seconds:.1f} s with the runs it resumed)"
+            if summary.resumed
+            else f"({summary.seconds:.1f} s)"
+        )
+        + (f"; rejects in {summary.rejects_path}" if summary.rejected else ""),
         file=sys.stderr,
     )
     return summary

@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo lint test clean
+.PHONY: install demo lint test test-fast clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,11 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/python .ci/typecheck.py
 
+# every tier, the slow one included (what CI runs); `make test-fast` leaves the slow tier out
 test: lint
+	$(BIN)/python -m pytest --run-slow $(PYTEST_ARGS)
+
+test-fast: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

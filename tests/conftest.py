@@ -24,10 +24,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
 
 
+# whole modules in the slow tier: end-to-end runs over the shared sets (ingest-bound, minutes each) and the
+# SIGKILL crash loops (a child process per kill); `make test` (CI) runs them, plain `pytest` does not
+SLOW_MODULES = frozenset({"test_e2e_shared", "test_crash_loop"})
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and module.__name__ in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
     if config.getoption("--run-slow"):
         return
-    skip = pytest.mark.skip(reason="slow test: opt in with --run-slow")
+    skip = pytest.mark.skip(reason="slow test: opt in with --run-slow (make test runs it)")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)

@@ -376,9 +376,8 @@ def _stream(
     from tqdm.auto import tqdm
 
     skip_upto = run.ckpt.position
-    # the bar follows the source positions whose fate is durable (a total where counting is cheap), one
-    # update per stored batch, so its rate and ETA are the ingest's own; miniters=1 keeps tqdm from learning
-    # a huge update interval from the reader's first fast burst (the bar then froze for minutes)
+    # the bar follows the positions whose fate is durable, one update per stored batch (rate and ETA are the
+    # ingest's own); miniters=1: tqdm learnt a huge interval from the reader's first burst and froze the bar
     bar = tqdm(
         desc=f"ingest {run.ckpt.alias}",
         unit="rec",
@@ -568,11 +567,7 @@ def _finish(
             "into the same build (nothing is duplicated)"
         )
     if stored == 0:
-        why = (
-            f"{c.rejected} rejected (reasons in {rejects_path})"
-            if c.rejected
-            else f"the source holds no records ({c.source})"
-        )
+        why = f"{c.rejected} rejected (reasons in {rejects_path})" if c.rejected else f"{c.source} holds no records"
         raise _NothingStored(
             f"nothing was stored: {c.read} read, {why}; {alias!r} is unchanged. Check the source and "
             "--id-field / --text-field"

@@ -62,7 +62,9 @@ def test_all_records_rejected_keeps_the_serving_index(settings, encoder, serving
 def test_an_empty_file_keeps_the_serving_index(settings, encoder, serving, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("", encoding="utf-8")
-    with pytest.raises(IndexingError, match="nothing was stored: 0 read, the source holds no records") as caught:
+    with pytest.raises(
+        IndexingError, match=r"nothing was stored: 0 read, jsonl:.*empty.jsonl holds no records"
+    ) as caught:
         run_ingest(open_source(empty), serving, encoder, settings, alias="live")
     assert "rejects" not in str(caught.value)  # no pointer to an empty rejects file
     assert serving.count("live") == 40

@@ -152,7 +152,7 @@ def test_unknown_sources_say_what_to_give(tmp_path):
     with pytest.raises(SourceError, match="quora or nq"):
         open_source(tmp_path / "nope")
     (tmp_path / "x.txt").write_text("hi")
-    with pytest.raises(SourceError, match=".jsonl, .csv or .parquet"):
+    with pytest.raises(SourceError, match=r"\.jsonl, \.json, \.csv or \.parquet"):
         open_source(tmp_path / "x.txt")
     assert isinstance(open_source("quora"), HubBeir)
 

@@ -16,9 +16,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["QueryRunCache", "Run", "format_seconds", "run_key", "write_per_query", "write_trec_run"]
+__all__ = ["QueryRunCache", "Run", "format_seconds", "run_key", "safe_name", "write_per_query", "write_trec_run"]
 
 Run = dict[str, list[tuple[str, float]]]  # query id -> (doc id, score), best first
+
+
+def safe_name(text: str) -> str:
+    """``text`` with anything but letters, digits and ``-_.+`` as ``_``: a mode as a file name or a run tag."""
+    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in text)
 
 
 def run_key(parts: Mapping[str, Any]) -> str:
@@ -68,7 +73,7 @@ def write_trec_run(path: Path, tag: str, run: Mapping[str, Sequence[tuple[str, f
     Those tools rank by score and break ties by doc id, so a tie (or a score out of order) is written a step
     of 1e-6 below the one before it: every tool then reads the ranking that was served."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    safe_tag = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in tag)
+    safe_tag = safe_name(tag)
     with path.open("w", encoding="utf-8") as out:
         for qid, docs in run.items():
             previous = math.inf

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hybrid_search.app.eval_runs import QueryRunCache, Run, run_key, write_per_query, write_trec_run
+from hybrid_search.app.eval_runs import QueryRunCache, Run, run_key, safe_name, write_per_query, write_trec_run
 from hybrid_search.config.errors import ConfigError
 from hybrid_search.search.request import SearchRequest, parse_mode
 from hybrid_search.search.searcher import RetrievalPipeline
@@ -267,12 +267,8 @@ def _plan(
                 "sparse": getattr(searcher.sparse_encoder, "model_name", None),
             }
         )
-        cache = QueryRunCache(cache_dir / f"{_file_name(mode)}-{key}.jsonl")
+        cache = QueryRunCache(cache_dir / f"{safe_name(mode)}-{key}.jsonl")
     return _ModeRun(mode, searcher, template, cache)
-
-
-def _file_name(mode: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_+" else "_" for c in mode)
 
 
 def _report(plan: _ModeRun, qrels: Mapping[str, Mapping[str, int]], ignore_ids: bool, out: EvalOutputs) -> ModeReport:
@@ -287,7 +283,7 @@ def _report(plan: _ModeRun, qrels: Mapping[str, Mapping[str, int]], ignore_ids: 
     )
     if out.runs_dir is not None:
         kept = {q: [(d, s) for d, s in docs if not (ignore_ids and d == q)][:RUN_DEPTH] for q, docs in plan.run.items()}
-        write_trec_run(out.runs_dir / f"{_file_name(plan.mode)}.trec", plan.mode, kept)
+        write_trec_run(out.runs_dir / f"{safe_name(plan.mode)}.trec", plan.mode, kept)
         per_query = {m: per_query_scores(qrels, ids, m, ignore_identical_ids=ignore_ids) for m in METRICS}
         write_per_query(out.runs_dir / "per-query.tsv", plan.mode, per_query)
     if out.on_mode is not None:

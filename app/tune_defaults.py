@@ -61,14 +61,15 @@ def tune_defaults(
     searched = tuning_legs(common, legs)
     firsts = list(dict.fromkeys([current, *grid(searched, first_stage_only=True)]))
 
+    def measure(cache: RunCache, p: Pipeline, name: str) -> float:
+        _, queries, qrels = sets[name]
+        qids = [q for q, _ in queries]
+        return mean_over(per_query_metric(cache, p, qids, qrels, metric, ignore_identical_ids), qids)
+
     def score(p: Pipeline, name: str) -> float:
         # each (setting, set) scored once, on first use: only the rerank settings tried pay the cross-encoder
         if p not in means[name]:
-            _, queries, qrels = sets[name]
-            qids = [q for q, _ in queries]
-            means[name][p] = mean_over(
-                per_query_metric(caches[name], p, qids, qrels, metric, ignore_identical_ids), qids
-            )
+            means[name][p] = measure(caches[name], p, name)
         return means[name][p]
 
     def best(candidates: Sequence[Pipeline], on: Sequence[str]) -> Pipeline:
@@ -119,17 +120,12 @@ def tune_defaults(
     if analyzers:
         from hybrid_search.app.tune_analyzers import analyzer_defaults
 
-        def score_with(cache: RunCache, p: Pipeline, name: str) -> float:
-            _, queries, qrels = sets[name]
-            qids = [q for q, _ in queries]
-            return mean_over(per_query_metric(cache, p, qids, qrels, metric, ignore_identical_ids), qids)
-
         measured = {
             "bm25": Pipeline("bm25"),
             "hybrid": current,
             **({"hybrid+rerank": current_rerank} if rerank else {}),
         }
-        analysis = analyzer_defaults(caches, sets, measured, score_with, analyzers)
+        analysis = analyzer_defaults(caches, sets, measured, measure, analyzers)
     return {
         "metric": metric,
         "analyzers": analysis,

@@ -94,18 +94,22 @@ def backend_docs():
     return [StoredDocument(d, t, x, {}) for d, t, x in DOCS]
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize("name", ["folding", "cjk", "english", "french"])
-def test_the_same_analyzers_on_elasticsearch(noida_url, name):
-    from hybrid_search.backends.elasticsearch import ElasticsearchBackend
-
-    backend = ElasticsearchBackend(BackendSettings(kind="elasticsearch", urls=(noida_url,)), IndexSettings(replicas=0))
+def _check_on_a_cluster(backend, name: str) -> None:
     with backend:
         index = f"analyzers-{name}"
         backend.drop_index(index)
         _load(backend, index, name)
         _check(lambda q: backend.search_bm25(index, q, 10), name, STAND_IN_GAPS)
         backend.drop_index(index)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["folding", "cjk", "english", "french"])
+def test_the_same_analyzers_on_elasticsearch(noida_url, name):
+    from hybrid_search.backends.elasticsearch import ElasticsearchBackend
+
+    settings = BackendSettings(kind="elasticsearch", urls=(noida_url,))
+    _check_on_a_cluster(ElasticsearchBackend(settings, IndexSettings(replicas=0)), name)
 
 
 @pytest.mark.integration
@@ -113,13 +117,8 @@ def test_the_same_analyzers_on_elasticsearch(noida_url, name):
 def test_the_same_analyzers_on_opensearch(osmem_url, name):
     from hybrid_search.backends.opensearch import OpenSearchBackend
 
-    backend = OpenSearchBackend(BackendSettings(kind="opensearch", urls=(osmem_url,)), IndexSettings(replicas=0))
-    with backend:
-        index = f"analyzers-{name}"
-        backend.drop_index(index)
-        _load(backend, index, name)
-        _check(lambda q: backend.search_bm25(index, q, 10), name, STAND_IN_GAPS)
-        backend.drop_index(index)
+    settings = BackendSettings(kind="opensearch", urls=(osmem_url,))
+    _check_on_a_cluster(OpenSearchBackend(settings, IndexSettings(replicas=0)), name)
 
 
 def test_cluster_mappings_follow_the_specs(spec):

@@ -243,6 +243,11 @@ def int_list(text: str) -> list[int]:
     return [positive_int(part.strip()) for part in text.split(",") if part.strip()] or [positive_int(text)]
 
 
+def comma_list(text: str) -> list[str]:
+    """An argparse type: ``a, b,c`` -> ``["a", "b", "c"]`` (blank entries dropped)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number of at least 1 (argparse turns the error into a usage line)."""
     try:

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             hs.check_filters(filters)
             request = replace(request, filters=filters)
         # loading is not part of the search time; a model no leg needs is never loaded
-        hs.warm_up(rerank=request.rerank is not None, dense=any(leg.name == "knn" for leg in request.legs))
+        hs.warm_up(rerank=request.rerank is not None, dense=request.needs_vector)
         print_result(hs.search(request, highlight=args.highlight), settings.index.name, as_json=args.json)
     finally:
         options.close_client(hs)  # its query-log summary comes after the results

@@ -61,7 +61,7 @@ def _budget(text: str) -> int | None:
 def legs_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--legs",
-        type=lambda v: [leg.strip() for leg in v.split(",") if leg.strip()],
+        type=options.comma_list,
         metavar="LEGS",
         help="search only settings over these legs, e.g. bm25,knn (default: every leg the index answers: "
         "bm25, knn, and sparse where it was ingested with --sparse-model)",

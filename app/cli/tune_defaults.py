@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--analyzers",
-        type=lambda v: [a.strip() for a in v.split(",") if a.strip()],
+        type=options.comma_list,
         metavar="LIST",
         help="also compare these text analyzers on bm25, hybrid and hybrid+rerank at today's defaults, e.g. "
         "standard,english,folding (each set's corpus is streamed into an in-memory BM25 index per analyzer)",

@@ -19,8 +19,9 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Unpack, cast
+from typing import TYPE_CHECKING, Any, Unpack
 
+from hybrid_search.app.writes import IndexWrites
 from hybrid_search.backends import open_backend
 from hybrid_search.backends.base import Backend, IndexSpec, IndexStats
 from hybrid_search.config.errors import ConfigError, IndexNotFound, QueryError
@@ -45,8 +46,9 @@ __all__ = ["DEFAULT_MODES", "HybridSearch"]
 DEFAULT_MODES = ("bm25", "knn", "hybrid", "hybrid+rerank")
 
 
-class HybridSearch:
-    """Ingest, search, evaluate and manage one index on one backend. See the module docstring."""
+class HybridSearch(IndexWrites):
+    """Ingest, search, evaluate and manage one index on one backend (incremental writes and index
+    management: ``app.writes``). See the module docstring."""
 
     def __init__(
         self,
@@ -253,31 +255,27 @@ class HybridSearch:
         not unit length is rejected with that reason. ``sparse_field`` likewise names precomputed learned-sparse
         vectors (token -> positive weight, made by ``models.sparse_encoder``, which encodes the queries).
         Every run, finished or failed, is recorded in ``<index>-ingest`` (``logs.ingest``)."""
-        from hybrid_search.ingest.sources import FieldMap, open_source
-
-        if fields is None:
-            fields = FieldMap(
-                id_fields=(id_field,) if id_field else ("_id", "id"),
-                title_field=title_field,
-                text_field=text_field,
-                metadata_fields=tuple(metadata_fields),
-                vector_field=vector_field,
-                sparse_field=sparse_field,
+        options = {
+            "metadata_fields": metadata_fields,
+            "id_field": id_field,
+            "title_field": title_field,
+            "text_field": text_field,
+            "vector_field": vector_field,
+            "sparse_field": sparse_field,
+            "fields": fields,
+        }
+        corpus = self._as_source(source, name=name, fields=options)
+        if resume and not getattr(corpus, "named", True):
+            raise ConfigError(
+                "resume needs to know the records are the same ones: pass name=... (and the same records in "
+                "the same order) to ingest and to the resumed ingest"
             )
-        if isinstance(source, (str, Path)):
-            corpus: CorpusSource = open_source(source, fields)
-        elif hasattr(source, "records") and hasattr(source, "fields"):
-            corpus = cast("CorpusSource", source)
-        else:  # records held in memory: dicts, a DataFrame, an Arrow table or a datasets.Dataset
-            from hybrid_search.ingest.sources import Records
-
-            corpus = Records(source, fields, name=name)
-            if resume and not corpus.named:
-                raise ConfigError(
-                    "resume needs to know the records are the same ones: pass name=... (and the same records in "
-                    "the same order) to ingest and to the resumed ingest"
-                )
         return self._build(corpus, self.encoder, self.settings, resume=resume, progress=progress)
+
+    def _as_source(self, source: Any, *, name: str | None, fields: Mapping[str, Any]) -> CorpusSource:
+        from hybrid_search.ingest.sources import as_source
+
+        return as_source(source, name=name, options=fields)
 
     def _build(
         self, source: CorpusSource, encoder: Encoder, settings: Settings, *, resume: bool, progress: bool

@@ -24,6 +24,7 @@ from hybrid_search.search.searcher import RetrievalPipeline
 
 if TYPE_CHECKING:
     from hybrid_search.app.client import HybridSearch
+    from hybrid_search.backends.base import IndexStats
 
 __all__ = [
     "METRICS",
@@ -309,9 +310,14 @@ def check_judged_documents(
 
 
 def _cache_dir(hs: HybridSearch) -> Path:
-    # one folder per build and size: a new ingest (a new physical build) never reads an older build's runs
-    stats = hs.stats()
-    return Path(hs.settings.data_dir) / "eval-cache" / hs.index / f"{stats.physical or hs.index}-{stats.count}"
+    return cache_dir_for(hs.settings.data_dir, hs.index, hs.stats())
+
+
+def cache_dir_for(data_dir: str | Path, index: str, stats: IndexStats) -> Path:
+    """Where evaluation runs of ``index`` are cached: one folder per build, size and write generation, so a
+    new ingest (a new physical build) or an incremental write never reads runs cached before it."""
+    generation = f"-g{stats.write_generation}" if stats.write_generation else ""
+    return Path(data_dir) / "eval-cache" / index / f"{stats.physical or index}-{stats.count}{generation}"
 
 
 def evaluate_source(

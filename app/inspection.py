@@ -50,13 +50,20 @@ class Inspection:
             f"documents      {s.count:,}",
             f"store size     {_size(s.store_bytes)}",
         ]
+        if s.deleted_documents is not None:
+            reclaim = f", about {_size(s.reclaimable_bytes)} reclaimable" if s.reclaimable_bytes is not None else ""
+            lines.append(
+                f"deleted        {s.deleted_documents:,} deleted or replaced, not yet compacted{reclaim}"
+                + (" (`hybrid-search compact` removes them)" if s.deleted_documents else "")
+            )
         if s.spec is not None:
             lines.append(f"vectors        {s.spec.dims} dims, {s.spec.similarity}, model {s.spec.model or '?'}")
         if s.vector:
             lines.append("vector field   " + ", ".join(f"{k}={_short(v)}" for k, v in s.vector.items()))
         if self.orphan_builds:
             lines.append(
-                f"orphan builds  {', '.join(self.orphan_builds)} (unserved; removed by the next successful build)"
+                f"orphan builds  {', '.join(self.orphan_builds)} "
+                "(unserved; removed by the next build or by `hybrid-search prune`)"
             )
         filterable = ", ".join(f"{name} ({kind})" for name, kind in s.metadata_fields.items())
         lines.append(f"filter fields  {filterable or 'none (ingest with --metadata-fields to filter)'}")

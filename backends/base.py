@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast, runtime
 from hybrid_search.config.errors import ConfigError, FailedItem
 from hybrid_search.config.names import check_index_name, previous_alias
 from hybrid_search.config.text import Analyzer
+from hybrid_search.search.filters import Filter
 from hybrid_search.search.interfaces import Retriever
 
 if TYPE_CHECKING:
@@ -126,6 +127,7 @@ class IndexedDocument:
     vector: np.ndarray
     metadata: Mapping[str, Any] = field(default_factory=dict)
     sparse: Mapping[str, float] | None = None  # token -> weight, when the index has a sparse field
+    content_hash: str = ""  # of the record's content (``ingest.hashing``): an upsert skips an unchanged one
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +160,10 @@ class IndexStats:
     vector: Mapping[str, Any] = field(default_factory=dict)  # the vector field's type, similarity, HNSW options
     fields: Mapping[str, str] = field(default_factory=dict)  # field path -> type, as the engine maps it
     metadata_fields: Mapping[str, str] = field(default_factory=dict)  # filterable field -> its type
+    deleted_documents: int | None = None  # deleted or replaced, not yet compacted away (None: not known)
+    reclaimable_bytes: int | None = None  # about what ``compact`` would free
+    last_write: float | None = None  # when a document was last written (Unix time; None: not known)
+    write_generation: str = ""  # changes with every write into the build (what caches of results key on)
 
 
 @runtime_checkable
@@ -192,6 +198,16 @@ class IndexBuilder(Protocol):
     def delete(self, index: str, doc_ids: Sequence[str]) -> int:
         """Remove documents; return how many existed."""
 
+    def content_hashes(self, index: str, doc_ids: Sequence[str]) -> dict[str, str]:
+        """doc id -> the content hash each stored id was written with ("" if written without one); ids not
+        in the index are left out. What an upsert asks to skip unchanged records."""
+
+    def mark_written(self, index: str) -> None:
+        """Record that an incremental write changed ``index`` (its ``IndexStats.write_generation`` moves on)."""
+
+    def matching_ids(self, index: str, filters: Filter) -> list[str]:
+        """The ids of every document ``filters`` allows (what a delete by filter removes)."""
+
     def count(self, index: str) -> int: ...
 
     def refresh(self, index: str) -> None:
@@ -207,6 +223,10 @@ class IndexBuilder(Protocol):
     def serving_build(self, alias: str) -> str | None:
         """The physical build ``alias`` serves now (the name itself for a plain index; ``None`` if missing).
         Cheap enough to ask before every search: a client notices a rebuild by it."""
+
+    def catalog(self) -> dict[str, tuple[str, ...]]:
+        """Every corpus index on the backend (builds and plain indexes, not logs or locks) -> the aliases
+        that point at it (empty for an orphan or a plain index)."""
 
     def orphan_builds(self, alias: str) -> list[str]:
         """Physical builds of ``alias`` that no alias serves and no unfinished ingest owns (left by a kill

@@ -68,6 +68,7 @@ def es_index_body(
                     "index_options": options,
                 },
                 METADATA_FIELD: {"type": "object"},
+                bodies.HASH_FIELD: {"type": "keyword", "index": False},
                 **({bodies.SPARSE_FIELD: {"type": "sparse_vector"}} if spec.sparse_model else {}),
             },
         },

@@ -98,6 +98,9 @@ class LogSink(Protocol):
     def count(self, name: str) -> int:
         """Documents in the log (0 when it does not exist)."""
 
+    def drop(self, name: str) -> bool:
+        """Remove the log ``name``; return whether it existed."""
+
 
 class JsonlLogSink:
     """Logs of the embedded backend: ``<dir>/<name>.jsonl`` with the mapping beside it in ``<name>.mapping.json``.
@@ -114,6 +117,14 @@ class JsonlLogSink:
 
     def _path(self, name: str) -> Path:
         return self.directory / f"{name}.jsonl"
+
+    @checks_names
+    def drop(self, name: str) -> bool:
+        found = self._path(name).exists()
+        for path in (self._path(name), self.directory / f"{name}.mapping.json"):
+            path.unlink(missing_ok=True)
+        self._mappings.pop(name, None)
+        return found
 
     @checks_names
     def ensure(self, name: str, mapping: Mapping[str, Any]) -> None:

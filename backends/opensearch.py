@@ -89,6 +89,7 @@ def os_index_body(
                     "method": {"name": "hnsw", "engine": engine, "parameters": parameters},
                 },
                 METADATA_FIELD: {"type": "object"},
+                bodies.HASH_FIELD: {"type": "keyword", "index": False},
                 **({bodies.SPARSE_FIELD: {"type": "rank_features"}} if spec.sparse_model else {}),
             },
         },

@@ -125,6 +125,11 @@ class FileLock:
             return None
         return value if isinstance(value, dict) else None
 
+    @property
+    def held_now(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._fd is not None
+
     def release(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None

@@ -514,7 +514,7 @@ def _write(batch: _Batch, backend: IndexBuilder, settings: Settings, run: _Run) 
         assert batch.vectors is not None
         sparse: list[dict[str, float] | None] = list(batch.sparse) if batch.sparse else [None] * len(batch.docs)
         docs = [
-            IndexedDocument(d.doc_id, d.title, d.text, batch.vectors[i], d.metadata, sparse[i])
+            IndexedDocument(d.doc_id, d.title, d.text, batch.vectors[i], d.metadata, sparse[i], d.content_hash)
             for i, d in enumerate(batch.docs)
         ]
         t = time.perf_counter()

@@ -15,9 +15,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from hybrid_search.config.errors import SourceError
+from hybrid_search.config.errors import ConfigError, SourceError
 from hybrid_search.config.extras import require
 
 SAMPLE_SOURCE = "sample"
@@ -25,6 +25,7 @@ _BOM = b"\xef\xbb\xbf"
 
 __all__ = [
     "JsonArrayFile",
+    "as_source",
     "Records",
     "StoredIndex",
     "SAMPLE_SOURCE",
@@ -499,3 +500,33 @@ def open_query_set(spec: str | Path, split: str = "test") -> QuerySet:
     if not isinstance(source, (BeirFolder, HubBeir)):
         raise SourceError(f"{spec} has no queries or qrels: evaluation needs a BEIR folder, quora or nq")
     return source.query_set(split)
+
+
+FIELD_OPTIONS = ("metadata_fields", "id_field", "title_field", "text_field", "vector_field", "sparse_field", "fields")
+
+
+def as_source(source: Any, *, name: str | None = None, options: Mapping[str, Any] | None = None) -> CorpusSource:
+    """A corpus source from what the Python client is given: a source name or path, a ``CorpusSource``, or
+    records in memory (dicts, a DataFrame, an Arrow table or a ``datasets.Dataset``, named by ``name``).
+    ``options``: ``HybridSearch.ingest``'s field options (``FIELD_OPTIONS``), or a whole ``FieldMap`` as
+    ``fields``."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(FIELD_OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown field option {unknown[0]!r}: use one of {', '.join(FIELD_OPTIONS)}")
+    fields = options.get("fields")
+    if fields is None:
+        id_field = options.get("id_field")
+        fields = FieldMap(
+            id_fields=(id_field,) if id_field else ("_id", "id"),
+            title_field=options.get("title_field") or "title",
+            text_field=options.get("text_field") or "text",
+            metadata_fields=tuple(options.get("metadata_fields") or ()),
+            vector_field=options.get("vector_field"),
+            sparse_field=options.get("sparse_field"),
+        )
+    if isinstance(source, (str, Path)):
+        return open_source(source, fields)
+    if hasattr(source, "records") and hasattr(source, "fields"):
+        return cast("CorpusSource", source)
+    return Records(source, fields, name=name)

@@ -6,6 +6,7 @@ so nothing is dropped silently. ``strict`` turns the first reject into :class:`B
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -40,6 +41,17 @@ class Document:
     def passage(self) -> str:
         """What encoders and cross-encoders read: title and text joined by a space (BEIR's convention)."""
         return passage_text(self.title, self.text)
+
+    @property
+    def content_hash(self) -> str:
+        """SHA-256 of everything stored from the record (title, text, metadata and any precomputed vectors):
+        an upsert re-encodes and rewrites a document only when this changed."""
+        digest = hashlib.sha256()
+        parts = {"title": self.title, "text": self.text, "metadata": self.metadata, "sparse": self.sparse}
+        digest.update(json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode())
+        if self.vector is not None:
+            digest.update(np.ascontiguousarray(self.vector, dtype=np.float32).tobytes())
+        return digest.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

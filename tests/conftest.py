@@ -24,9 +24,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
 
 
-# whole modules in the slow tier: end-to-end runs over the shared sets (ingest-bound, minutes each) and the
-# SIGKILL crash loops (a child process per kill); `make test` (CI) runs them, plain `pytest` does not
-SLOW_MODULES = frozenset({"test_e2e_shared", "test_crash_loop"})
+# whole modules in the slow tier: end-to-end runs over the shared sets (ingest-bound, minutes each), the
+# SIGKILL crash loops (a child process per kill) and the training / tuning commands (real training steps);
+# `make test` (CI) runs them, plain `pytest` does not
+SLOW_MODULES = frozenset(
+    {
+        "test_e2e_shared",
+        "test_crash_loop",
+        "test_incremental_crash",
+        "test_train",
+        "test_train_sparse",
+        "test_tune_legs",
+    }
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

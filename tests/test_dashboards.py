@@ -1,6 +1,6 @@
 """Saved objects and ``dashboards install``.
 
-File checks: the NDJSON files are what ``config/dashboards/generate.py`` writes from the code's mappings,
+File checks: the NDJSON files are what ``app/saved_objects/generate.py`` writes from the code's mappings,
 every field an object names exists in the mapping the code creates for its index, every reference
 resolves, and renaming for another alias leaves nothing pointing at ``corpus``.
 
@@ -47,7 +47,7 @@ def _generator():
 def test_files_are_what_the_generator_writes(product):
     gen = _generator()
     assert (SAVED_OBJECTS_DIR / PRODUCTS[product].file).read_text(encoding="utf-8") == gen.render(product), (
-        "saved objects are stale: run python config/dashboards/generate.py and commit the result"
+        "saved objects are stale: run python app/saved_objects/generate.py and commit the result"
     )
 
 

@@ -189,3 +189,20 @@ def test_log_index_bodies(spec, name, log_mapping):
         (ok if valid else broken)(v, method, path, body)
     header, _ = helpers.expand_action({"_op_type": "create", "_index": "x-queries", "_id": "a1", "_source": {}})
     assert v.errors(v.schema("_global.bulk:OperationContainer"), header) == []
+
+
+@pytest.mark.parametrize("name", STACK + (ESMAIN,))
+@pytest.mark.parametrize("filters", FILTERS[1:])
+def test_incremental_write_bodies(spec, name, filters):
+    from hybrid_search.backends.cluster.bodies import ids_body, matching_ids_body, write_gen_body
+
+    v = spec(name)
+    ok(v, "post", "/{index}/_search", matching_ids_body(filters))
+    ok(v, "post", "/{index}/_mget", ids_body(["a", "b"]))
+    ok(
+        v,
+        "put",
+        "/{index}/_mapping",
+        write_gen_body({"hybrid_search": {"dims": 3}, "hybrid_search_writes": {"generation": 2}}),
+    )
+    broken(v, "post", "/{index}/_mget", {"idss": ["a"]})

@@ -23,11 +23,16 @@ log = logging.getLogger("hybrid-search")
 # command -> its module under hybrid_search.app.cli (the order of --help)
 COMMANDS = {
     "ingest": "ingest",
+    "delete-docs": "delete_docs",
     "search": "search",
     "eval": "eval",
     "tune": "tune",
     "tune-defaults": "tune_defaults",
     "inspect": "inspect",
+    "indexes": "indexes",
+    "compact": "compact",
+    "drop": "drop",
+    "prune": "prune",
     "rollback": "rollback",
     "repair": "repair",
     "reindex": "reindex",

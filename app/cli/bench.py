@@ -10,13 +10,14 @@ HELP = "throughput and latency, each beside a reference in the same run"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=["encode", "rerank", "search", "querylog", "duplicates", "scale"])
+    p.add_argument("what", choices=["encode", "rerank", "search", "querylog", "duplicates", "scale", "writes"])
     p.add_argument("--source", help="corpus to draw texts from (default: the bundled sample)")
     p.add_argument(
         "--docs",
         type=options.int_list,
         default=None,
-        help="texts (or pairs) to time; for scale, corpus sizes, e.g. 10000,100000,1000000",
+        help="texts (or pairs) to time; for scale, corpus sizes, e.g. 10000,100000,1000000; for writes, the corpus "
+        "size and the records per incremental write, e.g. 20000,1000",
     )
     p.add_argument("--concurrency", type=options.int_list, help="search: searches in flight, e.g. 1,2,4,8")
     p.add_argument("--modes", help="search --concurrency: modes to run (default: bm25,knn,hybrid)")
@@ -57,6 +58,12 @@ def run(args: argparse.Namespace) -> int:
             sparse=args.sparse,
         )
         options.emit_json(report, args.json_out)
+        return 0
+    if args.what == "writes":
+        from hybrid_search.app.bench_writes import bench_writes
+
+        size, batch = (args.docs or [20_000, 1_000]) + [1_000] * (len(args.docs or [0, 0]) < 2)
+        options.emit_json(bench_writes(settings, size, batch), args.json_out)
         return 0
     modes = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else []
     for mode in modes:

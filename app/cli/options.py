@@ -168,6 +168,15 @@ def force_unlock(p: argparse.ArgumentParser, group: argparse._ArgumentGroup | No
     )
 
 
+def no_refresh(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-refresh",
+        action="store_true",
+        help="do not wait for the writes to become visible to searches (faster bulk writes; the next refresh, "
+        "or the engine's refresh interval, shows them)",
+    )
+
+
 def batch_size(p: argparse.ArgumentParser, group: argparse._ArgumentGroup | None = None) -> None:
     setting(p, "--batch-size", path="ingest.batch_size", group=group, type=int, help="documents per encode + upsert")
 

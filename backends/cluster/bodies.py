@@ -17,6 +17,12 @@ from hybrid_search.search.filters import METADATA_FIELD, Filter, to_query_dsl
 __all__ = [
     "RETRYABLE_STATUS",
     "SOURCE_EXCLUDES",
+    "HASH_FIELD",
+    "WRITE_GEN_META_KEY",
+    "ids_body",
+    "matching_ids_body",
+    "write_gen_body",
+    "write_generation",
     "SPARSE_FIELD",
     "SPEC_META_KEY",
     "TEXT_FIELDS",
@@ -36,7 +42,9 @@ __all__ = [
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 VECTOR_FIELD = "vector"
 SPARSE_FIELD = "sparse"  # token -> weight (sparse_vector on Elasticsearch, rank_features on OpenSearch)
-SOURCE_EXCLUDES = [VECTOR_FIELD, SPARSE_FIELD]  # what searches leave out of the returned _source
+WRITE_GEN_META_KEY = "hybrid_search_writes"  # incremental writes into the build, counted in _meta
+HASH_FIELD = "content_hash"  # of the record's content: an upsert skips a record whose hash is unchanged
+SOURCE_EXCLUDES = [VECTOR_FIELD, SPARSE_FIELD, HASH_FIELD]  # what searches leave out of the returned _source
 TEXT_FIELDS = ("title", "text")
 SPEC_META_KEY = "hybrid_search"
 
@@ -70,6 +78,27 @@ def bm25_query(query: str, filters: Filter | None) -> dict[str, Any]:
 def bm25_body(query: str, k: int, filters: Filter | None) -> dict[str, Any]:
     """The BM25 search request (vectors left out of the returned ``_source``)."""
     return {"query": bm25_query(query, filters), "size": k, "_source": {"excludes": SOURCE_EXCLUDES}}
+
+
+def matching_ids_body(filters: Filter) -> dict[str, Any]:
+    """Every document the filters allow, ids only (what a delete by filter scrolls)."""
+    return {"query": {"bool": {"filter": to_query_dsl(filters)}}, "_source": False}
+
+
+def ids_body(ids: Sequence[str]) -> dict[str, Any]:
+    """An ``mget`` of these ids."""
+    return {"ids": list(ids)}
+
+
+def write_gen_body(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The mapping update that counts one incremental write in ``_meta`` (the rest of ``_meta`` kept)."""
+    return {"_meta": {**meta, WRITE_GEN_META_KEY: {"generation": write_generation(meta) + 1}}}
+
+
+def write_generation(meta: Mapping[str, Any]) -> int:
+    """The incremental writes counted in a mapping's ``_meta`` (``write_gen_body``)."""
+    value = meta.get(WRITE_GEN_META_KEY)
+    return int(value.get("generation", 0)) if isinstance(value, Mapping) else 0
 
 
 def alias_actions(

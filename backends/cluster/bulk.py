@@ -21,6 +21,7 @@ from hybrid_search.backends.base import (
     IndexedDocument,
 )
 from hybrid_search.backends.cluster.bodies import (
+    HASH_FIELD,
     RETRYABLE_STATUS,
     SPARSE_FIELD,
     VECTOR_FIELD,
@@ -64,6 +65,7 @@ class BulkWriter:
             VECTOR_FIELD: np.asarray(doc.vector, dtype=np.float32),
             METADATA_FIELD: dict(doc.metadata),
             **({SPARSE_FIELD: dict(doc.sparse)} if doc.sparse else {}),
+            **({HASH_FIELD: doc.content_hash} if doc.content_hash else {}),
         }
 
     def actions(self, index: str, docs: Iterable[IndexedDocument]) -> Iterable[dict[str, Any]]:

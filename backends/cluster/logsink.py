@@ -75,3 +75,10 @@ class ClusterLogSink:
     @checks_names
     def count(self, name: str) -> int:
         return self.backend.count(name) if self.backend.index_exists(name) else 0
+
+    @checks_names
+    def drop(self, name: str) -> bool:
+        if not self.backend.index_exists(name):
+            return False
+        self.backend.call("drop log", self.backend.client.indices.delete, index=name)
+        return True

@@ -18,11 +18,15 @@ from hybrid_search.backends.base import (
     checks_names,
 )
 from hybrid_search.backends.cluster.bodies import (
+    HASH_FIELD,
     TEXT_FIELDS,
     VECTOR_FIELD,
     bm25_body,
+    ids_body,
+    matching_ids_body,
     reason,
     spec_from_mapping,
+    write_generation,
 )
 from hybrid_search.backends.cluster.connection import ClusterConnection
 from hybrid_search.backends.logsinks import mapping_fields
@@ -69,8 +73,10 @@ class ClusterSearch(ClusterConnection):
     def stats(self, index: str) -> IndexStats:
         targets = self._alias_targets(index)
         physical = targets[0] if targets else index
-        raw = self.call("stats", self.client.indices.stats, index=physical, metric="store")
-        size = raw["indices"][physical]["total"]["store"]["size_in_bytes"]
+        raw = self.call("stats", self.client.indices.stats, index=physical, metric="store,docs")
+        total = raw["indices"][physical]["total"]
+        size = total["store"]["size_in_bytes"]
+        deleted = (total.get("docs") or {}).get("deleted")
         body = self._mapping(physical)
         fields = mapping_fields(body)
         return IndexStats(
@@ -86,6 +92,8 @@ class ClusterSearch(ClusterConnection):
                 for path, kind in fields.items()
                 if path.startswith(f"{METADATA_FIELD}.")
             },
+            deleted_documents=int(deleted) if deleted is not None else None,
+            write_generation=str(write_generation(body.get("_meta") or {})),
         )
 
     # --- search -----------------------------------------------------------------------------------
@@ -254,6 +262,28 @@ class ClusterSearch(ClusterConnection):
         return out
 
     @checks_names
+    def content_hashes(self, index: str, doc_ids: Sequence[str]) -> dict[str, str]:
+        """The content hash each stored id was written with, by ``mget`` of that one field."""
+        out: dict[str, str] = {}
+        ids = list(doc_ids)
+        for start in range(0, len(ids), self.settings.bulk_docs):
+            part = ids[start : start + self.settings.bulk_docs]
+            response = self.call(
+                "mget", self.client.mget, index=index, body=ids_body(part), _source_includes=[HASH_FIELD]
+            )
+            out.update(
+                (d["_id"], str((d.get("_source") or {}).get(HASH_FIELD) or ""))
+                for d in response["docs"]
+                if d.get("found")
+            )
+        return out
+
+    @checks_names
+    def matching_ids(self, index: str, filters: Filter) -> list[str]:
+        """Ids of every document the filters allow, scrolled without their sources."""
+        return [str(hit["_id"]) for hit in self._scan(index, matching_ids_body(filters), self.settings.bulk_docs)]
+
+    @checks_names
     def get_texts(self, index: str, doc_ids: Sequence[str]) -> dict[str, str]:
         """``title text`` of each id found, in ``mget`` requests of ``bulk_docs`` ids each."""
         out: dict[str, str] = {}
@@ -261,7 +291,7 @@ class ClusterSearch(ClusterConnection):
         for start in range(0, len(ids), self.settings.bulk_docs):
             part = ids[start : start + self.settings.bulk_docs]
             response = self.call(
-                "mget", self.client.mget, index=index, body={"ids": part}, _source_includes=list(TEXT_FIELDS)
+                "mget", self.client.mget, index=index, body=ids_body(part), _source_includes=list(TEXT_FIELDS)
             )
             out.update(
                 (d["_id"], passage_text(d["_source"].get("title", ""), d["_source"].get("text", "")))

@@ -28,6 +28,7 @@ from hybrid_search.backends.base import (
 from hybrid_search.backends.cluster.bodies import (
     alias_actions,
     spec_from_mapping,
+    write_gen_body,
 )
 from hybrid_search.backends.cluster.bulk import BulkWriter
 from hybrid_search.backends.cluster.connection import ClientLibrary
@@ -38,7 +39,7 @@ from hybrid_search.config.errors import (
     ConfigError,
     IndexNotFound,
 )
-from hybrid_search.config.names import build_pattern
+from hybrid_search.config.names import build_pattern, reserved_reason
 
 if TYPE_CHECKING:
     from hybrid_search.backends.cluster.logsink import ClusterLogSink
@@ -167,6 +168,17 @@ class ClusterBackend(ClusterSearch, OpensIndexes):
             return targets[0]
         return alias if self.index_exists(alias) else None
 
+    def catalog(self) -> dict[str, tuple[str, ...]]:
+        self.connect()
+        found = self.call("list indexes", self.client.indices.get_alias, index="*")
+        out: dict[str, tuple[str, ...]] = {}
+        for name, info in sorted(found.items()):
+            why = reserved_reason(name)
+            if name.startswith(".") or (why is not None and not why.startswith("a physical build")):
+                continue  # the engine's own, a log or the lock index
+            out[name] = tuple(sorted((info.get("aliases") or {}).keys()))
+        return out
+
     @checks_names
     def orphan_builds(self, alias: str) -> list[str]:
         self.connect()
@@ -200,6 +212,21 @@ class ClusterBackend(ClusterSearch, OpensIndexes):
         """Remove documents; return how many existed. A refusal (429 after every retry, 5xx) is an
         ``IndexingError``, never counted as "did not exist"."""
         return self._bulk.delete(index, doc_ids)
+
+    @checks_names
+    def mark_written(self, index: str) -> None:
+        """Count the write in the mapping's ``_meta`` (beside the spec), read back by ``stats``."""
+        body = write_gen_body(self._mapping(index).get("_meta") or {})
+        self.call("mark written", self.client.indices.put_mapping, index=index, body=body)
+
+    @checks_names
+    def compact(self, index: str) -> dict[str, int]:
+        """Have the engine merge deleted documents away (``_forcemerge?only_expunge_deletes``); the bytes
+        before and after are the index's store size as its stats report it."""
+        before = self.stats(index).store_bytes or 0
+        self.connect()
+        self.call("forcemerge", self.client.indices.forcemerge, index=index, only_expunge_deletes=True)
+        return {"bytes_before": before, "bytes_after": self.stats(index).store_bytes or 0, "tombstones_removed": 0}
 
     def log_sink(self) -> ClusterLogSink:
         """Query and ingest logs as indexes beside the corpus on this cluster."""

@@ -8,12 +8,14 @@ It never encodes text or fuses rankings.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +34,10 @@ from hybrid_search.backends.embedded.vectors import VECTOR_FILE, VectorSearch
 from hybrid_search.config.errors import (
     ConfigError,
     FailedItem,
+    IndexLocked,
     QueryError,
 )
-from hybrid_search.config.files import atomic_write_text, read_json_file
+from hybrid_search.config.files import FileLock, atomic_write_text, describe_holder, read_json_file
 from hybrid_search.search.filters import METADATA_FIELD, Filter, clauses
 from hybrid_search.search.hits import Hit
 
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 
 _COMPACT_MIN_DEAD = 1_000
 _COMPACT_FRACTION = 0.2
+_WRITE_WAIT_SECONDS = 30.0  # how long a write waits for another process's write operation to end
 
 _SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS docs(
@@ -52,9 +56,11 @@ CREATE TABLE IF NOT EXISTS docs(
     title TEXT NOT NULL,
     text TEXT NOT NULL,
     metadata TEXT NOT NULL,
-    vector BLOB NOT NULL
+    vector BLOB NOT NULL,
+    hash TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS dead(key INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS text_pending(doc_id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sparse(key INTEGER PRIMARY KEY, terms TEXT NOT NULL);
 """
@@ -87,6 +93,8 @@ class PhysicalIndex(VectorSearch):
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA_SQL)
+            if "hash" not in {r[1] for r in self.db.execute("PRAGMA table_info(docs)")}:  # built before hashes
+                self.db.execute("ALTER TABLE docs ADD COLUMN hash TEXT NOT NULL DEFAULT ''")
         except sqlite3.OperationalError as exc:
             if not (path / "docs.sqlite").exists() or not any(w in str(exc) for w in ("disk", "read-only", "readonly")):
                 raise
@@ -105,8 +113,105 @@ class PhysicalIndex(VectorSearch):
         self._filter_cache: OrderedDict[str, tuple[int, list[int] | None, Any, Any]] = OrderedDict()
         self._sparse: tuple[int, SparsePostings] | None = None  # built on the first sparse search after a write
         self._last_flush = time.monotonic()
+        # one process writes a physical index at a time (``write.lock``); every other one only reads it and
+        # follows the writes through ``meta.write_gen`` (``_follow``). A build keeps its text writer between
+        # batches (``keep_writer``); a serving index hands it back after every write, for the next writer.
+        self.keep_writer = False
+        self._mutex = threading.RLock()  # this process's searches and writes of the in-memory graph
+        self._flock = FileLock(path / "write.lock", self._write_refusal, wait=_WRITE_WAIT_SECONDS)
+        self._writing_depth = 0
+        self._changed = False  # the write operation in progress changed rows or derived indexes
+        self._seen = self._write_stamp()
         if not self.read_only:
             self._recover()
+
+    def _write_refusal(self, holder: dict[str, object] | None) -> str:
+        return (
+            f"index build {self.path.name} is being written by {describe_holder(holder)}: wait for it to finish "
+            "(the lock is released when that process exits, however it exits)"
+        )
+
+    def write_generation(self) -> str:
+        return self._write_stamp()[0] or "0"
+
+    def last_write(self) -> float | None:
+        files = [self.path / n for n in ("docs.sqlite", "docs.sqlite-wal")]
+        times = [f.stat().st_mtime for f in files if f.exists()]
+        return max(times) if times else None
+
+    def _write_stamp(self) -> tuple[str | None, str | None]:
+        """(write generation, graph generation): bumped by every write and by every compaction."""
+        found = dict(self.db.execute("SELECT name, value FROM meta WHERE name IN ('write_gen', 'graph_gen')"))
+        return found.get("write_gen"), found.get("graph_gen")
+
+    @contextlib.contextmanager
+    def writing(self, *, wait: bool = True) -> Iterator[None]:
+        """Hold this physical index's write lock (across processes) for one write operation; nested calls
+        share it. On the way out, if anything changed, the write generation is bumped, so other processes'
+        next search reloads. ``wait=False``: raise ``IndexLocked`` at once when another process writes."""
+        with self._mutex:
+            if self.read_only:
+                raise ConfigError(f"index build {self.path.name} is open read-only (disk full or read-only)")
+            outermost = self._writing_depth == 0
+            if outermost and not self._flock.held_now:
+                self._flock.wait = _WRITE_WAIT_SECONDS if wait else 0.0
+                self._flock.acquire()
+            self._writing_depth += 1
+            try:
+                if outermost:
+                    self._follow()  # another process's writes first: its rows, text and graph
+                    self._apply_pending_text_deletes()
+                yield
+            finally:
+                self._writing_depth -= 1
+                if outermost:
+                    if self._changed:
+                        self._bump("write_gen")
+                        self._seen = self._write_stamp()
+                        self._changed = False
+                    if not self.keep_writer:
+                        self.release_writer()
+
+    def release_writer(self) -> None:
+        """Hand back the text writer and the write lock (the next process that writes takes them)."""
+        with self._mutex:
+            if self._writing_depth:
+                return
+            if self._writer is not None:
+                self._writer.wait_merging_threads()
+                self._writer = None
+            self._flock.release()
+
+    def _bump(self, name: str) -> None:
+        self.db.execute(
+            "INSERT INTO meta(name, value) VALUES (?, '1') "
+            "ON CONFLICT(name) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+            (name,),
+        )
+
+    def _follow(self) -> None:
+        """Catch up with writes another process made since this one last looked: reload the text index,
+        add the rows its graph lacks (in memory), reload a compacted graph, re-read the tombstones."""
+        stamp = self._write_stamp()
+        if stamp == self._seen:
+            return
+        with self._mutex:
+            if stamp[1] != self._seen[1]:
+                self.vectors, self.vectors_upto = self._load_vectors(tidy=False)
+                self._storage_ids = None
+            self._catch_up_vectors()
+            self.text_index.reload()
+            self._dead_epoch += 1
+            self._generation += 1
+            self._sparse = None
+            self._seen = stamp
+
+    def _catch_up_vectors(self) -> None:
+        missing = self.db.execute(
+            "SELECT key, vector FROM docs WHERE key > ? ORDER BY key", (self.vectors_upto,)
+        ).fetchall()
+        if missing:
+            self._add_vectors([r[0] for r in missing], np.stack([self._vec(r[1]) for r in missing]))
 
     # --- creation and recovery -------------------------------------------------------------------
     @staticmethod
@@ -136,31 +241,52 @@ class PhysicalIndex(VectorSearch):
         return index
 
     def _recover(self) -> None:
-        """Replay rows that tantivy or faiss had not taken in when the process last stopped."""
-        text_upto = self._meta("text_upto")
-        rows = self.db.execute(
-            "SELECT key, doc_id, title, text, metadata FROM docs WHERE key > ? ORDER BY key", (text_upto,)
-        ).fetchall()
-        if rows:
-            log.info("embedded index %s: replaying %d rows into the text index", self.path.name, len(rows))
-            self._index_text(rows)
-        missing = self.db.execute(
-            "SELECT key, vector FROM docs WHERE key > ? ORDER BY key", (self.vectors_upto,)
-        ).fetchall()
-        if missing:
-            self._add_vectors([r[0] for r in missing], np.stack([self._vec(r[1]) for r in missing]))
+        """Replay rows that tantivy or faiss had not taken in when the process last stopped, and text
+        deletes a kill left pending. The graph catches up in memory in any process; the text index only in
+        one that can take the write lock now (else its writer is alive and finishes its own batch)."""
+        self._catch_up_vectors()
+        try:
+            with self.writing(wait=False):
+                text_upto = self._meta("text_upto")
+                rows = self.db.execute(
+                    "SELECT key, doc_id, title, text, metadata FROM docs WHERE key > ? ORDER BY key", (text_upto,)
+                ).fetchall()
+                if rows:
+                    log.info("embedded index %s: replaying %d rows into the text index", self.path.name, len(rows))
+                    self._index_text(rows)
+        except IndexLocked:
+            pass
+
+    def _apply_pending_text_deletes(self) -> None:
+        """Remove from the text index the documents a delete removed from SQLite (its first step): what a
+        kill between the two left to do is done by the next writer."""
+        pending = [r[0] for r in self.db.execute("SELECT doc_id FROM text_pending")]
+        if not pending:
+            return
+        live = set(self._existing(pending))
+        for doc_id in pending:
+            if doc_id not in live:  # a later upsert brought it back: its new entry stays
+                self.writer.delete_documents_by_term("doc_id", doc_id)
+        self.writer.commit()
+        self.text_index.reload()
+        self.db.executemany("DELETE FROM text_pending WHERE doc_id = ?", [(d,) for d in pending])
+        self._changed = True
 
     # --- writing ----------------------------------------------------------------------------------
     @property
     def writer(self) -> tantivy.IndexWriter:
         if self._writer is None:
-            self._writer = self.text_index.writer(heap_size=64_000_000, num_threads=1)
+            writer = self.text_index.writer(heap_size=64_000_000, num_threads=1)
+            # files a killed writer left uncommitted (segments, .del files): its opstamps are reused now, and
+            # tantivy refuses to overwrite such a file. Only the write-lock holder gets here.
+            writer.garbage_collect_files()
+            self._writer = writer
         return self._writer
 
     def upsert(self, docs: Sequence[IndexedDocument]) -> BulkResult:
         latest: dict[str, IndexedDocument] = {d.doc_id: d for d in docs}  # last write of an id wins
         failed: list[FailedItem] = []
-        rows: list[tuple[str, str, str, str, bytes]] = []
+        rows: list[tuple[str, str, str, str, bytes, str]] = []
         sparse: list[tuple[str, str]] = []  # (terms JSON, doc id)
         for doc in latest.values():
             reason = self._check(doc)
@@ -170,12 +296,14 @@ class PhysicalIndex(VectorSearch):
             vec = np.asarray(doc.vector, dtype=np.float32)
             if self.spec.similarity == "cosine":
                 vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
-            rows.append((doc.doc_id, doc.title, doc.text, json.dumps(dict(doc.metadata)), vec.tobytes()))
+            meta = json.dumps(dict(doc.metadata))
+            rows.append((doc.doc_id, doc.title, doc.text, meta, vec.tobytes(), doc.content_hash))
             if doc.sparse:
                 sparse.append((json.dumps(dict(doc.sparse)), doc.doc_id))
         if rows:
-            self._write_rows(rows, sparse)
-            self._generation += 1
+            with self.writing():
+                self._write_rows(rows, sparse)
+                self._generation += 1
         return BulkResult(stored=tuple(r[0] for r in rows), failed=tuple(failed))
 
     def _check(self, doc: IndexedDocument) -> str | None:
@@ -190,9 +318,14 @@ class PhysicalIndex(VectorSearch):
             return "the document has a sparse vector but the index has no sparse field (ingest with a sparse model)"
         return None
 
-    def _write_rows(self, rows: list[tuple[str, str, str, str, bytes]], sparse: Sequence[tuple[str, str]] = ()) -> None:
+    def _write_rows(
+        self, rows: list[tuple[str, str, str, str, bytes, str]], sparse: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """One SQLite transaction stores the batch (a kill leaves each document old or new); the text index
+        and the graph follow from the rows, and recovery replays whatever a kill left them short of."""
         ids = [r[0] for r in rows]
         text_upto = self._meta("text_upto")
+        self._changed = True
         self.db.execute("BEGIN")
         try:
             existing = self._existing(ids)
@@ -200,9 +333,12 @@ class PhysicalIndex(VectorSearch):
             self.db.executemany("INSERT OR IGNORE INTO dead(key) VALUES (?)", [(k,) for k in old])
             self._delete_keys(old)
             self._dead_epoch += bool(old)
-            self.db.executemany("INSERT INTO docs(doc_id, title, text, metadata, vector) VALUES (?, ?, ?, ?, ?)", rows)
+            self.db.executemany(
+                "INSERT INTO docs(doc_id, title, text, metadata, vector, hash) VALUES (?, ?, ?, ?, ?, ?)", rows
+            )
             # in the same transaction: a document is stored with its sparse vector or not at all
             self.db.executemany("INSERT INTO sparse(key, terms) SELECT key, ? FROM docs WHERE doc_id = ?", sparse)
+            self._bump("write_gen")  # readers see the rows (and the tombstones) from now on
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -248,45 +384,103 @@ class PhysicalIndex(VectorSearch):
         writer.commit()
         self.text_index.reload()
         self._set_meta("text_upto", max(r[0] for r in rows))
+        self._changed = True
 
     def delete(self, doc_ids: Sequence[str]) -> int:
-        keys = self._keys_for(list(doc_ids))
-        for doc_id in doc_ids:
-            self.writer.delete_documents_by_term("doc_id", doc_id)
-        self.writer.commit()
-        self.text_index.reload()
-        self.db.execute("BEGIN")
-        self.db.executemany("INSERT OR IGNORE INTO dead(key) VALUES (?)", [(k,) for k in keys])
-        self._delete_keys(keys)
-        self.db.execute("COMMIT")
-        self._dead_epoch += bool(keys)
-        self._generation += bool(keys)
+        """Remove documents: SQLite first, in one transaction that also records the text deletes still to
+        do, then the text index; a kill between the two leaves them for the next writer (never a row
+        missing from SQLite but served by BM25: hits are built from rows)."""
+        ids = list(dict.fromkeys(doc_ids))
+        with self.writing():
+            keys = self._keys_for(ids)
+            if not keys:
+                return 0
+            self._changed = True
+            self.db.execute("BEGIN")
+            try:
+                self.db.executemany("INSERT OR IGNORE INTO dead(key) VALUES (?)", [(k,) for k in keys])
+                self._delete_keys(keys)
+                self.db.executemany("INSERT OR IGNORE INTO text_pending(doc_id) VALUES (?)", [(d,) for d in ids])
+                self._bump("write_gen")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self._dead_epoch += 1
+            self._generation += 1
+            self._apply_pending_text_deletes()
+            self._maybe_flush()
         return len(keys)
 
     def flush(self) -> None:
         """Persist the HNSW graph, compacting tombstones away first when there are many."""
+        with self.writing():
+            dead = self._dead_count()
+            compact = dead >= _COMPACT_MIN_DEAD and dead > _COMPACT_FRACTION * max(self.count(), 1)
+            if compact:
+                log.info("embedded index %s: compacting %d tombstones", self.path.name, dead)
+                self._compact_graph()
+            target = self.path / f"vectors-{self.vectors_upto}.faiss"
+            if not target.exists():
+                self._changed = True
+                self._write_graph(target)
+            self._last_flush = time.monotonic()
+
+    def _compact_graph(self) -> None:
+        """A graph of the live rows only, written, then the tombstones cleared and ``graph_gen`` bumped (every
+        other process reloads the graph file at its next search)."""
+        self._changed = True
+        self._rebuild_graph()
+        self.vectors_upto = int(self.db.execute("SELECT coalesce(max(key), 0) FROM docs").fetchone()[0])
+        self._write_graph(self.path / f"vectors-{self.vectors_upto}.faiss")
+        self.db.execute("BEGIN")
+        self.db.execute("DELETE FROM dead")
+        self._bump("graph_gen")
+        self.db.execute("COMMIT")
+        self._dead_epoch += 1
+        self._generation += 1
+
+    def compact(self) -> dict[str, int]:
+        """Drop deleted and replaced documents for good: the graph rebuilt from the live rows, tantivy's
+        deleted entries merged away and old segment files collected, SQLite's free pages returned to the
+        disk. Returns the bytes on disk before and after and the tombstones removed."""
+        with self.writing():
+            before, dead = self.store_bytes(), self._dead_count()
+            self._compact_graph()
+            # tantivy purges deleted entries when its merge policy merges segments; this waits for those
+            # merges and removes the files no segment uses any more
+            writer, self._writer = self.writer, None
+            writer.commit()
+            writer.garbage_collect_files()
+            writer.wait_merging_threads()
+            self.text_index.reload()
+            self.db.execute("VACUUM")
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return {"bytes_before": before, "bytes_after": self.store_bytes(), "tombstones_removed": dead}
+
+    def content_hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
+        """doc id -> the content hash it was stored with ("" when stored before hashes were kept)."""
+        out: dict[str, str] = {}
+        for i in range(0, len(doc_ids), SQL_CHUNK):
+            part = list(doc_ids[i : i + SQL_CHUNK])
+            sql = f"SELECT doc_id, hash FROM docs WHERE doc_id IN ({','.join('?' * len(part))})"
+            out.update(self.db.execute(sql, part).fetchall())
+        return out
+
+    def reclaimable(self) -> dict[str, int]:
+        """Deleted or replaced documents still in the graph, and about how many bytes ``compact`` frees."""
         dead = self._dead_count()
-        compact = dead >= _COMPACT_MIN_DEAD and dead > _COMPACT_FRACTION * max(self.count(), 1)
-        if compact:
-            log.info("embedded index %s: compacting %d tombstones", self.path.name, dead)
-            self._rebuild_graph()
-        target = self.path / f"vectors-{self.vectors_upto}.faiss"
-        if compact or not target.exists():
-            self._write_graph(target)
-        if compact:  # only once the compacted graph is on disk
-            self.db.execute("DELETE FROM dead")
-            self._dead_epoch += 1
-        self._last_flush = time.monotonic()
+        graph = sum(p.stat().st_size for p in self.path.iterdir() if VECTOR_FILE.match(p.name))
+        per_vector = graph // max(int(self.vectors.ntotal), 1)
+        page = int(self.db.execute("PRAGMA page_size").fetchone()[0])
+        free = int(self.db.execute("PRAGMA freelist_count").fetchone()[0]) * page
+        return {"deleted_documents": dead, "reclaimable_bytes": dead * per_vector + free}
 
     def repair(self) -> int:
         """Rebuild the HNSW graph from the vectors SQLite holds (the source of truth) and write it with a
         fresh checksum; return how many vectors it holds."""
-        self._rebuild_graph()
-        self.vectors_upto = int(self.db.execute("SELECT coalesce(max(key), 0) FROM docs").fetchone()[0])
-        self._write_graph(self.path / f"vectors-{self.vectors_upto}.faiss")
-        self.db.execute("DELETE FROM dead")
-        self._dead_epoch += 1
-        self._generation += 1
+        with self.writing():
+            self._compact_graph()
         return int(self.vectors.ntotal)
 
     def _maybe_flush(self) -> None:
@@ -294,6 +488,7 @@ class PhysicalIndex(VectorSearch):
             self.flush()
 
     def bm25(self, query: str, k: int, filters: Filter | None) -> list[Hit]:
+        self._follow()
         schema = self.text_index.schema
         scored = bm25_query(schema, self.analyzer, prepare(self.spec.analyzer, query))
         if scored is None:
@@ -323,6 +518,7 @@ class PhysicalIndex(VectorSearch):
 
     def sparse(self, query: Mapping[str, float], k: int, filters: Filter | None) -> list[Hit]:
         """Exact learned-sparse search: the ``k`` documents of highest dot product with ``query``."""
+        self._follow()
         if not self.spec.sparse_model:
             raise QueryError(
                 f"index {self.path.name} has no sparse field: ingest it with a sparse model (--sparse-model)"
@@ -340,8 +536,10 @@ class PhysicalIndex(VectorSearch):
 
     def close(self) -> None:
         try:
-            if self.path.exists() and not self.read_only:
-                self.flush()
+            if self.path.exists() and not self.read_only and (self._flock.held_now or self._changed_since_flush()):
+                with contextlib.suppress(IndexLocked):  # another process writes it now: its flush persists it
+                    with self.writing(wait=False):
+                        self.flush()
             if self._writer is not None:
                 self._writer.wait_merging_threads()
         except (OSError, sqlite3.Error, RuntimeError, ValueError) as exc:
@@ -349,4 +547,9 @@ class PhysicalIndex(VectorSearch):
             log.warning("embedded index %s: not flushed on close (%s)", self.path.name, exc)
         finally:
             self._writer = None
+            self._flock.release()
             self.db.close()
+
+    def _changed_since_flush(self) -> bool:
+        """Whether the graph holds rows its file lacks (a write of this process, or rows caught up)."""
+        return not (self.path / f"vectors-{self.vectors_upto}.faiss").exists()

@@ -49,6 +49,10 @@ class EmbeddedReads(EmbeddedDisk):
             return physical
         return alias if self.index_exists(alias) else None
 
+    def catalog(self) -> dict[str, tuple[str, ...]]:
+        aliases = self._aliases()
+        return {p: tuple(sorted(a for a, t in aliases.items() if t == p)) for p in sorted(self._all_physical())}
+
     @checks_names
     def orphan_builds(self, alias: str) -> list[str]:
         pattern = build_pattern(alias)
@@ -97,6 +101,7 @@ class EmbeddedReads(EmbeddedDisk):
             "vectors_in_graph": idx.vectors.ntotal,
             "tombstones": idx._dead_count(),
         }
+        churn = idx.reclaimable()
         fields = {
             "title": f"text (tantivy, {spec.analyzer})",
             "text": f"text (tantivy, {spec.analyzer})",
@@ -117,6 +122,10 @@ class EmbeddedReads(EmbeddedDisk):
             vector=vector,
             fields=fields,
             metadata_fields=idx.metadata_types(),
+            deleted_documents=churn["deleted_documents"],
+            reclaimable_bytes=churn["reclaimable_bytes"],
+            last_write=idx.last_write(),
+            write_generation=idx.write_generation(),
         )
 
     @checks_names

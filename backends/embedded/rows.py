@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -40,6 +41,10 @@ class RowStore:
     _generation: int
     _storage_ids: np.ndarray | None
     _filter_cache: OrderedDict[str, tuple[int, list[int] | None, Any, Any]]
+    _mutex: threading.RLock
+
+    def _follow(self) -> None:
+        """Catch up with other processes' writes (``physical``)."""
 
     def _meta(self, name: str, default: int = 0) -> int:
         value = self._meta_text(name)

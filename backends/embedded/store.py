@@ -29,6 +29,7 @@ from hybrid_search.config.errors import (
     IndexNotFound,
 )
 from hybrid_search.config.files import FileLock, describe_holder
+from hybrid_search.search.filters import Filter
 
 __all__ = ["EmbeddedBackend"]
 
@@ -86,14 +87,19 @@ class EmbeddedBackend(EmbeddedReads, OpensIndexes):
             if not self.index_exists(resume_from):
                 raise IndexNotFound(f"cannot resume: physical index {resume_from!r} is gone; ingest without --resume")
             self.ensure_index(resume_from, spec)
+            self._get(resume_from).keep_writer = True
             return resume_from
         physical = f"{alias}-{datetime.now(UTC).strftime('%Y%m%d%H%M%S%f')}"
         self.ensure_index(physical, spec)
+        self._get(physical).keep_writer = True  # nobody else writes a build: its text writer stays open
         return physical
 
     @checks_names
     def finish_build(self, alias: str, physical: str) -> None:
-        self._get(physical).flush()
+        built = self._get(physical)
+        built.flush()
+        built.keep_writer = False  # it serves now: other processes may write it next
+        built.release_writer()
         keep = previous_alias(alias)
         with self._editing_aliases() as aliases:
             current, retired = aliases.get(alias), aliases.get(keep)
@@ -132,7 +138,27 @@ class EmbeddedBackend(EmbeddedReads, OpensIndexes):
 
     @checks_names
     def refresh(self, index: str) -> None:
-        self._get(index).flush()
+        idx = self._get(index)
+        idx.flush()
+        if not idx.keep_writer:
+            idx.release_writer()
+
+    @checks_names
+    def content_hashes(self, index: str, doc_ids: Sequence[str]) -> dict[str, str]:
+        return self._get(index).content_hashes(doc_ids)
+
+    @checks_names
+    def mark_written(self, index: str) -> None:
+        """Nothing to do: every write bumps the build's own ``write_gen``."""
+
+    @checks_names
+    def matching_ids(self, index: str, filters: Filter) -> list[str]:
+        return self._get(index)._filter_doc_ids(filters)
+
+    @checks_names
+    def compact(self, index: str) -> dict[str, int]:
+        """Remove deleted and replaced documents for good (``PhysicalIndex.compact``)."""
+        return self._get(index).compact()
 
     @checks_names
     def drop_index(self, index: str) -> None:
@@ -145,7 +171,8 @@ class EmbeddedBackend(EmbeddedReads, OpensIndexes):
                     check_index_name(physical)  # before anything changes, even if aliases.json was edited by hand
                 for name in names:
                     del aliases[name]
-            elif self.index_exists(index):
+            elif self.index_exists(index) or (self.data_dir / "indexes" / index).is_dir():
+                # (a build a kill left before its spec was written has no spec.json: removed all the same)
                 for name in [a for a, p in aliases.items() if p == index]:
                     del aliases[name]
                 dropped = [index]

@@ -42,12 +42,12 @@ def _file_crc(path: Path) -> int:
 class VectorSearch(RowStore):
     """The HNSW graph of a physical index and the kNN searches over it."""
 
-    def _load_vectors(self) -> tuple[Any, int]:
+    def _load_vectors(self, *, tidy: bool = True) -> tuple[Any, int]:
         files = sorted(
             ((int(m.group(1)), p) for p in self.path.iterdir() if (m := VECTOR_FILE.match(p.name))),
             reverse=True,
         )
-        for _upto, stale in files[1:]:
+        for _upto, stale in files[1:] if tidy else ():
             with contextlib.suppress(OSError):  # tidying only: a read-only or full disk must not stop a search
                 stale.unlink(missing_ok=True)
         if not files:
@@ -99,6 +99,7 @@ class VectorSearch(RowStore):
         self._storage_ids = None
 
     def knn(self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None) -> list[Hit]:
+        self._follow()
         query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         if query.shape[1] != self.spec.dims:
             raise QueryError(f"query vector has {query.shape[1]} dims, the index has {self.spec.dims}")
@@ -120,22 +121,25 @@ class VectorSearch(RowStore):
         if selector is not None:
             params["sel"] = selector
         hnsw_params = faiss.SearchParametersHNSW  # type: ignore[attr-defined]  # missing from faiss's stubs
-        return self.vectors.search(queries, k, params=hnsw_params(**params))
+        with self._mutex:  # a write or a catch-up of this process may be adding to the graph
+            return self.vectors.search(queries, k, params=hnsw_params(**params))
 
     def _exact_knn(self, query: np.ndarray, keys: Sequence[int], k: int) -> list[Hit]:
         """Exact inner products over the allowed rows, read from the graph's own flat storage (no copy, no
         table read); only the top ``k`` rows are then fetched."""
         if not len(keys):
             return []
-        ids, stored = self._graph_storage()
-        wanted = np.asarray(keys, dtype=np.int64)
-        pos = np.searchsorted(ids, wanted)
-        pos = pos[(pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == wanted)]
-        if not len(pos):
-            return []
-        sims = stored[pos] @ query
-        top = np.argsort(-sims, kind="stable")[:k]
-        return self._knn_hits([(int(ids[pos[i]]), float(sims[i])) for i in top])
+        with self._mutex:  # the view into the graph's storage moves when a write grows it
+            ids, stored = self._graph_storage()
+            wanted = np.asarray(keys, dtype=np.int64)
+            pos = np.searchsorted(ids, wanted)
+            pos = pos[(pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == wanted)]
+            if not len(pos):
+                return []
+            sims = stored[pos] @ query
+            top = np.argsort(-sims, kind="stable")[:k]
+            found = [(int(ids[pos[i]]), float(sims[i])) for i in top]
+        return self._knn_hits(found)
 
     def _graph_storage(self) -> tuple[np.ndarray, np.ndarray]:
         """(row key of each graph position, in ascending order; the vectors, a zero-copy view): rows enter
@@ -189,6 +193,7 @@ class VectorSearch(RowStore):
 
     def knn_batch(self, vectors: np.ndarray, k: int, num_candidates: int) -> list[list[tuple[str, float]]]:
         """Nearest neighbours of many vectors in one faiss call (threads over queries), as (doc id, score)."""
+        self._follow()
         query = np.ascontiguousarray(vectors, dtype=np.float32)
         scores, keys = self._graph_search(query, k, num_candidates, self._not_dead_selector())
         ids = self._ids_by_key(sorted({int(x) for x in keys.ravel() if x >= 0}))

@@ -495,7 +495,11 @@ def open_source(spec: str | Path, fields: FieldMap | None = None) -> CorpusSourc
 
 
 def open_query_set(spec: str | Path, split: str = "test") -> QuerySet:
-    """Queries and qrels of a hub set or a BEIR folder."""
+    """Queries and qrels of a hub set or a BEIR folder; a folder of judgements alone (``queries.jsonl`` and
+    ``qrels/``, no corpus: what the workbench saves) evaluates an index that already holds the corpus."""
+    path = Path(str(spec)).expanduser()
+    if path.is_dir() and not (path / "corpus.jsonl").exists() and (path / "queries.jsonl").is_file():
+        return BeirFolder(path).query_set(split)
     source = open_source(spec)
     if not isinstance(source, (BeirFolder, HubBeir)):
         raise SourceError(f"{spec} has no queries or qrels: evaluation needs a BEIR folder, quora or nq")

@@ -25,7 +25,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 # whole modules in the slow tier: end-to-end runs over the shared sets (ingest-bound, minutes each), the
-# SIGKILL crash loops (a child process per kill) and the training / tuning commands (real training steps);
+# SIGKILL crash loops (a child process per kill), the training / tuning commands (real training steps), the
+# scale benches and the page in a real browser;
 # `make test` (CI) runs them, plain `pytest` does not
 SLOW_MODULES = frozenset(
     {

@@ -28,6 +28,7 @@ COMMANDS = {
     "eval": "eval",
     "tune": "tune",
     "tune-defaults": "tune_defaults",
+    "serve": "serve",
     "inspect": "inspect",
     "indexes": "indexes",
     "compact": "compact",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -352,12 +353,13 @@ def pad_encodings(encodings: Sequence[Any], pad_id: int, with_types: bool) -> di
 
 
 def set_cpu_threads(threads: int) -> int:
-    """Set the intra-op threads of torch and faiss (0: every core); return the count torch had before."""
-    import torch
-
-    previous = torch.get_num_threads()
+    """Set the intra-op threads of torch and faiss (0: every core); return the count torch had before (0
+    when torch is not imported yet: a job that never encodes, such as storing given vectors, never imports it,
+    and a later import starts at torch's own default)."""
+    torch = sys.modules.get("torch")
+    previous = torch.get_num_threads() if torch is not None else 0
     n = threads or os.cpu_count() or 1
-    if n != previous:
+    if torch is not None and n != previous:
         torch.set_num_threads(n)
     try:
         import faiss

@@ -214,7 +214,7 @@ class _Run:
         self.ckpt.save(self.ckpt_path)
 
 
-IngestObserver = Callable[["IngestSummary | None", "BaseException | None"], None]
+IngestObserver = Callable[["IngestSummary | None", "BaseException | None"], None]  # (summary, error)
 
 
 def run_ingest(
@@ -273,7 +273,8 @@ def _run_ingest(
     if settings.ingest.check_fields:
         check_fields(source)  # a misspelt field fails here: before a model loads or an index is created
     spec = index_spec_for(encoder, settings, source.fields.metadata_fields, sparse)
-    encoder.load()  # model loading is not encode time
+    if source.fields.vector_field is None:  # records that carry their vectors need no model at all
+        encoder.load()  # model loading is not encode time
     if sparse is not None and not precomputed_sparse:
         sparse.load()
     ckpt_path = Checkpoint.path_for(settings.data_dir, alias)

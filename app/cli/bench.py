@@ -10,7 +10,7 @@ HELP = "throughput and latency, each beside a reference in the same run"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=["encode", "rerank", "search", "querylog", "duplicates", "scale", "writes"])
+    p.add_argument("what", choices=["encode", "rerank", "search", "querylog", "duplicates", "scale", "writes", "peers"])
     p.add_argument("--source", help="corpus to draw texts from (default: the bundled sample)")
     p.add_argument(
         "--docs",
@@ -58,6 +58,11 @@ def run(args: argparse.Namespace) -> int:
             sparse=args.sparse,
         )
         options.emit_json(report, args.json_out)
+        return 0
+    if args.what == "peers":
+        from hybrid_search.app.bench_peers import bench_peers
+
+        options.emit_json(bench_peers(settings, args.source, args.queries), args.json_out)
         return 0
     if args.what == "writes":
         from hybrid_search.app.bench_writes import bench_writes

@@ -53,6 +53,13 @@ class IndexHandle:
     def search_fused(self, request: SearchRequest) -> list[Hit]:
         return self.backend.search_fused(self.name, request)
 
+    def scoring(self) -> IndexHandle:
+        """This index: a cluster returns each hit's fields with its score in the same request."""
+        return self
+
+    def fill(self, hits: Sequence[Hit]) -> list[Hit]:
+        return list(hits)
+
     def knn_batch(self, vectors: np.ndarray, k: int, num_candidates: int) -> list[list[tuple[str, float]]]:
         return self.backend.knn_batch(self.name, vectors, k, num_candidates)
 

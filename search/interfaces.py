@@ -70,6 +70,14 @@ class SearchableIndex(Protocol):
 
     def search_fused(self, request: SearchRequest) -> list[Hit]: ...
 
+    def scoring(self) -> SearchableIndex:
+        """The same index answering with ids and scores only (no title, text or metadata) where the engine
+        can fetch those afterwards for the few hits kept (``fill``); the index itself otherwise."""
+
+    def fill(self, hits: Sequence[Hit]) -> list[Hit]:
+        """``scoring`` hits with their stored title, text and metadata, in order, ranked again from 1 (a
+        document deleted since it was scored is left out); hits that have them are returned as they are."""
+
 
 @runtime_checkable
 class Retriever(Protocol):

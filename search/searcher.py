@@ -173,9 +173,13 @@ class RetrievalPipeline:
             else:
                 timings["fusion"] = _ms(t)
                 return hits, "server"
-        runs = [(leg, self._retrieve(index, leg, timings, request)) for leg in request.legs]
+        # each leg's candidates as ids and scores; the fields are read for the hits the request keeps only
+        scoring = index.scoring()
+        runs = [(leg, self._retrieve(scoring, leg, timings, request)) for leg in request.legs]
         t = time.perf_counter()
-        hits = fuse_legs(request.fusion, runs)[:depth]
+        hits = fuse_legs(request.fusion, runs, limit=depth)
+        if scoring is not index:
+            hits = index.fill(hits)
         timings["fusion"] = _ms(t)
         return hits, "client"
 
@@ -222,11 +226,12 @@ class HybridSearcher(RetrievalPipeline):
     """Deprecated name of ``RetrievalPipeline`` (two letters from the ``HybridSearch`` client); kept working."""
 
 
-def fuse_legs(fusion: FusionSpec, runs: Sequence[tuple[Leg, Sequence[Hit]]]) -> list[Hit]:
+def fuse_legs(fusion: FusionSpec, runs: Sequence[tuple[Leg, Sequence[Hit]]], *, limit: int | None = None) -> list[Hit]:
     """Client-side fusion of each leg's hits into one ranked list; every hit keeps the score each leg gave
     it in ``leg_scores`` (by leg name) and in that leg's own ``Hit`` field where it has one (``bm25_score``,
-    ``knn_score``; ``None`` where the leg missed it)."""
-    fused = fusion.fuse({leg.name: [(h.doc_id, h.score) for h in hits] for leg, hits in runs})
+    ``knn_score``; ``None`` where the leg missed it). Only the first ``limit`` fused hits are built (the
+    rest would be cut: the page and the rerank depth are all a request keeps)."""
+    fused = fusion.fuse({leg.name: [(h.doc_id, h.score) for h in hits] for leg, hits in runs})[:limit]
     by_leg = [(leg, {h.doc_id: h for h in hits}) for leg, hits in runs]
     out = []
     for rank, (doc_id, score) in enumerate(fused, start=1):

@@ -487,7 +487,8 @@ class PhysicalIndex(VectorSearch):
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
-    def bm25(self, query: str, k: int, filters: Filter | None) -> list[Hit]:
+    def bm25(self, query: str, k: int, filters: Filter | None, *, light: bool = False) -> list[Hit]:
+        """BM25 over title and text; ``light``: ids and scores only (``fill`` adds the rest)."""
         self._follow()
         schema = self.text_index.schema
         scored = bm25_query(schema, self.analyzer, prepare(self.spec.analyzer, query))
@@ -509,6 +510,11 @@ class PhysicalIndex(VectorSearch):
         searcher = self.text_index.searcher()
         found = searcher.search(scored, limit=k, count=False).hits
         ids = [searcher.doc(addr)["doc_id"][0] for _score, addr in found]
+        if light:
+            return [
+                Hit(doc_id=i, rank=r, score=float(s), bm25_score=float(s))
+                for r, ((s, _addr), i) in enumerate(zip(found, ids, strict=True), start=1)
+            ]
         rows = self._rows_by("doc_id", ids)
         hits: list[Hit] = []
         for (score, _addr), doc_id in zip(found, ids, strict=True):
@@ -516,7 +522,7 @@ class PhysicalIndex(VectorSearch):
                 hits.append(self._hit(rows[doc_id], len(hits) + 1, float(score), bm25=float(score)))
         return hits
 
-    def sparse(self, query: Mapping[str, float], k: int, filters: Filter | None) -> list[Hit]:
+    def sparse(self, query: Mapping[str, float], k: int, filters: Filter | None, *, light: bool = False) -> list[Hit]:
         """Exact learned-sparse search: the ``k`` documents of highest dot product with ``query``."""
         self._follow()
         if not self.spec.sparse_model:
@@ -527,6 +533,8 @@ class PhysicalIndex(VectorSearch):
             stored = self.db.execute("SELECT s.key, s.terms FROM sparse s JOIN docs d ON d.key = s.key")
             self._sparse = (self._generation, SparsePostings(stored))
         found = self._sparse[1].search(query, k, self._filter_keys(filters) if filters else None)
+        if light:
+            return self._scored_hits(found, "sparse")
         rows = self._rows_by("key", [key for key, _ in found])
         hits: list[Hit] = []
         for key, score in found:

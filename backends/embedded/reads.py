@@ -6,6 +6,7 @@ resolves to. The embedded engine fuses in the client; ``fusion_refusal`` says so
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from hybrid_search.backends.base import (
     checks_names,
 )
 from hybrid_search.backends.embedded.disk import EmbeddedDisk
+from hybrid_search.backends.embedded.handle import EmbeddedIndexHandle
 from hybrid_search.backends.embedded.physical import PhysicalIndex
 from hybrid_search.config.errors import (
     FusionUnsupported,
@@ -25,6 +27,9 @@ from hybrid_search.config.text import passage_text
 from hybrid_search.search.filters import METADATA_FIELD, Filter
 from hybrid_search.search.hits import Hit
 from hybrid_search.search.request import SearchRequest
+
+if TYPE_CHECKING:
+    from hybrid_search.backends.base import Backend
 
 __all__ = ["EmbeddedReads"]
 
@@ -60,21 +65,39 @@ class EmbeddedReads(EmbeddedDisk):
         return sorted(p for p in self._all_physical() if pattern.match(p) and p not in served)
 
     @checks_names
-    def search_bm25(self, index: str, query: str, k: int, filters: Filter | None = None) -> list[Hit]:
-        return self._get(index).bm25(query, k, filters)
+    def search_bm25(
+        self, index: str, query: str, k: int, filters: Filter | None = None, *, light: bool = False
+    ) -> list[Hit]:
+        return self._get(index).bm25(query, k, filters, light=light)
 
     @checks_names
     def search_knn(
-        self, index: str, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None = None
+        self,
+        index: str,
+        vector: np.ndarray,
+        k: int,
+        num_candidates: int,
+        filters: Filter | None = None,
+        *,
+        light: bool = False,
     ) -> list[Hit]:
-        return self._get(index).knn(vector, k, num_candidates, filters)
+        return self._get(index).knn(vector, k, num_candidates, filters, light=light)
 
     @checks_names
     def search_sparse(
-        self, index: str, vector: Mapping[str, float], k: int, filters: Filter | None = None
+        self, index: str, vector: Mapping[str, float], k: int, filters: Filter | None = None, *, light: bool = False
     ) -> list[Hit]:
         """Exact learned-sparse search (``embedded.sparse``)."""
-        return self._get(index).sparse(vector, k, filters)
+        return self._get(index).sparse(vector, k, filters, light=light)
+
+    @checks_names
+    def fill_hits(self, index: str, hits: Sequence[Hit]) -> list[Hit]:
+        """``light`` hits with their stored fields (``RowStore.fill``)."""
+        return self._get(index).fill(hits)
+
+    def open_index(self, name: str) -> EmbeddedIndexHandle:
+        """A handle on index (or alias) ``name`` whose fused searches fetch texts only for the hits kept."""
+        return EmbeddedIndexHandle(cast("Backend", self), name)
 
     def fusion_refusal(self, request: SearchRequest) -> str | None:
         return "the embedded backend fuses in the client"

@@ -8,6 +8,7 @@ import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,28 @@ class RowStore:
             knn_score=knn,
             sparse_score=sparse,
         )
+
+    def _scored_hits(self, found: Sequence[tuple[int, float]], leg: str) -> list[Hit]:
+        """Hits of row keys with their scores and ids only (a row deleted meanwhile is left out): what a
+        fused search ranks before ``fill`` fetches the fields of the few it keeps."""
+        ids = self._ids_by_key([key for key, _ in found])
+        out: list[Hit] = []
+        for key, score in found:
+            if key in ids:
+                knn, sparse = (score, None) if leg == "knn" else (None, score)
+                out.append(Hit(doc_id=ids[key], rank=len(out) + 1, score=score, knn_score=knn, sparse_score=sparse))
+        return out
+
+    def fill(self, hits: Sequence[Hit]) -> list[Hit]:
+        """Hits with their stored title, text and metadata, ranked again from 1; ids no longer stored are
+        left out (deleted since they were scored)."""
+        rows = self._rows_by("doc_id", [h.doc_id for h in hits])
+        out: list[Hit] = []
+        for hit in hits:
+            row = rows.get(hit.doc_id)
+            if row is not None:
+                out.append(replace(hit, rank=len(out) + 1, title=row[2], text=row[3], metadata=json.loads(row[4])))
+        return out
 
     def _filter_keys(self, filters: Filter) -> np.ndarray:
         """The row keys of the documents ``filters`` allows (one table scan)."""

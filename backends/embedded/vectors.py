@@ -98,7 +98,10 @@ class VectorSearch(RowStore):
         self.vectors = fresh
         self._storage_ids = None
 
-    def knn(self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None) -> list[Hit]:
+    def knn(
+        self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None, *, light: bool = False
+    ) -> list[Hit]:
+        """Nearest rows of ``vector``; ``light``: ids and scores only (``RowStore.fill`` adds the rest)."""
         self._follow()
         query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         if query.shape[1] != self.spec.dims:
@@ -108,12 +111,12 @@ class VectorSearch(RowStore):
         if filters:
             allowed, selector = self._filter_selector(filters)
             if allowed is not None:
-                return self._exact_knn(query[0], allowed, k)
+                return self._exact_knn(query[0], allowed, k, light)
         else:
             selector = self._not_dead_selector()
         scores, keys = self._graph_search(query, k, num_candidates, selector)
         found = [(int(key), float(s)) for key, s in zip(keys[0], scores[0], strict=True) if key >= 0]
-        return self._knn_hits(found)
+        return self._knn_hits(found, light)
 
     def _graph_search(self, queries: np.ndarray, k: int, num_candidates: int, selector: Any) -> tuple[Any, Any]:
         """One HNSW search of one or many queries; ``selector`` limits the candidates (None: all)."""
@@ -124,7 +127,7 @@ class VectorSearch(RowStore):
         with self._mutex:  # a write or a catch-up of this process may be adding to the graph
             return self.vectors.search(queries, k, params=hnsw_params(**params))
 
-    def _exact_knn(self, query: np.ndarray, keys: Sequence[int], k: int) -> list[Hit]:
+    def _exact_knn(self, query: np.ndarray, keys: Sequence[int], k: int, light: bool = False) -> list[Hit]:
         """Exact inner products over the allowed rows, read from the graph's own flat storage (no copy, no
         table read); only the top ``k`` rows are then fetched."""
         if not len(keys):
@@ -139,7 +142,7 @@ class VectorSearch(RowStore):
             sims = stored[pos] @ query
             top = np.argsort(-sims, kind="stable")[:k]
             found = [(int(ids[pos[i]]), float(sims[i])) for i in top]
-        return self._knn_hits(found)
+        return self._knn_hits(found, light)
 
     def _graph_storage(self) -> tuple[np.ndarray, np.ndarray]:
         """(row key of each graph position, in ascending order; the vectors, a zero-copy view): rows enter
@@ -152,7 +155,9 @@ class VectorSearch(RowStore):
         stored = faiss.rev_swig_ptr(flat.get_xb(), n * self.spec.dims).reshape(n, self.spec.dims)
         return self._storage_ids, stored
 
-    def _knn_hits(self, found: Sequence[tuple[int, float]]) -> list[Hit]:
+    def _knn_hits(self, found: Sequence[tuple[int, float]], light: bool = False) -> list[Hit]:
+        if light:
+            return self._scored_hits(found, "knn")
         rows = self._rows_by("key", [key for key, _ in found])
         hits: list[Hit] = []
         for key, score in found:

@@ -79,7 +79,7 @@ class WriteSummary:
         tail = "" if self.refreshed else " (not refreshed: visible after the next refresh)"
         return (
             f"{self.index} ({self.mode}): {parts}; encoded {self.encoded} in {self.seconds:.2f}s "
-            f"({self.docs_per_s:,.0f} records/s){tail}" + (f"; rejects in {self.rejects_path}" if self.rejected else "")
+            f"({self.docs_per_s:,.1f} records/s){tail}" + (f"; rejects in {self.rejects_path}" if self.rejected else "")
         )
 
 

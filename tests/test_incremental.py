@@ -323,3 +323,20 @@ def test_indexes_and_drop_on_a_cluster(kind, tmp_path, request):
         assert f"log mgmt-{kind[:2]}-ingest" in removed
         assert f"mgmt-{kind[:2]}" not in {i.name for i in hs.indexes()}
         assert not hs.exists()
+
+
+@pytest.mark.parametrize("kind", ["embedded", "elasticsearch"])
+def test_compact_after_deletes_on_each_backend(kind, tmp_path, request):
+    settings = _settings(kind, tmp_path, request)
+    with HybridSearch.from_settings(settings, index=f"squeeze-{kind[:2]}") as hs:
+        if hs.exists():
+            hs.drop()
+        hs.ingest(records(20))
+        hs.delete_documents([f"r{i}" for i in range(8)])
+        before = [h.doc_id for h in hs.search("bread rivers volcanoes chess violins", mode="bm25", top_k=20).hits]
+        report = hs.compact()
+        assert set(report) == {"bytes_before", "bytes_after", "tombstones_removed"}
+        assert hs.stats().count == 12
+        assert [
+            h.doc_id for h in hs.search("bread rivers volcanoes chess violins", mode="bm25", top_k=20).hits
+        ] == before

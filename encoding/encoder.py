@@ -356,11 +356,14 @@ def set_cpu_threads(threads: int) -> int:
     """Set the intra-op threads of torch and faiss (0: every core); return the count torch had before (0
     when torch is not imported yet: a job that never encodes, such as storing given vectors, never imports it,
     and a later import starts at torch's own default)."""
-    torch = sys.modules.get("torch")
-    previous = torch.get_num_threads() if torch is not None else 0
     n = threads or os.cpu_count() or 1
-    if torch is not None and n != previous:
-        torch.set_num_threads(n)
+    previous = 0
+    if "torch" in sys.modules:  # imported, or being imported by another thread: the import waits for it
+        import torch
+
+        previous = torch.get_num_threads()
+        if n != previous:
+            torch.set_num_threads(n)
     try:
         import faiss
 

@@ -36,6 +36,8 @@ SLOW_MODULES = frozenset(
         "test_train",
         "test_train_sparse",
         "test_tune_legs",
+        "test_scale",
+        "test_workbench_browser",
     }
 )
 

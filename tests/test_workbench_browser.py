@@ -37,6 +37,19 @@ def _browser():
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
+def _steady(check):
+    """A wait condition that a re-render between finding an element and reading it only postpones."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def run(browser):
+        try:
+            return check(browser)
+        except StaleElementReferenceException:
+            return False
+
+    return run
+
+
 def _columns(browser) -> list[list[str]]:
     columns = browser.find_elements("css selector", "#columns .column")
     return [[h.get_attribute("data-doc") for h in c.find_elements("css selector", ".hit")] for c in columns]
@@ -59,15 +72,17 @@ def test_the_page_shows_the_cli_hits_and_judging_writes_qrels(data, tmp_path):
         shown = cli("search", QUERY, "--index", "sample", "--data-dir", str(data), "--mode", mode, "--json", "-q")
         assert shown.returncode == 0, shown.stderr
         expected[mode] = [h["doc_id"] for h in json.loads(shown.stdout)["hits"]]
-    server = Served(data)
+    profile = tmp_path / "lexical.toml"
+    profile.write_text('[search]\nmode = "bm25"\n')
+    server = Served(data, "--profile", f"lexical={profile}")
     browser = _browser()
     try:
         browser.get(server.url + "/")
         wait = WebDriverWait(browser, 120)
-        wait.until(lambda b: b.find_elements("css selector", "#index option"))
+        wait.until(_steady(lambda b: b.find_elements("css selector", "#index option")))
         box = browser.find_element("id", "query")
         box.send_keys(QUERY, Keys.ENTER)
-        wait.until(lambda b: all(_columns(b)) and len(_columns(b)) == 4)
+        wait.until(_steady(lambda b: all(_columns(b)) and len(_columns(b)) == 4))
         assert _columns(browser) == [expected[m] for m in MODES]
         assert "overlap (RBO" in browser.find_element("id", "overlap").text
         why = browser.find_element("css selector", '#columns .column[data-column="2"] .hit .why').text
@@ -78,16 +93,18 @@ def test_the_page_shows_the_cli_hits_and_judging_writes_qrels(data, tmp_path):
         browser.find_element(
             "css selector", f'.column[data-column="0"] .hit[data-doc="{first}"] button[data-grade="2"]'
         ).click()
-        wait.until(lambda b: b.find_element("id", "judged").text == "1")
+        wait.until(_steady(lambda b: b.find_element("id", "judged").text == "1"))
         browser.find_element(
             "css selector", f'.column[data-column="1"] .hit[data-doc="{other}"] button[data-grade="1"]'
         ).click()
         wait.until(
-            lambda b: (
-                "on"
-                in b.find_element(
-                    "css selector", f'.column[data-column="1"] .hit[data-doc="{other}"] button[data-grade="1"]'
-                ).get_attribute("class")
+            _steady(
+                lambda b: (
+                    "on"
+                    in b.find_element(
+                        "css selector", f'.column[data-column="1"] .hit[data-doc="{other}"] button[data-grade="1"]'
+                    ).get_attribute("class")
+                )
             )
         )
         # pooled: the document judged in the first column shows its grade in every column that holds it
@@ -97,6 +114,15 @@ def test_the_page_shows_the_cli_hits_and_judging_writes_qrels(data, tmp_path):
             )
             if first in expected[MODES[column]]:
                 assert [m.get_attribute("data-grade") for m in marks] == ["2"]
+        # the two profiles compared on the judged query, on the page
+        from selenium.webdriver.support.ui import Select
+
+        Select(browser.find_element("id", "profileA")).select_by_value("lexical")
+        browser.find_element("id", "compareGo").click()
+        wait.until(_steady(lambda b: len(b.find_elements("css selector", "#compareOut tr")) == 3))
+        rows = [r.text for r in browser.find_elements("css selector", "#compareOut tr")]
+        assert rows[1].startswith("lexical bm25") and rows[2].startswith("(served settings)")
+        assert "1 judged queries; paired randomisation test p =" in browser.find_element("id", "compareOut").text
         shot = tmp_path / "workbench.png"
         browser.save_screenshot(str(shot))
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

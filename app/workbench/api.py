@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import logging
 import threading
 from dataclasses import asdict
 from importlib import resources
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from hybrid_search.config.settings import Settings
 
 __all__ = ["MAX_BODY_BYTES", "create_app", "openapi_schema"]
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20  # a search or an import larger than this is refused (413)
 _OPEN = {"/healthz", "/openapi.json", "/", "/workbench.js"}  # no data: the page asks for the key itself
@@ -109,6 +112,9 @@ def create_app(
                 return JSONResponse(await run_in_threadpool(fn, *args))
             except HybridSearchError as exc:
                 return _error(_status(exc), str(exc))
+            except Exception as exc:  # a bug: JSON like every other error, and its traceback in the log
+                log.exception("workbench request failed")
+                return _error(500, f"unexpected {type(exc).__name__}: {exc} (the server log has the traceback)")
 
         return run()
 

@@ -261,22 +261,18 @@ class ClusterSearch(ClusterConnection):
             out.append([(str(h["_id"]), self.similarity(float(h["_score"]))) for h in item["hits"]["hits"]])
         return out
 
-    @checks_names
-    def content_hashes(self, index: str, doc_ids: Sequence[str]) -> dict[str, str]:
-        """The content hash each stored id was written with, by ``mget`` of that one field."""
-        out: dict[str, str] = {}
+    def _found(self, index: str, doc_ids: Sequence[str], fields: list[str]) -> Iterable[tuple[str, dict[str, Any]]]:
+        """(id, the requested ``_source`` fields) of each id found, in ``mget`` requests of ``bulk_docs`` ids."""
         ids = list(doc_ids)
         for start in range(0, len(ids), self.settings.bulk_docs):
             part = ids[start : start + self.settings.bulk_docs]
-            response = self.call(
-                "mget", self.client.mget, index=index, body=ids_body(part), _source_includes=[HASH_FIELD]
-            )
-            out.update(
-                (d["_id"], str((d.get("_source") or {}).get(HASH_FIELD) or ""))
-                for d in response["docs"]
-                if d.get("found")
-            )
-        return out
+            response = self.call("mget", self.client.mget, index=index, body=ids_body(part), _source_includes=fields)
+            yield from ((d["_id"], d.get("_source") or {}) for d in response["docs"] if d.get("found"))
+
+    @checks_names
+    def content_hashes(self, index: str, doc_ids: Sequence[str]) -> dict[str, str]:
+        """The content hash each stored id was written with (``mget`` of that one field)."""
+        return {i: str(src.get(HASH_FIELD) or "") for i, src in self._found(index, doc_ids, [HASH_FIELD])}
 
     @checks_names
     def matching_ids(self, index: str, filters: Filter) -> list[str]:
@@ -285,17 +281,6 @@ class ClusterSearch(ClusterConnection):
 
     @checks_names
     def get_texts(self, index: str, doc_ids: Sequence[str]) -> dict[str, str]:
-        """``title text`` of each id found, in ``mget`` requests of ``bulk_docs`` ids each."""
-        out: dict[str, str] = {}
-        ids = list(doc_ids)
-        for start in range(0, len(ids), self.settings.bulk_docs):
-            part = ids[start : start + self.settings.bulk_docs]
-            response = self.call(
-                "mget", self.client.mget, index=index, body=ids_body(part), _source_includes=list(TEXT_FIELDS)
-            )
-            out.update(
-                (d["_id"], passage_text(d["_source"].get("title", ""), d["_source"].get("text", "")))
-                for d in response["docs"]
-                if d.get("found")
-            )
-        return out
+        """``title text`` of each id found."""
+        found = self._found(index, doc_ids, list(TEXT_FIELDS))
+        return {i: passage_text(src.get("title", ""), src.get("text", "")) for i, src in found}

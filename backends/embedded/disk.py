@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -51,6 +52,7 @@ class EmbeddedDisk:
         self.ef_search = ef_search
         self.flush_seconds = flush_seconds
         self._open: dict[str, PhysicalIndex] = {}
+        self._opening = threading.Lock()
         self._aliases_cache: tuple[tuple[int, int, int], dict[str, str]] | None = None
         self.alias_reads = 0  # times aliases.json was parsed (it is re-read only when it changed)
 
@@ -100,6 +102,13 @@ class EmbeddedDisk:
 
     def _get(self, index: str) -> PhysicalIndex:
         physical = self._physical(index)
+        found = self._open.get(physical)
+        if found is not None:
+            return found
+        with self._opening:  # two threads' first searches open a build once, not twice
+            return self._open_physical(index, physical)
+
+    def _open_physical(self, index: str, physical: str) -> PhysicalIndex:
         if physical not in self._open:
             path = self._path(physical)
             if not (path / "spec.json").exists():

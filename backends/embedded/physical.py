@@ -458,15 +458,6 @@ class PhysicalIndex(VectorSearch):
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return {"bytes_before": before, "bytes_after": self.store_bytes(), "tombstones_removed": dead}
 
-    def content_hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
-        """doc id -> the content hash it was stored with ("" when stored before hashes were kept)."""
-        out: dict[str, str] = {}
-        for i in range(0, len(doc_ids), SQL_CHUNK):
-            part = list(doc_ids[i : i + SQL_CHUNK])
-            sql = f"SELECT doc_id, hash FROM docs WHERE doc_id IN ({','.join('?' * len(part))})"
-            out.update(self.db.execute(sql, part).fetchall())
-        return out
-
     def reclaimable(self) -> dict[str, int]:
         """Deleted or replaced documents still in the graph, and about how many bytes ``compact`` frees."""
         dead = self._dead_count()

@@ -60,14 +60,7 @@ class RowStore:
 
     def _existing(self, doc_ids: Sequence[str]) -> dict[str, int]:
         """doc id -> key of the ids already stored."""
-        found: dict[str, int] = {}
-        for i in range(0, len(doc_ids), SQL_CHUNK):
-            part = doc_ids[i : i + SQL_CHUNK]
-            marks = ",".join("?" * len(part))
-            found.update(
-                (d, k) for k, d in self.db.execute(f"SELECT key, doc_id FROM docs WHERE doc_id IN ({marks})", part)
-            )
-        return found
+        return self._pairs("doc_id, key", "doc_id", doc_ids)
 
     def _keys_for(self, doc_ids: Sequence[str]) -> list[int]:
         keys: list[int] = []
@@ -77,14 +70,24 @@ class RowStore:
             keys += [r[0] for r in self.db.execute(f"SELECT key FROM docs WHERE doc_id IN ({marks})", part)]
         return keys
 
+    def _pairs(self, select: str, column: str, values: Sequence[Any]) -> dict[Any, Any]:
+        """``SELECT <select> FROM docs WHERE <column> IN (values)`` as a dict of its two columns, in chunks of
+        ``SQL_CHUNK`` parameters."""
+        out: dict[Any, Any] = {}
+        for i in range(0, len(values), SQL_CHUNK):
+            part = list(values[i : i + SQL_CHUNK])
+            out.update(
+                self.db.execute(f"SELECT {select} FROM docs WHERE {column} IN ({','.join('?' * len(part))})", part)
+            )
+        return out
+
     def _ids_by_key(self, keys: Sequence[int]) -> dict[int, str]:
         """Row key -> doc id, reading nothing else (mining needs ids, not texts)."""
-        out: dict[int, str] = {}
-        for i in range(0, len(keys), SQL_CHUNK):
-            part = list(keys[i : i + SQL_CHUNK])
-            sql = f"SELECT key, doc_id FROM docs WHERE key IN ({','.join('?' * len(part))})"
-            out.update(self.db.execute(sql, part).fetchall())
-        return out
+        return self._pairs("key, doc_id", "key", keys)
+
+    def content_hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
+        """doc id -> the content hash it was stored with ("" when stored before hashes were kept)."""
+        return self._pairs("doc_id, hash", "doc_id", doc_ids)
 
     def _rows_by(self, column: str, values: Sequence[Any], with_vector: bool = False) -> dict[Any, tuple]:
         cols = "key, doc_id, title, text, metadata" + (", vector" if with_vector else "")

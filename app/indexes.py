@@ -16,15 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hybrid_search.config.errors import IndexLocked, IndexNotFound
-from hybrid_search.config.names import previous_alias, reserved_reason
+from hybrid_search.config.names import build_alias, previous_alias, reserved_reason
 
 if TYPE_CHECKING:
     from hybrid_search.backends.base import Backend
     from hybrid_search.config.settings import Settings
 
 __all__ = ["IndexListing", "PruneReport", "drop_index", "list_indexes", "prune"]
-
-_BUILD_SUFFIX_LEN = 21  # "-" and 20 digits
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +61,6 @@ class PruneReport:
         }
 
 
-def _base_alias(physical: str) -> str | None:
-    """The alias a physical build name belongs to (``X`` of ``X-<20 digits>``), or ``None``."""
-    why = reserved_reason(physical)
-    return physical[:-_BUILD_SUFFIX_LEN] if why is not None and why.startswith("a physical build") else None
-
-
 def list_indexes(backend: Backend, settings: Settings) -> list[IndexListing]:
     """Every alias (and plain index) with its serving build, count, size, model, last write and previous build."""
     catalog = backend.catalog()
@@ -77,7 +69,7 @@ def list_indexes(backend: Backend, settings: Settings) -> list[IndexListing]:
         for alias in aliases:
             if reserved_reason(alias) is None:
                 names[alias] = physical
-        if not aliases and _base_alias(physical) is None:
+        if not aliases and build_alias(physical) is None:
             names[physical] = physical  # a plain index
     out = []
     for name, physical in sorted(names.items()):
@@ -190,7 +182,7 @@ def prune(backend: Backend, settings: Settings, *, dry_run: bool = False) -> Pru
         else:
             checkpoints[ckpt.alias] = ckpt.physical
     for physical, aliases in catalog.items():
-        alias = _base_alias(physical)
+        alias = build_alias(physical)
         if aliases or alias is None:
             continue
         if checkpoints.get(alias) == physical:

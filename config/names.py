@@ -22,6 +22,7 @@ from hybrid_search.config.errors import ConfigError, HybridSearchError, QueryErr
 __all__ = [
     "LOCK_INDEX",
     "check_field_name",
+    "build_alias",
     "build_pattern",
     "check_index_name",
     "check_user_index_name",
@@ -55,8 +56,9 @@ def reserved_reason(name: str) -> str | None:
     for suffix, what in _RESERVED_SUFFIXES.items():
         if name.endswith(suffix) and len(name) > len(suffix):
             return what.format(base=name[: -len(suffix)])
-    if re.search(_BUILD_SUFFIX + "$", name) and len(name) > 21:
-        return f"a physical build of index {name[:-21]!r}"
+    alias = build_alias(name)
+    if alias is not None:
+        return f"a physical build of index {alias!r}"
     return None
 
 
@@ -79,6 +81,12 @@ def previous_alias(alias: str) -> str:
 def build_pattern(alias: str) -> re.Pattern[str]:
     """Matches exactly the physical build names of ``alias`` (``<alias>-<20 digits>``)."""
     return re.compile(re.escape(alias) + _BUILD_SUFFIX + "$")
+
+
+def build_alias(name: str) -> str | None:
+    """The alias a physical build name belongs to (``X`` of ``X-<20 digits>``), or ``None`` for any other name."""
+    match = re.fullmatch(r"(.+)" + _BUILD_SUFFIX, name)
+    return match.group(1) if match else None
 
 
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")

@@ -261,3 +261,17 @@ def log_request_cases(mapping: dict[str, Any]) -> list[tuple[str, str, Any, bool
         ("put", "/{index}", bad_index, False),
         ("post", "/{index}/_search", bad_latest, False),
     ]
+
+
+def incremental_write_requests(filters):
+    """(method, path, body) of every request an incremental write builds (``ingest.incremental``), and one
+    misspelt body each spec must refuse: the same list for the Elasticsearch and OpenSearch spec tests."""
+    from hybrid_search.backends.cluster.bodies import ids_body, matching_ids_body, write_gen_body
+
+    meta = {"hybrid_search": {"dims": 3}, "hybrid_search_writes": {"generation": 2}}
+    valid = [
+        ("post", "/{index}/_search", matching_ids_body(filters)),
+        ("post", "/{index}/_mget", ids_body(["a", "b"])),
+        ("put", "/{index}/_mapping", write_gen_body(meta)),
+    ]
+    return valid, ("post", "/{index}/_mget", {"idss": ["a"]})

@@ -194,15 +194,10 @@ def test_log_index_bodies(spec, name, log_mapping):
 @pytest.mark.parametrize("name", STACK + (ESMAIN,))
 @pytest.mark.parametrize("filters", FILTERS[1:])
 def test_incremental_write_bodies(spec, name, filters):
-    from hybrid_search.backends.cluster.bodies import ids_body, matching_ids_body, write_gen_body
+    from specs import incremental_write_requests
 
     v = spec(name)
-    ok(v, "post", "/{index}/_search", matching_ids_body(filters))
-    ok(v, "post", "/{index}/_mget", ids_body(["a", "b"]))
-    ok(
-        v,
-        "put",
-        "/{index}/_mapping",
-        write_gen_body({"hybrid_search": {"dims": 3}, "hybrid_search_writes": {"generation": 2}}),
-    )
-    broken(v, "post", "/{index}/_mget", {"idss": ["a"]})
+    valid, misspelt = incremental_write_requests(filters)
+    for method, path, body in valid:
+        ok(v, method, path, body)
+    broken(v, *misspelt)

@@ -59,13 +59,13 @@ async def _body(request: Request) -> Any:
     size = int(request.headers.get("content-length") or 0)
     if size > MAX_BODY_BYTES:
         raise _TooLarge
-    raw = b""
+    raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > MAX_BODY_BYTES:
             raise _TooLarge
     try:
-        return json.loads(raw or b"{}")
+        return json.loads(bytes(raw) or b"{}")
     except ValueError as exc:
         raise _BadJson(str(exc)) from None
 

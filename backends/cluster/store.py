@@ -39,7 +39,7 @@ from hybrid_search.config.errors import (
     ConfigError,
     IndexNotFound,
 )
-from hybrid_search.config.names import build_pattern, reserved_reason
+from hybrid_search.config.names import build_alias, build_pattern, reserved_reason
 
 if TYPE_CHECKING:
     from hybrid_search.backends.cluster.logsink import ClusterLogSink
@@ -173,8 +173,7 @@ class ClusterBackend(ClusterSearch, OpensIndexes):
         found = self.call("list indexes", self.client.indices.get_alias, index="*")
         out: dict[str, tuple[str, ...]] = {}
         for name, info in sorted(found.items()):
-            why = reserved_reason(name)
-            if name.startswith(".") or (why is not None and not why.startswith("a physical build")):
+            if name.startswith(".") or (reserved_reason(name) is not None and build_alias(name) is None):
                 continue  # the engine's own, a log or the lock index
             out[name] = tuple(sorted((info.get("aliases") or {}).keys()))
         return out

@@ -49,7 +49,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STAGES = ("encode", "bm25", "knn", "fusion", "rerank", "total")
+STAGES = ("encode", "bm25", "knn", "fusion", "passages", "rerank", "total")
 QUERY_TEXT_LIMIT = 1024  # longer queries are kept in _source but not aggregated (keyword ignore_above)
 
 _KEYWORD = {"type": "keyword"}
@@ -89,6 +89,9 @@ QUERY_LOG_MAPPING: dict[str, Any] = {
                 "rerank_score": _FLOAT,
                 "rank_before_rerank": _INT,
                 "rank_change": _INT,
+                "passage": _KEYWORD,  # an index of passages: the best passage's id, ``<doc id>#<passage number>``
+                "passage_start": _INT,
+                "passage_end": _INT,
             },
         },
         "rerank": {
@@ -170,6 +173,9 @@ def query_log_doc(
             "rerank_score": _score(h.rerank_score),
             "rank_before_rerank": h.rank_before_rerank,
             "rank_change": h.rank_change,
+            "passage": f"{h.doc_id}#{h.passage.index}" if h.passage is not None else None,
+            "passage_start": h.passage.start if h.passage is not None else None,
+            "passage_end": h.passage.end if h.passage is not None else None,
         }
         hits.append({k: v for k, v in item.items() if v is not None})
     total = result.total_hits if result.total_hits is not None else len(result.hits)

@@ -34,6 +34,7 @@ __all__ = [
     "BulkResult",
     "IndexSpec",
     "IndexedDocument",
+    "PassageVector",
     "IndexStats",
     "StoredDocument",
     "check_index_name",
@@ -97,6 +98,10 @@ class IndexSpec:
     # before this was recorded, whose filters are not checked
     metadata_fields: tuple[str, ...] | None = None
     sparse_model: str = ""  # the learned-sparse model its sparse vectors come from ("": no sparse field)
+    # documents hold passages (``ingest.chunking`` other than none), each with its vector: kNN scores a
+    # document by its best passage and returns that passage; an index without them holds one vector each
+    passages: bool = False
+    chunking: str = ""  # the chunking mode the passages were made with ("" before chunking existed)
 
     def __post_init__(self) -> None:
         if self.dims <= 0:
@@ -118,8 +123,19 @@ class IndexSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class PassageVector:
+    """One passage of a long document: its character span in the document's text and its dense vector."""
+
+    start: int
+    end: int
+    vector: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
 class IndexedDocument:
-    """A document ready to store: its text fields and its dense vector."""
+    """A document ready to store: its text fields and its dense vector. A document chunked into several
+    passages carries them in ``passages`` (``vector`` is then the first passage's); a document of one passage
+    carries none."""
 
     doc_id: str
     title: str
@@ -128,6 +144,7 @@ class IndexedDocument:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     sparse: Mapping[str, float] | None = None  # token -> weight, when the index has a sparse field
     content_hash: str = ""  # of the record's content (``ingest.hashing``): an upsert skips an unchanged one
+    passages: tuple[PassageVector, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,9 +47,28 @@ SERVER_NORMALIZERS = {"minmax": ("minmax", LINEAR_SINCE), "l2": ("l2_norm", (9, 
 def es_index_body(
     spec: IndexSpec, *, index_options: str = "hnsw", replicas: int = 1, refresh_interval: str = "1s"
 ) -> dict[str, Any]:
-    """Settings and mappings: analysed title/text, an HNSW ``dense_vector``, keyword metadata."""
+    """Settings and mappings: analysed title/text, an HNSW ``dense_vector``, keyword metadata. An index of
+    passages puts the HNSW vectors in a ``nested`` field of passages (with their spans), as ``semantic_text``
+    does, and keeps the document's first-passage vector unindexed (what corpus-wide jobs read)."""
     analyzer, analysis = bodies.text_analysis(spec.analyzer)
     options = {"type": index_options, "m": spec.hnsw_m, "ef_construction": spec.hnsw_ef_construction}
+    hnsw = {
+        "type": "dense_vector",
+        "dims": spec.dims,
+        "index": True,
+        "similarity": spec.similarity,
+        "index_options": options,
+    }
+    vectors: dict[str, Any] = {bodies.VECTOR_FIELD: hnsw}
+    if spec.passages:
+        span = {"type": "integer", "index": False}
+        vectors = {
+            bodies.VECTOR_FIELD: {"type": "dense_vector", "dims": spec.dims, "index": False},
+            bodies.PASSAGES_FIELD: {
+                "type": "nested",
+                "properties": {bodies.VECTOR_FIELD: hnsw, "start": span, "end": span},
+            },
+        }
     return {
         "settings": {
             "index": {"number_of_replicas": replicas, "refresh_interval": refresh_interval},
@@ -60,13 +79,7 @@ def es_index_body(
             "dynamic_templates": [bodies.metadata_dynamic_template()],
             "properties": {
                 **{f: {"type": "text", "analyzer": analyzer} for f in bodies.TEXT_FIELDS},
-                bodies.VECTOR_FIELD: {
-                    "type": "dense_vector",
-                    "dims": spec.dims,
-                    "index": True,
-                    "similarity": spec.similarity,
-                    "index_options": options,
-                },
+                **vectors,
                 METADATA_FIELD: {"type": "object"},
                 bodies.HASH_FIELD: {"type": "keyword", "index": False},
                 **({bodies.SPARSE_FIELD: {"type": "sparse_vector"}} if spec.sparse_model else {}),
@@ -89,10 +102,13 @@ def es_sparse_body(vector: Mapping[str, float], k: int, filters: Filter | None) 
     return {"query": query, "size": k, "_source": {"excludes": bodies.SOURCE_EXCLUDES}}
 
 
-def es_knn_clause(vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None) -> dict[str, Any]:
-    """The kNN clause shared by the top-level ``knn`` search and the ``knn`` retriever."""
+def es_knn_clause(
+    vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None, *, passages: bool = False
+) -> dict[str, Any]:
+    """The kNN clause shared by the top-level ``knn`` search and the ``knn`` retriever; over the nested
+    passage vectors in an index of passages (a document scores as its best passage)."""
     clause: dict[str, Any] = {
-        "field": bodies.VECTOR_FIELD,
+        "field": bodies.PASSAGE_VECTOR if passages else bodies.VECTOR_FIELD,
         "query_vector": [float(x) for x in np.asarray(vector).ravel()],
         "k": k,
         "num_candidates": max(num_candidates, k),
@@ -103,12 +119,15 @@ def es_knn_clause(vector: np.ndarray, k: int, num_candidates: int, filters: Filt
     return clause
 
 
-def es_knn_body(vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None) -> dict[str, Any]:
-    return {
-        "knn": es_knn_clause(vector, k, num_candidates, filters),
-        "size": k,
-        "_source": {"excludes": bodies.SOURCE_EXCLUDES},
-    }
+def es_knn_body(
+    vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None, passages: int = 0
+) -> dict[str, Any]:
+    """The kNN search; ``passages`` > 0: over the nested passages, each hit with its best ``passages``
+    passages as ``inner_hits``."""
+    clause = es_knn_clause(vector, k, num_candidates, filters, passages=passages > 0)
+    if passages:
+        clause["inner_hits"] = bodies.inner_hits_body(passages)
+    return {"knn": clause, "size": k, "_source": {"excludes": bodies.SOURCE_EXCLUDES}}
 
 
 def es_fusion_refusal(request: SearchRequest, version: tuple[int, int, int]) -> str | None:
@@ -131,12 +150,12 @@ def es_fusion_refusal(request: SearchRequest, version: tuple[int, int, int]) -> 
     return None
 
 
-def es_leg_retriever(leg: Leg, request: SearchRequest) -> dict[str, Any]:
+def es_leg_retriever(leg: Leg, request: SearchRequest, passages: bool = False) -> dict[str, Any]:
     """The retriever that answers one leg: ``standard`` for BM25 and the sparse leg, ``knn`` for the dense one."""
     dsl = to_query_dsl(request.filters)
     if isinstance(leg, Dense):
         assert request.vector is not None, "the pipeline encodes before it fuses"
-        return {"knn": es_knn_clause(request.vector, leg.depth, leg.num_candidates, request.filters)}
+        return {"knn": es_knn_clause(request.vector, leg.depth, leg.num_candidates, request.filters, passages=passages)}
     if isinstance(leg, Sparse):
         assert request.sparse_vector is not None, "the pipeline encodes before it fuses"
         query = es_sparse_query(request.sparse_vector)
@@ -148,9 +167,11 @@ def es_leg_retriever(leg: Leg, request: SearchRequest) -> dict[str, Any]:
     return {"standard": standard}
 
 
-def es_fused_body(request: SearchRequest, version: tuple[int, int, int]) -> dict[str, Any]:
+def es_fused_body(request: SearchRequest, version: tuple[int, int, int], passages: bool = False) -> dict[str, Any]:
     """A ``retriever`` search fusing the request's legs on the server (``rrf``, weighted ``rrf`` or ``linear``
-    over one retriever per leg); ``FusionUnsupported`` where this version cannot."""
+    over one retriever per leg); ``FusionUnsupported`` where this version cannot. ``passages``: the kNN
+    retriever searches the nested passage vectors (a retriever has no ``inner_hits``: each hit's best
+    passage is then chosen by the query's terms)."""
     reason = es_fusion_refusal(request, version)
     if reason is not None:
         raise FusionUnsupported(reason)
@@ -158,7 +179,7 @@ def es_fused_body(request: SearchRequest, version: tuple[int, int, int]) -> dict
     assert fusion is not None  # refusal checked
     k = request.candidates
     window = max(*(leg.depth for leg in request.legs), k)
-    parts = [(es_leg_retriever(leg, request), fusion.weight(leg.name)) for leg in request.legs]
+    parts = [(es_leg_retriever(leg, request, passages), fusion.weight(leg.name)) for leg in request.legs]
     if fusion.method == "rrf":
         retrievers: list[Any] = [r for r, _ in parts]
         if fusion.leg_weights(request.leg_names) is not None:
@@ -248,8 +269,10 @@ class ElasticsearchBackend(ClusterBackend):
         # dot_product and cosine both score (1 + similarity) / 2 for unit vectors
         return 2.0 * score - 1.0
 
-    def knn_body(self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None) -> dict[str, Any]:
-        return es_knn_body(vector, k, num_candidates, filters)
+    def knn_body(
+        self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None, passages: int = 0
+    ) -> dict[str, Any]:
+        return es_knn_body(vector, k, num_candidates, filters, passages)
 
     def sparse_body(self, vector: Mapping[str, float], k: int, filters: Filter | None) -> dict[str, Any]:
         return es_sparse_body(vector, k, filters)
@@ -257,5 +280,5 @@ class ElasticsearchBackend(ClusterBackend):
     def dialect_fusion_refusal(self, request: SearchRequest) -> str | None:
         return es_fusion_refusal(request, self.server.version)
 
-    def fused_body(self, request: SearchRequest) -> dict[str, Any]:
-        return es_fused_body(request, self.server.version)
+    def fused_body(self, request: SearchRequest, passages: bool = False) -> dict[str, Any]:
+        return es_fused_body(request, self.server.version, passages)

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from hybrid_search.backends.base import CheckedName
+from hybrid_search.search.passages import choose_by_terms
 
 if TYPE_CHECKING:
     import numpy as np
@@ -59,6 +60,11 @@ class IndexHandle:
 
     def fill(self, hits: Sequence[Hit]) -> list[Hit]:
         return list(hits)
+
+    def with_passages(self, hits: Sequence[Hit], request: SearchRequest) -> list[Hit]:
+        """Hits with their best passages, where the index holds passages: a cluster's kNN hits carry them
+        (``inner_hits``); for the others, chosen by the query's terms among the spans the hit carries."""
+        return [choose_by_terms(h, request.query, request.passages) for h in hits]
 
     def knn_batch(self, vectors: np.ndarray, k: int, num_candidates: int) -> list[list[tuple[str, float]]]:
         return self.backend.knn_batch(self.name, vectors, k, num_candidates)

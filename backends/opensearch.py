@@ -60,7 +60,9 @@ def os_index_body(
     replicas: int = 1,
     refresh_interval: str = "1s",
 ) -> dict[str, Any]:
-    """``index.knn`` settings and a mapping with analysed text, an HNSW ``knn_vector`` and keyword metadata."""
+    """``index.knn`` settings and a mapping with analysed text, an HNSW ``knn_vector`` and keyword metadata.
+    An index of passages puts the HNSW vectors in a ``nested`` field of passages with their spans (the
+    document's first-passage vector is kept unindexed, as a ``float`` array, for corpus-wide jobs)."""
     if fp16 and engine != "faiss":
         raise ConfigError("the fp16 scalar-quantisation encoder needs the faiss engine: set opensearch_engine=faiss")
     parameters: dict[str, Any] = {"m": spec.hnsw_m, "ef_construction": spec.hnsw_ef_construction}
@@ -82,16 +84,30 @@ def os_index_body(
             "dynamic_templates": [bodies.metadata_dynamic_template()],
             "properties": {
                 **{f: {"type": "text", "analyzer": analyzer} for f in bodies.TEXT_FIELDS},
-                bodies.VECTOR_FIELD: {
-                    "type": "knn_vector",
-                    "dimension": spec.dims,
-                    "space_type": "innerproduct" if spec.similarity == "dot_product" else "cosinesimil",
-                    "method": {"name": "hnsw", "engine": engine, "parameters": parameters},
-                },
+                **_os_vector_fields(spec, engine, parameters),
                 METADATA_FIELD: {"type": "object"},
                 bodies.HASH_FIELD: {"type": "keyword", "index": False},
                 **({bodies.SPARSE_FIELD: {"type": "rank_features"}} if spec.sparse_model else {}),
             },
+        },
+    }
+
+
+def _os_vector_fields(spec: IndexSpec, engine: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    hnsw = {
+        "type": "knn_vector",
+        "dimension": spec.dims,
+        "space_type": "innerproduct" if spec.similarity == "dot_product" else "cosinesimil",
+        "method": {"name": "hnsw", "engine": engine, "parameters": parameters},
+    }
+    if not spec.passages:
+        return {bodies.VECTOR_FIELD: hnsw}
+    span = {"type": "integer", "index": False}
+    return {
+        bodies.VECTOR_FIELD: {"type": "float", "index": False},
+        bodies.PASSAGES_FIELD: {
+            "type": "nested",
+            "properties": {bodies.VECTOR_FIELD: hnsw, "start": span, "end": span},
         },
     }
 
@@ -131,24 +147,48 @@ def os_neural_sparse_body(vector: Mapping[str, float], k: int, filters: Filter |
 
 
 def os_knn_query(
-    vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None, version: tuple[int, int, int]
+    vector: np.ndarray,
+    k: int,
+    num_candidates: int,
+    filters: Filter | None,
+    version: tuple[int, int, int],
+    passages: int = 0,
 ) -> dict[str, Any]:
-    """The ``knn`` query; a filter goes inside it, so the engine filters while it searches the graph."""
+    """The ``knn`` query; a filter goes inside it, so the engine filters while it searches the graph.
+    ``passages`` > 0: a ``nested`` query over the passage vectors (a document scores as its best passage,
+    ``score_mode: max``) with the best ``passages`` passages as ``inner_hits``; the metadata filter stays on
+    the document, outside the nested query."""
     clause: dict[str, Any] = {"vector": [float(x) for x in np.asarray(vector).ravel()], "k": k}
     dsl = to_query_dsl(filters)
     if dsl:
         clause["filter"] = {"bool": {"filter": dsl}}
     if version >= METHOD_PARAMETERS_SINCE:
         clause["method_parameters"] = {"ef_search": max(num_candidates, k)}
-    return {"knn": {bodies.VECTOR_FIELD: clause}}
+    if not passages:
+        return {"knn": {bodies.VECTOR_FIELD: clause}}
+    clause.pop("filter", None)
+    nested = {
+        "nested": {
+            "path": bodies.PASSAGES_FIELD,
+            "query": {"knn": {bodies.PASSAGE_VECTOR: clause}},
+            "score_mode": "max",
+            "inner_hits": bodies.inner_hits_body(passages),
+        }
+    }
+    return {"bool": {"must": [nested], "filter": dsl}} if dsl else nested
 
 
 def os_knn_body(
-    vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None, version: tuple[int, int, int]
+    vector: np.ndarray,
+    k: int,
+    num_candidates: int,
+    filters: Filter | None,
+    version: tuple[int, int, int],
+    passages: int = 0,
 ) -> dict[str, Any]:
     return {
         "size": k,
-        "query": os_knn_query(vector, k, num_candidates, filters, version),
+        "query": os_knn_query(vector, k, num_candidates, filters, version, passages),
         "_source": {"excludes": bodies.SOURCE_EXCLUDES},
     }
 
@@ -196,22 +236,26 @@ def os_pipeline_body(
     return {"description": f"hybrid-search: {described} fusion", "phase_results_processors": [processor]}
 
 
-def os_leg_query(leg: Leg, request: SearchRequest, version: tuple[int, int, int]) -> dict[str, Any]:
+def os_leg_query(
+    leg: Leg, request: SearchRequest, version: tuple[int, int, int], passages: bool = False
+) -> dict[str, Any]:
     """One ``hybrid`` sub-query per leg: ``match`` for BM25, ``knn``, and ``neural_sparse`` for the sparse leg."""
     if isinstance(leg, Dense):
         assert request.vector is not None, "the pipeline encodes before it fuses"
-        return os_knn_query(request.vector, leg.depth, leg.num_candidates, request.filters, version)
+        return os_knn_query(
+            request.vector, leg.depth, leg.num_candidates, request.filters, version, request.passages if passages else 0
+        )
     if isinstance(leg, Sparse):
         assert request.sparse_vector is not None, "the pipeline encodes before it fuses"
         return os_neural_sparse_query(request.sparse_vector, request.filters)
     return bodies.bm25_query(request.query, request.filters)
 
 
-def os_fused_query(request: SearchRequest, version: tuple[int, int, int]) -> dict[str, Any]:
+def os_fused_query(request: SearchRequest, version: tuple[int, int, int], passages: bool = False) -> dict[str, Any]:
     """The ``hybrid`` search body over the request's legs; ``pagination_depth`` bounds each sub-query's results
     (2.19+)."""
     k = request.candidates
-    hybrid: dict[str, Any] = {"queries": [os_leg_query(leg, request, version) for leg in request.legs]}
+    hybrid: dict[str, Any] = {"queries": [os_leg_query(leg, request, version, passages) for leg in request.legs]}
     if version >= PAGINATION_DEPTH_SINCE:
         hybrid["pagination_depth"] = max(*(leg.depth for leg in request.legs), k)
     return {"size": k, "query": {"hybrid": hybrid}, "_source": {"excludes": bodies.SOURCE_EXCLUDES}}
@@ -294,8 +338,10 @@ class OpenSearchBackend(ClusterBackend):
             return score - 1.0
         return 1.0 - 1.0 / score if score > 0 else -1.0
 
-    def knn_body(self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None) -> dict[str, Any]:
-        return os_knn_body(vector, k, num_candidates, filters, self.server.version)
+    def knn_body(
+        self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None, passages: int = 0
+    ) -> dict[str, Any]:
+        return os_knn_body(vector, k, num_candidates, filters, self.server.version, passages)
 
     def sparse_body(self, vector: Mapping[str, float], k: int, filters: Filter | None) -> dict[str, Any]:
         if NEURAL_PLUGIN in self.server.plugins:
@@ -309,7 +355,7 @@ class OpenSearchBackend(ClusterBackend):
             return "a search of one leg has nothing to fuse"
         return os_pipeline_refusal(request.fusion, self.server.version, request.leg_names)
 
-    def fused_body(self, request: SearchRequest) -> dict[str, Any]:
+    def fused_body(self, request: SearchRequest, passages: bool = False) -> dict[str, Any]:
         assert request.fusion is not None, "checked by fusion_refusal"
         pipeline = os_pipeline_body(request.fusion, self.server.version, request.leg_names)
         name = pipeline_name(pipeline)
@@ -322,7 +368,7 @@ class OpenSearchBackend(ClusterBackend):
                 body=pipeline,
             )
             self._pipelines.add(name)
-        return {"pipeline": name, "body": os_fused_query(request, self.server.version)}
+        return {"pipeline": name, "body": os_fused_query(request, self.server.version, passages)}
 
     def _hybrid_search(self, index: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         return self.search_body(index, body["body"], params={"search_pipeline": body["pipeline"]})

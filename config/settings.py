@@ -141,6 +141,19 @@ class IngestSettings(_Section):
     # per-record limits: a record over one is a reject with its reason, never a failed ingest
     max_field_chars: int = Field(default=1_000_000, ge=1)  # any one field (title, text, metadata value)
     max_depth: int = Field(default=32, ge=1)  # nesting of JSON objects / lists in one record
+    # passages of long documents (``ingest.chunking``): auto splits only texts longer than the model reads,
+    # on sentences; none keeps one vector per document; or words|sentences|tokens:SIZE:OVERLAP
+    chunking: str = "auto"
+
+    @field_validator("chunking")
+    @classmethod
+    def _known_chunking(cls, value: str) -> str:
+        from hybrid_search.ingest.chunking import Chunking  # ingest imports settings: resolved at use
+
+        try:
+            return str(Chunking.parse(value))
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
 
 # the retrieval legs and the named presets over them (``search.request`` builds requests from these)
@@ -202,6 +215,9 @@ class SearchSettings(_Section):
     # final = a * minmax(cross-encoder) + (1 - a) * minmax(first stage) over the reranked head; 1 = reranker alone
     rerank_interpolation: float = Field(default=0.5, ge=0.0, le=1.0)
     server_fusion: bool = True  # let an engine fuse when it can; client-side otherwise
+    passages: int = Field(default=1, ge=1, le=32)  # an index of passages: best passages per hit
+    # rerank on passages: the cross-encoder reads this many of each hit's best passages (the hit takes the max)
+    rerank_passages: int = Field(default=1, ge=1, le=8)
 
     @field_validator("mode")
     @classmethod

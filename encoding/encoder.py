@@ -301,6 +301,29 @@ class Encoder(TransformerParts):
             document = self.settings.document_prompt
         return query, document
 
+    @cached_property
+    def _counting_tokenizer(self) -> Any:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_str(self._hf_tokenizer.backend_tokenizer.to_str())
+        tok.no_padding()
+        tok.no_truncation()
+        return tok
+
+    def token_offsets(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+        """Each text's tokens as (start, end) character offsets: no special tokens, no truncation (what
+        chunking counts with; the tokenizer alone loads, not the weights)."""
+        found = self._counting_tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [[tuple(o) for o in e.offsets] for e in found]
+
+    def passage_overhead(self, title: str) -> int:
+        """Tokens a document passage spends before its text: special tokens, the document prompt, the title."""
+        tok = self._counting_tokenizer
+        head = self.prompts[1] + title
+        return tok.num_special_tokens_to_add(False) + (
+            len(tok.encode(head, add_special_tokens=False).ids) if head else 0
+        )
+
     # --- encoding ---------------------------------------------------------------------------------
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
         prompt = self.prompts[0]

@@ -19,12 +19,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-
-from hybrid_search.backends.base import IndexBuilder, IndexedDocument, IndexSpec
+from hybrid_search.backends.base import BulkResult, IndexBuilder, IndexSpec
 from hybrid_search.config.errors import BadRecordError, ConfigError, IndexNotFound
 from hybrid_search.config.settings import Settings
 from hybrid_search.encoding.models import model_identity
+from hybrid_search.ingest.chunking import Chunking
+from hybrid_search.ingest.passages import DocumentEncoder
 from hybrid_search.ingest.sources import CorpusSource
 from hybrid_search.ingest.validate import Document, RecordLimits, Reject, RejectsFile, VectorCheck, validate
 
@@ -231,8 +231,10 @@ class _Writer:
     ) -> None:
         self.backend, self.physical, self.spec = backend, physical, spec
         self.encoder, self.sparse, self.mode, self.strict = encoder, sparse, mode, settings.ingest.strict
-        self.counts = dict.fromkeys(("read", "added", "updated", "unchanged", "rejected", "encoded", "precomputed"), 0)
-        self.encode_s = 0.0
+        self.counts = dict.fromkeys(("read", "added", "updated", "unchanged", "rejected"), 0)
+        # the index's own chunking, so a written document is split as the build split the others
+        chunking = Chunking.parse(spec.chunking) if spec.passages and spec.chunking else Chunking("none")
+        self.coder = DocumentEncoder(encoder, chunking=chunking, sparse=sparse if spec.sparse_model else None)
         self.started = time.perf_counter()
         self._rejects: list[Reject] = []
 
@@ -256,20 +258,13 @@ class _Writer:
                 todo.append((doc, digest))
         if not todo:
             return
-        vectors, sparse = self._encode([d for d, _ in todo])
-        indexed = [
-            IndexedDocument(d.doc_id, d.title, d.text, vectors[i], d.metadata, sparse[i], digest)
-            for i, (d, digest) in enumerate(todo)
-        ]
-        result = self.backend.upsert(self.physical, indexed)
-        failed = {f.doc_id: f.reason for f in result.failed}
+        encoded = self.coder.encode([d for d, _ in todo])
+        self._reject(encoded.rejects)
+        result = self.backend.upsert(self.physical, encoded.docs) if encoded.docs else BulkResult()
         self._reject(
-            [
-                Reject(d.position, d.doc_id, f"refused by backend: {failed[d.doc_id]}")
-                for d, _ in todo
-                if d.doc_id in failed
-            ]
+            [Reject(encoded.positions[f.doc_id], f.doc_id, f"refused by backend: {f.reason}") for f in result.failed]
         )
+        failed = {f.doc_id for f in result.failed} | {r.doc_id for r in encoded.rejects}
         for doc, _ in todo:
             if doc.doc_id not in failed:
                 c["updated" if doc.doc_id in stored else "added"] += 1
@@ -283,25 +278,6 @@ class _Writer:
         self._rejects += rejects
         self.counts["rejected"] += len(rejects)
 
-    def _encode(self, docs: list[Document]) -> tuple[np.ndarray, list[dict[str, float] | None]]:
-        """Vectors of the records to write: precomputed ones as given, the rest encoded (the model loads
-        on the first record that needs it, never for an all-unchanged or all-precomputed write)."""
-        t = time.perf_counter()
-        if docs[0].sparse is not None:
-            sparse: list[dict[str, float] | None] = [dict(d.sparse or {}) for d in docs]
-        elif self.sparse is not None and self.spec.sparse_model:
-            sparse = list(self.sparse.encode_documents([d.passage for d in docs]))
-        else:
-            sparse = [None] * len(docs)
-        if docs[0].vector is not None:
-            self.counts["precomputed"] += len(docs)
-            vectors = np.stack([d.vector for d in docs if d.vector is not None])
-        else:
-            self.counts["encoded"] += len(docs)
-            vectors = self.encoder.encode_documents([d.passage for d in docs]).vectors
-        self.encode_s += time.perf_counter() - t
-        return vectors, sparse
-
     def summary(self, alias: str, source: str) -> WriteSummary:
         c = self.counts
         return WriteSummary(
@@ -314,8 +290,8 @@ class _Writer:
             updated=c["updated"],
             unchanged=c["unchanged"],
             rejected=c["rejected"],
-            encoded=c["encoded"],
-            precomputed=c["precomputed"],
+            encoded=self.coder.encoded,
+            precomputed=self.coder.precomputed,
             seconds=time.perf_counter() - self.started,
-            encode_seconds=round(self.encode_s, 3),
+            encode_seconds=round(self.coder.seconds, 3),
         )

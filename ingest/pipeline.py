@@ -27,14 +27,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from hybrid_search.backends.base import IndexBuilder, IndexedDocument, IndexSpec
+from hybrid_search.backends.base import IndexBuilder, IndexSpec
 from hybrid_search.config.errors import BadRecordError, ConfigError, IndexingError, SourceError
 from hybrid_search.config.files import atomic_write_text, read_json_file
 from hybrid_search.config.names import check_field_name
 from hybrid_search.config.settings import Settings
 from hybrid_search.encoding.models import model_identity
+from hybrid_search.ingest.chunking import Chunking
+from hybrid_search.ingest.passages import DocumentEncoder, EncodedBatch
 from hybrid_search.ingest.sources import CorpusSource
 from hybrid_search.ingest.validate import Document, RecordLimits, Reject, RejectsFile, VectorCheck, validate
 
@@ -68,6 +68,8 @@ class IngestSummary:
     read_seconds: float = 0.0  # time the read + validate stage worked (not waiting on the next stage)
     precomputed: int = 0  # documents stored with the vector their record carried
     run_seconds: float = 0.0  # this run's wall time (``seconds`` adds the earlier runs a resume continued)
+    passages: int = 0  # passages stored (a document of one passage counts one); with ``stored``, per document
+    chunking: str = "none"
 
     def stage_rates(self) -> dict[str, float]:
         """Each stage's own rate (documents per second of its working time) and the end-to-end rate: with
@@ -82,6 +84,9 @@ class IngestSummary:
             "encode": rate(self.encode_seconds) if self.encoded else float("inf"),
             "write": rate(self.upsert_seconds),
             "end_to_end": rate(self.run_seconds or self.seconds),
+            "passages_end_to_end": round(self.passages / (self.run_seconds or self.seconds), 1)
+            if (self.run_seconds or self.seconds) > 0
+            else float("inf"),
         }
 
     @property
@@ -108,6 +113,7 @@ class Checkpoint:
     truncated: int = 0
     rejects_bytes: int = 0
     elapsed: float = 0.0
+    passages: int = 0
 
     @staticmethod
     def path_for(data_dir: Path, alias: str) -> Path:
@@ -140,10 +146,16 @@ def index_spec_for(
     settings: Settings,
     metadata_fields: Sequence[str] = (),
     sparse_encoder: SparseEncoder | None = None,
+    *,
+    chunking: Chunking | None = None,
 ) -> IndexSpec:
     """The index an encoder's vectors need (its dimension, dot product for normalised vectors), the
-    metadata fields its records carry (what filters may name), and the sparse model when there is one."""
+    metadata fields its records carry (what filters may name), the sparse model when there is one, and
+    whether documents hold passages (``chunking``; records that carry their vectors are one passage each)."""
+    chunks = chunking if chunking is not None else Chunking.parse(settings.ingest.chunking)
     return IndexSpec(
+        passages=chunks.splits,
+        chunking=str(chunks),
         sparse_model=model_identity(sparse_encoder.model_name) if sparse_encoder is not None else "",
         dims=encoder.dims,
         similarity="dot_product" if encoder.pooling.normalize else "cosine",
@@ -190,14 +202,12 @@ def check_fields(source: CorpusSource, sample: int = FIELD_SAMPLE) -> None:
 class _Run:
     """Mutable state of one ingest run; the public result is the frozen ``IngestSummary``."""
 
-    def __init__(self, ckpt: Checkpoint, ckpt_path: Path, rejects: RejectsFile) -> None:
-        self.ckpt, self.ckpt_path, self.rejects = ckpt, ckpt_path, rejects
-        self.encode_s = self.upsert_s = self.read_s = 0.0
-        self.encoded = self.precomputed = 0
+    def __init__(self, ckpt: Checkpoint, ckpt_path: Path, rejects: RejectsFile, coder: DocumentEncoder) -> None:
+        self.ckpt, self.ckpt_path, self.rejects, self.coder = ckpt, ckpt_path, rejects, coder
+        self.upsert_s = self.read_s = 0.0
         self.started = self.began = time.perf_counter()
-        self.sparse_encoder: SparseEncoder | None = None
 
-    def commit(self, position: int, read: int, rejected: Sequence[Reject], truncated: int) -> None:
+    def commit(self, position: int, read: int, rejected: Sequence[Reject], truncated: int, passages: int = 0) -> None:
         for r in rejected:
             self.rejects.write(r.position, r.doc_id, r.reason)
         c = self.ckpt
@@ -207,6 +217,7 @@ class _Run:
             read=c.read + read,
             rejected=c.rejected + len(rejected),
             truncated=c.truncated + truncated,
+            passages=c.passages + passages,
             rejects_bytes=self.rejects.commit(),
             elapsed=c.elapsed + time.perf_counter() - self.started,
         )
@@ -272,7 +283,8 @@ def _run_ingest(
         )
     if settings.ingest.check_fields:
         check_fields(source)  # a misspelt field fails here: before a model loads or an index is created
-    spec = index_spec_for(encoder, settings, source.fields.metadata_fields, sparse)
+    chunking = Chunking.parse(settings.ingest.chunking) if source.fields.vector_field is None else Chunking("none")
+    spec = index_spec_for(encoder, settings, source.fields.metadata_fields, sparse, chunking=chunking)
     if source.fields.vector_field is None:  # records that carry their vectors need no model at all
         encoder.load()  # model loading is not encode time
     if sparse is not None and not precomputed_sparse:
@@ -281,8 +293,7 @@ def _run_ingest(
     ckpt, resumed = _start(backend, spec, ckpt_path, alias, source.name, encoder.model_name, resume)
     rejects_path = settings.data_dir / "rejects" / f"{alias}.jsonl"
     rejects = RejectsFile(rejects_path, source=source.name, truncate_to=ckpt.rejects_bytes if resumed else None)
-    run = _Run(ckpt, ckpt_path, rejects)
-    run.sparse_encoder = sparse
+    run = _Run(ckpt, ckpt_path, rejects, DocumentEncoder(encoder, chunking=chunking, sparse=sparse))
     try:
         try:
             _stream(source, backend, encoder, settings, run, progress)
@@ -355,9 +366,7 @@ class _Batch:
     rejects: list[Reject]
     position: int
     read: int
-    vectors: np.ndarray | None = None
-    sparse: list[dict[str, float]] | None = None  # learned-sparse vectors, with a sparse encoder
-    truncated: int = 0
+    encoded: EncodedBatch | None = None  # what the encode stage made of ``docs``
 
 
 @dataclass
@@ -432,7 +441,7 @@ def _stream(
             while True:
                 item = get(to_encode)
                 if isinstance(item, _Batch):
-                    _encode(item, encoder, run)
+                    item.encoded = run.coder.encode(item.docs)
                 if not put(to_write, item) or not isinstance(item, _Batch):
                     return
         except BaseException as exc:
@@ -488,43 +497,19 @@ def _batches(
         yield _Batch(docs, pending, position, read)
 
 
-def _encode(batch: _Batch, encoder: Encoder, run: _Run) -> None:
-    """Vectors for the batch: the precomputed ones its records carried, or the encoder's."""
-    if not batch.docs:
-        return
-    if batch.docs[0].sparse is not None:  # a sparse field is required of every record, so all or none
-        batch.sparse = [dict(d.sparse or {}) for d in batch.docs]
-    elif run.sparse_encoder is not None:
-        t = time.perf_counter()
-        batch.sparse = run.sparse_encoder.encode_documents([d.passage for d in batch.docs])
-        run.encode_s += time.perf_counter() - t
-    if batch.docs[0].vector is not None:  # a vector field is required of every record, so all or none
-        batch.vectors = np.stack([d.vector for d in batch.docs if d.vector is not None])
-        run.precomputed += len(batch.docs)
-        return
-    t = time.perf_counter()
-    encoded = encoder.encode_documents([d.passage for d in batch.docs])
-    run.encode_s += time.perf_counter() - t
-    run.encoded += len(batch.docs)
-    batch.vectors, batch.truncated = encoded.vectors, encoded.truncated
-
-
 def _write(batch: _Batch, backend: IndexBuilder, settings: Settings, run: _Run) -> None:
-    rejected = batch.rejects
-    if batch.docs:
-        assert batch.vectors is not None
-        sparse: list[dict[str, float] | None] = list(batch.sparse) if batch.sparse else [None] * len(batch.docs)
-        docs = [
-            IndexedDocument(d.doc_id, d.title, d.text, batch.vectors[i], d.metadata, sparse[i], d.content_hash)
-            for i, d in enumerate(batch.docs)
-        ]
+    encoded = batch.encoded or EncodedBatch()
+    rejected = sorted(batch.rejects + encoded.rejects, key=lambda r: r.position)
+    if encoded.rejects and settings.ingest.strict:
+        r = encoded.rejects[0]
+        raise BadRecordError(f"record {r.position} (id {r.doc_id}) {r.reason}; run without --strict to collect rejects")
+    if encoded.docs:
         t = time.perf_counter()
-        result = backend.upsert(run.ckpt.physical, docs)
+        result = backend.upsert(run.ckpt.physical, encoded.docs)
         run.upsert_s += time.perf_counter() - t
         if result.failed:
-            positions = {d.doc_id: d.position for d in batch.docs}
             refused = [
-                Reject(positions.get(f.doc_id, batch.position), f.doc_id, f"refused by backend: {f.reason}")
+                Reject(encoded.positions.get(f.doc_id, batch.position), f.doc_id, f"refused by backend: {f.reason}")
                 for f in result.failed
             ]
             if settings.ingest.strict:
@@ -533,7 +518,9 @@ def _write(batch: _Batch, backend: IndexBuilder, settings: Settings, run: _Run) 
                     f"{refused[0].reason}; run without --strict to collect rejects"
                 )
             rejected = sorted(rejected + refused, key=lambda r: r.position)
-    run.commit(batch.position, batch.read, rejected, batch.truncated)
+    refused_ids = {r.doc_id for r in rejected}
+    passages = sum(len(d.passages) or 1 for d in encoded.docs if d.doc_id not in refused_ids)
+    run.commit(batch.position, batch.read, rejected, encoded.truncated, passages)
 
 
 def _check_shrink(backend: IndexBuilder, alias: str, physical: str, stored: int, settings: Settings) -> None:
@@ -589,12 +576,14 @@ def _finish(
         rejected=c.rejected,
         truncated=c.truncated,
         seconds=seconds,
-        encode_seconds=run.encode_s,
+        encode_seconds=run.coder.seconds,
         upsert_seconds=run.upsert_s,
         rejects_path=str(rejects_path),
         resumed=resumed,
-        encoded=run.encoded,
+        encoded=run.coder.encoded,
         read_seconds=round(run.read_s, 3),
-        precomputed=run.precomputed,
+        precomputed=run.coder.precomputed,
         run_seconds=round(run_seconds, 3),
+        passages=c.passages,
+        chunking=str(run.coder.chunking),
     )

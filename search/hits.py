@@ -5,7 +5,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Hit", "SearchResult"]
+__all__ = ["Hit", "Passage", "SearchResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """A passage of a hit's document: its position among the document's passages (0-based), its span in the
+    hit's ``text`` (character offsets, ``text[start:end]``), that text, and the score that chose it (the kNN
+    similarity of its vector; ``None`` when it was chosen by the query's terms)."""
+
+    index: int
+    start: int
+    end: int
+    text: str = ""
+    score: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +43,14 @@ class Hit:
     rank_before_rerank: int | None = None  # the rank the reranker started from, when it ran
     leg_scores: Mapping[str, float] = field(default_factory=dict)  # fused: each retrieval leg's score, by leg name
     highlight: str | None = None  # with highlight=True: the matching part of the text, terms in <em> tags
+    # an index of passages (chunked long documents): the best passage, and with ``passages=N`` the top N
+    passage: Passage | None = None
+    passages: tuple[Passage, ...] = ()
+
+    @property
+    def reads(self) -> str:
+        """What a cross-encoder reads of this hit: its best passage when it has one, else its whole text."""
+        return self.passage.text if self.passage is not None else self.text
 
     @property
     def rank_change(self) -> int | None:

@@ -78,6 +78,10 @@ class SearchableIndex(Protocol):
         """``scoring`` hits with their stored title, text and metadata, in order, ranked again from 1 (a
         document deleted since it was scored is left out); hits that have them are returned as they are."""
 
+    def with_passages(self, hits: Sequence[Hit], request: SearchRequest) -> list[Hit]:
+        """Filled hits with their best passages (``Hit.passage``) where the index holds passages of long
+        documents; the hits as they are otherwise."""
+
 
 @runtime_checkable
 class Retriever(Protocol):

@@ -189,9 +189,11 @@ class RerankSpec:
 
     depth: int = 50
     interpolation: float = 1.0
+    passages: int = 1  # an index of passages: the best passages of each hit the cross-encoder reads (max wins)
 
     def __post_init__(self) -> None:
         _check_depth(self.depth, "rerank depth")
+        _check_depth(self.passages, "rerank passages")
         if not 0.0 <= self.interpolation <= 1.0:
             raise ConfigError(f"rerank interpolation must be in [0, 1], got {self.interpolation}")
 
@@ -208,6 +210,7 @@ class SearchRequest:
     rerank: RerankSpec | None = None
     filters: Filter | None = None
     offset: int = 0  # a page: the hits ranked offset+1 .. offset+top_k of the same ranking
+    passages: int = 1  # an index of passages: the best passages each hit carries (``Hit.passages``)
     vector: np.ndarray | None = field(default=None, compare=False, repr=False)
     sparse_vector: Mapping[str, float] | None = field(default=None, compare=False, repr=False)
 
@@ -217,6 +220,8 @@ class SearchRequest:
         _check_depth(self.top_k, "top_k")
         if isinstance(self.offset, bool) or not isinstance(self.offset, int) or self.offset < 0:
             raise ConfigError(f"offset must be a whole number >= 0 (the hits to skip), got {self.offset!r}")
+        if isinstance(self.passages, bool) or not isinstance(self.passages, int) or not 1 <= self.passages <= 32:
+            raise ConfigError(f"passages must be a whole number from 1 to 32 (per hit), got {self.passages!r}")
         if not self.legs:
             raise ConfigError("a search needs at least one retrieval leg")
         names = [leg.name for leg in self.legs]
@@ -320,7 +325,8 @@ class Preset(TypedDict, total=False):
     """What a caller may say of a mode preset (every key optional; the settings give the rest): ``mode``
     (``bm25``, ``knn`` or ``hybrid``, optionally ``+rerank``), ``top_k``, ``offset`` (a page further down),
     ``rerank`` (overrides the settings' default), ``filters``, and ``vector`` / ``sparse_vector``, the
-    query's embedding / learned-sparse vector when the caller already has it."""
+    query's embedding / learned-sparse vector when the caller already has it, and ``passages``, the best
+    passages each hit of an index of passages carries."""
 
     mode: str | None
     top_k: int | None
@@ -329,6 +335,7 @@ class Preset(TypedDict, total=False):
     filters: Filter | None
     vector: np.ndarray | None
     sparse_vector: Mapping[str, float] | None
+    passages: int | None
 
 
 def build_request(settings: SearchSettings, query: str, **preset: Unpack[Preset]) -> SearchRequest:
@@ -340,7 +347,11 @@ def build_request(settings: SearchSettings, query: str, **preset: Unpack[Preset]
     top_k = settings.top_k if top_k is None else top_k
     _check_depth(top_k, "top_k")
     offset = preset.get("offset") or 0
-    rerank_spec = RerankSpec(settings.rerank_depth, settings.rerank_interpolation) if do_rerank else None
+    rerank_spec = (
+        RerankSpec(settings.rerank_depth, settings.rerank_interpolation, settings.rerank_passages)
+        if do_rerank
+        else None
+    )
     depth = max(offset + top_k, rerank_spec.depth) if rerank_spec else offset + top_k
     names = mode_legs(base)
     fused = len(names) > 1
@@ -352,6 +363,7 @@ def build_request(settings: SearchSettings, query: str, **preset: Unpack[Preset]
         rerank=rerank_spec,
         filters=preset.get("filters"),
         offset=offset,
+        passages=preset.get("passages") or settings.passages,
         vector=preset.get("vector"),
         sparse_vector=preset.get("sparse_vector"),
     )

@@ -112,6 +112,10 @@ class RetrievalPipeline:
             request = dataclasses.replace(request, sparse_vector=self._encode_sparse(request.query, timings))
         hits, location = self._first_stage(target, request, timings)
         candidates = len(hits)
+        t = time.perf_counter()
+        hits = target.with_passages(hits, request)
+        if hits and hits[0].passage is not None:
+            timings["passages"] = _ms(t)
         if request.rerank is not None:
             t = time.perf_counter()
             hits = rerank_hits(
@@ -120,8 +124,11 @@ class RetrievalPipeline:
                 hits,
                 request.rerank.depth,
                 interpolation=request.rerank.interpolation,
+                passages=request.rerank.passages,
             )
             timings["rerank"] = _ms(t)
+            if request.rerank.passages > request.passages:
+                hits = [dataclasses.replace(h, passages=h.passages[: request.passages]) for h in hits]
         timings["total"] = _ms(start)
         result = SearchResult(
             query=request.query,
@@ -239,6 +246,10 @@ def fuse_legs(fusion: FusionSpec, runs: Sequence[tuple[Leg, Sequence[Hit]]], *, 
         fields: dict[str, Any] = {leg.score_field: None for leg, _ in by_leg if leg.score_field}
         fields.update({leg.score_field: getattr(hit, leg.score_field) for leg, hit in seen if leg.score_field})
         scores = {leg.name: hit.score for leg, hit in seen}
+        # the best passage a vector chose (kNN over passages) over one chosen by terms or none
+        scored = next((hit for _, hit in seen if hit.passage is not None and hit.passage.score is not None), None)
+        if scored is not None:
+            fields.update(passage=scored.passage, passages=scored.passages)
         out.append(
             dataclasses.replace(seen[0][1], rank=rank, score=score, fusion_score=score, leg_scores=scores, **fields)
         )
@@ -261,7 +272,13 @@ def blend_rerank_scores(first: Sequence[float], rerank: np.ndarray, interpolatio
 
 
 def rerank_hits(
-    reranker: Reranker, query: str, hits: Sequence[Hit], depth: int, *, interpolation: float = 1.0
+    reranker: Reranker,
+    query: str,
+    hits: Sequence[Hit],
+    depth: int,
+    *,
+    interpolation: float = 1.0,
+    passages: int = 1,
 ) -> list[Hit]:
     """Reorder the first ``depth`` hits by cross-encoder score, interpolated with the first-stage score
     (``blend_rerank_scores``); the rest keep their order after them.
@@ -270,11 +287,22 @@ def rerank_hits(
     ``interpolation = 1``) and the raw one as ``rerank_score``; the tail keeps its previous score, so
     ``rank`` (not ``score``) is the order across the boundary. Every hit keeps the rank it had before in
     ``rank_before_rerank``, so the change the reranker made can be reported.
+
+    A hit of an index of passages is read as its best passages (up to ``passages`` of them, each with the
+    title), and scores the best of them; other hits are read whole.
     """
     head, tail = list(hits[:depth]), list(hits[depth:])
     if not head:
         return list(hits)
-    scores = reranker.score(query, [passage_text(h.title, h.text) for h in head])
+    owner: list[int] = []
+    texts: list[str] = []
+    for i, h in enumerate(head):
+        read = [p.text for p in h.passages[:passages]] or [h.reads]
+        texts += [passage_text(h.title, t) for t in read]
+        owner += [i] * len(read)
+    pair_scores = np.asarray(reranker.score(query, texts), dtype=np.float64)
+    scores = np.full(len(head), -np.inf)
+    np.maximum.at(scores, np.asarray(owner), pair_scores)
     final = blend_rerank_scores([h.score for h in head], scores, interpolation)
     order = sorted(range(len(head)), key=lambda i: (-float(final[i]), head[i].rank))
     reranked = [

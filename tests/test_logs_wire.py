@@ -96,7 +96,15 @@ def test_searches_are_logged_and_inspect_shows_everything(ingested, encoder, rer
     report = inspect_index(backend, "logged")
     s = report.stats
     assert (s.alias, s.physical, s.count) == ("logged", summary.physical, 40) and s.store_bytes > 0
-    assert s.spec.dims == 384 and s.fields["title"] == "text" and s.fields["vector"] in ("dense_vector", "knn_vector")
+    assert (
+        s.spec.dims == 384
+        and s.fields["title"] == "text"
+        and s.fields.get("passages.vector", s.fields["vector"])
+        in (
+            "dense_vector",
+            "knn_vector",
+        )
+    )
     assert s.vector.get("dims", s.vector.get("dimension")) == 384
     assert report.last_ingest["physical"] == summary.physical and report.queries_logged == len(results)
     text = report.table()

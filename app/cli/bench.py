@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 
 from hybrid_search.app.cli import options
+from hybrid_search.config.errors import ConfigError
 
 HELP = "throughput and latency, each beside a reference in the same run"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=["encode", "rerank", "search", "querylog", "duplicates", "scale", "writes", "peers"])
+    p.add_argument(
+        "what",
+        choices=["encode", "rerank", "search", "querylog", "duplicates", "scale", "writes", "peers", "long-docs"],
+    )
     p.add_argument("--source", help="corpus to draw texts from (default: the bundled sample)")
     p.add_argument(
         "--docs",
@@ -20,7 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "size and the records per incremental write, e.g. 20000,1000",
     )
     p.add_argument("--concurrency", type=options.int_list, help="search: searches in flight, e.g. 1,2,4,8")
-    p.add_argument("--modes", help="search --concurrency: modes to run (default: bm25,knn,hybrid)")
+    p.add_argument(
+        "--modes", help="search --concurrency: modes to run (default: bm25,knn,hybrid); long-docs: modes to score"
+    )
+    p.add_argument("--per-doc", type=int, default=8, help="long-docs: source passages per synthetic document")
     p.add_argument("--neighbour", action="store_true", help="search --concurrency: also beside a CPU-bound process")
     options.setting(p, "--threads", path="search.threads", type=int, help="CPU threads per search (0: all cores)")
     p.add_argument("--dtypes", help="encode / rerank: run once per precision, e.g. float16,bfloat16 (CUDA) or float32")
@@ -63,6 +70,15 @@ def run(args: argparse.Namespace) -> int:
         from hybrid_search.app.bench_peers import bench_peers
 
         options.emit_json(bench_peers(settings, args.source, args.queries), args.json_out)
+        return 0
+    if args.what == "long-docs":
+        from hybrid_search.app.long_docs import DEFAULT_MODES, bench_long_documents
+
+        if not args.source:
+            raise ConfigError("bench long-docs needs --source: a BEIR folder of labelled passages")
+        chosen = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else list(DEFAULT_MODES)
+        report = bench_long_documents(settings, args.source, per_doc=args.per_doc, queries=args.queries, modes=chosen)
+        options.emit_json(report, args.json_out)
         return 0
     if args.what == "writes":
         from hybrid_search.app.bench_writes import bench_writes

@@ -204,6 +204,14 @@ def ingest_knobs(p: argparse.ArgumentParser) -> None:
     batch_size(p, g)
     setting(
         p,
+        "--chunking",
+        path="ingest.chunking",
+        group=g,
+        help="passages of long documents: auto (default: split only texts longer than the model reads, on "
+        "sentences, windows that fit it), none (one vector per document), or words|sentences|tokens:SIZE:OVERLAP",
+    )
+    setting(
+        p,
         "--bulk-workers",
         path="backend.bulk_workers",
         group=g,
@@ -312,7 +320,9 @@ def ingest(hs: HybridSearch, args: argparse.Namespace) -> IngestSummary:
     summary = hs.ingest(args.source, fields=field_map(args), resume=args.resume, progress=not args.quiet)
     print(
         f"ingested {summary.alias} -> {summary.physical}: read {summary.read}, stored {summary.stored}, "
-        f"rejected {summary.rejected}, truncated {summary.truncated}, {summary.docs_per_s:.1f} docs/s "
+        f"rejected {summary.rejected}, "
+        + (f"{summary.passages} passages ({summary.chunking}), " if summary.passages > summary.stored else "")
+        + f"truncated {summary.truncated}, {summary.docs_per_s:.1f} docs/s "
         + (
             f"({summary.run_seconds:.1f} s this run, {summary.seconds:.1f} s with the runs it resumed)"
             if summary.resumed

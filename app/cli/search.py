@@ -125,6 +125,10 @@ def print_result(result: SearchResult, index: str, *, as_json: bool) -> None:
         )
         text = hit.highlight or (f"{hit.title}: {hit.text}" if hit.title else hit.text)
         print(f"{hit.rank:>3}. [{hit.doc_id}] {hit.score:.4f}  {stages}\n     {text[:160]}")
+        if hit.passage is not None and (hit.passage.start, hit.passage.end) != (0, len(hit.text)):
+            p = hit.passage
+            score = f" {p.score:.3f}" if p.score is not None else ""
+            print(f"     passage {p.index} [{p.start}:{p.end}]{score}: {' '.join(p.text.split())[:240]}")
     if result.next_offset is not None:
         print(f"next page: --from {result.next_offset}")
     sys.stdout.flush()

@@ -9,7 +9,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from hybrid_search.backends.base import (
+    IndexedDocument,
     IndexSpec,
 )
 from hybrid_search.search.filters import METADATA_FIELD, Filter, to_query_dsl
@@ -27,6 +30,8 @@ __all__ = [
     "SPEC_META_KEY",
     "TEXT_FIELDS",
     "VECTOR_FIELD",
+    "PASSAGES_FIELD",
+    "passage_sources",
     "ServerInfo",
     "alias_actions",
     "bm25_body",
@@ -44,7 +49,10 @@ VECTOR_FIELD = "vector"
 SPARSE_FIELD = "sparse"  # token -> weight (sparse_vector on Elasticsearch, rank_features on OpenSearch)
 WRITE_GEN_META_KEY = "hybrid_search_writes"  # incremental writes into the build, counted in _meta
 HASH_FIELD = "content_hash"  # of the record's content: an upsert skips a record whose hash is unchanged
-SOURCE_EXCLUDES = [VECTOR_FIELD, SPARSE_FIELD, HASH_FIELD]  # what searches leave out of the returned _source
+PASSAGES_FIELD = "passages"  # nested: each passage's vector and its span in the text (an index of passages)
+PASSAGE_VECTOR = f"{PASSAGES_FIELD}.{VECTOR_FIELD}"
+# what searches leave out of the returned _source (passage spans stay: a hit's best passage is chosen from them)
+SOURCE_EXCLUDES = [VECTOR_FIELD, SPARSE_FIELD, HASH_FIELD, PASSAGE_VECTOR]
 TEXT_FIELDS = ("title", "text")
 SPEC_META_KEY = "hybrid_search"
 
@@ -78,6 +86,18 @@ def bm25_query(query: str, filters: Filter | None) -> dict[str, Any]:
 def bm25_body(query: str, k: int, filters: Filter | None) -> dict[str, Any]:
     """The BM25 search request (vectors left out of the returned ``_source``)."""
     return {"query": bm25_query(query, filters), "size": k, "_source": {"excludes": SOURCE_EXCLUDES}}
+
+
+def passage_sources(doc: IndexedDocument) -> list[dict[str, Any]]:
+    """The nested passages of a document in an index of passages: each one's vector and span."""
+    return [
+        {VECTOR_FIELD: np.asarray(p.vector, dtype=np.float32), "start": p.start, "end": p.end} for p in doc.passages
+    ]
+
+
+def inner_hits_body(n: int) -> dict[str, Any]:
+    """The best ``n`` passages of each kNN hit, their spans only (``_nested.offset`` numbers them)."""
+    return {"size": n, "_source": False, "fields": [f"{PASSAGES_FIELD}.start", f"{PASSAGES_FIELD}.end"]}
 
 
 def matching_ids_body(filters: Filter) -> dict[str, Any]:

@@ -22,9 +22,11 @@ from hybrid_search.backends.base import (
 )
 from hybrid_search.backends.cluster.bodies import (
     HASH_FIELD,
+    PASSAGES_FIELD,
     RETRYABLE_STATUS,
     SPARSE_FIELD,
     VECTOR_FIELD,
+    passage_sources,
     reason,
 )
 from hybrid_search.config.errors import (
@@ -66,6 +68,7 @@ class BulkWriter:
             METADATA_FIELD: dict(doc.metadata),
             **({SPARSE_FIELD: dict(doc.sparse)} if doc.sparse else {}),
             **({HASH_FIELD: doc.content_hash} if doc.content_hash else {}),
+            **({PASSAGES_FIELD: passage_sources(doc)} if doc.passages else {}),
         }
 
     def actions(self, index: str, docs: Iterable[IndexedDocument]) -> Iterable[dict[str, Any]]:

@@ -5,6 +5,7 @@ documents and vectors, batched kNN, texts by id). Bodies that differ by engine c
 
 from __future__ import annotations
 
+import time
 from abc import abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
@@ -19,6 +20,7 @@ from hybrid_search.backends.base import (
 )
 from hybrid_search.backends.cluster.bodies import (
     HASH_FIELD,
+    PASSAGES_FIELD,
     TEXT_FIELDS,
     VECTOR_FIELD,
     bm25_body,
@@ -36,11 +38,19 @@ from hybrid_search.config.errors import (
 )
 from hybrid_search.config.text import passage_text
 from hybrid_search.search.filters import METADATA_FIELD, Filter
-from hybrid_search.search.hits import Hit
+from hybrid_search.search.hits import Hit, Passage
 from hybrid_search.search.interfaces import ServerFusion
 from hybrid_search.search.request import SearchRequest, two_leg_request
 
 __all__ = ["ClusterSearch"]
+
+_PASSAGE_CHECK_SECONDS = 10.0  # how stale the knowledge of whether an index holds passages may be
+
+
+def _hnsw_field(properties: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The mapping of the vector field kNN searches: the nested passages' in an index of passages."""
+    nested = (properties.get(PASSAGES_FIELD) or {}).get("properties") or {}
+    return nested.get(VECTOR_FIELD) or properties.get(VECTOR_FIELD) or {}
 
 
 class ClusterSearch(ClusterConnection):
@@ -49,6 +59,27 @@ class ClusterSearch(ClusterConnection):
     @cached_property
     def _server_fusion_refused(self) -> dict[str, str]:
         return {}  # fusion method -> why the server refused it (asked once)
+
+    @cached_property
+    def _holds_passages(self) -> dict[str, tuple[float, bool]]:
+        return {}  # index or alias -> (when asked, whether its build holds passages)
+
+    def passages_in(self, index: str) -> bool:
+        """Whether ``index`` (what its alias serves now) holds passages: its kNN goes to the nested
+        vectors. Asked of the mapping at most every ``_PASSAGE_CHECK_SECONDS`` per name."""
+        now = time.monotonic()
+        known = self._holds_passages.get(index)
+        if known is None or now - known[0] > _PASSAGE_CHECK_SECONDS:
+            try:
+                spec = spec_from_mapping(self._mapping(index))
+            except self.api_error:  # a missing index: its search then says so
+                spec = None
+            known = (now, bool(spec is not None and spec.passages))
+            self._holds_passages[index] = known
+        return known[1]
+
+    def _knn_passages(self, index: str, shown: int) -> int:
+        return shown if self.passages_in(index) else 0
 
     def _mapping(self, index: str) -> dict[str, Any]:
         mappings = self.call("get mapping", self.client.indices.get_mapping, index=index)
@@ -85,7 +116,7 @@ class ClusterSearch(ClusterConnection):
             count=self.count(index),
             spec=spec_from_mapping(body),
             store_bytes=int(size),
-            vector=dict(body.get("properties", {}).get(VECTOR_FIELD) or {}),
+            vector=dict(_hnsw_field(body.get("properties", {}))),
             fields=fields,
             metadata_fields={
                 path.removeprefix(f"{METADATA_FIELD}."): kind
@@ -108,11 +139,31 @@ class ClusterSearch(ClusterConnection):
             raise QueryError(f"{self.name} rejected the search on {index!r}: {reason(exc)}") from exc
         return response["hits"]["hits"]
 
+    def _passages(self, h: Mapping[str, Any], text: str, stage: str) -> tuple[Passage | None, tuple[Passage, ...]]:
+        """A hit's best passages from its ``inner_hits`` (kNN over passages), else every passage span its
+        ``_source`` holds, unscored (``with_passages`` chooses among them by the query's terms)."""
+        spans = [
+            (int(p.get("start", 0)), int(p.get("end", 0))) for p in (h.get("_source") or {}).get(PASSAGES_FIELD) or []
+        ]
+        inner = (((h.get("inner_hits") or {}).get(PASSAGES_FIELD) or {}).get("hits") or {}).get("hits") or []
+        chosen: list[Passage] = []
+        for ih in inner:
+            n = int((ih.get("_nested") or {}).get("offset", 0))
+            fields = ((ih.get("fields") or {}).get(PASSAGES_FIELD) or [{}])[0]
+            start = int((fields.get("start") or [spans[n][0] if n < len(spans) else 0])[0])
+            end = int((fields.get("end") or [spans[n][1] if n < len(spans) else len(text)])[0])
+            score = float(ih.get("_score") or 0.0)
+            chosen.append(Passage(n, start, end, text[start:end], self.similarity(score) if stage == "knn" else score))
+        if chosen:
+            return chosen[0], tuple(chosen)
+        return None, tuple(Passage(i, s, e, text[s:e]) for i, (s, e) in enumerate(spans))
+
     def _hits(self, raw: Sequence[dict[str, Any]], stage: str) -> list[Hit]:
         hits = []
         for rank, h in enumerate(raw, start=1):
             src = h.get("_source") or {}
             score = float(h.get("_score") or 0.0)
+            passage, passages = self._passages(h, src.get("text", ""), stage)
             hits.append(
                 Hit(
                     doc_id=str(h["_id"]),
@@ -125,6 +176,8 @@ class ClusterSearch(ClusterConnection):
                     knn_score=score if stage == "knn" else None,
                     sparse_score=score if stage == "sparse" else None,
                     fusion_score=score if stage == "fusion" else None,
+                    passage=passage,
+                    passages=passages,
                 )
             )
         return hits
@@ -134,8 +187,11 @@ class ClusterSearch(ClusterConnection):
         return self._hits(self.search_body(index, bm25_body(query, k, filters)), "bm25")
 
     @abstractmethod
-    def knn_body(self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None) -> dict[str, Any]:
-        """The engine's kNN search request."""
+    def knn_body(
+        self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None, passages: int = 0
+    ) -> dict[str, Any]:
+        """The engine's kNN search request; ``passages`` > 0: over the nested passage vectors of an index of
+        passages, each hit with its best ``passages`` passages."""
 
     def similarity(self, score: float) -> float:
         """The vector similarity behind an engine's kNN ``_score`` (engines rescale it to be positive)."""
@@ -145,7 +201,7 @@ class ClusterSearch(ClusterConnection):
     def search_knn(
         self, index: str, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None = None
     ) -> list[Hit]:
-        raw = self.search_body(index, self.knn_body(vector, k, num_candidates, filters))
+        raw = self.search_body(index, self.knn_body(vector, k, num_candidates, filters, self._knn_passages(index, 1)))
         for h in raw:  # report the similarity itself, as the embedded backend does
             h["_score"] = self.similarity(float(h.get("_score") or 0.0))
         return self._hits(raw, "knn")
@@ -166,7 +222,7 @@ class ClusterSearch(ClusterConnection):
         """Why this engine and version cannot fuse ``request`` on the server (the engine subclass says)."""
         return f"{self.name} has no server-side fusion"
 
-    def fused_body(self, request: SearchRequest) -> dict[str, Any]:
+    def fused_body(self, request: SearchRequest, passages: bool = False) -> dict[str, Any]:
         """The server-side fusion request (asked only after ``dialect_fusion_refusal`` said yes)."""
         raise FusionUnsupported(f"{self.name} has no server-side fusion")
 
@@ -181,7 +237,7 @@ class ClusterSearch(ClusterConnection):
     @checks_names
     def search_fused(self, index: str, request: SearchRequest) -> list[Hit]:
         assert request.fusion is not None, "asked only after fusion_refusal said yes"
-        body = self.fused_body(request)
+        body = self.fused_body(request, self.passages_in(index))
         try:
             raw = self._hybrid_search(index, body)
         except QueryError as exc:
@@ -249,8 +305,9 @@ class ClusterSearch(ClusterConnection):
     def knn_batch(self, index: str, vectors: np.ndarray, k: int, num_candidates: int) -> list[list[tuple[str, float]]]:
         """Neighbours of many vectors in one ``_msearch`` round trip."""
         lines: list[dict[str, Any]] = []
+        passages = self._knn_passages(index, 1)
         for vector in vectors:
-            body = self.knn_body(vector, k, num_candidates, None)
+            body = self.knn_body(vector, k, num_candidates, None, passages)
             body["_source"] = False
             lines += [{"index": index}, body]
         response = self.call("msearch", self.client.msearch, body=lines)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from hybrid_search.backends.embedded.reads import EmbeddedReads
     from hybrid_search.search.filters import Filter
     from hybrid_search.search.hits import Hit
+    from hybrid_search.search.request import SearchRequest
 
 __all__ = ["EmbeddedIndexHandle", "ScoringHandle"]
 
@@ -33,6 +34,9 @@ class EmbeddedIndexHandle(IndexHandle):
 
     def fill(self, hits: Sequence[Hit]) -> list[Hit]:
         return self._embedded.fill_hits(self.name, hits)
+
+    def with_passages(self, hits: Sequence[Hit], request: SearchRequest) -> list[Hit]:
+        return self._embedded.passage_hits(self.name, hits, request)
 
 
 class ScoringHandle(EmbeddedIndexHandle):

@@ -27,6 +27,7 @@ from hybrid_search.backends.base import (
     IndexedDocument,
     IndexSpec,
 )
+from hybrid_search.backends.embedded.passages import PASSAGE_BITS
 from hybrid_search.backends.embedded.rows import SQL_CHUNK
 from hybrid_search.backends.embedded.sparse import SparsePostings
 from hybrid_search.backends.embedded.text import analyzer, bm25_query, prepare, tantivy_filter
@@ -63,6 +64,10 @@ CREATE TABLE IF NOT EXISTS dead(key INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS text_pending(doc_id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sparse(key INTEGER PRIMARY KEY, terms TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS passages(
+    key INTEGER NOT NULL, ord INTEGER NOT NULL, start INTEGER NOT NULL, "end" INTEGER NOT NULL,
+    vector BLOB NOT NULL, PRIMARY KEY(key, ord)
+);
 """
 
 
@@ -288,6 +293,7 @@ class PhysicalIndex(VectorSearch):
         failed: list[FailedItem] = []
         rows: list[tuple[str, str, str, str, bytes, str]] = []
         sparse: list[tuple[str, str]] = []  # (terms JSON, doc id)
+        passages: list[tuple[int, int, int, bytes, str]] = []  # (number, start, end, vector, doc id)
         for doc in latest.values():
             reason = self._check(doc)
             if reason:
@@ -300,9 +306,14 @@ class PhysicalIndex(VectorSearch):
             rows.append((doc.doc_id, doc.title, doc.text, meta, vec.tobytes(), doc.content_hash))
             if doc.sparse:
                 sparse.append((json.dumps(dict(doc.sparse)), doc.doc_id))
+            for n, p in enumerate(doc.passages if len(doc.passages) > 1 else ()):  # one passage: the row's vector
+                pvec = np.asarray(p.vector, dtype=np.float32)
+                if self.spec.similarity == "cosine":
+                    pvec = pvec / max(float(np.linalg.norm(pvec)), 1e-12)
+                passages.append((n, p.start, p.end, pvec.tobytes(), doc.doc_id))
         if rows:
             with self.writing():
-                self._write_rows(rows, sparse)
+                self._write_rows(rows, sparse, passages)
                 self._generation += 1
         return BulkResult(stored=tuple(r[0] for r in rows), failed=tuple(failed))
 
@@ -316,10 +327,23 @@ class PhysicalIndex(VectorSearch):
             return "empty document id"
         if doc.sparse is not None and not self.spec.sparse_model:
             return "the document has a sparse vector but the index has no sparse field (ingest with a sparse model)"
+        if doc.passages and not self.spec.passages:
+            return "the document has passages but the index holds one vector per document (built with chunking none)"
+        if len(doc.passages) > 1 << PASSAGE_BITS:
+            return f"the document has {len(doc.passages)} passages, over the {1 << PASSAGE_BITS} one document may hold"
+        for p in doc.passages:
+            pvec = np.asarray(p.vector)
+            if pvec.shape != (self.spec.dims,) or not np.all(np.isfinite(pvec)):
+                return (
+                    f"a passage vector has shape {pvec.shape} or a NaN/infinity, the index expects ({self.spec.dims},)"
+                )
         return None
 
     def _write_rows(
-        self, rows: list[tuple[str, str, str, str, bytes, str]], sparse: Sequence[tuple[str, str]] = ()
+        self,
+        rows: list[tuple[str, str, str, str, bytes, str]],
+        sparse: Sequence[tuple[str, str]] = (),
+        passages: Sequence[tuple[int, int, int, bytes, str]] = (),
     ) -> None:
         """One SQLite transaction stores the batch (a kill leaves each document old or new); the text index
         and the graph follow from the rows, and recovery replays whatever a kill left them short of."""
@@ -338,6 +362,11 @@ class PhysicalIndex(VectorSearch):
             )
             # in the same transaction: a document is stored with its sparse vector or not at all
             self.db.executemany("INSERT INTO sparse(key, terms) SELECT key, ? FROM docs WHERE doc_id = ?", sparse)
+            self.db.executemany(
+                'INSERT INTO passages(key, ord, start, "end", vector) '
+                "SELECT key, ?, ?, ?, ? FROM docs WHERE doc_id = ?",
+                passages,
+            )
             self._bump("write_gen")  # readers see the rows (and the tombstones) from now on
             self.db.execute("COMMIT")
         except BaseException:
@@ -365,6 +394,7 @@ class PhysicalIndex(VectorSearch):
             marks = ",".join("?" * len(part))
             self.db.execute(f"DELETE FROM docs WHERE key IN ({marks})", part)
             self.db.execute(f"DELETE FROM sparse WHERE key IN ({marks})", part)
+            self.db.execute(f"DELETE FROM passages WHERE key IN ({marks})", part)
 
     def _index_text(self, rows: Sequence[tuple[int, str, str, str, str]], replaced: set[str] | None = None) -> None:
         """Add rows to the text index. ``replaced``: the ids that may already be in it (None: any may be, as

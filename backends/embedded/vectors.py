@@ -16,7 +16,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from hybrid_search.backends.embedded.rows import RowStore
+from hybrid_search.backends.embedded.passages import PassageRows, collapse
 from hybrid_search.config.errors import (
     CorruptIndex,
     QueryError,
@@ -39,7 +39,7 @@ def _file_crc(path: Path) -> int:
     return crc
 
 
-class VectorSearch(RowStore):
+class VectorSearch(PassageRows):
     """The HNSW graph of a physical index and the kNN searches over it."""
 
     def _load_vectors(self, *, tidy: bool = True) -> tuple[Any, int]:
@@ -70,9 +70,8 @@ class VectorSearch(RowStore):
         fresh = [i for i, k in enumerate(keys) if k > self.vectors_upto]
         if not fresh:
             return
-        self.vectors.add_with_ids(
-            np.ascontiguousarray(vectors[fresh], dtype=np.float32), np.asarray([keys[i] for i in fresh], np.int64)
-        )
+        ids, rows = self._graph_entries([keys[i] for i in fresh], vectors[fresh])
+        self.vectors.add_with_ids(np.ascontiguousarray(rows, dtype=np.float32), ids)
         self.vectors_upto = max(keys[i] for i in fresh)
 
     def _write_graph(self, target: Path) -> None:
@@ -93,8 +92,8 @@ class VectorSearch(RowStore):
         fresh = self._new_vector_index()
         cursor = self.db.execute("SELECT key, vector FROM docs ORDER BY key")
         while batch := cursor.fetchmany(50_000):
-            keys = np.asarray([r[0] for r in batch], np.int64)
-            fresh.add_with_ids(np.stack([self._vec(r[1]) for r in batch]), keys)
+            ids, rows = self._graph_entries([r[0] for r in batch], np.stack([self._vec(r[1]) for r in batch]))
+            fresh.add_with_ids(np.ascontiguousarray(rows, dtype=np.float32), ids)
         self.vectors = fresh
         self._storage_ids = None
 
@@ -114,9 +113,22 @@ class VectorSearch(RowStore):
                 return self._exact_knn(query[0], allowed, k, light)
         else:
             selector = self._not_dead_selector()
-        scores, keys = self._graph_search(query, k, num_candidates, selector)
-        found = [(int(key), float(s)) for key, s in zip(keys[0], scores[0], strict=True) if key >= 0]
-        return self._knn_hits(found, light)
+        return self._knn_hits(self._graph_knn(query, k, num_candidates, selector), light)
+
+    def _graph_knn(self, query: np.ndarray, k: int, num_candidates: int, selector: Any) -> list[tuple[int, float]]:
+        """(row key, score) of the ``k`` nearest documents: in an index of passages, passages are searched
+        until ``k`` distinct documents are found (or the graph is exhausted), each at its best passage."""
+        if not self.bits:
+            scores, ids = self._graph_search(query, k, num_candidates, selector)
+            return collapse(ids[0], scores[0], 0, k)
+        total = max(int(self.vectors.ntotal), 1)
+        wanted = min(total, 4 * k)
+        while True:
+            scores, ids = self._graph_search(query, wanted, max(num_candidates, wanted), selector)
+            found = collapse(ids[0], scores[0], self.bits, k)
+            if len(found) >= k or wanted >= total:
+                return found
+            wanted = min(total, 4 * wanted)
 
     def _graph_search(self, queries: np.ndarray, k: int, num_candidates: int, selector: Any) -> tuple[Any, Any]:
         """One HNSW search of one or many queries; ``selector`` limits the candidates (None: all)."""
@@ -134,15 +146,22 @@ class VectorSearch(RowStore):
             return []
         with self._mutex:  # the view into the graph's storage moves when a write grows it
             ids, stored = self._graph_storage()
-            wanted = np.asarray(keys, dtype=np.int64)
-            pos = np.searchsorted(ids, wanted)
-            pos = pos[(pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == wanted)]
+            pos = self._graph_positions(ids, np.asarray(keys, dtype=np.int64))
             if not len(pos):
                 return []
             sims = stored[pos] @ query
-            top = np.argsort(-sims, kind="stable")[:k]
-            found = [(int(ids[pos[i]]), float(sims[i])) for i in top]
+            order = np.argsort(-sims, kind="stable")
+            found = collapse(ids[pos[order]], sims[order], self.bits, k)
         return self._knn_hits(found, light)
+
+    def _graph_positions(self, ids: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """Positions in the graph's storage (``ids`` ascending) of every entry of the rows ``keys``: each
+        row's entries are the ids in [key << bits, (key + 1) << bits)."""
+        wanted = np.unique(keys)
+        lo = np.searchsorted(ids, wanted << self.bits)
+        hi = np.searchsorted(ids, (wanted + 1) << self.bits)
+        lens = hi - lo
+        return np.arange(int(lens.sum())) + np.repeat(lo - (np.cumsum(lens) - lens), lens)
 
     def _graph_storage(self) -> tuple[np.ndarray, np.ndarray]:
         """(row key of each graph position, in ascending order; the vectors, a zero-copy view): rows enter
@@ -177,6 +196,11 @@ class VectorSearch(RowStore):
         keys = self._filter_keys(filters)
         if len(keys) <= _EXACT_FILTER_LIMIT:
             entry: tuple[int, list[int] | None, Any, Any] = (self._generation, keys.tolist(), None, None)
+        elif self.bits:  # passage ids are sparse: a set of the allowed rows' graph ids
+            with self._mutex:
+                ids = self._graph_storage()[0]
+                allowed = np.ascontiguousarray(ids[self._graph_positions(ids, keys)])
+            entry = (self._generation, None, faiss.IDSelectorBatch(allowed), allowed)
         else:
             bits = np.zeros(int(keys.max()) + 1, dtype=bool)
             bits[keys] = True
@@ -191,6 +215,10 @@ class VectorSearch(RowStore):
     def _not_dead_selector(self) -> Any:
         if self._dead_selector is None or self._dead_selector[0] != self._dead_epoch:
             dead = np.asarray([r[0] for r in self.db.execute("SELECT key FROM dead")], dtype=np.int64)
+            if self.bits and len(dead):  # every passage of a dead row
+                with self._mutex:
+                    ids = self._graph_storage()[0]
+                    dead = np.ascontiguousarray(ids[self._graph_positions(ids, dead)])
             batch = faiss.IDSelectorBatch(dead) if len(dead) else None
             # the wrapped batch selector is kept alive beside the Not selector that points at it
             self._dead_selector = (self._dead_epoch, faiss.IDSelectorNot(batch) if batch else None, batch)
@@ -200,12 +228,11 @@ class VectorSearch(RowStore):
         """Nearest neighbours of many vectors in one faiss call (threads over queries), as (doc id, score)."""
         self._follow()
         query = np.ascontiguousarray(vectors, dtype=np.float32)
-        scores, keys = self._graph_search(query, k, num_candidates, self._not_dead_selector())
-        ids = self._ids_by_key(sorted({int(x) for x in keys.ravel() if x >= 0}))
-        return [
-            [(ids[int(key)], float(sc)) for key, sc in zip(krow, srow, strict=True) if key >= 0 and int(key) in ids]
-            for krow, srow in zip(keys, scores, strict=True)
-        ]
+        wanted = min(4 * k, max(int(self.vectors.ntotal), 1)) if self.bits else k
+        scores, gids = self._graph_search(query, wanted, max(num_candidates, wanted), self._not_dead_selector())
+        runs = [collapse(grow, srow, self.bits, k) for grow, srow in zip(gids, scores, strict=True)]
+        ids = self._ids_by_key(sorted({key for run in runs for key, _ in run}))
+        return [[(ids[key], score) for key, score in run if key in ids] for run in runs]
 
     def iter_vectors(self, batch: int = 10_000) -> Iterable[tuple[list[str], np.ndarray]]:
         """Every stored (ids, vectors) in key order, a batch at a time."""

@@ -64,10 +64,14 @@ class RunCache:
         self.hs, self.queries = hs, dict(queries)
         self.depth = depth
         self.texts: dict[str, str] = {}
+        self.fields: dict[str, tuple[str, str]] = {}  # doc id -> (title, text): where best passages are cut from
         self._ce: dict[tuple[str, str], float] = {}
         backend, index, s = hs.backend, hs.index, hs.settings.search
         texts = [text for _, text in queries]
         vectors = hs.query_encoder.encode_queries(texts)
+        self.vectors = dict(zip([q for q, _ in queries], vectors, strict=True))
+        spec = backend.index_spec(index)
+        self.passages = bool(spec is not None and spec.passages)  # the reranker reads best passages, as a search
         sparse_encoder = hs.sparse_encoder
         sparse = sparse_encoder.encode_queries(texts) if sparse_encoder is not None else None
         self.legs: tuple[str, ...] = ("bm25", "knn", "sparse") if sparse is not None else ("bm25", "knn")
@@ -85,6 +89,7 @@ class RunCache:
                 self.runs[leg][qid] = [(h.doc_id, h.score) for h in leg_hits]
                 for h in leg_hits:
                     self.texts.setdefault(h.doc_id, passage_text(h.title, h.text))
+                    self.fields.setdefault(h.doc_id, (h.title, h.text))
 
     @property
     def bm25(self) -> dict[str, list[tuple[str, float]]]:
@@ -101,10 +106,19 @@ class RunCache:
     def with_bm25(self, bm25: Mapping[str, list[tuple[str, float]]]) -> RunCache:
         """This cache with other BM25 runs (another analyzer's): the other legs' runs and cross-encoder scores
         are shared."""
+        return self.with_leg("bm25", bm25)
+
+    def with_leg(
+        self, leg: str, runs: Mapping[str, list[tuple[str, float]]], *, passages: bool | None = None
+    ) -> RunCache:
+        """This cache with other runs of one leg (another analyzer's BM25, another chunking's kNN); the other
+        legs' runs are shared, and the cross-encoder's scores too unless ``passages`` changes what it reads."""
         other = object.__new__(RunCache)
         other.__dict__.update(self.__dict__)
-        other.runs = {**self.runs, "bm25": dict(bm25)}
-        missing = sorted({d for run in bm25.values() for d, _ in run} - self.texts.keys())
+        other.runs = {**self.runs, leg: dict(runs)}
+        if passages is not None and passages != self.passages:
+            other.passages, other._ce = passages, {}
+        missing = sorted({d for run in runs.values() for d, _ in run} - self.texts.keys())
         if missing:
             self.texts.update(self.hs.backend.get_texts(self.hs.index, missing))
         return other
@@ -117,9 +131,25 @@ class RunCache:
         """Cross-encoder scores of the query with each document, scoring only pairs not seen before."""
         missing = [d for d in dict.fromkeys(doc_ids) if (qid, d) not in self._ce]
         if missing:
-            scores = self.hs.reranker.score(self.queries[qid], [self.texts[d] for d in missing])
+            scores = self.hs.reranker.score(self.queries[qid], self._reads(qid, missing))
             self._ce.update({(qid, d): float(s) for d, s in zip(missing, scores, strict=True)})
         return np.asarray([self._ce[(qid, d)] for d in doc_ids], dtype=np.float64)
+
+    def _reads(self, qid: str, doc_ids: Sequence[str]) -> list[str]:
+        """What the cross-encoder reads of each document for this query: in an index of passages its best
+        passage for the query (chosen as a search chooses it), else the whole document."""
+        if not self.passages or any(d not in self.fields for d in doc_ids):
+            return [self.texts[d] for d in doc_ids]
+        from hybrid_search.search.hits import Hit
+        from hybrid_search.search.request import Dense, SearchRequest
+
+        hits = [
+            Hit(doc_id=d, rank=i, score=0.0, title=self.fields[d][0], text=self.fields[d][1])
+            for i, d in enumerate(doc_ids, start=1)
+        ]
+        request = SearchRequest(self.queries[qid], (Dense(),), vector=self.vectors[qid])
+        chosen = self.hs.backend.open_index(self.hs.index).with_passages(hits, request)
+        return [passage_text(h.title, h.reads) for h in chosen]
 
     def ranked(self, p: Pipeline, qid: str, k: int = RUN_DEPTH + 1) -> list[str]:
         """What a search with pipeline ``p`` and ``top_k=k`` returns for the query, as ids, best first."""
@@ -166,6 +196,7 @@ class TuneReport:
     seconds: Mapping[str, float]
     holdout: Mapping[str, Any] | None = None
     analyzer: Mapping[str, Any] | None = None  # each analyzer's measured effect (a reindex would apply it)
+    chunking: Mapping[str, Any] | None = None  # each chunking's measured effect (a re-ingest would apply it)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -196,6 +227,14 @@ class TuneReport:
             scores = ", ".join(f"{name} {v:.4f}" for name, v in a["cross_validated"].items())
             lines.append(f"analyzer (cross-validated, tuned with each; current {a['current']}): {scores}")
             lines.append(f"  {a['advice']}")
+        if self.chunking:
+            c = self.chunking
+            if "skipped" in c:
+                lines.append(f"chunking: {c['skipped']}")
+            else:
+                scores = ", ".join(f"{name} {v:.4f}" for name, v in c["cross_validated"].items())
+                lines.append(f"chunking (cross-validated, tuned with each; current {c['current']}): {scores}")
+                lines.append(f"  {c['advice']}")
         return "\n".join(lines)
 
 
@@ -230,6 +269,7 @@ def tune(
     progress: bool = False,
     analyzer_check: bool = False,
     legs: Sequence[str] | None = None,
+    chunking_check: bool = False,
 ) -> TuneReport:
     """Choose the best pipeline for ``queries`` (see the module docstring). ``legs`` limits the search to
     settings over those legs (default: every leg the index answers); the fixed modes are scored regardless."""
@@ -311,6 +351,15 @@ def tune(
             cache, candidates, tuning, qrels, metric, folds, seed, ignore_identical_ids=ignore_identical_ids
         )
         analyzer["seconds"] = round(time.perf_counter() - t2, 2)
+    chunking = None
+    if chunking_check:
+        from hybrid_search.app.tune_chunking import chunking_effect
+
+        t3 = time.perf_counter()
+        chunking = chunking_effect(
+            cache, candidates, qrels, metric, folds, seed, ignore_identical_ids=ignore_identical_ids
+        )
+        chunking["seconds"] = round(time.perf_counter() - t3, 2)
     return TuneReport(
         chosen=chosen,
         metric=metric,
@@ -329,6 +378,7 @@ def tune(
         seconds={"first_stages_and_cache": round(t_cache, 2), "settings": round(t_grid, 2)},
         holdout=report_holdout,
         analyzer=analyzer,
+        chunking=chunking,
     )
 
 

@@ -326,3 +326,86 @@ def test_opensearch_passage_bodies_match_the_spec(spec):
     bad = os_knn_body(VEC, 10, 100, None, (2, 19, 0), passages=2)
     bad["query"]["nested"]["paths"] = bad["query"]["nested"].pop("path")
     assert v.check_request("post", "/{index}/_search", bad)
+
+
+# --- the long-document evaluation ---------------------------------------------------------------------------
+def test_long_corpus_keeps_every_passage_and_lifts_the_qrels():
+    from hybrid_search.app.long_docs import long_corpus
+    from hybrid_search.config.text import passage_text
+    from hybrid_search.ingest import sample_path
+
+    corpus = long_corpus(sample_path(), per_doc=3, seed=1)
+    texts = {d["id"]: d["text"] for d in corpus.documents}
+    assert len(corpus.documents) == -(-len(corpus.passages) // 3)
+    for p in corpus.passages:  # each source passage lies whole in exactly one document, where the span says
+        doc, start, end = corpus.spans[p["id"]]
+        assert texts[doc][start:end] == passage_text(p["title"], p["text"])
+    for qid, judged in corpus.passage_qrels.items():
+        assert corpus.document_qrels[qid] == {
+            corpus.spans[p][0]: max(g for q, g in judged.items() if corpus.spans[q][0] == corpus.spans[p][0])
+            for p in judged
+        }
+
+
+def test_bench_long_docs_reports_each_chunking_beside_the_passages(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "long.json"
+    cmd = [sys.executable, "-m", "hybrid_search.app.cli", "bench", "long-docs", "--source", "sample", "--per-doc", "4"]
+    cmd += ["--queries", "8", "--modes", "bm25,knn", "--json", str(out), "--data-dir", str(tmp_path / "d"), "--quiet"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    report = json.loads(out.read_text())
+    assert report["long-auto"]["chunking"] == "auto" and report["long-none"]["chunking"] == "none"
+    assert report["long-auto"]["documents"] == report["long-none"]["documents"] == report["documents"]
+    assert report["long-auto"]["passages"] >= report["long-auto"]["documents"]
+    for run in ("passages", "long-none", "long-auto"):
+        assert set(report[run]["modes"]) == {"bm25", "knn"}
+        assert 0.0 <= report[run]["modes"]["knn"]["ndcg@10"] <= 1.0
+    assert report["knn_ndcg_gap_auto_vs_passages"] == pytest.approx(
+        report["long-auto"]["modes"]["knn"]["ndcg@10"] - report["passages"]["modes"]["knn"]["ndcg@10"], abs=1e-3
+    )
+
+
+def test_tune_reranks_the_best_passage_as_a_search_does(tmp_path):
+    from hybrid_search.app.tune import RunCache
+
+    with _hs(tmp_path, "tuned") as hs:
+        hs.ingest(records())
+        cache = RunCache(hs, [("q2", QUERIES["Halvard"])], depth=10)
+        assert cache.passages
+        (read,) = cache._reads("q2", ["long2"])
+        assert FACTS[2][1] in read and read.startswith("Report 2 ")
+        assert len(read) < len(cache.texts["long2"]) / 2
+        search = hs.search(QUERIES["Halvard"], mode="knn", top_k=1).hits[0]
+        assert read == f"Report 2 {search.passage.text}"
+
+
+def test_tune_measures_chunking_on_long_documents_and_caches_the_encodings(tmp_path):
+    from hybrid_search.app.tune import tune
+
+    queries = [(key, text) for key, text in QUERIES.items()]
+    qrels = {key: {f"long{i}": 1} for i, (key, _) in enumerate(FACTS)}
+    with _hs(tmp_path, "tunechunks") as hs:
+        hs.ingest(records())
+        report = tune(hs, queries, qrels, folds=2, budget=12, chunking_check=True)
+        c = report.chunking
+        assert c is not None and c["current"] == "auto" and c["long_documents"] == len(FACTS)
+        assert set(c["cross_validated"]) == {"auto", "none"}
+        assert c["cross_validated"]["auto"] >= c["cross_validated"]["none"]  # BM25 finds these names too
+        assert c["knn"]["auto"] > c["knn"]["none"]  # the dense leg alone: passages find what truncation lost
+        assert "keep chunking auto" in c["advice"] or c["recommend"] is None
+        cached = sorted(p.name for p in (tmp_path / "data" / "tune-cache" / "tunechunks").rglob("*.npz"))
+        assert len(cached) == 2 and any("auto" in n for n in cached) and any("none" in n for n in cached)
+        assert "chunking (cross-validated" in report.table()
+    with _hs(tmp_path, "shorts", ingest={"chunking": "none"}) as hs:
+        hs.ingest([{"id": f"s{i}", "text": t} for i, t in enumerate(FILLER)])
+        report = tune(
+            hs,
+            [("q", FILLER[0]), ("r", FILLER[1])],
+            {"q": {"s0": 1}, "r": {"s1": 1}},
+            folds=2,
+            budget=4,
+            chunking_check=True,
+        )
+        assert "every document fits" in report.chunking["skipped"]

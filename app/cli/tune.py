@@ -43,6 +43,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="skip measuring the other text analyzer (it streams the corpus into an in-memory BM25 index)",
     )
+    p.add_argument(
+        "--chunking-check",
+        action="store_true",
+        help="also measure chunking none and auto against the index's own (encodes the corpus once per "
+        "chunking, cached; only where documents are longer than the model reads)",
+    )
     legs_flag(p)
     p.add_argument("--out", default="profile.toml", help="the settings file to write (default: profile.toml)")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="write the report as JSON here")
@@ -90,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             analyzer_check=args.analyzer_check,
             legs=args.legs,
+            chunking_check=args.chunking_check,
         )
     write_profile(report, settings.search, args.out, source=args.source)
     print(report.table())

@@ -153,6 +153,7 @@ def test_embedded_long_documents_are_found_by_their_best_passage(tmp_path):
         assert (summary.stored, summary.chunking) == (14, "auto")
         assert summary.passages > summary.stored + len(FACTS)  # every long report split, short ones whole
         assert none.truncated == len(FACTS) and summary.truncated == 0
+        assert hs.stats().vector["passages"] == summary.passages  # what inspect shows
         hits = _found(hs, "knn")
         for i, (key, fact) in enumerate(FACTS):
             hit = hits[key]
@@ -409,3 +410,45 @@ def test_tune_measures_chunking_on_long_documents_and_caches_the_encodings(tmp_p
             chunking_check=True,
         )
         assert "every document fits" in report.chunking["skipped"]
+
+
+def test_a_crashed_ingest_of_long_documents_resumes_with_every_passage_once(tmp_path, encoder):
+    from test_ingest_pipeline import Crash, CrashingBackend
+
+    from hybrid_search.backends.embedded import EmbeddedBackend
+    from hybrid_search.ingest.pipeline import Checkpoint, run_ingest
+    from hybrid_search.ingest.sources import open_source
+
+    path = tmp_path / "long.jsonl"
+    path.write_text(
+        "".join(json.dumps({"_id": r["id"], "title": r["title"], "text": r["text"]}) + "\n" for r in records())
+    )
+    settings = load_settings(overrides={"data_dir": str(tmp_path / "data"), "ingest": {"batch_size": 4}})
+    with EmbeddedBackend(data_dir=settings.data_dir) as real, pytest.raises(Crash):
+        run_ingest(open_source(path), CrashingBackend(real, crash_on=3), encoder, settings, alias="resumed")
+    ckpt = Checkpoint.load(Checkpoint.path_for(settings.data_dir, "resumed"))
+    assert ckpt is not None and ckpt.read == 8 and ckpt.passages > 8  # two batches of long reports stored
+    with EmbeddedBackend(data_dir=settings.data_dir) as real:
+        summary = run_ingest(open_source(path), real, encoder, settings, alias="resumed", resume=True)
+        assert summary.resumed and (summary.read, summary.stored) == (14, 14)
+        with _hs(tmp_path, "whole-run") as hs:
+            full = hs.ingest(records())
+        assert summary.passages == full.passages  # counted once each, across the crash
+        physical = real.open_index("resumed")
+        hit = physical.search_knn(encoder.encode_queries([QUERIES["Morwen"]])[0], 1, 50)[0]
+        assert hit.doc_id == "long7"
+
+
+def test_workbench_and_query_log_carry_the_best_passage(tmp_path):
+    from hybrid_search.app.logs import query_log_doc
+    from hybrid_search.app.workbench.service import _hit_json
+
+    with _hs(tmp_path, "shown") as hs:
+        hs.ingest(records())
+        result = hs.search(QUERIES["Ombrella"], mode="hybrid", top_k=2)
+    hit = result.hits[0]
+    shown = _hit_json(hit, None, None)["passage"]
+    assert (shown["start"], shown["end"]) == (hit.passage.start, hit.passage.end) and hit.doc_id == "long3"
+    logged = query_log_doc(result, at="2026-12-03T00:00:00Z", index="shown", backend="embedded")["hits"][0]
+    assert logged["passage"] == f"long3#{hit.passage.index}"
+    assert (logged["passage_start"], logged["passage_end"]) == (hit.passage.start, hit.passage.end)

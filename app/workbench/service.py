@@ -215,6 +215,15 @@ def _hit_json(hit: Hit, ranks: Mapping[str, tuple[int, float | None]] | None, gr
         "score": hit.score,
         "title": hit.title,
         "text": hit.text,
+        # an index of passages: the best passage (offsets into text) that kNN or the query's terms chose
+        "passage": None
+        if hit.passage is None
+        else {
+            "index": hit.passage.index,
+            "start": hit.passage.start,
+            "end": hit.passage.end,
+            "score": hit.passage.score,
+        },
         "metadata": dict(hit.metadata),
         "leg_scores": dict(hit.leg_scores),
         "leg_ranks": {leg: rank for leg, (rank, _added) in ranks.items()},

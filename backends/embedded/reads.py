@@ -135,6 +135,7 @@ class EmbeddedReads(EmbeddedDisk):
             "ef_search": self.ef_search,
             "vectors_in_graph": idx.vectors.ntotal,
             "tombstones": idx._dead_count(),
+            **({"passages": idx.passage_count(), "chunking": spec.chunking} if spec.passages else {}),
         }
         churn = idx.reclaimable()
         fields = {
@@ -142,6 +143,7 @@ class EmbeddedReads(EmbeddedDisk):
             "text": f"text (tantivy, {spec.analyzer})",
             "vector": f"float32[{spec.dims}] (SQLite + faiss HNSW)",
             METADATA_FIELD: "json (tantivy raw terms)",
+            **({"passages": "spans and float32 vectors (SQLite + one graph entry each)"} if spec.passages else {}),
             **(
                 {"sparse": f"token weights of {spec.sparse_model} (SQLite + exact postings)"}
                 if spec.sparse_model

@@ -152,9 +152,19 @@ function renderHit(hit, result) {
       onclick: () => judgeHit(result.query, hit.doc_id, grade === g ? null : g) }, String(g))));
   return el("div", { class: "hit" + (grade !== undefined ? " grade-" + grade : ""), "data-doc": hit.doc_id },
     el("div", {}, `${hit.rank}. `, el("span", { class: "title" }, hit.title || hit.doc_id), `  [${hit.doc_id}] ${hit.score.toFixed(4)}`),
-    el("div", { class: "text" }, hit.text),
+    renderText(hit),
     el("div", { class: "why" }, why.join(" · ") || result.mode),
     judge);
+}
+
+// a long document shows its best passage, marked, with a little of the text around it
+function renderText(hit) {
+  const p = hit.passage;
+  if (!p || (p.start === 0 && p.end === hit.text.length)) return el("div", { class: "text" }, hit.text);
+  const before = hit.text.slice(Math.max(0, p.start - 120), p.start), after = hit.text.slice(p.end, p.end + 120);
+  return el("div", { class: "text", "data-passage": String(p.index) },
+    (p.start > 120 ? "… " : "") + before, el("mark", { class: "passage" }, hit.text.slice(p.start, p.end)),
+    after + (p.end + 120 < hit.text.length ? " …" : ""));
 }
 
 async function judgeHit(query, docId, grade) {

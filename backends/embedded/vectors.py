@@ -118,9 +118,9 @@ class VectorSearch(PassageRows):
     def _graph_knn(self, query: np.ndarray, k: int, num_candidates: int, selector: Any) -> list[tuple[int, float]]:
         """(row key, score) of the ``k`` nearest documents: in an index of passages, passages are searched
         until ``k`` distinct documents are found (or the graph is exhausted), each at its best passage."""
-        if not self.bits:
+        if not self.bits or not self._has_long_documents():  # one graph entry per document: k entries suffice
             scores, ids = self._graph_search(query, k, num_candidates, selector)
-            return collapse(ids[0], scores[0], 0, k)
+            return collapse(ids[0], scores[0], self.bits, k)
         total = max(int(self.vectors.ntotal), 1)
         wanted = min(total, 4 * k)
         while True:
@@ -228,7 +228,7 @@ class VectorSearch(PassageRows):
         """Nearest neighbours of many vectors in one faiss call (threads over queries), as (doc id, score)."""
         self._follow()
         query = np.ascontiguousarray(vectors, dtype=np.float32)
-        wanted = min(4 * k, max(int(self.vectors.ntotal), 1)) if self.bits else k
+        wanted = min(4 * k, max(int(self.vectors.ntotal), 1)) if self.bits and self._has_long_documents() else k
         scores, gids = self._graph_search(query, wanted, max(num_candidates, wanted), self._not_dead_selector())
         runs = [collapse(grow, srow, self.bits, k) for grow, srow in zip(gids, scores, strict=True)]
         ids = self._ids_by_key(sorted({key for run in runs for key, _ in run}))

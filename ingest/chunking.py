@@ -3,7 +3,9 @@ passage covers in the document's text.
 
 ``auto`` (the default) leaves a document whole when the model reads all of it (title, prompt and text within
 its max sequence length) and otherwise packs whole sentences into windows that fit the model, each window
-repeating the previous one's last sentence; a sentence longer than a window is cut on token boundaries.
+repeating the previous one's last sentence; a window at least half full ends at a line break rather than
+run on into the next paragraph (paragraphs are a text's own units, as recursive splitters use them), and a
+sentence longer than a window is cut on token boundaries.
 ``words:N:O``, ``sentences:N:O`` and ``tokens:N:O`` make fixed windows of N units overlapping by O; ``none``
 keeps one passage per document (the model then reads the first max-length tokens only). Token counts come
 from the model's own tokenizer. Spans are character offsets into the text, so a hit can show the passage
@@ -29,6 +31,7 @@ TokenOffsets = Callable[[Sequence[str]], list[list[Span]]]
 
 MAX_PASSAGES = 1024  # passages one document may hold (indexes key a passage by document and position)
 _AUTO_OVERLAP_FRACTION = 0.25  # auto repeats the previous window's last sentence when it is at most this long
+_PARAGRAPH_FILL = 0.5  # auto ends a window at a paragraph break once it holds this fraction of its budget
 
 # a sentence ends at . ! ? (and their CJK forms), with closing quotes or brackets, before white space; a line
 # break ends one too (headings, list items)
@@ -173,22 +176,27 @@ class Chunker:
             else:
                 lo, hi = bisect.bisect_left(starts, sentence[0]), bisect.bisect_left(starts, sentence[1])
                 units += _windows(tokens[lo:hi], budget, budget // 8)
-        return _pack(units, [count(u) for u in units], budget)
+        breaks = ["\n" in text[a[1] : b[0]] for a, b in zip(units, units[1:], strict=False)]
+        return _pack(units, [count(u) for u in units], budget, breaks)
 
 
-def _pack(units: Sequence[Span], counts: Sequence[int], budget: int) -> list[Span]:
-    """Greedy windows of whole units within ``budget`` tokens; a window after the first starts with the
-    previous window's last unit when that unit is short (``_AUTO_OVERLAP_FRACTION`` of the budget)."""
+def _pack(units: Sequence[Span], counts: Sequence[int], budget: int, breaks: Sequence[bool]) -> list[Span]:
+    """Greedy windows of whole units within ``budget`` tokens, ending at a paragraph break (``breaks[i]``:
+    one lies between unit i and i + 1) once ``_PARAGRAPH_FILL`` full; a window after the first starts with
+    the previous window's last unit when that unit is short (``_AUTO_OVERLAP_FRACTION`` of the budget) and
+    of the same paragraph."""
     out: list[Span] = []
     first = 0
     while first < len(units):
         used, last = counts[first], first
         while last + 1 < len(units) and used + counts[last + 1] <= budget:
+            if breaks[last] and used >= _PARAGRAPH_FILL * budget:
+                break
             last += 1
             used += counts[last]
         out.append((units[first][0], units[last][1]))
         if last == len(units) - 1:
             break
-        short = counts[last] <= _AUTO_OVERLAP_FRACTION * budget
+        short = counts[last] <= _AUTO_OVERLAP_FRACTION * budget and not breaks[last]
         first = last if last > first and short and counts[last] + counts[last + 1] <= budget else last + 1
     return out

@@ -98,7 +98,8 @@ def test_every_word_is_in_a_passage_and_windows_overlap(mode, encoder):
     assert [s for s, _ in spans] == sorted(s for s, _ in spans)
     for ws, we in word_spans(text):  # nothing is left out of every passage
         assert any(s <= ws and we <= e for s, e in spans), text[ws:we]
-    assert all(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False))  # each window overlaps the next
+    for a, b in zip(spans, spans[1:], strict=False):  # each window overlaps the next, or auto starts a paragraph
+        assert b[0] < a[1] or (mode == "auto" and "\n" in text[a[1] : b[0]])
 
 
 def test_auto_leaves_short_documents_whole_and_fits_long_ones_to_the_model(encoder):
@@ -117,9 +118,12 @@ def test_auto_leaves_short_documents_whole_and_fits_long_ones_to_the_model(encod
     counts = [len(t) for t in encoder.token_offsets([text[s:e] for s, e in spans])]
     assert max(counts) <= limit
     assert len(spans) >= 4
-    # auto keeps sentences whole where they fit
+    # auto keeps sentences whole where they fit, and ends a window at a paragraph once it is half full
     sentences = sentence_spans(text)
     assert spans[0][1] in {e for _, e in sentences}
+    paragraphs = " ".join(FILLER * 2) + "\n\n" + " ".join(FILLER[2:]) + "\n\n" + long_text(2, FACTS[2][1])
+    cut = chunker.spans("", paragraphs)
+    assert cut[0] == (0, paragraphs.index("\n\n"))
 
 
 def test_offsets_are_character_offsets_of_unicode_text(encoder):

@@ -3,7 +3,7 @@ passage covers in the document's text.
 
 ``auto`` (the default) leaves a document whole when the model reads all of it (title, prompt and text within
 its max sequence length) and otherwise packs whole sentences into windows that fit the model, each window
-repeating the previous one's last sentence; a window at least half full ends at a line break rather than
+repeating the previous one's last sentence; a window a quarter full or more ends at a line break rather than
 run on into the next paragraph (paragraphs are a text's own units, as recursive splitters use them), and a
 sentence longer than a window is cut on token boundaries.
 ``words:N:O``, ``sentences:N:O`` and ``tokens:N:O`` make fixed windows of N units overlapping by O; ``none``
@@ -31,7 +31,7 @@ TokenOffsets = Callable[[Sequence[str]], list[list[Span]]]
 
 MAX_PASSAGES = 1024  # passages one document may hold (indexes key a passage by document and position)
 _AUTO_OVERLAP_FRACTION = 0.25  # auto repeats the previous window's last sentence when it is at most this long
-_PARAGRAPH_FILL = 0.5  # auto ends a window at a paragraph break once it holds this fraction of its budget
+_PARAGRAPH_FILL = 0.25  # auto ends a window at a paragraph break once it holds this fraction of its budget
 
 # a sentence ends at . ! ? (and their CJK forms), with closing quotes or brackets, before white space; a line
 # break ends one too (headings, list items)

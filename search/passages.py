@@ -3,7 +3,6 @@ server-fused hit): by the query's terms. Pure functions over the document's text
 
 from __future__ import annotations
 
-import bisect
 import re
 from collections.abc import Sequence
 from dataclasses import replace
@@ -21,20 +20,15 @@ def _terms(text: str) -> set[str]:
 
 def lexical_passages(query: str, text: str, spans: Sequence[tuple[int, int]], n: int = 1) -> list[Passage]:
     """The ``n`` passages holding the most distinct query terms (earlier first on a tie), as ``Passage``
-    values without a score. A document of one span is that span. Each query term is searched for in the
-    whole text once (one C-speed scan per term), then credited to the spans holding each match."""
+    values without a score. A document of one span is that span. A term is looked for as a substring of
+    the lowered passage (C-speed; a choice among a document's passages needs no word boundaries)."""
     counts = [0] * len(spans)
     if len(spans) > 1:
-        lowered, starts = text.lower(), [s for s, _ in spans]
-        for term in _terms(query):
-            holding: set[int] = set()
-            for m in re.finditer(rf"\b{re.escape(term)}\b", lowered):
-                i = bisect.bisect_right(starts, m.start()) - 1
-                while i >= 0 and spans[i][1] > m.start():  # overlapping windows may all hold it
-                    holding.add(i)
-                    i -= 1
-            for i in holding:
-                counts[i] += 1
+        terms = [t for t in _terms(query) if len(t) > 1]
+        lowered = text.lower()
+        for i, (start, end) in enumerate(spans):
+            window = lowered[start:end]
+            counts[i] = sum(term in window for term in terms)
     scored = sorted(range(len(spans)), key=lambda i: (-counts[i], i))
     return [Passage(i, spans[i][0], spans[i][1], text[spans[i][0] : spans[i][1]]) for i in scored[:n]]
 

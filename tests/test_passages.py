@@ -352,6 +352,7 @@ def test_long_corpus_keeps_every_passage_and_lifts_the_qrels():
         }
 
 
+@pytest.mark.slow  # three ingests and evaluations in a child process
 def test_bench_long_docs_reports_each_chunking_beside_the_passages(tmp_path):
     import subprocess
     import sys
@@ -386,6 +387,7 @@ def test_tune_reranks_the_best_passage_as_a_search_does(tmp_path):
         assert read == f"Report 2 {search.passage.text}"
 
 
+@pytest.mark.slow  # re-encodes the corpus per chunking (minutes on 2 cores)
 def test_tune_measures_chunking_on_long_documents_and_caches_the_encodings(tmp_path):
     from hybrid_search.app.tune import tune
 

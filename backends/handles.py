@@ -10,6 +10,7 @@ bound to one index.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from hybrid_search.backends.base import CheckedName
@@ -64,7 +65,11 @@ class IndexHandle:
     def with_passages(self, hits: Sequence[Hit], request: SearchRequest) -> list[Hit]:
         """Hits with their best passages, where the index holds passages: a cluster's kNN hits carry them
         (``inner_hits``); for the others, chosen by the query's terms among the spans the hit carries."""
-        return [choose_by_terms(h, request.query, request.passages) for h in hits]
+        chosen = [choose_by_terms(h, request.query, request.passages) for h in hits]
+        return [
+            replace(h, passages=h.passages[: request.passages]) if len(h.passages) > request.passages else h
+            for h in chosen
+        ]
 
     def knn_batch(self, vectors: np.ndarray, k: int, num_candidates: int) -> list[list[tuple[str, float]]]:
         return self.backend.knn_batch(self.name, vectors, k, num_candidates)

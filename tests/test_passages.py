@@ -286,6 +286,9 @@ def test_elasticsearch_nested_passages_with_inner_hits(tmp_path, noida_url):
             hit = hs.search(QUERIES[key], mode="knn", top_k=1).hits[0]
             assert hit.doc_id == f"long{i}" and fact in hit.passage.text, key
             assert hit.text[hit.passage.start : hit.passage.end] == hit.passage.text
+        top = hs.search(QUERIES["Tessaly"], mode="knn", top_k=1, passages=3).hits[0]
+        assert len(top.passages) == 3 and top.passages[0] == top.passage and top.doc_id == "long6"
+        assert len(hs.search(QUERIES["Tessaly"], mode="knn", top_k=1).hits[0].passages) == 1
         filtered = hs.search(QUERIES["Vextrum"], mode="knn", top_k=1, filters={"group": "short"}).hits[0]
         assert filtered.doc_id.startswith("short")
         for mode in ("bm25", "hybrid"):

@@ -45,6 +45,7 @@ from hybrid_search.search.request import SearchRequest, two_leg_request
 __all__ = ["ClusterSearch"]
 
 _PASSAGE_CHECK_SECONDS = 10.0  # how stale the knowledge of whether an index holds passages may be
+INNER_PASSAGES = 8  # best passages a cluster kNN hit brings back (``inner_hits``); a request shows up to its own
 
 
 def _hnsw_field(properties: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -201,7 +202,18 @@ class ClusterSearch(ClusterConnection):
     def search_knn(
         self, index: str, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None = None
     ) -> list[Hit]:
-        raw = self.search_body(index, self.knn_body(vector, k, num_candidates, filters, self._knn_passages(index, 1)))
+        def search() -> list[dict[str, Any]]:
+            passages = self._knn_passages(index, INNER_PASSAGES)
+            return self.search_body(index, self.knn_body(vector, k, num_candidates, filters, passages))
+
+        try:
+            raw = search()
+        except QueryError:
+            # the alias may have moved to a build with (or without) passages since it was last asked
+            known = self._holds_passages.pop(index, None)
+            if known is None or self.passages_in(index) == known[1]:
+                raise
+            raw = search()
         for h in raw:  # report the similarity itself, as the embedded backend does
             h["_score"] = self.similarity(float(h.get("_score") or 0.0))
         return self._hits(raw, "knn")
@@ -305,7 +317,7 @@ class ClusterSearch(ClusterConnection):
     def knn_batch(self, index: str, vectors: np.ndarray, k: int, num_candidates: int) -> list[list[tuple[str, float]]]:
         """Neighbours of many vectors in one ``_msearch`` round trip."""
         lines: list[dict[str, Any]] = []
-        passages = self._knn_passages(index, 1)
+        passages = self._knn_passages(index, 1)  # ids only: one inner hit keeps the body small
         for vector in vectors:
             body = self.knn_body(vector, k, num_candidates, None, passages)
             body["_source"] = False

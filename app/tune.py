@@ -356,8 +356,18 @@ def tune(
         from hybrid_search.app.tune_chunking import chunking_effect
 
         t3 = time.perf_counter()
+        knn = Pipeline.from_settings(SearchSettings(), base="knn", rerank=False)
         chunking = chunking_effect(
-            cache, candidates, qrels, metric, folds, seed, ignore_identical_ids=ignore_identical_ids
+            cache,
+            tuning_ids,
+            metric=metric,
+            cross_validate=lambda trial: (
+                _select(
+                    trial, candidates, tuning_ids, qrels, metric, folds, seed, ignore_identical_ids=ignore_identical_ids
+                ).cross_validated
+            ),
+            knn_alone=lambda trial: per_query_metric(trial, knn, tuning_ids, qrels, metric, ignore_identical_ids),
+            compare=randomization_test,
         )
         chunking["seconds"] = round(time.perf_counter() - t3, 2)
     return TuneReport(

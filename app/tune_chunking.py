@@ -9,7 +9,7 @@ index holds them, the whole document otherwise. Skipped, with the reason, when e
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,6 @@ from hybrid_search.ingest.chunking import Chunking
 if TYPE_CHECKING:
     from hybrid_search.app.client import HybridSearch
     from hybrid_search.app.tune import RunCache
-    from hybrid_search.app.tune_space import Pipeline
 
 __all__ = ["CHUNKINGS", "chunking_effect", "passage_vectors"]
 
@@ -82,20 +81,21 @@ def _long_documents(hs: HybridSearch) -> int:
     return long
 
 
+PerQuery = Mapping[str, float]
+
+
 def chunking_effect(
     cache: RunCache,
-    candidates: Sequence[Pipeline],
-    qrels: Mapping[str, Mapping[str, int]],
-    metric: str,
-    folds: int,
-    seed: int,
+    qids: Sequence[str],
     *,
-    ignore_identical_ids: bool,
+    metric: str,
+    cross_validate: Callable[[RunCache], PerQuery],
+    knn_alone: Callable[[RunCache], PerQuery],
+    compare: Callable[[Sequence[float], Sequence[float]], float],
 ) -> dict[str, Any]:
-    """Each chunking's cross-validated score with the grid tuned on its kNN runs, and the advice."""
-    from hybrid_search.app.tune import _select, mean_over, per_query_metric, randomization_test
-    from hybrid_search.app.tune_space import Pipeline
-    from hybrid_search.config.settings import SearchSettings
+    """Each chunking's cross-validated score with the grid tuned on its kNN runs (``cross_validate``: per
+    query, held out), the kNN leg's own score (``knn_alone``), and the advice (``compare``: the paired test's
+    p). ``tune`` gives the three, so this module needs nothing of it at run time."""
 
     hs = cache.hs
     spec = hs.backend.index_spec(hs.index)
@@ -105,31 +105,30 @@ def chunking_effect(
         return {"current": current, "skipped": "every document fits the model: chunking changes nothing"}
     stats = hs.stats()
     cache_dir = Path(hs.settings.data_dir) / "tune-cache" / hs.index / f"{stats.physical}-g{stats.write_generation}"
-    qids = list(cache.queries)
     scores: dict[str, dict[str, float]] = {}
-    knn_alone: dict[str, float] = {}  # the kNN leg at the default settings, untuned: the chunking's own effect
-    knn = Pipeline.from_settings(SearchSettings(), base="knn", rerank=False)
+    knn: dict[str, float] = {}  # the kNN leg at the default settings, untuned: the chunking's own effect
+
+    def mean_over(per_query: PerQuery, qids: Sequence[str]) -> float:
+        return float(np.mean([per_query.get(q, 0.0) for q in qids])) if qids else 0.0
+
     for name in dict.fromkeys([current, *CHUNKINGS]):
         chunking = Chunking.parse(name)
         ids, owner, matrix = passage_vectors(hs, chunking, cache_dir)
         runs = _max_sim_runs(ids, owner, matrix, cache.vectors, cache.depth)
         trial = cache.with_leg("knn", runs, passages=cache.passages and chunking.splits)
-        selection = _select(
-            trial, candidates, qids, qrels, metric, folds, seed, ignore_identical_ids=ignore_identical_ids
-        )
-        scores[name] = dict(selection.cross_validated)
-        knn_alone[name] = mean_over(per_query_metric(trial, knn, qids, qrels, metric, ignore_identical_ids), qids)
+        scores[name] = dict(cross_validate(trial))
+        knn[name] = mean_over(knn_alone(trial), qids)
     others = [c for c in scores if c != current]
     alternative = max(others, key=lambda c: mean_over(scores[c], qids))
     gain = mean_over(scores[alternative], qids) - mean_over(scores[current], qids)
-    p = randomization_test([scores[alternative][q] for q in qids], [scores[current][q] for q in qids])
+    p = compare([scores[alternative].get(q, 0.0) for q in qids], [scores[current].get(q, 0.0) for q in qids])
     recommend = alternative if gain > 0 and p < 0.05 else None
     return {
         "current": current,
         "alternative": alternative,
         "long_documents": long,
         "cross_validated": {c: mean_over(v, qids) for c, v in scores.items()},
-        "knn": knn_alone,
+        "knn": knn,
         "gain": gain,
         "p": p,
         "recommend": recommend,

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from hybrid_search.config.chunking import Chunking
 from hybrid_search.config.errors import ConfigError
 from hybrid_search.config.names import check_user_index_name
 from hybrid_search.config.text import Analyzer
@@ -148,8 +149,6 @@ class IngestSettings(_Section):
     @field_validator("chunking")
     @classmethod
     def _known_chunking(cls, value: str) -> str:
-        from hybrid_search.ingest.chunking import Chunking  # ingest imports settings: resolved at use
-
         try:
             return str(Chunking.parse(value))
         except ConfigError as exc:

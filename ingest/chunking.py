@@ -17,14 +17,12 @@ from __future__ import annotations
 import bisect
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal, get_args
 
+from hybrid_search.config.chunking import Chunking, ChunkKind
 from hybrid_search.config.errors import ConfigError
 
 __all__ = ["MAX_PASSAGES", "Chunker", "Chunking", "ChunkKind", "Span", "TokenOffsets", "sentence_spans", "word_spans"]
 
-ChunkKind = Literal["auto", "none", "words", "sentences", "tokens"]
 Span = tuple[int, int]  # [start, end) character offsets into a document's text
 # (texts) -> each text's tokens as (start, end) character offsets, without special tokens or truncation
 TokenOffsets = Callable[[Sequence[str]], list[list[Span]]]
@@ -37,47 +35,6 @@ _PARAGRAPH_FILL = 0.25  # auto ends a window at a paragraph break once it holds 
 # break ends one too (headings, list items)
 _SENTENCE_END = re.compile(r"([.!?\u3002\uff01\uff1f]+[\"'\u201d\u2019)\]]*)\s+|\n\s*")
 _WORD = re.compile(r"\S+")
-
-
-@dataclass(frozen=True, slots=True)
-class Chunking:
-    """A chunking mode as ``--chunking`` names it: ``auto``, ``none`` or ``KIND:SIZE:OVERLAP``."""
-
-    kind: ChunkKind = "auto"
-    size: int = 0
-    overlap: int = 0
-
-    @classmethod
-    def parse(cls, text: str) -> Chunking:
-        """``auto``, ``none``, ``words:200:20``, ``sentences:5:1``, ``tokens:256:32`` (overlap optional, 0)."""
-        parts = text.strip().lower().split(":")
-        kind = parts[0]
-        usage = (
-            f"unknown chunking {text!r}: use auto, none, or words|sentences|tokens:SIZE[:OVERLAP] "
-            "(e.g. sentences:5:1, tokens:256:32), SIZE > OVERLAP >= 0"
-        )
-        if kind not in get_args(ChunkKind):
-            raise ConfigError(usage)
-        if kind in ("auto", "none"):
-            if len(parts) != 1:
-                raise ConfigError(usage)
-            return cls(kind)  # type: ignore[arg-type]
-        try:
-            size = int(parts[1])
-            overlap = int(parts[2]) if len(parts) == 3 else 0
-        except (IndexError, ValueError):
-            raise ConfigError(usage) from None
-        if len(parts) > 3 or size < 1 or not 0 <= overlap < size:
-            raise ConfigError(usage)
-        return cls(kind, size, overlap)  # type: ignore[arg-type]
-
-    def __str__(self) -> str:
-        return self.kind if self.kind in ("auto", "none") else f"{self.kind}:{self.size}:{self.overlap}"
-
-    @property
-    def splits(self) -> bool:
-        """Whether documents may get more than one passage (every mode but ``none``)."""
-        return self.kind != "none"
 
 
 def sentence_spans(text: str) -> list[Span]:

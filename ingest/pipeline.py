@@ -84,9 +84,6 @@ class IngestSummary:
             "encode": rate(self.encode_seconds) if self.encoded else float("inf"),
             "write": rate(self.upsert_seconds),
             "end_to_end": rate(self.run_seconds or self.seconds),
-            "passages_end_to_end": round(self.passages / (self.run_seconds or self.seconds), 1)
-            if (self.run_seconds or self.seconds) > 0
-            else float("inf"),
         }
 
     @property

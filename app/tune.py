@@ -28,6 +28,7 @@ import numpy as np
 
 from hybrid_search.app.evaluate import RUN_DEPTH, per_query_scores
 from hybrid_search.app.tune_space import FIRST_DEPTHS, FIXED_MODES, Pipeline, fixed_modes, grid
+from hybrid_search.app.tune_stats import mean_over, measured_alternative, randomization_test
 from hybrid_search.config.errors import ConfigError
 from hybrid_search.config.settings import SearchSettings
 from hybrid_search.config.text import passage_text
@@ -238,17 +239,6 @@ class TuneReport:
         return "\n".join(lines)
 
 
-def randomization_test(a: Sequence[float], b: Sequence[float], *, rounds: int = 10_000, seed: int = 0) -> float:
-    """Two-sided paired randomisation (sign-flip) test of mean(a - b) over per-query scores."""
-    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if not len(diff) or not np.any(diff):
-        return 1.0
-    observed = abs(diff.mean())
-    signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(rounds, len(diff)))
-    flipped = np.abs((signs * diff).mean(axis=1))
-    return float((np.count_nonzero(flipped >= observed - 1e-12) + 1) / (rounds + 1))
-
-
 def _folds(qids: Sequence[str], k: int, seed: int) -> list[list[str]]:
     shuffled = list(qids)
     random.Random(seed).shuffle(shuffled)
@@ -367,7 +357,6 @@ def tune(
                 ).cross_validated
             ),
             knn_alone=lambda trial: per_query_metric(trial, knn, tuning_ids, qrels, metric, ignore_identical_ids),
-            compare=randomization_test,
         )
         chunking["seconds"] = round(time.perf_counter() - t3, 2)
     return TuneReport(
@@ -501,11 +490,7 @@ def analyzer_effect(
         )
         cross_validated[name] = dict(selection.cross_validated)
         chosen[name] = selection.chosen.label
-    others = [a for a in lexical if a != current]
-    alternative = max(others, key=lambda a: mean_over(cross_validated[a], qids))
-    gain = mean_over(cross_validated[alternative], qids) - mean_over(cross_validated[current], qids)
-    p = randomization_test([cross_validated[alternative][q] for q in qids], [cross_validated[current][q] for q in qids])
-    recommend = alternative if gain > 0 and p < 0.05 else None
+    alternative, gain, p, recommend = measured_alternative(cross_validated, current, qids)
     return {
         "current": current,
         "alternative": alternative,
@@ -522,10 +507,6 @@ def analyzer_effect(
             else f"keep the {current} analyzer: {alternative} measured {gain:+.4f} (p = {p:.3f})"
         ),
     }
-
-
-def mean_over(per_query: Mapping[str, float], qids: Sequence[str]) -> float:
-    return float(np.mean([per_query.get(q, 0.0) for q in qids])) if qids else 0.0
 
 
 def write_profile(report: TuneReport, base: SearchSettings, path: str | Path, *, source: str) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hybrid_search.app.tune_stats import mean_over, measured_alternative
 from hybrid_search.ingest.chunking import Chunking
 
 if TYPE_CHECKING:
@@ -91,11 +92,10 @@ def chunking_effect(
     metric: str,
     cross_validate: Callable[[RunCache], PerQuery],
     knn_alone: Callable[[RunCache], PerQuery],
-    compare: Callable[[Sequence[float], Sequence[float]], float],
 ) -> dict[str, Any]:
     """Each chunking's cross-validated score with the grid tuned on its kNN runs (``cross_validate``: per
-    query, held out), the kNN leg's own score (``knn_alone``), and the advice (``compare``: the paired test's
-    p). ``tune`` gives the three, so this module needs nothing of it at run time."""
+    query, held out), the kNN leg's own score (``knn_alone``), and the advice. ``tune`` gives the two
+    scorers, so this module needs nothing of it at run time."""
 
     hs = cache.hs
     spec = hs.backend.index_spec(hs.index)
@@ -108,9 +108,6 @@ def chunking_effect(
     scores: dict[str, dict[str, float]] = {}
     knn: dict[str, float] = {}  # the kNN leg at the default settings, untuned: the chunking's own effect
 
-    def mean_over(per_query: PerQuery, qids: Sequence[str]) -> float:
-        return float(np.mean([per_query.get(q, 0.0) for q in qids])) if qids else 0.0
-
     for name in dict.fromkeys([current, *CHUNKINGS]):
         chunking = Chunking.parse(name)
         ids, owner, matrix = passage_vectors(hs, chunking, cache_dir)
@@ -118,11 +115,7 @@ def chunking_effect(
         trial = cache.with_leg("knn", runs, passages=cache.passages and chunking.splits)
         scores[name] = dict(cross_validate(trial))
         knn[name] = mean_over(knn_alone(trial), qids)
-    others = [c for c in scores if c != current]
-    alternative = max(others, key=lambda c: mean_over(scores[c], qids))
-    gain = mean_over(scores[alternative], qids) - mean_over(scores[current], qids)
-    p = compare([scores[alternative].get(q, 0.0) for q in qids], [scores[current].get(q, 0.0) for q in qids])
-    recommend = alternative if gain > 0 and p < 0.05 else None
+    alternative, gain, p, recommend = measured_alternative(scores, current, qids)
     return {
         "current": current,
         "alternative": alternative,

@@ -160,13 +160,12 @@ def os_knn_query(
     the document, outside the nested query."""
     clause: dict[str, Any] = {"vector": [float(x) for x in np.asarray(vector).ravel()], "k": k}
     dsl = to_query_dsl(filters)
-    if dsl:
+    if dsl and not passages:
         clause["filter"] = {"bool": {"filter": dsl}}
     if version >= METHOD_PARAMETERS_SINCE:
         clause["method_parameters"] = {"ef_search": max(num_candidates, k)}
     if not passages:
         return {"knn": {bodies.VECTOR_FIELD: clause}}
-    clause.pop("filter", None)
     nested = {
         "nested": {
             "path": bodies.PASSAGES_FIELD,

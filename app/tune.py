@@ -166,7 +166,7 @@ class RunCache:
             first = self.runs[legs[0]][qid][:keep]
         else:
             depth = max(p.depth, k)
-            first = p.fusion_spec().fuse({leg: self.runs[leg][qid][:depth] for leg in legs})[:keep]
+            first = p.fusion_spec().fuse({leg: self.runs[leg][qid][:depth] for leg in legs}, limit=keep)
         if not p.rerank:
             return [d for d, _ in first[:k]]
         head, tail = first[: p.rerank_depth], first[p.rerank_depth :]

@@ -40,13 +40,15 @@ class IndexHandle:
         return f"{type(self).__name__}({self.backend.name}:{self.name})"
 
     # --- retrieval ----------------------------------------------------------------------------------
-    def search_bm25(self, query: str, k: int, filters: Filter | None = None) -> list[Hit]:
+    def search_bm25(self, query: str, k: int, filters: Filter | None = None) -> Sequence[Hit]:
         return self.backend.search_bm25(self.name, query, k, filters)
 
-    def search_knn(self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None = None) -> list[Hit]:
+    def search_knn(
+        self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None = None
+    ) -> Sequence[Hit]:
         return self.backend.search_knn(self.name, vector, k, num_candidates, filters)
 
-    def search_sparse(self, vector: Mapping[str, float], k: int, filters: Filter | None = None) -> list[Hit]:
+    def search_sparse(self, vector: Mapping[str, float], k: int, filters: Filter | None = None) -> Sequence[Hit]:
         return self.backend.search_sparse(self.name, vector, k, filters)
 
     def fusion_refusal(self, request: SearchRequest) -> str | None:

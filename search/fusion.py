@@ -14,7 +14,9 @@ fused run, best first, ties broken by doc id so results are deterministic. Nothi
 
 from __future__ import annotations
 
+import heapq
 import math
+import operator
 from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
@@ -35,8 +37,15 @@ __all__ = [
 Run: TypeAlias = Sequence[tuple[str, float]]
 
 
-def _ranked(scores: dict[str, float]) -> list[tuple[str, float]]:
-    return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+def _order(item: tuple[str, float]) -> tuple[float, str]:
+    return -item[1], item[0]
+
+
+def _ranked(scores: dict[str, float], limit: int | None) -> list[tuple[str, float]]:
+    """Best first, ties by id; only the first ``limit`` when given (a partial sort: the same prefix)."""
+    if limit is not None and limit < len(scores):
+        return heapq.nsmallest(limit, scores.items(), key=_order)
+    return sorted(scores.items(), key=_order)
 
 
 def _weights(runs: Sequence[Run], weights: Sequence[float] | None) -> Sequence[float]:
@@ -49,15 +58,18 @@ def _weights(runs: Sequence[Run], weights: Sequence[float] | None) -> Sequence[f
     return weights
 
 
-def fuse_rrf(runs: Sequence[Run], *, k: int = 60, weights: Sequence[float] | None = None) -> list[tuple[str, float]]:
-    """Reciprocal rank fusion with constant ``k`` (60 in the paper); optional per-run weights."""
+def fuse_rrf(
+    runs: Sequence[Run], *, k: int = 60, weights: Sequence[float] | None = None, limit: int | None = None
+) -> list[tuple[str, float]]:
+    """Reciprocal rank fusion with constant ``k`` (60 in the paper); optional per-run weights; the first
+    ``limit`` fused only when given."""
     if k < 1:
         raise ConfigError(f"RRF constant k must be at least 1, got {k}")
     fused: dict[str, float] = {}
     for run, weight in zip(runs, _weights(runs, weights), strict=True):
         for rank, (doc_id, _score) in enumerate(run, start=1):
             fused[doc_id] = fused.get(doc_id, 0.0) + weight / (k + rank)
-    return _ranked(fused)
+    return _ranked(fused, limit)
 
 
 def normalize_minmax(scores: Sequence[float]) -> list[float]:
@@ -83,7 +95,7 @@ def normalize_zscore(scores: Sequence[float]) -> list[float]:
 
 def normalize_l2(scores: Sequence[float]) -> list[float]:
     """Divide by the run's Euclidean norm (OpenSearch's ``l2``); an all-zero run stays zero."""
-    norm = math.sqrt(sum(s * s for s in scores))
+    norm = math.sqrt(sum(map(operator.mul, scores, scores)))
     if norm <= 0.0:
         return [0.0] * len(scores)
     return [s / norm for s in scores]
@@ -97,9 +109,14 @@ NORMALIZERS: dict[str, Callable[[Sequence[float]], list[float]]] = {
 
 
 def fuse_linear(
-    runs: Sequence[Run], *, weights: Sequence[float] | None = None, normalizer: str = "minmax"
+    runs: Sequence[Run],
+    *,
+    weights: Sequence[float] | None = None,
+    normalizer: str = "minmax",
+    limit: int | None = None,
 ) -> list[tuple[str, float]]:
-    """Weighted sum of per-run normalised scores; a document missing from a run gets 0 from it."""
+    """Weighted sum of per-run normalised scores; a document missing from a run gets 0 from it; the first
+    ``limit`` fused only when given."""
     if normalizer not in NORMALIZERS:
         raise ConfigError(f"unknown normalizer {normalizer!r}: choose one of {sorted(NORMALIZERS)}")
     norm = NORMALIZERS[normalizer]
@@ -107,7 +124,7 @@ def fuse_linear(
     for run, weight in zip(runs, _weights(runs, weights), strict=True):
         for (doc_id, _), value in zip(run, norm([s for _, s in run]), strict=True):
             fused[doc_id] = fused.get(doc_id, 0.0) + weight * value
-    return _ranked(fused)
+    return _ranked(fused, limit)
 
 
 FUSERS: dict[str, Callable[..., list[tuple[str, float]]]] = {"rrf": fuse_rrf, "linear": fuse_linear}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
-__all__ = ["Hit", "Passage", "SearchResult"]
+__all__ = ["Hit", "Passage", "ScoredHits", "SearchResult"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,3 +82,48 @@ class SearchResult:
         full last page still gives one; the page after it is then empty)."""
         end = self.offset + len(self.hits)
         return end if self.hits and len(self.hits) == self.top_k else None
+
+
+class ScoredHits(Sequence[Hit]):
+    """One retrieval leg's candidates as ids and scores only, best first: what client-side fusion ranks
+    before the fields of the few hits it keeps are read. ``pairs`` is the run fusion takes; a ``Hit`` (id,
+    rank, score and the leg's own score field) is built only for an item read, so the hundreds of candidates
+    fusion drops cost no objects."""
+
+    __slots__ = ("ids", "scores", "score_field")
+
+    def __init__(self, ids: Sequence[str], scores: Sequence[float], score_field: str | None) -> None:
+        if len(ids) != len(scores):
+            raise ValueError(f"{len(ids)} ids for {len(scores)} scores")
+        self.ids = list(ids)
+        self.scores = list(scores)
+        self.score_field = score_field  # the Hit field the leg's score also goes in (bm25_score, knn_score, ...)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, index: int) -> Hit: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Hit]: ...
+
+    def __getitem__(self, index: int | slice) -> Hit | list[Hit]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self.ids))[index]]
+        i = range(len(self.ids))[index]  # negative positions count from the end; IndexError past it
+        score = self.scores[i]
+        own = {self.score_field: score} if self.score_field else {}
+        return Hit(doc_id=self.ids[i], rank=i + 1, score=score, **own)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[Hit]:
+        return (self[i] for i in range(len(self.ids)))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # a sequence of hits, compared by its items, as a list is
+
+    def pairs(self) -> list[tuple[str, float]]:
+        """``(doc_id, score)`` best first: the run a fuser takes."""
+        return list(zip(self.ids, self.scores, strict=True))

@@ -58,13 +58,13 @@ class SearchableIndex(Protocol):
 
     name: str
 
-    def search_bm25(self, query: str, k: int, filters: Filter | None = None) -> list[Hit]: ...
+    def search_bm25(self, query: str, k: int, filters: Filter | None = None) -> Sequence[Hit]: ...
 
     def search_knn(
         self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None = None
-    ) -> list[Hit]: ...
+    ) -> Sequence[Hit]: ...
 
-    def search_sparse(self, vector: Mapping[str, float], k: int, filters: Filter | None = None) -> list[Hit]: ...
+    def search_sparse(self, vector: Mapping[str, float], k: int, filters: Filter | None = None) -> Sequence[Hit]: ...
 
     def fusion_refusal(self, request: SearchRequest) -> str | None: ...
 
@@ -93,17 +93,17 @@ class Retriever(Protocol):
     def open_index(self, name: str) -> SearchableIndex:
         """A handle on index (or alias) ``name``, checked once here: its calls take no name."""
 
-    def search_bm25(self, index: str, query: str, k: int, filters: Filter | None = None) -> list[Hit]:
+    def search_bm25(self, index: str, query: str, k: int, filters: Filter | None = None) -> Sequence[Hit]:
         """BM25 over title and text; user text is never parsed as query syntax."""
 
     def search_knn(
         self, index: str, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None = None
-    ) -> list[Hit]:
+    ) -> Sequence[Hit]:
         """Approximate nearest neighbours of ``vector``, nearest first; ``filters`` restricts the candidates."""
 
     def search_sparse(
         self, index: str, vector: Mapping[str, float], k: int, filters: Filter | None = None
-    ) -> list[Hit]:
+    ) -> Sequence[Hit]:
         """Learned-sparse retrieval: highest dot product of ``vector`` (token -> weight) with the stored ones."""
 
     def fusion_refusal(self, request: SearchRequest) -> str | None:

@@ -58,7 +58,7 @@ class Leg(Protocol):
     @property
     def depth(self) -> int: ...
 
-    def retrieve(self, index: SearchableIndex, request: SearchRequest) -> list[Hit]: ...
+    def retrieve(self, index: SearchableIndex, request: SearchRequest) -> Sequence[Hit]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +73,7 @@ class Lexical:
     def __post_init__(self) -> None:
         _check_depth(self.depth, "bm25 depth")
 
-    def retrieve(self, index: SearchableIndex, request: SearchRequest) -> list[Hit]:
+    def retrieve(self, index: SearchableIndex, request: SearchRequest) -> Sequence[Hit]:
         return index.search_bm25(request.query, self.depth, request.filters)
 
 
@@ -94,7 +94,7 @@ class Dense:
         if self.num_candidates < self.depth:
             object.__setattr__(self, "num_candidates", self.depth)
 
-    def retrieve(self, index: SearchableIndex, request: SearchRequest) -> list[Hit]:
+    def retrieve(self, index: SearchableIndex, request: SearchRequest) -> Sequence[Hit]:
         if request.vector is None:
             raise ConfigError("the kNN leg needs the query's vector: give an encoder or vector=")
         return index.search_knn(request.vector, self.depth, self.num_candidates, request.filters)
@@ -113,7 +113,7 @@ class Sparse:
     def __post_init__(self) -> None:
         _check_depth(self.depth, "sparse depth")
 
-    def retrieve(self, index: SearchableIndex, request: SearchRequest) -> list[Hit]:
+    def retrieve(self, index: SearchableIndex, request: SearchRequest) -> Sequence[Hit]:
         if request.sparse_vector is None:
             raise ConfigError("the sparse leg needs the query's sparse vector: give a sparse encoder or sparse_vector=")
         return index.search_sparse(request.sparse_vector, self.depth, request.filters)
@@ -170,11 +170,11 @@ class FusionSpec:
             return None
         return weights
 
-    def fuse(self, runs: Mapping[str, Run]) -> list[tuple[str, float]]:
-        """One fused run from each leg's run (keyed by leg name), best first."""
+    def fuse(self, runs: Mapping[str, Run], *, limit: int | None = None) -> list[tuple[str, float]]:
+        """One fused run from each leg's run (keyed by leg name), best first; its first ``limit`` when given."""
         legs = list(runs)
         weights = self.leg_weights(legs)
-        params: dict[str, object] = {"weights": weights}
+        params: dict[str, object] = {"weights": weights, "limit": limit}
         if self.method == "rrf":
             params["k"] = self.k
         else:

@@ -21,7 +21,7 @@ from hybrid_search.config.errors import ConfigError, FusionUnsupported
 from hybrid_search.config.settings import SearchSettings
 from hybrid_search.config.text import passage_text
 from hybrid_search.search.fusion import normalize_minmax
-from hybrid_search.search.hits import Hit, SearchResult
+from hybrid_search.search.hits import Hit, ScoredHits, SearchResult
 from hybrid_search.search.interfaces import (
     QueryEncoder,
     Reranker,
@@ -170,7 +170,7 @@ class RetrievalPipeline:
         depth = request.candidates
         if request.fusion is None:
             (leg,) = request.legs
-            return self._retrieve(index, leg, timings, request), None
+            return list(self._retrieve(index, leg, timings, request)), None
         if self.settings.server_fusion and self._server_fuses(index, request):
             t = time.perf_counter()
             try:
@@ -192,7 +192,7 @@ class RetrievalPipeline:
 
     def _retrieve(
         self, index: SearchableIndex, leg: Leg, timings: dict[str, float], request: SearchRequest
-    ) -> list[Hit]:
+    ) -> Sequence[Hit]:
         t = time.perf_counter()
         hits = leg.retrieve(index, request)
         timings[leg.name] = _ms(t)
@@ -237,13 +237,15 @@ def fuse_legs(fusion: FusionSpec, runs: Sequence[tuple[Leg, Sequence[Hit]]], *, 
     """Client-side fusion of each leg's hits into one ranked list; every hit keeps the score each leg gave
     it in ``leg_scores`` (by leg name) and in that leg's own ``Hit`` field where it has one (``bm25_score``,
     ``knn_score``; ``None`` where the leg missed it). Only the first ``limit`` fused hits are built (the
-    rest would be cut: the page and the rerank depth are all a request keeps)."""
-    fused = fusion.fuse({leg.name: [(h.doc_id, h.score) for h in hits] for leg, hits in runs})[:limit]
-    by_leg = [(leg, {h.doc_id: h for h in hits}) for leg, hits in runs]
+    rest would be cut: the page and the rerank depth are all a request keeps); a leg's ``ScoredHits`` are
+    read as ids and scores, a hit of theirs built only for those kept."""
+    pairs = [(leg, hits, _pairs(hits)) for leg, hits in runs]
+    fused = fusion.fuse({leg.name: run for leg, _, run in pairs}, limit=limit)
+    by_leg = [(leg, hits, {doc_id: i for i, (doc_id, _) in enumerate(run)}) for leg, hits, run in pairs]
     out = []
     for rank, (doc_id, score) in enumerate(fused, start=1):
-        seen = [(leg, found[doc_id]) for leg, found in by_leg if doc_id in found]
-        fields: dict[str, Any] = {leg.score_field: None for leg, _ in by_leg if leg.score_field}
+        seen = [(leg, hits[where[doc_id]]) for leg, hits, where in by_leg if doc_id in where]
+        fields: dict[str, Any] = {leg.score_field: None for leg, _, _ in by_leg if leg.score_field}
         fields.update({leg.score_field: getattr(hit, leg.score_field) for leg, hit in seen if leg.score_field})
         scores = {leg.name: hit.score for leg, hit in seen}
         # the best passage a vector chose (kNN over passages) over one chosen by terms or none
@@ -254,6 +256,10 @@ def fuse_legs(fusion: FusionSpec, runs: Sequence[tuple[Leg, Sequence[Hit]]], *, 
             dataclasses.replace(seen[0][1], rank=rank, score=score, fusion_score=score, leg_scores=scores, **fields)
         )
     return out
+
+
+def _pairs(hits: Sequence[Hit]) -> list[tuple[str, float]]:
+    return hits.pairs() if isinstance(hits, ScoredHits) else [(h.doc_id, h.score) for h in hits]
 
 
 def blend_rerank_scores(first: Sequence[float], rerank: np.ndarray, interpolation: float) -> np.ndarray:

@@ -47,11 +47,13 @@ class ScoringHandle(EmbeddedIndexHandle):
     def scoring(self) -> ScoringHandle:
         return self
 
-    def search_bm25(self, query: str, k: int, filters: Filter | None = None) -> list[Hit]:
+    def search_bm25(self, query: str, k: int, filters: Filter | None = None) -> Sequence[Hit]:
         return self._embedded.search_bm25(self.name, query, k, filters, light=True)
 
-    def search_knn(self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None = None) -> list[Hit]:
+    def search_knn(
+        self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None = None
+    ) -> Sequence[Hit]:
         return self._embedded.search_knn(self.name, vector, k, num_candidates, filters, light=True)
 
-    def search_sparse(self, vector: Mapping[str, float], k: int, filters: Filter | None = None) -> list[Hit]:
+    def search_sparse(self, vector: Mapping[str, float], k: int, filters: Filter | None = None) -> Sequence[Hit]:
         return self._embedded.search_sparse(self.name, vector, k, filters, light=True)

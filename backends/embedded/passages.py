@@ -27,6 +27,9 @@ PASSAGE_BITS = 10  # up to 1,024 passages per document (``ingest.chunking.MAX_PA
 def collapse(ids: np.ndarray, scores: np.ndarray, bits: int, k: int) -> list[tuple[int, float]]:
     """(row key, best score) of the first ``k`` documents among graph hits in score order: each document
     once, at its best passage's score. ``ids`` below 0 (faiss's padding) are skipped."""
+    if not bits:  # one entry per document: the ids are distinct already
+        keep = ids >= 0
+        return list(zip(ids[keep][:k].tolist(), scores[keep][:k].tolist(), strict=True))
     seen: set[int] = set()
     out: list[tuple[int, float]] = []
     for gid, score in zip(ids.tolist(), scores.tolist(), strict=True):

@@ -40,7 +40,7 @@ from hybrid_search.config.errors import (
 )
 from hybrid_search.config.files import FileLock, atomic_write_text, describe_holder, read_json_file
 from hybrid_search.search.filters import METADATA_FIELD, Filter, clauses
-from hybrid_search.search.hits import Hit
+from hybrid_search.search.hits import Hit, ScoredHits
 
 __all__ = ["PhysicalIndex", "VECTOR_FILE"]
 
@@ -508,7 +508,7 @@ class PhysicalIndex(VectorSearch):
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
-    def bm25(self, query: str, k: int, filters: Filter | None, *, light: bool = False) -> list[Hit]:
+    def bm25(self, query: str, k: int, filters: Filter | None, *, light: bool = False) -> Sequence[Hit]:
         """BM25 over title and text; ``light``: ids and scores only (``fill`` adds the rest)."""
         self._follow()
         schema = self.text_index.schema
@@ -532,10 +532,7 @@ class PhysicalIndex(VectorSearch):
         found = searcher.search(scored, limit=k, count=False).hits
         ids = [searcher.doc(addr)["doc_id"][0] for _score, addr in found]
         if light:
-            return [
-                Hit(doc_id=i, rank=r, score=float(s), bm25_score=float(s))
-                for r, ((s, _addr), i) in enumerate(zip(found, ids, strict=True), start=1)
-            ]
+            return ScoredHits(ids, [float(score) for score, _addr in found], "bm25_score")
         rows = self._rows_by("doc_id", ids)
         hits: list[Hit] = []
         for (score, _addr), doc_id in zip(found, ids, strict=True):
@@ -543,7 +540,9 @@ class PhysicalIndex(VectorSearch):
                 hits.append(self._hit(rows[doc_id], len(hits) + 1, float(score), bm25=float(score)))
         return hits
 
-    def sparse(self, query: Mapping[str, float], k: int, filters: Filter | None, *, light: bool = False) -> list[Hit]:
+    def sparse(
+        self, query: Mapping[str, float], k: int, filters: Filter | None, *, light: bool = False
+    ) -> Sequence[Hit]:
         """Exact learned-sparse search: the ``k`` documents of highest dot product with ``query``."""
         self._follow()
         if not self.spec.sparse_model:

@@ -67,7 +67,7 @@ class EmbeddedReads(EmbeddedDisk):
     @checks_names
     def search_bm25(
         self, index: str, query: str, k: int, filters: Filter | None = None, *, light: bool = False
-    ) -> list[Hit]:
+    ) -> Sequence[Hit]:
         return self._get(index).bm25(query, k, filters, light=light)
 
     @checks_names
@@ -80,13 +80,13 @@ class EmbeddedReads(EmbeddedDisk):
         filters: Filter | None = None,
         *,
         light: bool = False,
-    ) -> list[Hit]:
+    ) -> Sequence[Hit]:
         return self._get(index).knn(vector, k, num_candidates, filters, light=light)
 
     @checks_names
     def search_sparse(
         self, index: str, vector: Mapping[str, float], k: int, filters: Filter | None = None, *, light: bool = False
-    ) -> list[Hit]:
+    ) -> Sequence[Hit]:
         """Exact learned-sparse search (``embedded.sparse``)."""
         return self._get(index).sparse(vector, k, filters, light=light)
 

@@ -19,11 +19,12 @@ from hybrid_search.backends.base import (
     StoredDocument,
 )
 from hybrid_search.search.filters import Filter, to_sql
-from hybrid_search.search.hits import Hit
+from hybrid_search.search.hits import Hit, ScoredHits
 
 __all__ = ["SQL_CHUNK", "RowStore"]
 
 SQL_CHUNK = 500  # ids per IN (...) clause, under SQLite's parameter limit
+ID_MEMO_LIMIT = 1 << 18  # row keys whose doc id a process remembers (some 30 MB at most)
 
 
 class RowStore:
@@ -43,6 +44,7 @@ class RowStore:
     _storage_ids: np.ndarray | None
     _filter_cache: OrderedDict[str, tuple[int, list[int] | None, Any, Any]]
     _mutex: threading.RLock
+    _id_memo: tuple[int, dict[int, str]] | None = None  # (tombstone epoch, row key -> doc id)
 
     def _follow(self) -> None:
         """Catch up with other processes' writes (``physical``)."""
@@ -82,8 +84,19 @@ class RowStore:
         return out
 
     def _ids_by_key(self, keys: Sequence[int]) -> dict[int, str]:
-        """Row key -> doc id, reading nothing else (mining needs ids, not texts)."""
-        return self._pairs("key, doc_id", "key", keys)
+        """Row key -> doc id of the keys still stored, reading nothing else (fusion and mining need ids, not
+        texts). Remembered: a row's key names one document for good (AUTOINCREMENT never reuses one), so only
+        keys not met since the tombstones last changed are read; ``ID_MEMO_LIMIT`` at most are kept."""
+        if self._id_memo is None or self._id_memo[0] != self._dead_epoch:
+            self._id_memo = (self._dead_epoch, {})
+        memo = self._id_memo[1]
+        missing = [key for key in keys if key not in memo]
+        if missing:
+            found: dict[int, str] = self._pairs("key, doc_id", "key", missing)
+            if len(memo) + len(found) > ID_MEMO_LIMIT:
+                memo.clear()
+            memo.update(found)
+        return {key: memo[key] for key in keys if key in memo}
 
     def content_hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
         """doc id -> the content hash it was stored with ("" when stored before hashes were kept)."""
@@ -122,16 +135,12 @@ class RowStore:
             sparse_score=sparse,
         )
 
-    def _scored_hits(self, found: Sequence[tuple[int, float]], leg: str) -> list[Hit]:
-        """Hits of row keys with their scores and ids only (a row deleted meanwhile is left out): what a
+    def _scored_hits(self, found: Sequence[tuple[int, float]], leg: str) -> ScoredHits:
+        """Row keys with their scores as ids and scores only (a row deleted meanwhile is left out): what a
         fused search ranks before ``fill`` fetches the fields of the few it keeps."""
         ids = self._ids_by_key([key for key, _ in found])
-        out: list[Hit] = []
-        for key, score in found:
-            if key in ids:
-                knn, sparse = (score, None) if leg == "knn" else (None, score)
-                out.append(Hit(doc_id=ids[key], rank=len(out) + 1, score=score, knn_score=knn, sparse_score=sparse))
-        return out
+        kept = [(ids[key], score) for key, score in found if key in ids]
+        return ScoredHits([i for i, _ in kept], [s for _, s in kept], f"{leg}_score")
 
     def fill(self, hits: Sequence[Hit]) -> list[Hit]:
         """Hits with their stored title, text and metadata, ranked again from 1; ids no longer stored are

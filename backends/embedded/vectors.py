@@ -99,7 +99,7 @@ class VectorSearch(PassageRows):
 
     def knn(
         self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None, *, light: bool = False
-    ) -> list[Hit]:
+    ) -> Sequence[Hit]:
         """Nearest rows of ``vector``; ``light``: ids and scores only (``RowStore.fill`` adds the rest)."""
         self._follow()
         query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
@@ -139,7 +139,7 @@ class VectorSearch(PassageRows):
         with self._mutex:  # a write or a catch-up of this process may be adding to the graph
             return self.vectors.search(queries, k, params=hnsw_params(**params))
 
-    def _exact_knn(self, query: np.ndarray, keys: Sequence[int], k: int, light: bool = False) -> list[Hit]:
+    def _exact_knn(self, query: np.ndarray, keys: Sequence[int], k: int, light: bool = False) -> Sequence[Hit]:
         """Exact inner products over the allowed rows, read from the graph's own flat storage (no copy, no
         table read); only the top ``k`` rows are then fetched."""
         if not len(keys):
@@ -174,7 +174,7 @@ class VectorSearch(PassageRows):
         stored = faiss.rev_swig_ptr(flat.get_xb(), n * self.spec.dims).reshape(n, self.spec.dims)
         return self._storage_ids, stored
 
-    def _knn_hits(self, found: Sequence[tuple[int, float]], light: bool = False) -> list[Hit]:
+    def _knn_hits(self, found: Sequence[tuple[int, float]], light: bool = False) -> Sequence[Hit]:
         if light:
             return self._scored_hits(found, "knn")
         rows = self._rows_by("key", [key for key, _ in found])

@@ -109,6 +109,9 @@ class IndexSettings(_Section):
     hnsw_m: int = Field(default=16, ge=2)
     hnsw_ef_construction: int = Field(default=100, ge=8)
     hnsw_ef_search: int = Field(default=100, ge=8)
+    # embedded: an index of fewer vectors is searched exactly (a flat scan, as fast as the graph's search up to
+    # about this size on 2 cores) and builds no HNSW graph; the graph is built when it grows past (0: always)
+    exact_below: int = Field(default=20_000, ge=0)
     # Elasticsearch: dense_vector index_options type (int8/bbq quantise the HNSW graph's vectors)
     es_vector_index: Literal["hnsw", "int8_hnsw", "bbq_hnsw"] = "hnsw"
     # OpenSearch: k-NN engine and the faiss scalar-quantisation encoder

@@ -10,9 +10,10 @@ from hybrid_search.backends.base import IndexedDocument
 from hybrid_search.backends.embedded import EmbeddedBackend
 
 
-@pytest.fixture()
-def backend(tmp_path):
-    with EmbeddedBackend(data_dir=tmp_path / "data") as b:
+@pytest.fixture(params=[0, 20_000], ids=["graph", "flat"])
+def backend(tmp_path, request):
+    """The contract holds of both vector stores: the HNSW graph, and the exact flat index of a small corpus."""
+    with EmbeddedBackend(data_dir=tmp_path / "data", exact_below=request.param) as b:
         yield b
 
 
@@ -36,20 +37,20 @@ def test_reopen_keeps_documents_and_vectors(tmp_path):
 
 
 def test_crash_before_graph_flush_is_replayed_without_duplicates(tmp_path):
-    b = EmbeddedBackend(data_dir=tmp_path, flush_seconds=3600)
+    b = EmbeddedBackend(data_dir=tmp_path, flush_seconds=3600, exact_below=0)
     b.ensure_index("crash", SPEC)
     b.upsert("crash", corpus()[:4])
     b.refresh("crash")  # the graph on disk holds d0..d3
     b.upsert("crash", corpus()[4:])  # rows committed, graph not flushed: then the process "dies"
     b._open.clear()  # drop in-memory state without close(), as a crash would
-    with EmbeddedBackend(data_dir=tmp_path) as again:
+    with EmbeddedBackend(data_dir=tmp_path, exact_below=0) as again:
         hits = again.search_knn("crash", corpus()[6].vector, 10, 50)
         assert hits[0].doc_id == "d6"
         assert len({h.doc_id for h in hits}) == len(hits) == len(corpus())
 
 
 def test_many_replacements_compact_the_graph(tmp_path):
-    with EmbeddedBackend(data_dir=tmp_path, flush_seconds=3600) as b:
+    with EmbeddedBackend(data_dir=tmp_path, flush_seconds=3600, exact_below=0) as b:
         b.ensure_index("churn", SPEC)
         docs = [IndexedDocument(f"x{i}", "", f"doc {i}", unit(1.0, i / 500), {}) for i in range(500)]
         for _ in range(4):
@@ -66,7 +67,7 @@ def test_large_filtered_knn_uses_the_graph_with_a_selector(tmp_path, monkeypatch
     import hybrid_search.backends.embedded.vectors as embedded
 
     monkeypatch.setattr(embedded, "_EXACT_FILTER_LIMIT", 5)
-    with EmbeddedBackend(data_dir=tmp_path) as b:
+    with EmbeddedBackend(data_dir=tmp_path, exact_below=0) as b:
         b.ensure_index("filt", SPEC)
         rng = np.random.default_rng(1)
         docs = [IndexedDocument(f"f{i}", "", "t", unit(*rng.normal(size=8)), {"even": i % 2 == 0}) for i in range(200)]
@@ -97,7 +98,7 @@ def test_a_repeated_filter_scans_the_table_once_until_the_next_write(tmp_path, m
     rng = np.random.default_rng(1)
     vecs = rng.normal(size=(300, 8)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    with EmbeddedBackend(data_dir=tmp_path) as backend:
+    with EmbeddedBackend(data_dir=tmp_path, exact_below=0) as backend:
         backend.ensure_index("f", IndexSpec(dims=8))
         docs = [IndexedDocument(f"d{i}", "", f"text {i}", vecs[i], {"part": "a" if i % 3 else "b"}) for i in range(300)]
         backend.upsert("f", docs)
@@ -115,3 +116,31 @@ def test_a_repeated_filter_scans_the_table_once_until_the_next_write(tmp_path, m
         backend.refresh("f")
         after = backend.search_knn("f", vecs[0], 10, 300, {"part": "b"})
         assert len(scans) == 2 and {"new", "d0"} <= {h.doc_id for h in after[:2]}
+
+
+def test_a_small_index_is_searched_exactly_and_builds_its_graph_when_it_grows_past_exact_below(tmp_path):
+    """Below ``exact_below`` vectors kNN is a flat exact scan (no graph to build at ingest); the write that
+    reaches it builds the HNSW graph once, with the same ids, the tombstones and filters still applied, and
+    the graph is what the next open reads."""
+    rng = np.random.default_rng(5)
+    vecs = rng.normal(size=(120, 8)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    docs = [IndexedDocument(f"g{i}", "", f"text {i}", vecs[i], {"odd": i % 2 == 1}) for i in range(120)]
+    with EmbeddedBackend(data_dir=tmp_path, exact_below=100) as b:
+        b.ensure_index("grow", SPEC)
+        b.upsert("grow", docs[:99])
+        idx = b._get("grow")
+        assert not idx.is_graph and b.stats("grow").vector["type"].startswith("faiss IndexFlatIP")
+        exact = np.argsort(-(vecs[:99] @ vecs[7]))[:10]
+        assert [h.doc_id for h in b.search_knn("grow", vecs[7], 10, 10)] == [f"g{i}" for i in exact]
+        b.delete("grow", ["g7"])
+        assert "g7" not in {h.doc_id for h in b.search_knn("grow", vecs[7], 98, 98)}
+        b.upsert("grow", docs[99:])
+        assert idx.is_graph and idx.vectors.ntotal == 120 and b.stats("grow").vector["type"] == "faiss IndexHNSWFlat"
+        hits = b.search_knn("grow", vecs[8], 119, 200)
+        assert hits[0].doc_id == "g8" and "g7" not in {h.doc_id for h in hits} and len(hits) == 119
+        odd = b.search_knn("grow", vecs[9], 5, 100, {"odd": True})
+        assert odd[0].doc_id == "g9" and all(int(h.doc_id[1:]) % 2 for h in odd)
+        b.refresh("grow")
+    with EmbeddedBackend(data_dir=tmp_path, exact_below=100) as b:
+        assert b._get("grow").is_graph and b.search_knn("grow", vecs[100], 1, 50)[0].doc_id == "g100"

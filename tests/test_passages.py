@@ -179,11 +179,13 @@ def test_embedded_long_documents_are_found_by_their_best_passage(tmp_path):
         assert (short.doc_id, short.passage.start, short.passage.end) == ("short2", 0, len(FILLER[2]))
 
 
-def test_embedded_passages_follow_filters_deletes_upserts_reopen_and_repair(tmp_path, monkeypatch):
+@pytest.mark.parametrize("exact_below", [0, 20_000], ids=["graph", "flat"])
+def test_embedded_passages_follow_filters_deletes_upserts_reopen_and_repair(tmp_path, monkeypatch, exact_below):
     import hybrid_search.backends.embedded.vectors as vectors
 
-    with _hs(tmp_path, "live") as hs:
+    with _hs(tmp_path, "live", index={"exact_below": exact_below}) as hs:
         hs.ingest(records(), metadata_fields=["group"])
+        assert hs.backend._get("live").is_graph == (exact_below == 0)
         base = [h.doc_id for h in hs.search(QUERIES["Morwen"], mode="knn", top_k=5).hits]
         assert base[0] == "long7"
         assert hs.search(QUERIES["Morwen"], mode="knn", filters={"group": "short"}).hits[0].doc_id.startswith("short")
@@ -203,7 +205,7 @@ def test_embedded_passages_follow_filters_deletes_upserts_reopen_and_repair(tmp_
         assert hs.search(QUERIES["Zorbania"], mode="knn", top_k=1).hits[0].doc_id != "long0"
         after = [h.doc_id for h in hs.search(QUERIES["Pindle"], mode="knn", top_k=5).hits]
         assert len(after) == len(set(after)) == 5  # a document appears once, however many passages match
-    with _hs(tmp_path, "live") as hs:  # reopened: the graph file, then a rebuild from SQLite
+    with _hs(tmp_path, "live", index={"exact_below": exact_below}) as hs:  # reopened: the file, then a rebuild
         assert [h.doc_id for h in hs.search(QUERIES["Pindle"], mode="knn", top_k=5).hits] == after
         hs.repair()
         assert [h.doc_id for h in hs.search(QUERIES["Pindle"], mode="knn", top_k=5).hits] == after

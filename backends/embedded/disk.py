@@ -43,14 +43,18 @@ class EmbeddedDisk:
             data_dir=settings.data_dir,
             ef_search=settings.index.hnsw_ef_search,
             flush_seconds=settings.ingest.checkpoint_seconds,
+            exact_below=settings.index.exact_below,
         )
 
-    def __init__(self, *, data_dir: str | Path, ef_search: int = 100, flush_seconds: float = 30.0) -> None:
+    def __init__(
+        self, *, data_dir: str | Path, ef_search: int = 100, flush_seconds: float = 30.0, exact_below: int = 20_000
+    ) -> None:
         if ef_search < 1:
             raise ConfigError(f"ef_search must be at least 1, got {ef_search}")
         self.data_dir = Path(data_dir)
         self.ef_search = ef_search
         self.flush_seconds = flush_seconds
+        self.exact_below = exact_below
         self._open: dict[str, PhysicalIndex] = {}
         self._opening = threading.Lock()
         self._aliases_cache: tuple[tuple[int, int, int], dict[str, str]] | None = None
@@ -127,7 +131,7 @@ class EmbeddedDisk:
 
     @cached_property
     def _index_kwargs(self) -> dict[str, Any]:
-        return {"ef_search": self.ef_search, "flush_seconds": self.flush_seconds}
+        return {"ef_search": self.ef_search, "flush_seconds": self.flush_seconds, "exact_below": self.exact_below}
 
     def _all_physical(self) -> set[str]:
         root = self.data_dir / "indexes"

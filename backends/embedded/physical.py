@@ -87,11 +87,14 @@ def _read_only_connection(db: Path) -> sqlite3.Connection:
 class PhysicalIndex(VectorSearch):
     """One physical index directory: SQLite rows plus the tantivy and faiss indexes derived from them."""
 
-    def __init__(self, path: Path, spec: IndexSpec, *, ef_search: int, flush_seconds: float) -> None:
+    def __init__(
+        self, path: Path, spec: IndexSpec, *, ef_search: int, flush_seconds: float, exact_below: int = 20_000
+    ) -> None:
         self.path = path
         self.spec = spec
         self.ef_search = ef_search
         self.flush_seconds = flush_seconds
+        self.exact_below = exact_below
         self.read_only = False
         try:
             self.db = sqlite3.connect(path / "docs.sqlite", isolation_level=None, check_same_thread=False)

@@ -126,7 +126,7 @@ class EmbeddedReads(EmbeddedDisk):
         idx = self._get(index)
         spec = idx.spec
         vector = {
-            "type": "faiss IndexHNSWFlat",
+            "type": "faiss IndexHNSWFlat" if idx.is_graph else f"faiss IndexFlatIP (exact below {idx.exact_below:,})",
             "dims": spec.dims,
             "metric": "inner_product",
             "similarity": spec.similarity,
@@ -141,7 +141,7 @@ class EmbeddedReads(EmbeddedDisk):
         fields = {
             "title": f"text (tantivy, {spec.analyzer})",
             "text": f"text (tantivy, {spec.analyzer})",
-            "vector": f"float32[{spec.dims}] (SQLite + faiss HNSW)",
+            "vector": f"float32[{spec.dims}] (SQLite + faiss {'HNSW' if idx.is_graph else 'flat'})",
             METADATA_FIELD: "json (tantivy raw terms)",
             **({"passages": "spans and float32 vectors (SQLite + one graph entry each)"} if spec.passages else {}),
             **(

@@ -34,6 +34,7 @@ class RowStore:
     path: Path
     spec: IndexSpec
     ef_search: int
+    exact_below: int
     read_only: bool
     db: sqlite3.Connection
     vectors: Any

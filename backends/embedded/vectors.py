@@ -1,6 +1,11 @@
 """The faiss side of a physical index: the HNSW graph (loaded, checked by CRC, written, rebuilt), kNN over
 it with tombstones and filters as selectors (an exact pass below ``_EXACT_FILTER_LIMIT`` allowed rows), and
-batched kNN and vector scans for corpus-wide jobs."""
+batched kNN and vector scans for corpus-wide jobs.
+
+An index of fewer than ``exact_below`` vectors keeps them in a flat faiss index instead: every search is
+exact, as fast as the graph's up to about that size, and an ingest of a small corpus builds no graph. The
+graph is built in one bulk add when the index grows past it (``_grow_graph``); a file on disk is read as
+whichever it is."""
 
 from __future__ import annotations
 
@@ -62,9 +67,26 @@ class VectorSearch(PassageRows):
             raise CorruptIndex(f"{path} cannot be read by faiss ({str(exc).splitlines()[0][:200]})") from None
 
     def _new_vector_index(self) -> Any:
+        """An empty vector index: flat (searched exactly); ``_grow_graph`` turns it into HNSW at
+        ``exact_below`` entries."""
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.spec.dims))
+
+    @property
+    def is_graph(self) -> bool:
+        """Whether the vectors are in an HNSW graph (else a flat index, every search exact)."""
+        return isinstance(faiss.downcast_index(self.vectors.index), faiss.IndexHNSW)
+
+    def _grow_graph(self) -> None:
+        """Build the HNSW graph of a flat index that has reached ``exact_below`` entries, in one bulk add of
+        the vectors it holds (ids and order kept, so positions and ``_graph_storage`` stay the same)."""
+        if self.is_graph or int(self.vectors.ntotal) < max(self.exact_below, 1):
+            return
+        ids, stored = self._graph_storage()
         hnsw = faiss.IndexHNSWFlat(self.spec.dims, self.spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efConstruction = self.spec.hnsw_ef_construction
-        return faiss.IndexIDMap2(hnsw)
+        graph = faiss.IndexIDMap2(hnsw)
+        graph.add_with_ids(np.ascontiguousarray(stored), ids)
+        self.vectors = graph
 
     def _add_vectors(self, keys: Sequence[int], vectors: np.ndarray) -> None:
         fresh = [i for i, k in enumerate(keys) if k > self.vectors_upto]
@@ -73,6 +95,7 @@ class VectorSearch(PassageRows):
         ids, rows = self._graph_entries([keys[i] for i in fresh], vectors[fresh])
         self.vectors.add_with_ids(np.ascontiguousarray(rows, dtype=np.float32), ids)
         self.vectors_upto = max(keys[i] for i in fresh)
+        self._grow_graph()
 
     def _write_graph(self, target: Path) -> None:
         """Write the graph under a unique temporary name, record its checksum, then rename it into place:
@@ -96,6 +119,7 @@ class VectorSearch(PassageRows):
             fresh.add_with_ids(np.ascontiguousarray(rows, dtype=np.float32), ids)
         self.vectors = fresh
         self._storage_ids = None
+        self._grow_graph()
 
     def knn(
         self, vector: np.ndarray, k: int, num_candidates: int, filters: Filter | None, *, light: bool = False
@@ -131,13 +155,15 @@ class VectorSearch(PassageRows):
             wanted = min(total, 4 * wanted)
 
     def _graph_search(self, queries: np.ndarray, k: int, num_candidates: int, selector: Any) -> tuple[Any, Any]:
-        """One HNSW search of one or many queries; ``selector`` limits the candidates (None: all)."""
-        params: dict[str, Any] = {"efSearch": max(num_candidates, k, self.ef_search)}
-        if selector is not None:
-            params["sel"] = selector
-        hnsw_params = faiss.SearchParametersHNSW  # type: ignore[attr-defined]  # missing from faiss's stubs
+        """One search of one or many queries, of the HNSW graph or exact over a flat index; ``selector``
+        limits the candidates (None: all)."""
+        params: dict[str, Any] = {} if selector is None else {"sel": selector}
         with self._mutex:  # a write or a catch-up of this process may be adding to the graph
-            return self.vectors.search(queries, k, params=hnsw_params(**params))
+            if self.is_graph:
+                params["efSearch"] = max(num_candidates, k, self.ef_search)
+                hnsw_params = faiss.SearchParametersHNSW  # type: ignore[attr-defined]  # missing from faiss's stubs
+                return self.vectors.search(queries, k, params=hnsw_params(**params))
+            return self.vectors.search(queries, k, params=faiss.SearchParameters(**params) if params else None)
 
     def _exact_knn(self, query: np.ndarray, keys: Sequence[int], k: int, light: bool = False) -> Sequence[Hit]:
         """Exact inner products over the allowed rows, read from the graph's own flat storage (no copy, no
@@ -169,8 +195,8 @@ class VectorSearch(PassageRows):
         n = int(self.vectors.ntotal)
         if self._storage_ids is None or len(self._storage_ids) != n:
             self._storage_ids = faiss.vector_to_array(self.vectors.id_map)
-        hnsw: Any = faiss.downcast_index(self.vectors.index)  # IndexHNSWFlat: its stubs lack storage / get_xb
-        flat: Any = faiss.downcast_index(hnsw.storage)
+        inner: Any = faiss.downcast_index(self.vectors.index)  # faiss's stubs lack storage / get_xb
+        flat: Any = faiss.downcast_index(inner.storage) if isinstance(inner, faiss.IndexHNSW) else inner
         stored = faiss.rev_swig_ptr(flat.get_xb(), n * self.spec.dims).reshape(n, self.spec.dims)
         return self._storage_ids, stored
 

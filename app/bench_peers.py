@@ -50,6 +50,10 @@ def _corpus(source: str | None) -> tuple[list[dict[str, Any]], dict[str, str], d
     return docs, queries, {q: dict(v) for q, v in judged.qrels.items()}
 
 
+def _disk_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
 def _stats(seconds: Sequence[float]) -> dict[str, float]:
     ordered = sorted(seconds)
     p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
@@ -74,7 +78,9 @@ def bench_peers(settings: Settings, source: str | None, queries: int) -> dict[st
         "docs": len(docs),
         "queries": len(picked),
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
-        "note": "same vectors to both; wall ms per query, interleaved; LanceDB defaults (flat, native FTS, RRF)",
+        "note": "same vectors to both; wall ms per query, interleaved; LanceDB defaults (flat, native FTS, RRF); "
+        "disk: every file each left in its folder after the searches",
+        "settings": {"exact_below": settings.index.exact_below, "fusion": settings.search.fusion},
     }
     records = [
         {"id": d["id"], "title": d["title"], "text": d["text"], "vec": vectors[i].tolist()} for i, d in enumerate(docs)
@@ -108,12 +114,18 @@ def bench_peers(settings: Settings, source: str | None, queries: int) -> dict[st
                 target = report["project" if name == "project" else "lancedb"]
                 target[mode] = {**_stats(times[name]), "ndcg@10": round(score_run(qrels, runs[name])["ndcg@10"], 4)}
         hs.close()
+        ours["disk_bytes"] = _disk_bytes(Path(tmp) / "ours")
+        if peer is not None:
+            report["lancedb"]["disk_bytes"] = _disk_bytes(Path(tmp) / "lance")
     if peer is not None:
         for mode in MODES:
             mine, theirs = report["project"][mode]["p50_ms"], report["lancedb"][mode]["p50_ms"]
             report[f"{mode}_p50_lancedb_over_project"] = round(theirs / mine, 2) if mine else None
         report["ingest_project_over_lancedb"] = round(
             report["project"]["ingest_docs_per_s"] / report["lancedb"]["ingest_docs_per_s"], 2
+        )
+        report["disk_project_over_lancedb"] = round(
+            report["project"]["disk_bytes"] / max(report["lancedb"]["disk_bytes"], 1), 2
         )
     return report
 

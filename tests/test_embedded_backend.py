@@ -135,12 +135,19 @@ def test_a_small_index_is_searched_exactly_and_builds_its_graph_when_it_grows_pa
         assert [h.doc_id for h in b.search_knn("grow", vecs[7], 10, 10)] == [f"g{i}" for i in exact]
         b.delete("grow", ["g7"])
         assert "g7" not in {h.doc_id for h in b.search_knn("grow", vecs[7], 98, 98)}
+        b.refresh("grow")  # a flat index keeps its vectors once, in SQLite: no vector file
+        assert not list(idx.path.glob("vectors-*.faiss"))
+        flat_hits = [(h.doc_id, h.score) for h in b.search_knn("grow", vecs[3], 20, 20)]
+    with EmbeddedBackend(data_dir=tmp_path, exact_below=100) as b:  # reopened: the rows read back
+        assert [(h.doc_id, h.score) for h in b.search_knn("grow", vecs[3], 20, 20)] == flat_hits
+        idx = b._get("grow")
         b.upsert("grow", docs[99:])
-        assert idx.is_graph and idx.vectors.ntotal == 120 and b.stats("grow").vector["type"] == "faiss IndexHNSWFlat"
+        assert idx.is_graph and idx.vectors.ntotal == 119 and b.stats("grow").vector["type"] == "faiss IndexHNSWFlat"
         hits = b.search_knn("grow", vecs[8], 119, 200)
         assert hits[0].doc_id == "g8" and "g7" not in {h.doc_id for h in hits} and len(hits) == 119
         odd = b.search_knn("grow", vecs[9], 5, 100, {"odd": True})
         assert odd[0].doc_id == "g9" and all(int(h.doc_id[1:]) % 2 for h in odd)
         b.refresh("grow")
+        assert len(list(idx.path.glob("vectors-*.faiss"))) == 1
     with EmbeddedBackend(data_dir=tmp_path, exact_below=100) as b:
         assert b._get("grow").is_graph and b.search_knn("grow", vecs[100], 1, 50)[0].doc_id == "g100"

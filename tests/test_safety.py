@@ -385,14 +385,14 @@ def test_range_filters_from_python_and_the_cli(tmp_path, settings):
 
 # --- damaged files ---------------------------------------------------------------------------------
 def test_a_damaged_vector_graph_is_refused_by_name_and_repaired(tmp_path):
-    with EmbeddedBackend(data_dir=tmp_path, flush_seconds=0) as backend:
+    with EmbeddedBackend(data_dir=tmp_path, flush_seconds=0, exact_below=0) as backend:  # a graph file, even at 50
         physical = _build(backend, "docs", 50, 1)
         before = [h.doc_id for h in backend.search_knn("docs", _unit(3), 5, 50)]
     graph = next((tmp_path / "indexes" / physical).glob("vectors-*.faiss"))
     raw = bytearray(graph.read_bytes())
     raw[len(raw) // 2] ^= 0xFF  # one flipped byte inside the stored vectors
     graph.write_bytes(bytes(raw))
-    with EmbeddedBackend(data_dir=tmp_path) as backend:
+    with EmbeddedBackend(data_dir=tmp_path, exact_below=0) as backend:
         with pytest.raises(CorruptIndex, match=rf"{graph.name}.*hybrid-search repair --index docs"):
             backend.search_knn("docs", _unit(3), 5, 50)
     with HybridSearch(index="docs", data_dir=tmp_path) as hs:

@@ -71,6 +71,9 @@ CREATE TABLE IF NOT EXISTS passages(
 """
 
 
+_PAGE_SIZE = 16_384
+
+
 def _read_only_connection(db: Path) -> sqlite3.Connection:
     """SQLite opened for reading only: ``mode=ro`` (sees a WAL left by a crash), else ``immutable=1`` (no
     shared-memory file either, for a disk with no room even for that)."""
@@ -98,6 +101,9 @@ class PhysicalIndex(VectorSearch):
         self.read_only = False
         try:
             self.db = sqlite3.connect(path / "docs.sqlite", isolation_level=None, check_same_thread=False)
+            # a row is some 2 KB (a 384-d vector and its text): 4 KB pages hold one and leave half empty, 16 KB
+            # ones hold seven (only a new, empty database takes it; an existing one keeps its page size)
+            self.db.execute(f"PRAGMA page_size={_PAGE_SIZE}")
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA_SQL)
@@ -132,6 +138,8 @@ class PhysicalIndex(VectorSearch):
         self._seen = self._write_stamp()
         if not self.read_only:
             self._recover()
+        else:  # no write here, but the vectors a flat index keeps in SQLite (or a graph file lacks) are read
+            self._catch_up_vectors()
 
     def _write_refusal(self, holder: dict[str, object] | None) -> str:
         return (
@@ -453,10 +461,9 @@ class PhysicalIndex(VectorSearch):
             if compact:
                 log.info("embedded index %s: compacting %d tombstones", self.path.name, dead)
                 self._compact_graph()
-            target = self.path / f"vectors-{self.vectors_upto}.faiss"
-            if not target.exists():
+            if self._changed_since_flush():
                 self._changed = True
-                self._write_graph(target)
+                self._write_graph(self.path / f"vectors-{self.vectors_upto}.faiss")
             self._last_flush = time.monotonic()
 
     def _compact_graph(self) -> None:
@@ -497,8 +504,11 @@ class PhysicalIndex(VectorSearch):
         graph = sum(p.stat().st_size for p in self.path.iterdir() if VECTOR_FILE.match(p.name))
         per_vector = graph // max(int(self.vectors.ntotal), 1)
         page = int(self.db.execute("PRAGMA page_size").fetchone()[0])
+        pages = int(self.db.execute("PRAGMA page_count").fetchone()[0])
         free = int(self.db.execute("PRAGMA freelist_count").fetchone()[0]) * page
-        return {"deleted_documents": dead, "reclaimable_bytes": dead * per_vector + free}
+        # a deleted row's space stays inside its page until VACUUM repacks them: about a row's share each
+        per_row = (pages * page - free) // max(self.count() + dead, 1)
+        return {"deleted_documents": dead, "reclaimable_bytes": dead * (per_vector + per_row) + free}
 
     def repair(self) -> int:
         """Rebuild the HNSW graph from the vectors SQLite holds (the source of truth) and write it with a
@@ -582,5 +592,6 @@ class PhysicalIndex(VectorSearch):
             self.db.close()
 
     def _changed_since_flush(self) -> bool:
-        """Whether the graph holds rows its file lacks (a write of this process, or rows caught up)."""
-        return not (self.path / f"vectors-{self.vectors_upto}.faiss").exists()
+        """Whether the graph holds rows its file lacks (a write of this process, or rows caught up); a flat
+        index has no file to keep (SQLite holds its vectors)."""
+        return self.is_graph and not (self.path / f"vectors-{self.vectors_upto}.faiss").exists()

@@ -3,9 +3,9 @@ it with tombstones and filters as selectors (an exact pass below ``_EXACT_FILTER
 batched kNN and vector scans for corpus-wide jobs.
 
 An index of fewer than ``exact_below`` vectors keeps them in a flat faiss index instead: every search is
-exact, as fast as the graph's up to about that size, and an ingest of a small corpus builds no graph. The
-graph is built in one bulk add when the index grows past it (``_grow_graph``); a file on disk is read as
-whichever it is."""
+exact, as fast as the graph's up to about that size, an ingest of a small corpus builds no graph, and no
+vector file is written (the rows are read back at open: the vectors are on disk once). The graph is built
+in one bulk add when the index grows past it (``_grow_graph``); a graph file is read as a graph."""
 
 from __future__ import annotations
 
@@ -99,7 +99,14 @@ class VectorSearch(PassageRows):
 
     def _write_graph(self, target: Path) -> None:
         """Write the graph under a unique temporary name, record its checksum, then rename it into place:
-        a file that exists under its final name always has its checksum recorded."""
+        a file that exists under its final name always has its checksum recorded. A flat index writes no
+        file (its vectors are SQLite's rows, read back at open) and removes a graph file left from before."""
+        if not self.is_graph:
+            for p in self.path.iterdir():
+                if VECTOR_FILE.match(p.name):
+                    p.unlink(missing_ok=True)
+            self.db.execute("DELETE FROM meta WHERE name LIKE 'crc:%'")
+            return
         tmp = self.path / f"vectors.{os.getpid()}.tmp"
         faiss.write_index(self.vectors, str(tmp))
         with open(tmp, "rb") as fh:

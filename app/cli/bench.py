@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.what == "peers":
         from hybrid_search.app.bench_peers import bench_peers
 
-        options.emit_json(bench_peers(settings, args.source, args.queries), args.json_out)
+        options.emit_json(bench_peers(settings, args.source, args.queries, args.repeats), args.json_out)
         return 0
     if args.what == "long-docs":
         from hybrid_search.app.long_docs import DEFAULT_MODES, bench_long_documents

@@ -79,7 +79,7 @@ def _ids_stored_once(backend, alias):
     return ids, len(ids) == len(set(ids))
 
 
-@pytest.mark.parametrize("workers", [1, 4])
+@pytest.mark.parametrize("workers", [1, pytest.param(4, marks=pytest.mark.slow)])  # 4 workers: the slow tier
 def test_every_fault_kind_during_bulk_loses_and_duplicates_nothing(engine, tmp_path, corpus, encoder, workers):
     """Exactly once with one bulk request at a time and with four concurrent ones (each retrying its share)."""
     settings, backend, sleeps, faults_cls = _setup(engine, tmp_path, workers=workers)
@@ -113,7 +113,7 @@ def test_every_fault_kind_during_bulk_loses_and_duplicates_nothing(engine, tmp_p
         backend.drop_index("faulty")
 
 
-@pytest.mark.parametrize("workers", [1, 4])
+@pytest.mark.parametrize("workers", [1, pytest.param(4, marks=pytest.mark.slow)])  # 4 workers: the slow tier
 def test_a_fault_that_never_clears_stops_resumably(engine, tmp_path, corpus, encoder, workers):
     settings, backend, _, faults_cls = _setup(engine, tmp_path, attempts=3, workers=workers)
     with backend:

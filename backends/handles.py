@@ -67,11 +67,13 @@ class IndexHandle:
     def with_passages(self, hits: Sequence[Hit], request: SearchRequest) -> list[Hit]:
         """Hits with their best passages, where the index holds passages: a cluster's kNN hits carry them
         (``inner_hits``); for the others, chosen by the query's terms among the spans the hit carries."""
-        chosen = [choose_by_terms(h, request.query, request.passages) for h in hits]
-        return [
-            replace(h, passages=h.passages[: request.passages]) if len(h.passages) > request.passages else h
-            for h in chosen
-        ]
+        head, wanted, shown = request.passage_split
+        out = []
+        for i, hit in enumerate(hits):
+            n = wanted if i < head else shown
+            chosen = choose_by_terms(hit, request.query, n)
+            out.append(replace(chosen, passages=chosen.passages[:n]) if len(chosen.passages) > n else chosen)
+        return out
 
     def knn_batch(self, vectors: np.ndarray, k: int, num_candidates: int) -> list[list[tuple[str, float]]]:
         return self.backend.knn_batch(self.name, vectors, k, num_candidates)

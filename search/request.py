@@ -250,6 +250,14 @@ class SearchRequest:
         return max(end, self.rerank.depth) if self.rerank else end
 
     @property
+    def passage_split(self) -> tuple[int, int, int]:
+        """How many passages each hit needs, as (the leading hits that need more, how many they need, how
+        many every other hit needs): as many as shown, or as the reranker reads of the hits it reranks."""
+        if self.rerank is None or self.rerank.passages <= self.passages:
+            return 0, self.passages, self.passages
+        return self.rerank.depth, self.rerank.passages, self.passages
+
+    @property
     def mode(self) -> str:
         """The preset's name (``hybrid+rerank``), or the legs joined by ``+`` for a request no preset makes."""
         names = self.leg_names

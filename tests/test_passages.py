@@ -463,3 +463,22 @@ def test_workbench_and_query_log_carry_the_best_passage(tmp_path):
     logged = query_log_doc(result, at="2026-12-03T00:00:00Z", index="shown", backend="embedded")["hits"][0]
     assert logged["passage"] == f"long3#{hit.passage.index}"
     assert (logged["passage_start"], logged["passage_end"]) == (hit.passage.start, hit.passage.end)
+
+
+def test_a_cluster_hit_keeps_as_many_passages_as_the_reranker_reads(tmp_path):
+    """``search.rerank_passages`` above ``search.passages``: the hits the reranker reads carry that many
+    passages on a cluster too (chosen by terms among the spans its hit brought), the others as many as shown."""
+    from hybrid_search.backends.embedded import EmbeddedBackend
+    from hybrid_search.backends.handles import IndexHandle
+    from hybrid_search.search.hits import Hit, Passage
+    from hybrid_search.search.request import RerankSpec
+
+    text = " ".join(f"Sentence {i} names zork{i}." for i in range(8))
+    spans = sentence_spans(text)
+    carried = tuple(Passage(i, s, e) for i, (s, e) in enumerate(spans))
+    hits = [Hit(doc_id=f"d{r}", rank=r, score=1.0, text=text, passages=carried) for r in (1, 2, 3)]
+    request = SearchRequest("zork1 zork4 zork6", (Lexical(10),), rerank=RerankSpec(depth=2, passages=3), passages=1)
+    with EmbeddedBackend(data_dir=tmp_path) as backend:
+        out = IndexHandle(backend, "any").with_passages(hits, request)
+    assert [len(h.passages) for h in out] == [3, 3, 1]
+    assert {p.index for p in out[0].passages} == {1, 4, 6} and out[2].passage.index in {1, 4, 6}

@@ -99,13 +99,11 @@ class EmbeddedReads(EmbeddedDisk):
     def passage_hits(self, index: str, hits: Sequence[Hit], request: SearchRequest) -> list[Hit]:
         """Hits with their best passages (``PassageRows.passages_for``): as many as the request shows, or
         as the reranker reads of the hits it reranks."""
-        shown = request.passages
-        if request.rerank is None or request.rerank.passages <= shown:
-            return self._get(index).passages_for(hits, request.query, request.vector, shown)
-        depth = request.rerank.depth
+        head, wanted, shown = request.passage_split
         idx = self._get(index)
-        head = idx.passages_for(hits[:depth], request.query, request.vector, request.rerank.passages)
-        return head + idx.passages_for(hits[depth:], request.query, request.vector, shown)
+        return idx.passages_for(hits[:head], request.query, request.vector, wanted) + idx.passages_for(
+            hits[head:], request.query, request.vector, shown
+        )
 
     def open_index(self, name: str) -> EmbeddedIndexHandle:
         """A handle on index (or alias) ``name`` whose fused searches fetch texts only for the hits kept."""

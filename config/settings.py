@@ -101,6 +101,9 @@ class ModelSettings(_Section):
     rerank_batch_size: int = Field(default=32, ge=1)
 
 
+EXACT_BELOW = 20_000  # ``index.exact_below``'s default, also the embedded backend's when built without settings
+
+
 class IndexSettings(_Section):
     """Index naming, text analysis and HNSW parameters."""
 
@@ -111,7 +114,7 @@ class IndexSettings(_Section):
     hnsw_ef_search: int = Field(default=100, ge=8)
     # embedded: an index of fewer vectors is searched exactly (a flat scan, as fast as the graph's search up to
     # about this size on 2 cores) and builds no HNSW graph; the graph is built when it grows past (0: always)
-    exact_below: int = Field(default=20_000, ge=0)
+    exact_below: int = Field(default=EXACT_BELOW, ge=0)
     # Elasticsearch: dense_vector index_options type (int8/bbq quantise the HNSW graph's vectors)
     es_vector_index: Literal["hnsw", "int8_hnsw", "bbq_hnsw"] = "hnsw"
     # OpenSearch: k-NN engine and the faiss scalar-quantisation encoder

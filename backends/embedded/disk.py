@@ -24,6 +24,7 @@ from hybrid_search.config.errors import (
     IndexNotFound,
 )
 from hybrid_search.config.files import FileLock, atomic_write_text, describe_holder, read_json_file
+from hybrid_search.config.settings import EXACT_BELOW
 
 if TYPE_CHECKING:
     from hybrid_search.config.settings import Settings
@@ -47,7 +48,12 @@ class EmbeddedDisk:
         )
 
     def __init__(
-        self, *, data_dir: str | Path, ef_search: int = 100, flush_seconds: float = 30.0, exact_below: int = 20_000
+        self,
+        *,
+        data_dir: str | Path,
+        ef_search: int = 100,
+        flush_seconds: float = 30.0,
+        exact_below: int = EXACT_BELOW,
     ) -> None:
         if ef_search < 1:
             raise ConfigError(f"ef_search must be at least 1, got {ef_search}")

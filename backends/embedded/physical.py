@@ -90,9 +90,7 @@ def _read_only_connection(db: Path) -> sqlite3.Connection:
 class PhysicalIndex(VectorSearch):
     """One physical index directory: SQLite rows plus the tantivy and faiss indexes derived from them."""
 
-    def __init__(
-        self, path: Path, spec: IndexSpec, *, ef_search: int, flush_seconds: float, exact_below: int = 20_000
-    ) -> None:
+    def __init__(self, path: Path, spec: IndexSpec, *, ef_search: int, flush_seconds: float, exact_below: int) -> None:
         self.path = path
         self.spec = spec
         self.ef_search = ef_search
@@ -136,10 +134,9 @@ class PhysicalIndex(VectorSearch):
         self._writing_depth = 0
         self._changed = False  # the write operation in progress changed rows or derived indexes
         self._seen = self._write_stamp()
+        self._catch_up_vectors()  # in memory, in any process: the rows a graph file lacks, a flat index's all
         if not self.read_only:
             self._recover()
-        else:  # no write here, but the vectors a flat index keeps in SQLite (or a graph file lacks) are read
-            self._catch_up_vectors()
 
     def _write_refusal(self, holder: dict[str, object] | None) -> str:
         return (
@@ -257,10 +254,9 @@ class PhysicalIndex(VectorSearch):
         return index
 
     def _recover(self) -> None:
-        """Replay rows that tantivy or faiss had not taken in when the process last stopped, and text
-        deletes a kill left pending. The graph catches up in memory in any process; the text index only in
-        one that can take the write lock now (else its writer is alive and finishes its own batch)."""
-        self._catch_up_vectors()
+        """Replay rows that tantivy had not taken in when the process last stopped, and text deletes a kill
+        left pending: only in a process that can take the write lock now (else its writer is alive and
+        finishes its own batch). The vectors caught up before, at open."""
         try:
             with self.writing(wait=False):
                 text_upto = self._meta("text_upto")

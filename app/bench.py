@@ -20,127 +20,29 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hybrid_search.app.bench_encode import (
+    _machine,
+    _sentence_transformers,
+    _texts,
+    _time,
+    bench_encode,
+    bench_encode_sparse,
+)
 from hybrid_search.config.errors import ConfigError
-from hybrid_search.config.extras import require
 from hybrid_search.config.settings import Settings
 
 if TYPE_CHECKING:
     from hybrid_search.app.client import HybridSearch
 
 __all__ = ["random_cross_encoder", "run_bench"]
-
-
-def _texts(source: str | None, n: int) -> tuple[list[str], list[str]]:
-    """Up to ``n`` passages and the queries of ``source`` (a BEIR folder or file; default the sample)."""
-    from hybrid_search.ingest.sources import BeirFolder, open_source
-    from hybrid_search.ingest.validate import Document, validate
-
-    src = open_source(source or "sample")
-    passages: list[str] = []
-    for item in validate(src.records(), src.fields):
-        if isinstance(item, Document):
-            passages.append(item.passage)
-        if len(passages) >= n:
-            break
-    queries = list(src.query_set().queries.values()) if isinstance(src, BeirFolder) else passages[:10]
-    while passages and len(passages) < n:  # a small corpus is cycled so timings cover n texts
-        passages += passages[: n - len(passages)]
-    return passages, queries
-
-
-def _time(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up: model load, allocator, kernels
-    runs = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t)
-    return statistics.median(runs)
-
-
-def _machine(device: str) -> dict[str, Any]:
-    import torch
-
-    info: dict[str, Any] = {
-        "device": device,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-    }
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def bench_encode(settings: Settings, source: str | None, docs: int, batch_size: int, repeats: int) -> dict[str, Any]:
-    SentenceTransformer = _sentence_transformers().SentenceTransformer
-
-    from hybrid_search.encoding.encoder import Encoder
-
-    passages, _ = _texts(source, docs)
-    ours = Encoder(settings=settings.models)
-    reference = SentenceTransformer(str(ours.folder), device=ours.device)
-    if ours.device.startswith("cuda") and ours._model.dtype != reference.dtype:
-        reference = reference.to(ours._model.dtype)
-    t_ours = _time(lambda: ours.encode_documents(passages), repeats)
-    t_ref = _time(
-        lambda: reference.encode(passages, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False),
-        repeats,
-    )
-    return _encode_report("encode", ours, passages, t_ours, t_ref, "SentenceTransformer.encode", batch_size)
-
-
-def _encode_report(
-    bench: str, ours: Any, passages: Sequence[str], t_ours: float, t_ref: float, reference: str, batch_size: int
-) -> dict[str, Any]:
-    """Our encoder's rate beside the sentence-transformers reference's on the same texts, and their ratio."""
-    return {
-        "bench": bench,
-        "model": ours.model_name,
-        "texts": len(passages),
-        "machine": _machine(ours.device),
-        "ours": {"docs_per_s": len(passages) / t_ours, "batch_tokens": ours.batch_tokens},
-        "reference": {
-            "name": f"sentence_transformers.{reference}",
-            "batch_size": batch_size,
-            "docs_per_s": len(passages) / t_ref,
-        },
-        "ratio_ours_to_reference": t_ref / t_ours,
-    }
-
-
-def bench_encode_sparse(
-    settings: Settings, source: str | None, docs: int, batch_size: int, repeats: int
-) -> dict[str, Any]:
-    """Our SPLADE encoder against sentence-transformers' ``SparseEncoder`` on the same passages and model."""
-    SparseReference = _sentence_transformers().SparseEncoder
-
-    from hybrid_search.encoding.sparse import SparseEncoder
-
-    passages, _ = _texts(source, docs)
-    ours = SparseEncoder(settings.models.sparse_encoder or "splade-tiny", settings=settings.models)
-    ours.load()
-    reference = SparseReference(str(ours.folder), device=ours.device)
-    last: list[Any] = []
-
-    def encode() -> None:
-        last[:] = ours.encode_documents(passages)  # the vectors of the last timed pass, for their sizes
-
-    t_ours = _time(encode, repeats)
-    t_ref = _time(lambda: reference.encode(passages, batch_size=batch_size, show_progress_bar=False), repeats)
-    report = _encode_report("encode-sparse", ours, passages, t_ours, t_ref, "SparseEncoder.encode", batch_size)
-    report["mean_nonzero_tokens"] = sum(len(v) for v in last) / len(last) if last else 0.0
-    return report
 
 
 def random_cross_encoder(
@@ -494,6 +396,21 @@ def _pct(sorted_values: Sequence[float], pct: float) -> float:
     return float(np.percentile(sorted_values, pct)) if sorted_values else 0.0
 
 
+def _checked_models(models: Any) -> Any:
+    """``models`` validated again (a ``model_copy`` update skips pydantic's checks): a bad choice fails here,
+    naming the flag and the choices."""
+    from pydantic import ValidationError
+
+    from hybrid_search.config.settings import ModelSettings
+
+    try:
+        return ModelSettings.model_validate(models.model_dump())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = {"dtype": "--dtypes", "encode_runtime": "--runtimes"}.get(str(first["loc"][0]), str(first["loc"][0]))
+        raise ConfigError(f"{field}: {first['msg']}") from None
+
+
 def run_bench(
     what: str,
     settings: Settings,
@@ -507,23 +424,34 @@ def run_bench(
     modes: Sequence[str] = (),
     neighbour: bool = False,
     dtypes: Sequence[str] = (),
+    runtimes: Sequence[str] = (),
     sparse: bool = False,
+    quality: bool = False,
 ) -> dict[str, Any]:
     """Run one benchmark and return its JSON-ready report (``sparse``: ``encode`` times the SPLADE encoder)."""
-    if what in ("encode", "rerank") and dtypes:
-        # the same bench once per precision (fp16 vs bf16 on a GPU), each beside its reference in that run
-        run = bench_rerank if what == "rerank" else bench_encode_sparse if sparse else bench_encode
-        by_dtype = {}
-        for dtype in dtypes:
-            if dtype not in ("auto", "float32", "float16", "bfloat16"):
-                raise ConfigError(f"--dtypes: unknown precision {dtype!r}: use float32, float16, bfloat16 or auto")
-            models = settings.models.model_copy(update={"dtype": dtype})
-            by_dtype[dtype] = run(settings.model_copy(update={"models": models}), source, docs, batch_size, repeats)
-        report = {"bench": what, "dtypes": list(dtypes), "by_dtype": by_dtype}
+    if runtimes and (what != "encode" or sparse):
+        raise ConfigError("--runtimes chooses the bi-encoder's runtime: only for bench encode (without --sparse)")
+    if what in ("encode", "rerank") and (dtypes or runtimes):
+        # the same bench once per precision and runtime (fp16 vs bf16 on a GPU, torch vs ONNX on a CPU), each
+        # beside its reference in that run
+        variants = {}
+        for runtime in runtimes or [""]:
+            for dtype in dtypes or [""]:
+                update = {k: v for k, v in (("encode_runtime", runtime), ("dtype", dtype)) if v}
+                models = _checked_models(settings.models.model_copy(update=update))
+                chosen = settings.model_copy(update={"models": models})
+                key = "/".join(v for v in (runtime, dtype) if v)
+                if what == "rerank":
+                    variants[key] = bench_rerank(chosen, source, docs, batch_size, repeats)
+                elif sparse:
+                    variants[key] = bench_encode_sparse(chosen, source, docs, batch_size, repeats)
+                else:
+                    variants[key] = bench_encode(chosen, source, docs, batch_size, repeats, quality=quality)
+        report = {"bench": what, "dtypes": list(dtypes), "runtimes": list(runtimes), "variants": variants}
     elif what == "encode" and sparse:
         report = bench_encode_sparse(settings, source, docs, batch_size, repeats)
     elif what == "encode":
-        report = bench_encode(settings, source, docs, batch_size, repeats)
+        report = bench_encode(settings, source, docs, batch_size, repeats, quality=quality)
     elif what == "rerank":
         report = bench_rerank(settings, source, docs, batch_size, repeats)
     elif what == "search" and concurrency:
@@ -539,8 +467,3 @@ def run_bench(
     else:
         raise ConfigError(f"unknown benchmark {what!r}: choose encode, rerank, search, querylog or duplicates")
     return json.loads(json.dumps(report, default=float))
-
-
-def _sentence_transformers() -> Any:
-    """The reference implementation the comparison runs beside (in the ``dev`` extra)."""
-    return require("sentence_transformers", extra="dev", purpose="the sentence-transformers reference")

@@ -88,9 +88,8 @@ def bench_peers(settings: Settings, source: str | None, queries: int, rounds: in
         "interleaved; LanceDB defaults (flat, native FTS, RRF); disk: every file each left in its folder",
         "settings": {"exact_below": settings.index.exact_below, "fusion": settings.search.fusion},
     }
-    records = [
-        {"id": d["id"], "title": d["title"], "text": d["text"], "vec": vectors[i].tolist()} for i, d in enumerate(docs)
-    ]
+    # each record's vector as a float32 array row, the form LanceDB is given (an Arrow column of float32)
+    records = [{"id": d["id"], "title": d["title"], "text": d["text"], "vec": vectors[i]} for i, d in enumerate(docs)]
     with tempfile.TemporaryDirectory() as tmp:
         installed = importlib.util.find_spec("lancedb") is not None
         rates: dict[str, list[float]] = {"project": [], "lancedb": []}

@@ -89,13 +89,17 @@ class ModelSettings(_Section):
     # copy (the offline extra), or any SPLADE hub id / folder (naver/splade-cocondenser-ensembledistil)
     sparse_encoder: str | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
+    # auto: fp16 on CUDA; on a CPU the bi-encoder in bf16 where the CPU has AMX (~3x fp32 there), else fp32
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_length: int | None = None  # None: the model's own max_seq_length
     batch_tokens: int | None = Field(default=None, ge=64)  # padded tokens per batch; None: 4096 CPU, 65536 CUDA
     max_batch_size: int = Field(default=256, ge=1)
     query_prompt: str | None = None  # None: what the model declares, or a known family's prompt
     document_prompt: str | None = None
     trust_remote_code: bool = False
+    # bi-encoder: torch, or ONNX Runtime on the CPU (exported at first use and cached; "onnx" is int8 where the
+    # CPU has int8 dot products, "onnx-fp32" never quantizes); auto: torch (measured fastest, README speed)
+    encode_runtime: Literal["auto", "torch", "onnx", "onnx-fp32"] = "auto"
     rerank_runtime: Literal["auto", "onnx", "torch"] = "auto"
     rerank_max_length: int = Field(default=512, ge=16)
     rerank_batch_size: int = Field(default=32, ge=1)

@@ -28,7 +28,7 @@ def test_embeddings_match_sentence_transformers(encoder):
 
     reference = SentenceTransformer(str(encoder.folder), device="cpu")
     expected = reference.encode(TEXTS, batch_size=4, normalize_embeddings=True)
-    got = encoder.encode_documents(TEXTS)
+    got = Encoder(settings=ModelSettings(device="cpu", dtype="float32")).encode_documents(TEXTS)
     assert got.vectors.dtype == np.float32 and got.vectors.shape == (len(TEXTS), 384)
     np.testing.assert_allclose(got.vectors, expected, atol=2e-5)
     np.testing.assert_allclose(np.linalg.norm(got.vectors, axis=1), 1.0, atol=1e-5)
@@ -36,8 +36,10 @@ def test_embeddings_match_sentence_transformers(encoder):
 
 
 def test_order_is_kept_whatever_the_batching(encoder):
-    small = Encoder(settings=ModelSettings(device="cpu", batch_tokens=64, max_batch_size=2))
-    np.testing.assert_allclose(small.encode(TEXTS).vectors, encoder.encode(TEXTS).vectors, atol=2e-5)
+    # fp32 on both sides: bf16 (the default on a CPU with AMX) rounds differently at other batch widths
+    small = Encoder(settings=ModelSettings(device="cpu", dtype="float32", batch_tokens=64, max_batch_size=2))
+    whole = Encoder(settings=ModelSettings(device="cpu", dtype="float32"))
+    np.testing.assert_allclose(small.encode(TEXTS).vectors, whole.encode(TEXTS).vectors, atol=2e-5)
     assert encoder.encode([]).vectors.shape == (0, 384)
 
 
@@ -126,7 +128,7 @@ def test_normalisation_follows_the_models_modules(tmp_path, encoder):
     shutil.copytree(encoder.folder, folder)
     modules = json.loads((folder / "modules.json").read_text())
     (folder / "modules.json").write_text(json.dumps([m for m in modules if not m["type"].endswith("Normalize")]))
-    raw = Encoder(str(folder), settings=ModelSettings(device="cpu"))
+    raw = Encoder(str(folder), settings=ModelSettings(device="cpu", dtype="float32"))
     got = raw.encode_documents(TEXTS[:3]).vectors
     expected = SentenceTransformer(str(folder), device="cpu").encode(TEXTS[:3])
     np.testing.assert_allclose(got, expected, atol=2e-5)

@@ -31,6 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--neighbour", action="store_true", help="search --concurrency: also beside a CPU-bound process")
     options.setting(p, "--threads", path="search.threads", type=int, help="CPU threads per search (0: all cores)")
     p.add_argument("--dtypes", help="encode / rerank: run once per precision, e.g. float16,bfloat16 (CUDA) or float32")
+    p.add_argument("--runtimes", help="encode: run once per bi-encoder runtime, e.g. torch,onnx,onnx-fp32 (CPU)")
+    p.add_argument(
+        "--quality",
+        action="store_true",
+        help="encode: also nDCG@10 / Recall@100 of exact dense search over the whole --source (a BEIR folder), "
+        "ours beside the reference's vectors",
+    )
     p.add_argument(
         "--sparse",
         action="store_true",
@@ -86,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         size, batch = (args.docs or [20_000, 1_000]) + [1_000] * (len(args.docs or [0, 0]) < 2)
         options.emit_json(bench_writes(settings, size, batch), args.json_out)
         return 0
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else []
+    modes = _listed(args.modes)
     for mode in modes:
         parse_mode(mode)
     report = run_bench(
@@ -100,8 +107,14 @@ def run(args: argparse.Namespace) -> int:
         concurrency=args.concurrency or (),
         modes=modes,
         neighbour=args.neighbour,
-        dtypes=[d.strip() for d in args.dtypes.split(",") if d.strip()] if args.dtypes else (),
+        dtypes=_listed(args.dtypes),
+        runtimes=_listed(args.runtimes),
         sparse=args.sparse,
+        quality=args.quality,
     )
     options.emit_json(report, args.json_out)
     return 0
+
+
+def _listed(value: str | None) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []

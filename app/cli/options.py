@@ -109,6 +109,14 @@ def common(p: argparse.ArgumentParser) -> None:
     setting(p, "--model", path="models.bi_encoder", group=g, help="bi-encoder: hub id or local folder")
     setting(p, "--cross-encoder", path="models.cross_encoder", group=g, help="cross-encoder: hub id or local folder")
     setting(p, "--device", path="models.device", group=g, help="auto, cpu, cuda or cuda:N")
+    setting(
+        p,
+        "--encode-runtime",
+        path="models.encode_runtime",
+        group=g,
+        choices=["auto", "torch", "onnx", "onnx-fp32"],
+        help="bi-encoder runtime: torch, or ONNX Runtime on the CPU (onnx: int8 where the CPU supports it)",
+    )
     g.add_argument("-v", "--verbose", action="store_true", help="also show informational logs")
     g.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

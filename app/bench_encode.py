@@ -85,7 +85,7 @@ def bench_encode(
         repeats,
     )
     report = _encode_report("encode", ours, passages, t_ours, t_ref, "SentenceTransformer.encode", batch_size)
-    report["ours"] |= {"runtime": ours.runtime, "precision": ours.precision}
+    report["ours"] |= {"runtime": ours.runtime, "precision": ours.precision, "query_precision": ours.query_precision}
     report["reference"]["precision"] = str(reference.dtype).removeprefix("torch.")
     if quality:
         report["quality"] = _quality(ours, reference, source, batch_size)

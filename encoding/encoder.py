@@ -13,9 +13,9 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -360,35 +360,42 @@ class Encoder(TransformerParts):
 
     # --- encoding ---------------------------------------------------------------------------------
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
+        """Query vectors, in fp32 whatever documents encode in (``query_precision``)."""
         prompt = self.prompts[0]
-        return self.encode([prompt + q for q in queries]).vectors
+        return self.encode([prompt + q for q in queries], queries=True).vectors
 
     def encode_documents(self, passages: Sequence[str]) -> EncodeResult:
         prompt = self.prompts[1]
         return self.encode([prompt + p for p in passages] if prompt else list(passages))
 
-    def encode(self, texts: Sequence[str]) -> EncodeResult:
-        """Encode ``texts`` as given (no prompt added)."""
+    def encode(self, texts: Sequence[str], *, queries: bool = False) -> EncodeResult:
+        """Encode ``texts`` as given (no prompt added), as documents (``precision``) or as ``queries``."""
         out = np.zeros((len(texts), self.dims), dtype=np.float32)
         if not texts:
             return EncodeResult(out, 0)
         encodings = self._tokenizer.encode_batch(list(texts))
         truncated = sum(1 for e in encodings if e.overflowing)
         lengths = [len(e.ids) for e in encodings]
+        run: Callable[[dict[str, np.ndarray]], np.ndarray]
         if self.runtime == "torch":
-            run, pad_id, with_types = self._run_torch, self._hf_tokenizer.pad_token_id or 0, self._with_types
+            model = self._query_model if queries else self._model
+            run, pad_id, with_types = (
+                partial(self._run_torch, model),
+                self._hf_tokenizer.pad_token_id or 0,
+                self._with_types,
+            )
         else:  # padding is masked out, so its id changes nothing; the session takes the inputs it reads
-            run, pad_id, with_types = self._onnx, 0, True
+            run, pad_id, with_types = self._onnx_queries if queries else self._onnx, 0, True
         for batch in plan_batches(lengths, self.batch_tokens, self.settings.max_batch_size):
             out[batch] = run(pad_encodings([encodings[i] for i in batch], pad_id, with_types))
         return EncodeResult(out, truncated)
 
-    def _run_torch(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    def _run_torch(self, model: Any, arrays: dict[str, np.ndarray]) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
             inputs = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in arrays.items()}
-            hidden = self._model(**inputs).last_hidden_state
+            hidden = model(**inputs).last_hidden_state
             vectors = pool(hidden, inputs["attention_mask"], self.pooling.mode).float()
             if self.pooling.normalize:
                 vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
@@ -424,6 +431,21 @@ class Encoder(TransformerParts):
 
         return "int8" if self.runtime == "onnx" and has_int8_dot() else "float32"
 
+    @property
+    def query_precision(self) -> str:
+        """What query vectors are computed in: fp32 where ``dtype`` is auto (or ``--encode-runtime onnx``).
+        A reduced precision rounds a text differently beside other texts of another length (int8 scales
+        activations per batch), so a query would get other hits alone (a search) than among others (eval,
+        tune); queries are few and latency-bound, where fp32 measured as fast as bf16 (README, speed)."""
+        return self.precision if self.runtime == "torch" and self.settings.dtype != "auto" else "float32"
+
+    @cached_property
+    def _query_model(self) -> Any:
+        if self.query_precision == self.precision:
+            return self._model
+        exact = self.settings.model_copy(update={"dtype": "float32"})
+        return load_weights(self.auto_class, self.folder, exact, self.device)
+
     @cached_property
     def _tokenizer_json(self) -> str:
         """ONNX Runtime reads the model's ``tokenizer.json`` itself (transformers' tokenizer classes import
@@ -439,10 +461,18 @@ class Encoder(TransformerParts):
 
     @cached_property
     def _onnx(self) -> OnnxSentenceEncoder:
+        return self._onnx_session(quantize=self.precision == "int8")
+
+    @cached_property
+    def _onnx_queries(self) -> OnnxSentenceEncoder:
+        """The fp32 export for queries (an int8 export is quantized from it, so it is on disk already)."""
+        return self._onnx if self.precision == "float32" else self._onnx_session(quantize=False)
+
+    def _onnx_session(self, *, quantize: bool) -> OnnxSentenceEncoder:
         from hybrid_search.encoding.onnx_export import OnnxSentenceEncoder, onnx_file
 
         variant = f"{self.pooling.mode}|{self.pooling.normalize}"
-        return OnnxSentenceEncoder(onnx_file(self.folder, variant, self.precision == "int8", self._sentence_module))
+        return OnnxSentenceEncoder(onnx_file(self.folder, variant, quantize, self._sentence_module))
 
     def _sentence_module(self) -> tuple[Any, list[str]]:
         """The model, its pooling and normalisation as one fp32 torch module, and its input names: what the
@@ -478,7 +508,8 @@ class Encoder(TransformerParts):
         self._model if self.runtime == "torch" else self._onnx  # noqa: B018
 
     def close(self) -> None:
-        self.__dict__.pop("_onnx", None)
+        for name in ("_onnx", "_onnx_queries", "_query_model"):
+            self.__dict__.pop(name, None)
         super().close()
 
 

@@ -139,7 +139,11 @@ def test_bench_encode_compares_runtimes_and_their_retrieval_quality(model_copy, 
     )
     assert list(report["variants"]) == ["torch", "onnx"]
     onnx = report["variants"]["onnx"]
-    assert onnx["ours"]["runtime"] == "onnx" and onnx["reference"]["precision"] == "float32"
+    assert (
+        onnx["ours"]["runtime"] == "onnx"
+        and onnx["ours"]["query_precision"] == "float32"
+        and onnx["reference"]["precision"] == "float32"
+    )
     quality = onnx["quality"]
     assert quality["documents"] > 16 and quality["queries"] > 0
     for side in ("ours", "reference"):
@@ -153,3 +157,23 @@ def test_bench_encode_compares_runtimes_and_their_retrieval_quality(model_copy, 
     unjudged.write_text('{"_id": "a", "text": "one"}\n{"_id": "b", "text": "two"}\n')
     with pytest.raises(ConfigError, match="--quality needs --source: a BEIR folder"):
         run_bench("encode", settings, source=str(unjudged), docs=4, repeats=1, quality=True)
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_a_query_vector_never_depends_on_the_queries_beside_it(model_copy, monkeypatch, runtime):
+    """Documents encode at the fast precision (bf16 where the CPU has AMX, ONNX int8 where it has VNNI), which
+    rounds a text differently in another batch; queries encode in fp32, so a query gets the same vector, hence
+    the same hits, alone (a search) as among others (eval, tune's cache)."""
+    flags = onnx_export.cpu_flags()
+    monkeypatch.setattr(onnx_export, "cpu_flags", lambda: flags | {"amx_bf16"})  # bf16 runs on any CPU: slower
+    enc = Encoder(str(model_copy), settings=ModelSettings(device="cpu", encode_runtime=runtime))
+    fast = "bfloat16" if runtime == "torch" else ("int8" if onnx_export.has_int8_dot() else "float32")
+    assert enc.precision == fast
+    fp32 = Encoder(str(model_copy), settings=ModelSettings(device="cpu", dtype="float32"))
+    together = enc.encode_queries(TEXTS)
+    alone = np.stack([enc.encode_queries([text])[0] for text in TEXTS])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    np.testing.assert_allclose(together, fp32.encode_queries(TEXTS), atol=1e-4)
+    if fast != "float32":  # documents stay at the fast precision: close to fp32, not equal
+        documents, exact = enc.encode_documents(TEXTS).vectors, fp32.encode_documents(TEXTS).vectors
+        assert 0.97 < cosines(documents, exact).min() and np.abs(documents - exact).max() > 1e-4

@@ -163,7 +163,9 @@ def test_few_steps_change_the_weights_lower_the_loss_and_save_a_folder_both_load
     new_model = st.SentenceTransformer(str(out), device="cpu")
     assert _mnrl_loss(new_model, anchors, positives) < _mnrl_loss(base_model, anchors, positives)
 
-    ours = Encoder(str(out), settings=ModelSettings(device="cpu")).encode_documents(positives).vectors
+    # fp32 as sentence-transformers loads it (documents encode in bf16 by default on a CPU with AMX)
+    exact = ModelSettings(device="cpu", dtype="float32")
+    ours = Encoder(str(out), settings=exact).encode_documents(positives).vectors
     reference = new_model.encode(positives, convert_to_numpy=True, normalize_embeddings=True)
     np.testing.assert_allclose(ours, reference, atol=2e-5)
     assert json.loads((out / "hybrid-search-train.json").read_text())["loss"] == "mnrl"

@@ -89,7 +89,8 @@ class ModelSettings(_Section):
     # copy (the offline extra), or any SPLADE hub id / folder (naver/splade-cocondenser-ensembledistil)
     sparse_encoder: str | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # auto: fp16 on CUDA; on a CPU the bi-encoder in bf16 where the CPU has AMX (~3x fp32 there), else fp32
+    # auto: fp16 on CUDA; on a CPU the bi-encoder in bf16 where the CPU has AMX (~3x fp32 there), else fp32;
+    # query vectors are fp32 under auto (a reduced precision rounds a query differently beside others)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_length: int | None = None  # None: the model's own max_seq_length
     batch_tokens: int | None = Field(default=None, ge=64)  # padded tokens per batch; None: 4096 CPU, 65536 CUDA
@@ -98,7 +99,8 @@ class ModelSettings(_Section):
     document_prompt: str | None = None
     trust_remote_code: bool = False
     # bi-encoder: torch, or ONNX Runtime on the CPU (exported at first use and cached; "onnx" is int8 where the
-    # CPU has int8 dot products, "onnx-fp32" never quantizes); auto: torch (measured fastest, README speed)
+    # CPU has int8 dot products, "onnx-fp32" never quantizes); auto (measured fastest, README speed): torch on a
+    # GPU, with a dtype set or with AMX (bf16); onnx int8 on a CPU with int8 dot products (VNNI) and no AMX
     encode_runtime: Literal["auto", "torch", "onnx", "onnx-fp32"] = "auto"
     rerank_runtime: Literal["auto", "onnx", "torch"] = "auto"
     rerank_max_length: int = Field(default=512, ge=16)

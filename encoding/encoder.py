@@ -137,6 +137,13 @@ def select_device(preference: str = "auto") -> str:
     return preference
 
 
+def gpu_possible() -> bool:
+    """Whether torch may find a GPU here: answered without importing torch where Linux shows no GPU driver."""
+    if sys.platform == "linux" and not (Path("/proc/driver/nvidia").exists() or Path("/dev/kfd").exists()):
+        return False
+    return select_device("auto") != "cpu"
+
+
 def fast_cpu_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX): bf16 then encodes ~3x faster than
     fp32 (measured on NQ passages); without AMX (AVX-512 BF16 alone) bf16 ran 0.75x fp32, so it is not used.
@@ -376,19 +383,24 @@ class Encoder(TransformerParts):
         encodings = self._tokenizer.encode_batch(list(texts))
         truncated = sum(1 for e in encodings if e.overflowing)
         lengths = [len(e.ids) for e in encodings]
-        run: Callable[[dict[str, np.ndarray]], np.ndarray]
-        if self.runtime == "torch":
-            model = self._query_model if queries else self._model
-            run, pad_id, with_types = (
-                partial(self._run_torch, model),
-                self._hf_tokenizer.pad_token_id or 0,
-                self._with_types,
-            )
-        else:  # padding is masked out, so its id changes nothing; the session takes the inputs it reads
-            run, pad_id, with_types = self._onnx_queries if queries else self._onnx, 0, True
+        run, pad_id, with_types = self._runner(queries)
         for batch in plan_batches(lengths, self.batch_tokens, self.settings.max_batch_size):
             out[batch] = run(pad_encodings([encodings[i] for i in batch], pad_id, with_types))
         return EncodeResult(out, truncated)
+
+    def _runner(self, queries: bool) -> tuple[Callable[[dict[str, np.ndarray]], np.ndarray], int, bool]:
+        """What encodes a padded batch (documents or queries), the padding id and whether it reads token
+        types. An ONNX export that fails where ``encode_runtime`` is auto falls back to torch, and says so."""
+        if self.runtime != "torch":
+            try:  # padding is masked out, so its id changes nothing; the session takes the inputs it reads
+                return self._onnx_queries if queries else self._onnx, 0, True
+            except ConfigError as exc:
+                if self.settings.encode_runtime != "auto":
+                    raise
+                log.warning("%s; encoding in torch instead", exc)
+                self.__dict__["runtime"] = "torch"
+        model = self._query_model if queries else self._model
+        return partial(self._run_torch, model), self._hf_tokenizer.pad_token_id or 0, self._with_types
 
     def _run_torch(self, model: Any, arrays: dict[str, np.ndarray]) -> np.ndarray:
         import torch
@@ -405,9 +417,16 @@ class Encoder(TransformerParts):
     @cached_property
     def runtime(self) -> str:
         """``torch``, ``onnx`` (int8 where the CPU has int8 dot products, else fp32) or ``onnx-fp32``.
-        ``auto`` is torch: on CUDA in fp16, on CPU in bf16 where the CPU has AMX and fp32 otherwise, which
-        measured faster than ONNX Runtime's int8 at closer vectors (README, speed)."""
-        return "torch" if self.settings.encode_runtime == "auto" else self.settings.encode_runtime
+        ``auto`` is what measured fastest at equal nDCG@10 (README, speed): torch on a GPU (fp16), with a
+        ``dtype`` set, and on a CPU with AMX (bf16); ONNX int8 on a CPU with int8 dot products and no AMX
+        (2.2x torch fp32 on AVX-512 VNNI); torch fp32 elsewhere."""
+        from hybrid_search.encoding.onnx_export import has_int8_dot
+
+        if self.settings.encode_runtime != "auto":
+            return self.settings.encode_runtime
+        if self.settings.dtype != "auto" or fast_cpu_bf16() or not has_int8_dot():
+            return "torch"
+        return "onnx" if self.settings.device == "cpu" or not gpu_possible() else "torch"
 
     @cached_property
     def device(self) -> str:
@@ -505,7 +524,7 @@ class Encoder(TransformerParts):
     def load(self) -> None:
         """Load the tokenizer and the chosen runtime's model now (exporting it to ONNX once when asked)."""
         self._tokenizer  # noqa: B018
-        self._model if self.runtime == "torch" else self._onnx  # noqa: B018
+        self._runner(queries=False)
 
     def close(self) -> None:
         for name in ("_onnx", "_onnx_queries", "_query_model"):

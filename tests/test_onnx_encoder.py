@@ -123,6 +123,43 @@ def test_auto_precision_on_the_cpu_is_bf16_only_with_amx(monkeypatch):
     assert torch_dtype("float32", "cpu") == torch.float32 and torch_dtype("auto", "cuda") == torch.float16
 
 
+@pytest.mark.parametrize(
+    ("flags", "runtime", "precision"),
+    [
+        ({"avx512f", "avx512_vnni", "amx_bf16", "amx_tile"}, "torch", "bfloat16"),  # bf16 measured fastest
+        ({"avx512f", "avx512_vnni", "avx512_bf16"}, "onnx", "int8"),  # int8 2.2x torch fp32 there
+        ({"avx2", "avx_vnni"}, "onnx", "int8"),
+        ({"avx2", "fma"}, "torch", "float32"),  # no int8 dot products: ONNX int8 not measured faster
+    ],
+)
+def test_auto_runtime_is_what_measured_fastest_on_each_cpu(monkeypatch, flags, runtime, precision):
+    monkeypatch.setattr(onnx_export, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(onnx_export.platform, "machine", lambda: "x86_64")
+    chosen = Encoder(settings=ModelSettings(device="cpu"))
+    assert (chosen.runtime, chosen.precision, chosen.query_precision) == (runtime, precision, "float32")
+    pinned = Encoder(settings=ModelSettings(device="cpu", dtype="float32"))  # a dtype is torch's: torch in it
+    assert (pinned.runtime, pinned.precision, pinned.query_precision) == ("torch", "float32", "float32")
+
+
+def test_an_export_that_fails_under_auto_encodes_in_torch_and_says_so(model_copy, tmp_path, monkeypatch, caplog):
+    """No writable cache anywhere (a file holds the folder's name beside the model, and the user cache sits
+    under a file): auto encodes in torch with a warning; an asked-for ONNX runtime is the error."""
+    flags = onnx_export.cpu_flags()
+    monkeypatch.setattr(onnx_export, "cpu_flags", lambda: (flags - {"amx_bf16"}) | {"avx512_vnni"})
+    (model_copy / ".hybrid_search_onnx").write_text("not a folder")
+    (tmp_path / "plain-file").write_text("")
+    monkeypatch.setenv("HYBRID_SEARCH_CACHE", str(tmp_path / "plain-file" / "cache"))
+    chosen = Encoder(str(model_copy), settings=ModelSettings(device="cpu"))
+    assert chosen.runtime == "onnx"
+    with caplog.at_level("WARNING", logger="hybrid_search.encoding.encoder"):
+        got = chosen.encode(TEXTS).vectors
+    assert chosen.runtime == "torch" and "no writable folder" in caplog.text and "torch instead" in caplog.text
+    exact = Encoder(str(model_copy), settings=ModelSettings(device="cpu", dtype="float32")).encode(TEXTS).vectors
+    np.testing.assert_allclose(got, exact, atol=1e-5)
+    with pytest.raises(ConfigError, match="HYBRID_SEARCH_CACHE"):
+        Encoder(str(model_copy), settings=ModelSettings(encode_runtime="onnx")).encode(TEXTS)
+
+
 def test_bf16_vectors_stay_close_to_fp32(encoder):
     expected = Encoder(settings=ModelSettings(device="cpu", dtype="float32")).encode(TEXTS).vectors
     got = Encoder(settings=ModelSettings(device="cpu", dtype="bfloat16")).encode(TEXTS).vectors

@@ -44,7 +44,12 @@ def _order(item: tuple[str, float]) -> tuple[float, str]:
 def _ranked(scores: dict[str, float], limit: int | None) -> list[tuple[str, float]]:
     """Best first, ties by id; only the first ``limit`` when given (a partial sort: the same prefix)."""
     if limit is not None and limit < len(scores):
-        return heapq.nsmallest(limit, scores.items(), key=_order)
+        if limit <= 0:
+            return []
+        # the limit-th best score, found on bare floats; every item at or above it is sorted, ties by id
+        cut = heapq.nlargest(limit, scores.values())[-1]
+        head = [item for item in scores.items() if item[1] >= cut]
+        return sorted(head, key=_order)[:limit]
     return sorted(scores.items(), key=_order)
 
 

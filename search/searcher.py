@@ -241,21 +241,45 @@ def fuse_legs(fusion: FusionSpec, runs: Sequence[tuple[Leg, Sequence[Hit]]], *, 
     read as ids and scores, a hit of theirs built only for those kept."""
     pairs = [(leg, hits, _pairs(hits)) for leg, hits in runs]
     fused = fusion.fuse({leg.name: run for leg, _, run in pairs}, limit=limit)
-    by_leg = [(leg, hits, {doc_id: i for i, (doc_id, _) in enumerate(run)}) for leg, hits, run in pairs]
+    # each leg's position of an id (the last, as a dict keeps it), built in C from the ids
+    by_leg = [(leg, hits, dict(zip(_ids(hits, run), range(len(run)), strict=True))) for leg, hits, run in pairs]
+    score_fields = [leg.score_field for leg, _, _ in by_leg if leg.score_field]
     out = []
     for rank, (doc_id, score) in enumerate(fused, start=1):
-        seen = [(leg, hits[where[doc_id]]) for leg, hits, where in by_leg if doc_id in where]
-        fields: dict[str, Any] = {leg.score_field: None for leg, _, _ in by_leg if leg.score_field}
-        fields.update({leg.score_field: getattr(hit, leg.score_field) for leg, hit in seen if leg.score_field})
-        scores = {leg.name: hit.score for leg, hit in seen}
-        # the best passage a vector chose (kNN over passages) over one chosen by terms or none
-        scored = next((hit for _, hit in seen if hit.passage is not None and hit.passage.score is not None), None)
+        fields: dict[str, Any] = dict.fromkeys(score_fields)
+        scores: dict[str, float] = {}
+        base: Hit | dict[str, Any] | None = None  # the first leg's hit, or its fields where it holds ids only
+        scored: Hit | None = None  # the best passage a vector chose (kNN over passages) over one by terms or none
+        for leg, hits, where in by_leg:
+            i = where.get(doc_id)
+            if i is None:
+                continue
+            if isinstance(hits, ScoredHits):  # ids and scores only: no Hit is built for what it holds
+                value = scores[leg.name] = hits.scores[i]
+                if base is None:
+                    base = {hits.score_field: value} if hits.score_field else {}
+                if leg.score_field:
+                    fields[leg.score_field] = value if hits.score_field == leg.score_field else None
+                continue
+            hit = hits[i]
+            base = hit if base is None else base
+            scores[leg.name] = hit.score
+            if leg.score_field:
+                fields[leg.score_field] = getattr(hit, leg.score_field)
+            if scored is None and hit.passage is not None and hit.passage.score is not None:
+                scored = hit
         if scored is not None:
             fields.update(passage=scored.passage, passages=scored.passages)
-        out.append(
-            dataclasses.replace(seen[0][1], rank=rank, score=score, fusion_score=score, leg_scores=scores, **fields)
-        )
+        common: dict[str, Any] = {"rank": rank, "score": score, "fusion_score": score, "leg_scores": scores} | fields
+        if isinstance(base, Hit):
+            out.append(dataclasses.replace(base, **common))
+        else:
+            out.append(Hit(doc_id=doc_id, **((base or {}) | common)))
     return out
+
+
+def _ids(hits: Sequence[Hit], run: Sequence[tuple[str, float]]) -> Sequence[str]:
+    return hits.ids if isinstance(hits, ScoredHits) else [doc_id for doc_id, _ in run]
 
 
 def _pairs(hits: Sequence[Hit]) -> list[tuple[str, float]]:

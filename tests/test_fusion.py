@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hybrid_search.config.errors import ConfigError
 from hybrid_search.search.fusion import FUSERS, fuse, fuse_linear, fuse_rrf, normalize_minmax, normalize_zscore
@@ -75,3 +77,18 @@ def test_registry_and_errors():
         fuse_rrf([BM25, KNN], weights=[1.0])
     with pytest.raises(ConfigError, match="normalizer"):
         fuse_linear([BM25], normalizer="softmax")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    scores=st.dictionaries(
+        st.text(alphabet="abcdef", min_size=1, max_size=3), st.sampled_from([0.0, 0.25, 0.5, 1.0, -1.0]), max_size=40
+    ),
+    limit=st.integers(min_value=0, max_value=45),
+)
+def test_the_first_limit_fused_are_the_head_of_the_whole_ranking_ties_by_id(scores, limit):
+    """Fusion ranks its first ``limit`` without sorting everything: the same prefix, ties (here many) by id."""
+    runs = [list(scores.items())]
+    whole = fuse_linear(runs, normalizer="l2")
+    assert fuse_linear(runs, normalizer="l2", limit=limit) == whole[:limit]
+    assert fuse_rrf(runs, limit=limit) == fuse_rrf(runs)[:limit]

@@ -30,7 +30,7 @@ from hybrid_search.backends.base import (
 from hybrid_search.backends.embedded.passages import PASSAGE_BITS
 from hybrid_search.backends.embedded.rows import SQL_CHUNK
 from hybrid_search.backends.embedded.sparse import SparsePostings
-from hybrid_search.backends.embedded.text import analyzer, bm25_query, prepare, tantivy_filter
+from hybrid_search.backends.embedded.text import analyzer, bm25_query, open_text_index, prepare, tantivy_filter
 from hybrid_search.backends.embedded.vectors import VECTOR_FILE, VectorSearch
 from hybrid_search.config.errors import (
     ConfigError,
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 _COMPACT_MIN_DEAD = 1_000
 _COMPACT_FRACTION = 0.2
+_BUILD_TEXT_ROWS = 65_536  # a build commits its text index at most this many rows apart (a commit is ~20 ms)
 _WRITE_WAIT_SECONDS = 30.0  # how long a write waits for another process's write operation to end
 
 _SCHEMA_SQL = """
@@ -115,8 +116,11 @@ class PhysicalIndex(VectorSearch):
             self.db = _read_only_connection(path / "docs.sqlite")
             self.read_only = True
         self.analyzer = analyzer(spec.analyzer)
-        self.text_index = self._open_text_index()
+        self.text_index = open_text_index(self.path / "text", self.analyzer)
         self._writer: tantivy.IndexWriter | None = None
+        # the highest row key added to the text writer; a build commits it every _BUILD_TEXT_ROWS rows and at
+        # each flush, a serving index at each write (``text_upto`` in meta: how far a commit reached)
+        self._text_added = 0
         self.vectors, self.vectors_upto = self._load_vectors()
         self._dead_selector: tuple[int, Any, Any] | None = None
         self._dead_epoch = 0  # bumped whenever the tombstone set changes
@@ -191,6 +195,7 @@ class PhysicalIndex(VectorSearch):
             if self._writing_depth:
                 return
             if self._writer is not None:
+                self._commit_text()
                 self._writer.wait_merging_threads()
                 self._writer = None
             self._flock.release()
@@ -243,16 +248,6 @@ class PhysicalIndex(VectorSearch):
         except (TypeError, ValueError, ConfigError) as exc:
             raise ConfigError(f"{path / 'spec.json'} is damaged ({exc}): {fix}") from None
 
-    def _open_text_index(self) -> tantivy.Index:
-        builder = tantivy.SchemaBuilder()
-        builder.add_text_field("doc_id", stored=True, tokenizer_name="raw")
-        builder.add_text_field("title", tokenizer_name="hs_text", index_option="freq")
-        builder.add_text_field("text", tokenizer_name="hs_text", index_option="freq")
-        builder.add_json_field(METADATA_FIELD, tokenizer_name="raw")
-        index = tantivy.Index(builder.build(), path=str(self.path / "text"))
-        index.register_tokenizer("hs_text", self.analyzer)
-        return index
-
     def _recover(self) -> None:
         """Replay rows that tantivy had not taken in when the process last stopped, and text deletes a kill
         left pending: only in a process that can take the write lock now (else its writer is alive and
@@ -279,8 +274,7 @@ class PhysicalIndex(VectorSearch):
         for doc_id in pending:
             if doc_id not in live:  # a later upsert brought it back: its new entry stays
                 self.writer.delete_documents_by_term("doc_id", doc_id)
-        self.writer.commit()
-        self.text_index.reload()
+        self._commit_text()
         self.db.executemany("DELETE FROM text_pending WHERE doc_id = ?", [(d,) for d in pending])
         self._changed = True
 
@@ -355,7 +349,7 @@ class PhysicalIndex(VectorSearch):
         """One SQLite transaction stores the batch (a kill leaves each document old or new); the text index
         and the graph follow from the rows, and recovery replays whatever a kill left them short of."""
         ids = [r[0] for r in rows]
-        text_upto = self._meta("text_upto")
+        text_upto = max(self._meta("text_upto"), self._text_added)  # rows a build's writer holds uncommitted
         self._changed = True
         self.db.execute("BEGIN")
         try:
@@ -418,10 +412,19 @@ class PhysicalIndex(VectorSearch):
                     **{METADATA_FIELD: json.loads(metadata)},
                 )
             )
-        writer.commit()
-        self.text_index.reload()
-        self._set_meta("text_upto", max(r[0] for r in rows))
+        self._text_added = max(self._text_added, max(r[0] for r in rows))
         self._changed = True
+        if not self.keep_writer or self._text_added - self._meta("text_upto") >= _BUILD_TEXT_ROWS:
+            self._commit_text()
+
+    def _commit_text(self) -> None:
+        """Commit what the text writer holds and record how far it reaches (recovery replays past that)."""
+        if self._writer is None:
+            return
+        self._writer.commit()
+        self.text_index.reload()
+        if self._text_added > self._meta("text_upto"):
+            self._set_meta("text_upto", self._text_added)
 
     def delete(self, doc_ids: Sequence[str]) -> int:
         """Remove documents: SQLite first, in one transaction that also records the text deletes still to
@@ -452,6 +455,7 @@ class PhysicalIndex(VectorSearch):
     def flush(self) -> None:
         """Persist the HNSW graph, compacting tombstones away first when there are many."""
         with self.writing():
+            self._commit_text()
             dead = self._dead_count()
             compact = dead >= _COMPACT_MIN_DEAD and dead > _COMPACT_FRACTION * max(self.count(), 1)
             if compact:
@@ -485,6 +489,7 @@ class PhysicalIndex(VectorSearch):
             self._compact_graph()
             # tantivy purges deleted entries when its merge policy merges segments; this waits for those
             # merges and removes the files no segment uses any more
+            self._commit_text()
             writer, self._writer = self.writer, None
             writer.commit()
             writer.garbage_collect_files()

@@ -7,6 +7,7 @@ measuring another analyzer before anyone reindexes. Nothing here touches disk.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import tantivy
 
@@ -18,6 +19,18 @@ from hybrid_search.config.text import ANALYZERS, LANGUAGES, cjk_bigrams
 from hybrid_search.search.filters import METADATA_FIELD, Filter, clauses
 
 __all__ = ["LexicalIndex", "analyzer", "bm25_query", "prepare", "tantivy_filter"]
+
+
+def open_text_index(folder: Path, text_analyzer: tantivy.TextAnalyzer) -> tantivy.Index:
+    """The tantivy index of a physical index: the id (stored), title and text (analysed), the metadata."""
+    builder = tantivy.SchemaBuilder()
+    builder.add_text_field("doc_id", stored=True, tokenizer_name="raw")
+    builder.add_text_field("title", tokenizer_name="hs_text", index_option="freq")
+    builder.add_text_field("text", tokenizer_name="hs_text", index_option="freq")
+    builder.add_json_field(METADATA_FIELD, tokenizer_name="raw")
+    index = tantivy.Index(builder.build(), path=str(folder))
+    index.register_tokenizer("hs_text", text_analyzer)
+    return index
 
 
 def analyzer(kind: str) -> tantivy.TextAnalyzer:

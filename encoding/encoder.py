@@ -426,7 +426,8 @@ class Encoder(TransformerParts):
             return self.settings.encode_runtime
         if self.settings.dtype != "auto" or fast_cpu_bf16() or not has_int8_dot():
             return "torch"
-        return "onnx" if self.settings.device == "cpu" or not gpu_possible() else "torch"
+        device = self.settings.device  # a GPU asked for by name is torch's, whether or not it is there
+        return "onnx" if device == "cpu" or (device == "auto" and not gpu_possible()) else "torch"
 
     @cached_property
     def device(self) -> str:

@@ -139,6 +139,7 @@ def test_auto_runtime_is_what_measured_fastest_on_each_cpu(monkeypatch, flags, r
     assert (chosen.runtime, chosen.precision, chosen.query_precision) == (runtime, precision, "float32")
     pinned = Encoder(settings=ModelSettings(device="cpu", dtype="float32"))  # a dtype is torch's: torch in it
     assert (pinned.runtime, pinned.precision, pinned.query_precision) == ("torch", "float32", "float32")
+    assert Encoder(settings=ModelSettings(device="cuda:7")).runtime == "torch"  # a GPU named: torch says if it is there
 
 
 def test_an_export_that_fails_under_auto_encodes_in_torch_and_says_so(model_copy, tmp_path, monkeypatch, caplog):

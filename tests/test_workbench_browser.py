@@ -74,8 +74,12 @@ def test_the_page_shows_the_cli_hits_and_judging_writes_qrels(data, tmp_path):
         expected[mode] = [h["doc_id"] for h in json.loads(shown.stdout)["hits"]]
     profile = tmp_path / "lexical.toml"
     profile.write_text('[search]\nmode = "bm25"\n')
-    server = Served(data, "--profile", f"lexical={profile}")
-    browser = _browser()
+    browser = _browser()  # first: a skip for a missing browser leaves no server running
+    try:
+        server = Served(data, "--profile", f"lexical={profile}")
+    except BaseException:
+        browser.quit()
+        raise
     try:
         browser.get(server.url + "/")
         wait = WebDriverWait(browser, 120)

@@ -120,6 +120,7 @@ def _atomic(target: Path, write: Any) -> None:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # as a saved model is (mkstemp made it 0600): other users of a shared model read it
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -59,6 +59,7 @@ def test_onnx_runtimes_encode_as_torch_does_and_export_once(model_copy):
     np.testing.assert_array_equal(again.encode(TEXTS).vectors, quantized)  # the cached export, read back
     assert [p.stat().st_mtime_ns for p in cached] == stamps
     assert not list((model_copy / ".hybrid_search_onnx").glob("*.tmp"))
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in cached)  # readable by every user of a shared model
 
 
 def test_new_weights_in_the_same_folder_are_exported_anew(model_copy):

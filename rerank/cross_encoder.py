@@ -3,8 +3,9 @@
 Two runtimes score (query, passage) pairs with the same batching (length-sorted, padded per batch):
 transformers on CUDA (fp16/bf16) or CPU, and onnxruntime for ONNX exports such as the int8 model the
 ``offline`` extra ships. ``auto`` picks ONNX on CPU when the model folder has ``model.onnx``, transformers
-otherwise. Scores are the model's raw logits (a monotone stand-in for its sigmoid). The model loads on first
-use; nothing here touches a backend.
+otherwise; ``onnx`` for a model with transformers weights only exports it once on the CPU (int8 where the CPU
+has int8 dot products, as the bi-encoder's export; cached the same way). Scores are the model's raw logits
+(a monotone stand-in for its sigmoid). The model loads on first use; nothing here touches a backend.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hybrid_search.config.errors import ConfigError
 from hybrid_search.config.settings import ModelSettings
-from hybrid_search.encoding.encoder import ModelOnDevice, load_weights, pad_encodings, plan_batches
+from hybrid_search.encoding.encoder import ModelOnDevice, load_weights, pad_encodings, plan_batches, quiet_loading
 
 __all__ = ["CrossEncoderReranker"]
 
@@ -42,8 +44,10 @@ class CrossEncoderReranker(ModelOnDevice):
         has_torch = any((self.folder / f).exists() for f in ("model.safetensors", "pytorch_model.bin"))
         if choice == "auto":
             choice = "onnx" if has_onnx and (self.device == "cpu" or not has_torch) else "torch"
-        if choice == "onnx" and not has_onnx:
-            raise ConfigError(f"{self.folder} has no model.onnx: use --rerank-runtime torch")
+        if choice == "onnx" and not has_onnx and not has_torch:
+            raise ConfigError(f"{self.folder} has neither model.onnx nor transformers weights to export")
+        if choice == "onnx" and not has_onnx and self.device != "cpu":
+            raise ConfigError(f"{self.folder} has no model.onnx, and an export runs on the CPU: use --device cpu")
         if choice == "torch" and not has_torch:
             raise ConfigError(f"{self.folder} has no transformers weights: use --rerank-runtime onnx")
         return choice
@@ -69,7 +73,39 @@ class CrossEncoderReranker(ModelOnDevice):
         providers = ["CPUExecutionProvider"]
         if self.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        return ort.InferenceSession(str(self.folder / "model.onnx"), providers=providers)
+        return ort.InferenceSession(str(self.onnx_path), providers=providers)
+
+    @cached_property
+    def onnx_path(self) -> Path:
+        """The model's own ``model.onnx``, else its export (made once: int8 where the CPU has int8 dot products)."""
+        from hybrid_search.encoding.onnx_export import has_int8_dot, onnx_file
+
+        own = self.folder / "model.onnx"
+        return own if own.exists() else onnx_file(self.folder, "cross-encoder", has_int8_dot(), self._scoring_module)
+
+    def _scoring_module(self) -> tuple[Any, list[str]]:
+        """The fp32 classifier as one torch module (logits out) and its input names, for the ONNX export."""
+        import inspect
+
+        import torch
+        import transformers
+
+        with quiet_loading():
+            model = transformers.AutoModelForSequenceClassification.from_pretrained(
+                self.folder, dtype=torch.float32, attn_implementation="eager"
+            )
+        takes = inspect.signature(model.forward).parameters
+        names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in takes else [])
+
+        class Scorer(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+                return self.model(**dict(zip(names, inputs, strict=True))).logits
+
+        return Scorer().eval(), names
 
     @cached_property
     def _torch_model(self) -> Any:
@@ -106,7 +142,7 @@ class CrossEncoderReranker(ModelOnDevice):
             return logits[:, 0].float().cpu().numpy()
 
     def close(self) -> None:
-        for name in ("_session", "_torch_model"):
+        for name in ("_session", "_torch_model", "onnx_path"):
             self.__dict__.pop(name, None)
 
     def __enter__(self) -> CrossEncoderReranker:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from hybrid_search.app.bench import random_cross_encoder
 from hybrid_search.config.settings import ModelSettings
@@ -56,3 +57,42 @@ def test_runtime_choice_errors_say_what_to_use(reranker):
 
     with pytest.raises(ConfigError, match="--rerank-runtime onnx"):
         forced.runtime
+
+
+def test_a_transformers_only_cross_encoder_is_exported_to_onnx_when_asked(tmp_path, encoder):
+    """``--rerank-runtime onnx`` on a model with transformers weights only: exported once beside it (int8
+    where the CPU has int8 dot products), scoring as torch does (fp32 close; int8 nearly in the same order).
+    The model: MiniLM's pretrained layers under a new one-logit head (real features, so int8 errors are
+    measured against real score differences)."""
+    import shutil
+
+    from transformers import AutoModelForSequenceClassification
+
+    from hybrid_search.encoding import onnx_export
+
+    folder = tmp_path / "minilm-ce"
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(encoder.folder, num_labels=1)
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(encoder.folder / name, folder / name)
+    texts = PASSAGES + [f"{w} is a word about berlin and its {w} people" for w in ("one", "many", "few", "old", "new")]
+    settings = ModelSettings(device="cpu", rerank_batch_size=3)
+    torch_scores = CrossEncoderReranker(str(folder), settings=settings).score(QUERY, texts)
+    exported = CrossEncoderReranker(str(folder), settings=settings.model_copy(update={"rerank_runtime": "onnx"}))
+    assert exported.runtime == "onnx"
+    got = exported.score(QUERY, texts)
+    int8 = onnx_export.has_int8_dot()
+    assert exported.onnx_path.parent == folder / ".hybrid_search_onnx"
+    assert exported.onnx_path.name.startswith("encoder-int8-" if int8 else "encoder-fp32-")
+    if int8:
+        assert np.corrcoef(got, torch_scores)[0, 1] > 0.95
+    else:
+        np.testing.assert_allclose(got, torch_scores, atol=1e-4)
+    again = CrossEncoderReranker(str(folder), settings=settings.model_copy(update={"rerank_runtime": "onnx"}))
+    np.testing.assert_array_equal(again.score(QUERY, texts), got)  # the cached export, read back
+    (folder / "model.safetensors").unlink()
+    from hybrid_search.config.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="neither model.onnx nor transformers weights"):
+        _ = CrossEncoderReranker(str(folder), settings=ModelSettings(device="cpu", rerank_runtime="onnx")).runtime

@@ -107,6 +107,7 @@ def test_gpu_benches_run_on_cpu_as_one_command_each(tmp_path):
     assert one["ours"]["docs_per_s"] > 0 and one["reference"]["docs_per_s"] > 0 and one["ratio_ours_to_reference"] > 0
     rerank = run_bench("rerank", settings, docs=16, repeats=1)
     assert rerank["ours_torch"]["pairs_per_s"] > 0 and rerank["reference"]["pairs_per_s"] > 0
+    assert rerank["ours_onnx_export"]["pairs_per_s"] > 0  # the same weights through --rerank-runtime onnx
     with pytest.raises(ConfigError, match="--dtypes"):
         run_bench("encode", settings, docs=4, repeats=1, dtypes=["fp16"])
 

@@ -254,3 +254,15 @@ def test_the_ingest_bar_moves_with_each_stored_batch_and_shows_rate_and_eta(tmp_
     counts = {int(f.split("|")[-1].split("/")[0]) for f in frames if "|" in f}
     assert len(counts) >= 4 and max(counts) == 600  # several positions shown on the way, not 0 then 600
     assert any("rec/s" in f and "<" in f for f in frames)  # a rate and an ETA
+
+
+def test_the_rerank_runtime_flag_its_errors_name_reaches_the_cross_encoder(data):
+    # the offline cross-encoder is an ONNX file only: torch, asked for by the flag, is refused naming the other
+    out = cli(
+        "search", "green tea", "--index", "docs", "--mode", "hybrid+rerank", "--rerank-runtime", "torch", *_d(data)
+    )
+    assert out.returncode == 2 and "use --rerank-runtime onnx" in out.stderr, out.stderr
+    out = cli(
+        "search", "green tea", "--index", "docs", "--mode", "hybrid+rerank", "--rerank-runtime", "onnx", *_d(data)
+    )
+    assert out.returncode == 0 and "rerank=" in out.stdout, out.stderr

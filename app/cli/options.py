@@ -117,6 +117,14 @@ def common(p: argparse.ArgumentParser) -> None:
         choices=["auto", "torch", "onnx", "onnx-fp32"],
         help="bi-encoder runtime: torch, or ONNX Runtime on the CPU (onnx: int8 where the CPU supports it)",
     )
+    setting(
+        p,
+        "--rerank-runtime",
+        path="models.rerank_runtime",
+        group=g,
+        choices=["auto", "onnx", "torch"],
+        help="cross-encoder runtime (auto: the model's own ONNX file on the CPU; onnx exports one if it has none)",
+    )
     g.add_argument("-v", "--verbose", action="store_true", help="also show informational logs")
     g.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

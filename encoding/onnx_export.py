@@ -33,7 +33,7 @@ from hybrid_search.config.errors import ConfigError
 # builds the module to export: (fp32 torch module taking int64 inputs and answering vectors, its input names)
 SentenceModule = Callable[[], tuple[Any, list[str]]]
 
-__all__ = ["OnnxSentenceEncoder", "cpu_flags", "has_int8_dot", "onnx_file"]
+__all__ = ["OnnxSentenceEncoder", "cpu_flags", "has_int8_dot", "onnx_file", "positional_module"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,22 @@ def has_int8_dot() -> bool:
     if platform.machine().lower() in ("arm64", "aarch64"):
         return "asimddp" in flags or platform.system() == "Darwin"  # every Apple Silicon core has it
     return bool({"avx512_vnni", "avx_vnni"} & flags)
+
+
+def positional_module(model: Any, names: list[str], head: Callable[[Any, tuple[Any, ...]], Any]) -> Any:
+    """``model`` as an eval-mode torch module of positional int64 inputs named ``names`` in order (what the
+    exporter traces), answering ``head(model outputs, inputs)``."""
+    import torch
+
+    class Positional(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            return head(self.model(**dict(zip(names, inputs, strict=True))), inputs)
+
+    return Positional().eval()
 
 
 def _fingerprint(folder: Path, variant: str, quantized: bool) -> str:

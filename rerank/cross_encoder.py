@@ -90,22 +90,15 @@ class CrossEncoderReranker(ModelOnDevice):
         import torch
         import transformers
 
+        from hybrid_search.encoding.onnx_export import positional_module
+
         with quiet_loading():
             model = transformers.AutoModelForSequenceClassification.from_pretrained(
                 self.folder, dtype=torch.float32, attn_implementation="eager"
             )
         takes = inspect.signature(model.forward).parameters
         names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in takes else [])
-
-        class Scorer(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-                return self.model(**dict(zip(names, inputs, strict=True))).logits
-
-        return Scorer().eval(), names
+        return positional_module(model, names, lambda out, _inputs: out.logits), names
 
     @cached_property
     def _torch_model(self) -> Any:

@@ -11,7 +11,7 @@ import json
 import math
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -48,7 +48,7 @@ class Document:
         an upsert re-encodes and rewrites a document only when this changed."""
         digest = hashlib.sha256()
         parts = {"title": self.title, "text": self.text, "metadata": self.metadata, "sparse": self.sparse}
-        digest.update(json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode())
+        digest.update(_HASH_JSON.encode(parts).encode())
         if self.vector is not None:
             digest.update(np.ascontiguousarray(self.vector, dtype=np.float32).tobytes())
         return digest.hexdigest()
@@ -63,6 +63,9 @@ class Reject:
     reason: str
 
 
+_HASH_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)  # one, not one per hash
+_CHECK_CHUNK = 256  # records checked before their ids are looked up together (a few SQLite statements)
+_IDS_PER_STATEMENT = 400  # (id, position) pairs per statement: under the oldest SQLite limit of 999 values
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -129,10 +132,30 @@ class SeenIds:
 
     def first_seen(self, doc_id: str, position: int) -> int | None:
         """Remember ``doc_id`` at ``position``; return the earlier position if it was seen before."""
-        if self._db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (doc_id, position)).rowcount:
-            return None
-        row = self._db.execute("SELECT position FROM seen WHERE id = ?", (doc_id,)).fetchone()
-        return int(row[0])
+        return self.first_seen_many([(doc_id, position)])[0]
+
+    def first_seen_many(self, items: Sequence[tuple[str, int]]) -> list[int | None]:
+        """``first_seen`` for each (id, position) in order, in a few statements rather than two per id (each
+        SQLite statement hands the GIL to the ingest's other threads and waits to get it back)."""
+        earlier: dict[str, int] = {}
+        unique = list(dict.fromkeys(doc_id for doc_id, _ in items))
+        for i in range(0, len(unique), _IDS_PER_STATEMENT):
+            part = unique[i : i + _IDS_PER_STATEMENT]
+            marks = ",".join("?" * len(part))
+            earlier.update(self._db.execute(f"SELECT id, position FROM seen WHERE id IN ({marks})", part))
+        out: list[int | None] = []
+        new: dict[str, int] = {}
+        for doc_id, position in items:
+            first = earlier.get(doc_id, new.get(doc_id))
+            out.append(first)
+            if first is None:
+                new[doc_id] = position
+        pairs = list(new.items())
+        for i in range(0, len(pairs), _IDS_PER_STATEMENT):
+            chunk = pairs[i : i + _IDS_PER_STATEMENT]
+            marks = ",".join(["(?, ?)"] * len(chunk))
+            self._db.execute(f"INSERT INTO seen VALUES {marks}", [v for row in chunk for v in row])
+        return out
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM seen").fetchone()[0])
@@ -167,9 +190,13 @@ class VectorCheck:
             return None, f"vector field {name!r} is not a flat list of numbers"
         if vector.shape[0] != self.dims:
             return None, f"vector has {vector.shape[0]} dimensions, the index needs {self.dims}"
-        if not np.all(np.isfinite(vector)):
+        if not np.isfinite(vector).all():
             return None, "vector has NaN or infinite values"
-        norm = float(np.linalg.norm(vector))
+        with np.errstate(over="ignore", under="ignore"):
+            squares = float(np.dot(vector, vector))  # np.linalg.norm's own formula, without its overhead
+        if math.isinf(squares) or (squares == 0.0 and vector.any()):  # beyond float32's range when squared
+            squares = float(np.dot(vector.astype(np.float64), vector.astype(np.float64)))
+        norm = math.sqrt(squares)
         if norm == 0.0:
             return None, "vector is all zeros"
         if self.unit and not math.isclose(norm, 1.0, abs_tol=self.tolerance):
@@ -183,7 +210,6 @@ class VectorCheck:
 def _check(
     record: RawRecord,
     fields: FieldMap,
-    seen: SeenIds,
     vectors: VectorCheck | None = None,
     limits: RecordLimits = RecordLimits(),
 ) -> Document | Reject:
@@ -215,9 +241,6 @@ def _check(
         sparse, why = sparse_reason(raw.get(fields.sparse_field), fields.sparse_field)
         if why is not None:
             return Reject(record.position, doc_id, why)
-    first = seen.first_seen(doc_id, record.position)
-    if first is not None:
-        return Reject(record.position, doc_id, f"duplicate id (first seen at position {first})")
     metadata = {m: raw[m] for m in fields.metadata_fields if raw.get(m) is not None}
     return Document(doc_id, title.strip(), text.strip(), record.position, metadata, vector, sparse)
 
@@ -264,17 +287,32 @@ def validate(
     own = seen is None
     ids = SeenIds() if seen is None else seen
     try:
+        chunk: list[Document | Reject] = []
         for record in records:
-            result = _check(record, fields, ids, vectors, limits)
-            if strict and isinstance(result, Reject):
-                raise BadRecordError(
-                    f"record {result.position} (id {result.doc_id or '?'}) rejected: {result.reason}; "
-                    "fix the source or run without --strict to collect rejects in a file"
-                )
-            yield result
+            chunk.append(_check(record, fields, vectors, limits))
+            if len(chunk) >= _CHECK_CHUNK:
+                yield from _without_duplicates(chunk, ids, strict)
+                chunk = []
+        yield from _without_duplicates(chunk, ids, strict)
     finally:
         if own:
             ids.close()
+
+
+def _without_duplicates(checked: list[Document | Reject], seen: SeenIds, strict: bool) -> Iterator[Document | Reject]:
+    """``checked`` in order, a document whose id was seen before (in an earlier chunk or this one) turned into
+    a reject naming where it was first seen; only documents that passed every other check are remembered."""
+    docs = [c for c in checked if isinstance(c, Document)]
+    firsts = iter(seen.first_seen_many([(d.doc_id, d.position) for d in docs]))
+    for result in checked:
+        if isinstance(result, Document) and (first := next(firsts)) is not None:
+            result = Reject(result.position, result.doc_id, f"duplicate id (first seen at position {first})")
+        if strict and isinstance(result, Reject):
+            raise BadRecordError(
+                f"record {result.position} (id {result.doc_id or '?'}) rejected: {result.reason}; "
+                "fix the source or run without --strict to collect rejects in a file"
+            )
+        yield result
 
 
 class RejectsFile:

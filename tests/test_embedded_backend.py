@@ -151,3 +151,19 @@ def test_a_small_index_is_searched_exactly_and_builds_its_graph_when_it_grows_pa
         assert len(list(idx.path.glob("vectors-*.faiss"))) == 1
     with EmbeddedBackend(data_dir=tmp_path, exact_below=100) as b:
         assert b._get("grow").is_graph and b.search_knn("grow", vecs[100], 1, 50)[0].doc_id == "g100"
+
+
+def test_a_cosine_index_normalises_huge_and_tiny_vectors_instead_of_zeroing_them(tmp_path):
+    """Finite vectors whose squares leave float32's range (past 1.8e19, below 1e-23) were normalised by an
+    infinite or zero norm: stored as zeros, found by no kNN search."""
+    from hybrid_search.backends.base import IndexSpec
+
+    spec = IndexSpec(dims=SPEC.dims, similarity="cosine")
+    huge, tiny = np.zeros(SPEC.dims, dtype=np.float32), np.zeros(SPEC.dims, dtype=np.float32)
+    huge[0], tiny[1] = 3e30, 2e-30
+    with EmbeddedBackend(data_dir=tmp_path, exact_below=20_000) as b:
+        b.ensure_index("cos", spec)
+        b.upsert("cos", [IndexedDocument("huge", "", "h", huge, {}), IndexedDocument("tiny", "", "t", tiny, {})])
+        for name, axis in (("huge", 0), ("tiny", 1)):
+            hit = b.search_knn("cos", unit(*np.eye(SPEC.dims)[axis]), 1, 10)[0]
+            assert hit.doc_id == name and hit.score > 0.99, hit

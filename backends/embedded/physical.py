@@ -27,14 +27,13 @@ from hybrid_search.backends.base import (
     IndexedDocument,
     IndexSpec,
 )
-from hybrid_search.backends.embedded.passages import PASSAGE_BITS
+from hybrid_search.backends.embedded.batch import PreparedBatch, insert_rows, prepare_batch
 from hybrid_search.backends.embedded.rows import SQL_CHUNK
 from hybrid_search.backends.embedded.sparse import SparsePostings
 from hybrid_search.backends.embedded.text import analyzer, bm25_query, open_text_index, prepare, tantivy_filter
 from hybrid_search.backends.embedded.vectors import VECTOR_FILE, VectorSearch
 from hybrid_search.config.errors import (
     ConfigError,
-    FailedItem,
     IndexLocked,
     QueryError,
 )
@@ -290,91 +289,48 @@ class PhysicalIndex(VectorSearch):
         return self._writer
 
     def upsert(self, docs: Sequence[IndexedDocument]) -> BulkResult:
-        latest: dict[str, IndexedDocument] = {d.doc_id: d for d in docs}  # last write of an id wins
-        failed: list[FailedItem] = []
-        rows: list[tuple[str, str, str, str, bytes, str]] = []
-        sparse: list[tuple[str, str]] = []  # (terms JSON, doc id)
-        passages: list[tuple[int, int, int, bytes, str]] = []  # (number, start, end, vector, doc id)
-        for doc in latest.values():
-            reason = self._check(doc)
-            if reason:
-                failed.append(FailedItem(doc.doc_id, reason))
-                continue
-            vec = np.asarray(doc.vector, dtype=np.float32)
-            if self.spec.similarity == "cosine":
-                vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
-            meta = json.dumps(dict(doc.metadata))
-            rows.append((doc.doc_id, doc.title, doc.text, meta, vec.tobytes(), doc.content_hash))
-            if doc.sparse:
-                sparse.append((json.dumps(dict(doc.sparse)), doc.doc_id))
-            for n, p in enumerate(doc.passages if len(doc.passages) > 1 else ()):  # one passage: the row's vector
-                pvec = np.asarray(p.vector, dtype=np.float32)
-                if self.spec.similarity == "cosine":
-                    pvec = pvec / max(float(np.linalg.norm(pvec)), 1e-12)
-                passages.append((n, p.start, p.end, pvec.tobytes(), doc.doc_id))
-        if rows:
+        batch = prepare_batch(self.spec, docs)  # the last write of an id wins; a refused one is named
+        if batch.rows:
             with self.writing():
-                self._write_rows(rows, sparse, passages)
+                self._write_rows(batch)
                 self._generation += 1
-        return BulkResult(stored=tuple(r[0] for r in rows), failed=tuple(failed))
+        return BulkResult(stored=tuple(r[0] for r in batch.rows), failed=tuple(batch.failed))
 
-    def _check(self, doc: IndexedDocument) -> str | None:
-        vec = np.asarray(doc.vector)
-        if vec.shape != (self.spec.dims,):
-            return f"vector has shape {vec.shape}, the index expects ({self.spec.dims},)"
-        if not np.all(np.isfinite(vec)):
-            return "vector contains NaN or infinity"
-        if not doc.doc_id:
-            return "empty document id"
-        if doc.sparse is not None and not self.spec.sparse_model:
-            return "the document has a sparse vector but the index has no sparse field (ingest with a sparse model)"
-        if doc.passages and not self.spec.passages:
-            return "the document has passages but the index holds one vector per document (built with chunking none)"
-        if len(doc.passages) > 1 << PASSAGE_BITS:
-            return f"the document has {len(doc.passages)} passages, over the {1 << PASSAGE_BITS} one document may hold"
-        for p in doc.passages:
-            pvec = np.asarray(p.vector)
-            if pvec.shape != (self.spec.dims,) or not np.all(np.isfinite(pvec)):
-                return (
-                    f"a passage vector has shape {pvec.shape} or a NaN/infinity, the index expects ({self.spec.dims},)"
-                )
-        return None
-
-    def _write_rows(
-        self,
-        rows: list[tuple[str, str, str, str, bytes, str]],
-        sparse: Sequence[tuple[str, str]] = (),
-        passages: Sequence[tuple[int, int, int, bytes, str]] = (),
-    ) -> None:
+    def _write_rows(self, batch: PreparedBatch) -> None:
         """One SQLite transaction stores the batch (a kill leaves each document old or new); the text index
         and the graph follow from the rows, and recovery replays whatever a kill left them short of."""
-        ids = [r[0] for r in rows]
+        rows = batch.rows
         text_upto = max(self._meta("text_upto"), self._text_added)  # rows a build's writer holds uncommitted
         self._changed = True
         self.db.execute("BEGIN")
         try:
-            existing = self._existing(ids)
+            existing = self._existing([r[0] for r in rows])
             old = list(existing.values())
-            self.db.executemany("INSERT OR IGNORE INTO dead(key) VALUES (?)", [(k,) for k in old])
+            insert_rows(self.db, "INSERT OR IGNORE INTO dead(key)", [(k,) for k in old])
             self._delete_keys(old)
             self._dead_epoch += bool(old)
-            self.db.executemany(
-                "INSERT INTO docs(doc_id, title, text, metadata, vector, hash) VALUES (?, ?, ?, ?, ?, ?)", rows
-            )
-            # in the same transaction: a document is stored with its sparse vector or not at all
-            self.db.executemany("INSERT INTO sparse(key, terms) SELECT key, ? FROM docs WHERE doc_id = ?", sparse)
-            self.db.executemany(
-                'INSERT INTO passages(key, ord, start, "end", vector) '
-                "SELECT key, ?, ?, ?, ? FROM docs WHERE doc_id = ?",
-                passages,
+            before = self._last_key()
+            insert_rows(self.db, "INSERT INTO docs(doc_id, title, text, metadata, vector, hash)", rows)
+            # AUTOINCREMENT numbers the rows of one writer's transaction in order, one after another
+            keys = list(range(before + 1, before + 1 + len(rows)))
+            if self._last_key() != keys[-1]:
+                found = self._existing([r[0] for r in rows])
+                keys = [found[r[0]] for r in rows]
+            key_of = dict(zip((r[0] for r in rows), keys, strict=True))
+            # in the same transaction: a document is stored with its sparse vector and passages or not at all
+            insert_rows(self.db, "INSERT INTO sparse(key, terms)", [(key_of[d], t) for d, t in batch.sparse])
+            insert_rows(
+                self.db,
+                'INSERT INTO passages(key, ord, start, "end", vector)',
+                [(key_of[d], *rest) for d, *rest in batch.passages],
             )
             self._bump("write_gen")  # readers see the rows (and the tombstones) from now on
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
-        if self.db.execute("SELECT count(*) FROM docs WHERE key > ?", (text_upto,)).fetchone()[0] != len(rows):
-            # rows an earlier crash left unindexed are among them: replay from the table, as recovery does
+        if before != text_upto or keys != sorted(keys):
+            # rows an earlier crash left unindexed may lie between: replay from the table, as recovery does
             new = self.db.execute(
                 "SELECT key, doc_id, title, text, metadata, vector FROM docs WHERE key > ? ORDER BY key", (text_upto,)
             ).fetchall()
@@ -382,12 +338,14 @@ class PhysicalIndex(VectorSearch):
             self._add_vectors([r[0] for r in new], np.stack([self._vec(r[5]) for r in new]))
         else:
             # the common case: index what was just written from memory, without reading the blobs back
-            keys = {d: k for k, d in self.db.execute("SELECT key, doc_id FROM docs WHERE key > ?", (text_upto,))}
-            ordered = sorted(rows, key=lambda r: keys[r[0]])
-            self._index_text([(keys[r[0]], r[0], r[1], r[2], r[3]) for r in ordered], replaced=set(existing))
-            vectors = np.frombuffer(b"".join(r[4] for r in ordered), dtype=np.float32).reshape(len(ordered), -1)
-            self._add_vectors([keys[r[0]] for r in ordered], vectors)
+            texts = [(k, r[0], r[1], r[2], m) for k, r, m in zip(keys, rows, batch.metadata, strict=True)]
+            self._index_text(texts, replaced=set(existing))
+            self._add_vectors(keys, batch.vectors)
         self._maybe_flush()
+
+    def _last_key(self) -> int:
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'docs'").fetchone()
+        return int(row[0]) if row else 0
 
     def _delete_keys(self, keys: Sequence[int]) -> None:
         for i in range(0, len(keys), SQL_CHUNK):
@@ -397,9 +355,12 @@ class PhysicalIndex(VectorSearch):
             self.db.execute(f"DELETE FROM sparse WHERE key IN ({marks})", part)
             self.db.execute(f"DELETE FROM passages WHERE key IN ({marks})", part)
 
-    def _index_text(self, rows: Sequence[tuple[int, str, str, str, str]], replaced: set[str] | None = None) -> None:
-        """Add rows to the text index. ``replaced``: the ids that may already be in it (None: any may be, as
-        when replaying after a crash), whose old entries are deleted first."""
+    def _index_text(
+        self, rows: Sequence[tuple[int, str, str, str, str | dict[str, Any]]], replaced: set[str] | None = None
+    ) -> None:
+        """Add rows (key, id, title, text, metadata as stored JSON or as a dict) to the text index.
+        ``replaced``: the ids that may already be in it (None: any may be, as when replaying after a crash),
+        whose old entries are deleted first."""
         writer, kind = self.writer, self.spec.analyzer
         for _key, doc_id, title, text, metadata in rows:
             if replaced is None or doc_id in replaced:
@@ -409,7 +370,7 @@ class PhysicalIndex(VectorSearch):
                     doc_id=doc_id,
                     title=prepare(kind, title),
                     text=prepare(kind, text),
-                    **{METADATA_FIELD: json.loads(metadata)},
+                    **{METADATA_FIELD: metadata if isinstance(metadata, dict) else json.loads(metadata)},
                 )
             )
         self._text_added = max(self._text_added, max(r[0] for r in rows))
@@ -438,9 +399,9 @@ class PhysicalIndex(VectorSearch):
             self._changed = True
             self.db.execute("BEGIN")
             try:
-                self.db.executemany("INSERT OR IGNORE INTO dead(key) VALUES (?)", [(k,) for k in keys])
+                insert_rows(self.db, "INSERT OR IGNORE INTO dead(key)", [(k,) for k in keys])
                 self._delete_keys(keys)
-                self.db.executemany("INSERT OR IGNORE INTO text_pending(doc_id) VALUES (?)", [(d,) for d in ids])
+                insert_rows(self.db, "INSERT OR IGNORE INTO text_pending(doc_id)", [(d,) for d in ids])
                 self._bump("write_gen")
                 self.db.execute("COMMIT")
             except BaseException:

@@ -204,7 +204,15 @@ def _batches(
     limits = RecordLimits(max_field_chars=settings.ingest.max_field_chars, max_depth=settings.ingest.max_depth)
     docs: list[Document] = []
     refused: list[Reject] = []
-    for item in validate(source.records(), fields, strict=settings.ingest.strict, vectors=vectors, limits=limits):
+    checked = validate(
+        source.records(),
+        fields,
+        strict=settings.ingest.strict,
+        vectors=vectors,
+        limits=limits,
+        chunk=settings.ingest.batch_size,
+    )
+    for item in checked:
         if isinstance(item, Reject):
             refused.append(item)
         else:

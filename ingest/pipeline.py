@@ -478,7 +478,14 @@ def _batches(
     pending: list[Reject] = []
     read, position = 0, skip_upto
     limits = RecordLimits(max_field_chars=settings.ingest.max_field_chars, max_depth=settings.ingest.max_depth)
-    records = validate(source.records(), source.fields, strict=settings.ingest.strict, vectors=vectors, limits=limits)
+    records = validate(
+        source.records(),
+        source.fields,
+        strict=settings.ingest.strict,
+        vectors=vectors,
+        limits=limits,
+        chunk=settings.ingest.batch_size,
+    )
     for item in records:
         if item.position <= skip_upto:
             continue  # its fate is already durable; validated again only to remember its id

@@ -279,21 +279,26 @@ def validate(
     seen: SeenIds | None = None,
     vectors: VectorCheck | None = None,
     limits: RecordLimits = RecordLimits(),
+    chunk: int = _CHECK_CHUNK,
 ) -> Iterator[Document | Reject]:
     """Check each record; ``seen`` may be shared to continue an earlier pass (the caller closes it);
-    ``vectors`` checks the precomputed vector of ``fields.vector_field`` (required when that is set)."""
+    ``vectors`` checks the precomputed vector of ``fields.vector_field`` (required when that is set).
+    Ids are looked up ``chunk`` records at a time, so the source is read at most that far ahead of what
+    was yielded: a pipeline passes its batch size to keep its bound on read-ahead and its checkpoints."""
     if fields.vector_field is not None and vectors is None:
         raise ValueError("a vector field needs a VectorCheck")
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1, got {chunk}")
     own = seen is None
     ids = SeenIds() if seen is None else seen
     try:
-        chunk: list[Document | Reject] = []
+        checked: list[Document | Reject] = []
         for record in records:
-            chunk.append(_check(record, fields, vectors, limits))
-            if len(chunk) >= _CHECK_CHUNK:
-                yield from _without_duplicates(chunk, ids, strict)
-                chunk = []
-        yield from _without_duplicates(chunk, ids, strict)
+            checked.append(_check(record, fields, vectors, limits))
+            if len(checked) >= chunk:
+                yield from _without_duplicates(checked, ids, strict)
+                checked = []
+        yield from _without_duplicates(checked, ids, strict)
     finally:
         if own:
             ids.close()

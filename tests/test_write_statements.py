@@ -67,3 +67,23 @@ def test_the_duplicate_check_looks_ids_up_in_a_few_statements(tmp_path):
         k = int(r.doc_id.removeprefix("id"))
         assert r.reason == f"duplicate id (first seen at position {k + 2})", r
     assert [r.position for r in results] == sorted(r.position for r in results)  # source order kept
+
+
+def test_the_duplicate_check_reads_the_source_no_further_ahead_than_its_chunk(tmp_path):
+    # a pipeline passes its batch size: read-ahead stays bounded and a read failure leaves whole batches behind
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps({"_id": f"id{i}", "text": f"t {i}"}) + "\n" for i in range(100)))
+    source = open_source(path)
+    read = 0
+
+    def counted():
+        nonlocal read
+        for record in source.records():
+            read += 1
+            yield record
+
+    yielded = 0
+    for _ in validate(counted(), source.fields, chunk=16):
+        yielded += 1
+        assert read - yielded < 16, f"{read} read when {yielded} were yielded"
+    assert yielded == 100 == read

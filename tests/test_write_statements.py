@@ -87,3 +87,24 @@ def test_the_duplicate_check_reads_the_source_no_further_ahead_than_its_chunk(tm
         yielded += 1
         assert read - yielded < 16, f"{read} read when {yielded} were yielded"
     assert yielded == 100 == read
+
+
+def test_the_vector_check_takes_the_whole_float32_range_and_refuses_nan_and_infinity():
+    from hybrid_search.ingest.validate import VectorCheck
+
+    check = VectorCheck(4, unit=False)
+    cases = {
+        "huge": [3e38, 3e38, 0.0, 1.0],  # squares overflow float32
+        "tiny": [1e-45, 0.0, 0.0, 0.0],  # the smallest subnormal: squares underflow float32
+        "plain": [1.0, 2.0, 2.0, 0.0],
+    }
+    for name, value in cases.items():
+        vector, why = check.reason(value, "v")
+        assert why is None and vector is not None, (name, why)
+        assert vector.dtype == np.float32 and vector.tolist() == np.float32(value).tolist()
+    for value in ([np.nan, 1, 1, 1], [np.inf, 1, 1, 1], [np.inf, -np.inf, 1, 1], [1e38, np.nan, 1, 1]):
+        assert check.reason(value, "v") == (None, "vector has NaN or infinite values"), value
+    assert check.reason([0.0] * 4, "v")[1] == "vector is all zeros"
+    unit = VectorCheck(4)
+    assert unit.reason([0.6, 0.8, 0, 0], "v")[1] is None
+    assert "norm 2e+38" in (unit.reason([2e38, 0, 0, 0], "v")[1] or "")

@@ -26,7 +26,7 @@ from hybrid_search.encoding.models import model_identity
 from hybrid_search.ingest.chunking import Chunking
 from hybrid_search.ingest.passages import DocumentEncoder
 from hybrid_search.ingest.sources import CorpusSource
-from hybrid_search.ingest.validate import Document, RecordLimits, Reject, RejectsFile, VectorCheck, validate
+from hybrid_search.ingest.validate import Document, Reject, RejectsFile, VectorCheck, validate_for_ingest
 
 if TYPE_CHECKING:
     from hybrid_search.encoding.encoder import Encoder
@@ -201,18 +201,9 @@ def _batches(
     source: CorpusSource, fields: Any, spec: IndexSpec, settings: Settings
 ) -> Iterator[tuple[list[Document], list[Reject]]]:
     vectors = VectorCheck(spec.dims, unit=spec.similarity == "dot_product") if fields.vector_field else None
-    limits = RecordLimits(max_field_chars=settings.ingest.max_field_chars, max_depth=settings.ingest.max_depth)
     docs: list[Document] = []
     refused: list[Reject] = []
-    checked = validate(
-        source.records(),
-        fields,
-        strict=settings.ingest.strict,
-        vectors=vectors,
-        limits=limits,
-        chunk=settings.ingest.batch_size,
-    )
-    for item in checked:
+    for item in validate_for_ingest(source.records(), fields, settings.ingest, vectors):
         if isinstance(item, Reject):
             refused.append(item)
         else:

@@ -36,7 +36,7 @@ from hybrid_search.encoding.models import model_identity
 from hybrid_search.ingest.chunking import Chunking
 from hybrid_search.ingest.passages import DocumentEncoder, EncodedBatch
 from hybrid_search.ingest.sources import CorpusSource
-from hybrid_search.ingest.validate import Document, RecordLimits, Reject, RejectsFile, VectorCheck, validate
+from hybrid_search.ingest.validate import Document, Reject, RejectsFile, VectorCheck, validate_for_ingest
 
 if TYPE_CHECKING:
     from hybrid_search.encoding.encoder import Encoder
@@ -477,16 +477,7 @@ def _batches(
     docs: list[Document] = []
     pending: list[Reject] = []
     read, position = 0, skip_upto
-    limits = RecordLimits(max_field_chars=settings.ingest.max_field_chars, max_depth=settings.ingest.max_depth)
-    records = validate(
-        source.records(),
-        source.fields,
-        strict=settings.ingest.strict,
-        vectors=vectors,
-        limits=limits,
-        chunk=settings.ingest.batch_size,
-    )
-    for item in records:
+    for item in validate_for_ingest(source.records(), source.fields, settings.ingest, vectors):
         if item.position <= skip_upto:
             continue  # its fate is already durable; validated again only to remember its id
         read, position = read + 1, item.position

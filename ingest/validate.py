@@ -19,10 +19,20 @@ from typing import Any, TextIO
 import numpy as np
 
 from hybrid_search.config.errors import BadRecordError
+from hybrid_search.config.settings import IngestSettings
 from hybrid_search.config.text import passage_text
 from hybrid_search.ingest.sources import FieldMap, RawRecord
 
-__all__ = ["Document", "RecordLimits", "Reject", "RejectsFile", "SeenIds", "VectorCheck", "validate"]
+__all__ = [
+    "Document",
+    "RecordLimits",
+    "Reject",
+    "RejectsFile",
+    "SeenIds",
+    "VectorCheck",
+    "validate",
+    "validate_for_ingest",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +312,15 @@ def validate(
     finally:
         if own:
             ids.close()
+
+
+def validate_for_ingest(
+    records: Iterable[RawRecord], fields: FieldMap, ingest: IngestSettings, vectors: VectorCheck | None
+) -> Iterator[Document | Reject]:
+    """``validate`` as an ingest runs it: its strictness and record limits, and ids looked up one batch at a
+    time (never reading further ahead than the batch being assembled, so checkpoints stay whole batches)."""
+    limits = RecordLimits(max_field_chars=ingest.max_field_chars, max_depth=ingest.max_depth)
+    return validate(records, fields, strict=ingest.strict, vectors=vectors, limits=limits, chunk=ingest.batch_size)
 
 
 def _without_duplicates(checked: list[Document | Reject], seen: SeenIds, strict: bool) -> Iterator[Document | Reject]:

@@ -167,3 +167,75 @@ def test_a_cosine_index_normalises_huge_and_tiny_vectors_instead_of_zeroing_them
         for name, axis in (("huge", 0), ("tiny", 1)):
             hit = b.search_knn("cos", unit(*np.eye(SPEC.dims)[axis]), 1, 10)[0]
             assert hit.doc_id == name and hit.score > 0.99, hit
+
+
+def test_a_cosine_batch_is_normalised_exactly_across_the_float32_range():
+    """Each stored row is the input's direction at unit length, whatever its scale (subnormal to near
+    float32's maximum) and whatever else is in its batch; refused rows are zeros and named."""
+    from hybrid_search.backends.base import IndexSpec
+    from hybrid_search.backends.embedded.batch import prepare_batch
+
+    spec = IndexSpec(dims=8, similarity="cosine")
+    rng = np.random.default_rng(7)
+    scales = [1e-43, 1e-38, 1e-31, 1e-29, 1e-3, 1.0, 7.0, 1e29, 1e31, 3e37]
+    shape = rng.standard_normal((len(scales), 8))
+    docs = [
+        IndexedDocument(f"s{i}", "", "t", (shape[i] / np.abs(shape[i]).max() * scale).astype(np.float32), {})
+        for i, scale in enumerate(scales)
+    ]
+    bad = np.ones(8, dtype=np.float32)
+    bad[3] = np.nan
+    docs.insert(4, IndexedDocument("nan", "", "t", bad, {}))
+    batch = prepare_batch(spec, docs)
+    assert [(f.doc_id, f.reason) for f in batch.failed] == [("nan", "vector contains NaN or infinity")]
+    kept = [d for d in docs if d.doc_id != "nan"]
+    assert [r[0] for r in batch.rows] == [d.doc_id for d in kept]
+    for row, doc, stored in zip(batch.rows, kept, batch.vectors, strict=True):
+        wide = doc.vector.astype(np.float64)
+        expected = wide / np.linalg.norm(wide)
+        assert np.allclose(stored, expected, rtol=0, atol=2e-6), row[0]
+        assert np.frombuffer(row[4], dtype=np.float32).tolist() == stored.tolist()
+        assert abs(float(np.linalg.norm(stored.astype(np.float64))) - 1.0) < 1e-5, row[0]
+
+
+def test_an_empty_title_or_metadata_scores_and_filters_as_one_written_out(tmp_path):
+    """The text index leaves an empty title and an empty metadata object out of a document (a third of its
+    cost); BM25 scores and metadata filters must equal those of an index holding them written out."""
+    import tantivy
+
+    from hybrid_search.backends.embedded.text import analyzer, bm25_query, open_text_index, tantivy_filter
+
+    words = ["river", "delta", "flood", "plain", "silt", "bank", "tide", "estuary"]
+    docs = [
+        IndexedDocument(
+            f"e{i}",
+            "" if i % 3 else f"{words[i % 8]} {words[(i + 3) % 8]}",
+            " ".join(words[(i * j) % 8] for j in range(1, 2 + i % 5)),
+            unit(1.0, i / 40),
+            {} if i % 2 else {"kind": "even", "n": i % 4},
+        )
+        for i in range(40)
+    ]
+    cases = [
+        (q, f) for q in ("river silt", "tide", "estuary bank flood") for f in (None, {"kind": "even"}, {"n": [1, 2]})
+    ]
+    with EmbeddedBackend(data_dir=tmp_path / "data", exact_below=20_000) as b:
+        b.ensure_index("e", SPEC)
+        b.upsert("e", docs)
+        b.refresh("e")
+        ours = [{h.doc_id: round(h.score, 5) for h in b.search_bm25("e", q, 40, f)} for q, f in cases]
+    (tmp_path / "reference").mkdir()
+    reference = open_text_index(tmp_path / "reference", analyzer("standard"))
+    writer = reference.writer(heap_size=15_000_000, num_threads=1)
+    for d in docs:
+        writer.add_document(tantivy.Document(doc_id=d.doc_id, title=d.title, text=d.text, metadata=dict(d.metadata)))
+    writer.commit()
+    reference.reload()
+    searcher, text = reference.searcher(), analyzer("standard")
+    for (q, f), scores in zip(cases, ours, strict=True):
+        query = bm25_query(reference.schema, text, q)
+        must = [query, *(tantivy.Query.const_score_query(c, 0.0) for c in tantivy_filter(reference.schema, f))]
+        hits = searcher.search(tantivy.Query.boolean_query([(tantivy.Occur.Must, c) for c in must]), limit=40).hits
+        expected = {searcher.doc(a)["doc_id"][0]: round(s, 5) for s, a in hits}
+        assert scores == expected, (q, f)
+        assert scores, (q, f)  # every case matches something, so the comparison is not of two empty sets

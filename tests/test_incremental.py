@@ -340,3 +340,34 @@ def test_compact_after_deletes_on_each_backend(kind, tmp_path, request):
         assert [
             h.doc_id for h in hs.search("bread rivers volcanoes chess violins", mode="bm25", top_k=20).hits
         ] == before
+
+
+@pytest.mark.parametrize(
+    "title, text",
+    [
+        ("", "plain words"),
+        ('a "quoted" \\ title', "tabs\tand\nnewlines\r, a NUL \x00 and \x1f"),
+        ("naïve café", "日本語のテキスト, an emoji 🦀, line and paragraph separators \u2028\u2029"),
+    ],
+)
+@pytest.mark.parametrize("metadata", [{}, {"year": 2001, "tags": ["a", "b"], "lang": "ç"}])
+def test_the_content_hash_is_the_sha256_of_the_sorted_json_an_index_stores(title, text, metadata):
+    """The hash is stored with every row and compared on upsert: a different encoding of the same record
+    would rewrite every document of an existing index once."""
+    import hashlib
+
+    import numpy as np
+
+    from hybrid_search.ingest.validate import Document
+
+    vector = np.linspace(-1, 1, 8, dtype=np.float32)
+    for vec in (None, vector):
+        doc = Document("d1", title, text, 1, metadata, vec, None)
+        parts = {"title": title, "text": text, "metadata": metadata, "sparse": None}
+        raw = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode()
+        expected = hashlib.sha256(raw + (vec.tobytes() if vec is not None else b"")).hexdigest()
+        assert doc.content_hash == expected
+    with_sparse = Document("d1", title, text, 1, metadata, None, {"tok": 0.5})
+    parts = {"title": title, "text": text, "metadata": metadata, "sparse": {"tok": 0.5}}
+    raw = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode()
+    assert with_sparse.content_hash == hashlib.sha256(raw).hexdigest()

@@ -138,6 +138,54 @@ def test_a_failure_in_any_stage_stops_the_others_and_a_resume_finishes(tmp_path,
         assert summary.resumed and summary.stored == 12 * batch == real.count("faulty")
 
 
+def _vector_corpus(path, n: int, dims: int):
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((n, dims))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    with open(path, "w") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"_id": f"p{i}", "text": f"passage {i} on topic {i % 5}", "emb": vectors[i].tolist()}))
+            fh.write("\n")
+    return path
+
+
+class ThreadsSeen(FailsOnCall):
+    """The real backend, noting on each upsert which ingest threads are alive (and failing on one call)."""
+
+    def __init__(self, inner, n: int) -> None:
+        super().__init__(inner, "upsert", n, ConnectionError("connection reset (injected)"))
+        self.seen: list[list[str]] = []
+
+    def __getattr__(self, name):
+        if name == "upsert":
+            self.seen.append(_ingest_threads())
+        return super().__getattr__(name)
+
+
+@pytest.mark.parametrize("stage", ["read", "write"])
+def test_with_every_vector_given_the_stages_run_in_one_thread_and_a_failure_resumes(
+    tmp_path, memo_encoder, settings, stage
+):
+    """Nothing to encode: read, validate and write run one after another in the caller's thread (threads only
+    traded the GIL); a failure still leaves whole-batch checkpoints, and a resume stores every document."""
+    batch = settings.ingest.batch_size
+    path = _vector_corpus(tmp_path / "v.jsonl", 12 * batch, memo_encoder.dims)
+    fields = FieldMap(vector_field="emb")
+    with EmbeddedBackend(data_dir=settings.data_dir) as real:
+        inner = JsonlFile(path, fields)
+        source = FailingSource(inner, 5 * batch + 3) if stage == "read" else inner
+        backend = ThreadsSeen(real, 4 if stage == "write" else 0)
+        with pytest.raises(OSError if stage == "read" else ConnectionError, match="injected"):
+            run_ingest(source, backend, memo_encoder, settings, alias="given")
+        assert backend.seen and all(alive == [] for alive in backend.seen), backend.seen
+        ckpt = Checkpoint.load(Checkpoint.path_for(settings.data_dir, "given"))
+        assert ckpt is not None and ckpt.position % batch == 0 and 0 < ckpt.position < 12 * batch
+        assert not real.index_exists("given")
+        summary = run_ingest(JsonlFile(path, fields), real, memo_encoder, settings, alias="given", resume=True)
+        assert summary.resumed and summary.stored == 12 * batch == real.count("given")
+        assert (summary.precomputed, summary.encoded) == (12 * batch - ckpt.position, 0)
+
+
 # --- precomputed vectors --------------------------------------------------------------------------------------
 
 

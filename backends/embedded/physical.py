@@ -365,14 +365,13 @@ class PhysicalIndex(VectorSearch):
         for _key, doc_id, title, text, metadata in rows:
             if replaced is None or doc_id in replaced:
                 writer.delete_documents_by_term("doc_id", doc_id)
-            writer.add_document(
-                tantivy.Document(
-                    doc_id=doc_id,
-                    title=prepare(kind, title),
-                    text=prepare(kind, text),
-                    **{METADATA_FIELD: metadata if isinstance(metadata, dict) else json.loads(metadata)},
-                )
-            )
+            fields: dict[str, Any] = {"doc_id": doc_id, "text": prepare(kind, text)}
+            if title:  # an empty field and an absent one index alike (no terms, field length 0)
+                fields["title"] = prepare(kind, title)
+            values = metadata if isinstance(metadata, dict) else json.loads(metadata)
+            if values:  # an empty JSON object costs tantivy as much as the rest of the document
+                fields[METADATA_FIELD] = values
+            writer.add_document(tantivy.Document(**fields))
         self._text_added = max(self._text_added, max(r[0] for r in rows))
         self._changed = True
         if not self.keep_writer or self._text_added - self._meta("text_upto") >= _BUILD_TEXT_ROWS:

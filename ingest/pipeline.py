@@ -3,8 +3,7 @@
 Reading and validation run in one thread, encoding in another, and writing (upsert and checkpoint) in the
 caller's, joined by queues of at most two batches each: the encoder works on batch n+1 while batch n is
 written and batch n+2 is read, and memory stays flat however large the corpus (a few batches in flight, plus
-the set of ids seen, to reject duplicates). When no record needs a model (every vector given) the stages run
-one after another in the caller's thread: all Python then, they gain nothing from threads but GIL hand-offs.
+the set of ids seen, to reject duplicates); with every vector given they run inline (all Python: no gain).
 Batches are written in source order; a failure in any stage stops the others and is raised from
 ``run_ingest`` as it was raised. Records may carry a precomputed vector (``FieldMap.vector_field``): it is
 checked (dimensions, finite, unit length for a dot-product index) and stored without encoding. After every
@@ -16,6 +15,7 @@ new index swapped in behind the alias.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -381,8 +381,7 @@ _STOP_JOIN_SECONDS = 30.0
 def _stream(
     source: CorpusSource, backend: IndexBuilder, encoder: Encoder, settings: Settings, run: _Run, progress: bool
 ) -> None:
-    """Run the read, encode and write stages: overlapped when records are encoded, else one after another in
-    this thread (see the module docstring)."""
+    """Run the read, encode and write stages: overlapped when records are encoded, else inline (module doc)."""
     from tqdm.auto import tqdm
 
     skip_upto = run.ckpt.position
@@ -400,16 +399,12 @@ def _stream(
     vectors = (
         VectorCheck(encoder.dims, unit=encoder.pooling.normalize) if source.fields.vector_field is not None else None
     )
-    if not _encodes(source, run.coder):
-        # every vector is given: the stages are all Python, and threads only hand the GIL to and fro (one
-        # thread measured 1.3x the rate of three on Quora's 20k short texts, 2 cores)
-        try:
+    if not _encodes(source, run.coder):  # all Python: one thread measured 1.3x three (Quora, 2 cores)
+        with contextlib.closing(bar):
             for batch in _batches(source, settings, skip_upto, vectors, run):
                 batch.encoded = run.coder.encode(batch.docs)
                 _write(batch, backend, settings, run)
                 bar.update(batch.position - bar.n)
-        finally:
-            bar.close()
         return
     stop = threading.Event()
     to_encode: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_BATCHES)
@@ -481,8 +476,8 @@ def _stream(
 
 
 def _encodes(source: CorpusSource, coder: DocumentEncoder) -> bool:
-    """Whether any record needs a model: no vector field (dense encoding), or a sparse model without a sparse
-    field. Encoding releases the GIL, and only then do overlapped stages pay."""
+    """Whether a record needs a model (no vector field, or a sparse model and no sparse field): encoding
+    releases the GIL, and only then do overlapped stages pay."""
     fields = source.fields
     return fields.vector_field is None or (coder.sparse is not None and fields.sparse_field is None)
 

@@ -25,6 +25,7 @@ from hybrid_search.ingest.validate import Document, Reject
 if TYPE_CHECKING:
     from hybrid_search.encoding.encoder import Encoder
     from hybrid_search.encoding.sparse import SparseEncoder
+    from hybrid_search.ingest.sources import FieldMap
 
 __all__ = ["DocumentEncoder", "EncodedBatch", "chunker_for"]
 
@@ -150,6 +151,12 @@ class DocumentEncoder:
     def _whole(docs: Sequence[Document], vectors: np.ndarray) -> list[tuple[PassageVector, ...]]:
         """One passage per document, its whole text (records that carried their own vector)."""
         return [(PassageVector(0, len(d.text), vectors[i]),) for i, d in enumerate(docs)]
+
+    def encodes(self, fields: FieldMap) -> bool:
+        """Whether records read with ``fields`` need a model: no vector field (dense encoding), or a sparse
+        model and no sparse field (what ``_sparse`` then encodes). Encoding releases the GIL; nothing else
+        in an ingest does for long."""
+        return fields.vector_field is None or (self.sparse is not None and fields.sparse_field is None)
 
     def _sparse(self, docs: Sequence[Document]) -> list[dict[str, float] | None]:
         if not docs:

@@ -23,7 +23,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -399,9 +399,10 @@ def _stream(
     vectors = (
         VectorCheck(encoder.dims, unit=encoder.pooling.normalize) if source.fields.vector_field is not None else None
     )
-    if not _encodes(source, run.coder):  # all Python: one thread measured 1.3x three (Quora, 2 cores)
+    batches = _timed(_batches(source, settings, skip_upto, vectors, run), run)
+    if not run.coder.encodes(source.fields):  # all Python: one thread measured 1.3x three (Quora, 2 cores)
         with contextlib.closing(bar):
-            for batch in _batches(source, settings, skip_upto, vectors, run):
+            for batch in batches:
                 batch.encoded = run.coder.encode(batch.docs)
                 _write(batch, backend, settings, run)
                 bar.update(batch.position - bar.n)
@@ -429,13 +430,7 @@ def _stream(
 
     def read_stage() -> None:
         try:
-            batches = _batches(source, settings, skip_upto, vectors, run)
-            while True:
-                t = time.perf_counter()
-                batch = next(batches, None)
-                run.read_s += time.perf_counter() - t
-                if batch is None:
-                    break
+            for batch in batches:
                 if not put(to_encode, batch):
                     return
             put(to_encode, _DONE)
@@ -475,11 +470,15 @@ def _stream(
         bar.close()
 
 
-def _encodes(source: CorpusSource, coder: DocumentEncoder) -> bool:
-    """Whether a record needs a model (no vector field, or a sparse model and no sparse field): encoding
-    releases the GIL, and only then do overlapped stages pay."""
-    fields = source.fields
-    return fields.vector_field is None or (coder.sparse is not None and fields.sparse_field is None)
+def _timed(batches: Iterator[_Batch], run: _Run) -> Iterator[_Batch]:
+    """``batches``, the time spent producing them (reading and validating) added to ``run.read_s``."""
+    while True:
+        t = time.perf_counter()
+        batch = next(batches, None)
+        run.read_s += time.perf_counter() - t
+        if batch is None:
+            return
+        yield batch
 
 
 def _batches(

@@ -256,3 +256,12 @@ def test_stage_rates_are_reported(tmp_path, memo_encoder, settings):
     rates = summary.stage_rates()
     assert set(rates) == {"read", "encode", "write", "end_to_end"}
     assert all(v > 0 for v in rates.values()) and summary.read_seconds > 0
+
+
+def test_stage_rates_are_reported_when_every_vector_is_given(tmp_path, memo_encoder, settings):
+    path = _vector_corpus(tmp_path / "v.jsonl", 64, memo_encoder.dims)
+    with EmbeddedBackend(data_dir=settings.data_dir) as backend:
+        summary = run_ingest(JsonlFile(path, FieldMap(vector_field="emb")), backend, memo_encoder, settings, alias="g")
+    rates = summary.stage_rates()
+    assert summary.precomputed == 64 and summary.read_seconds > 0 and summary.upsert_seconds > 0
+    assert 0 < rates["read"] < float("inf") and 0 < rates["write"] < float("inf")

@@ -222,6 +222,11 @@ class IndexBuilder(Protocol):
     def mark_written(self, index: str) -> None:
         """Record that an incremental write changed ``index`` (its ``IndexStats.write_generation`` moves on)."""
 
+    def writes_hold_gil(self, index: str, incoming: int | None) -> bool:
+        """Whether storing ``incoming`` more documents (``None``: unknown) in ``index`` is Python work from
+        start to end. Then an ingest with nothing to encode reads and writes on one thread (a second one would
+        only trade the GIL); a write that waits elsewhere (a bulk request, HNSW insertions) overlaps reading."""
+
     def matching_ids(self, index: str, filters: Filter) -> list[str]:
         """The ids of every document ``filters`` allows (what a delete by filter removes)."""
 

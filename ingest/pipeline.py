@@ -1,16 +1,16 @@
 """The ingest pipeline: read -> validate -> encode (batched) -> upsert, three stages that overlap.
 
 Reading and validation run in one thread, encoding in another, and writing (upsert and checkpoint) in the
-caller's, joined by queues of at most two batches each: the encoder works on batch n+1 while batch n is
-written and batch n+2 is read, and memory stays flat however large the corpus (a few batches in flight, plus
-the set of ids seen, to reject duplicates); with every vector given they run inline (all Python: no gain).
-Batches are written in source order; a failure in any stage stops the others and is raised from
-``run_ingest`` as it was raised. Records may carry a precomputed vector (``FieldMap.vector_field``): it is
-checked (dimensions, finite, unit length for a dot-product index) and stored without encoding. After every
-committed batch a checkpoint records the source position reached, the counts and the rejects file's length,
-so ``resume=True`` continues the same physical index after a crash without re-encoding stored documents and
-without writing a reject twice. At the end the stored count must equal read minus rejected; only then is the
-new index swapped in behind the alias.
+caller's, joined by queues of at most two batches each: the encoder works on batch n+1 while batch n is written
+and batch n+2 is read, and memory stays flat however large the corpus (a few batches in flight, plus the set of
+ids seen, to reject duplicates); with every vector given and writes all Python (an exact embedded index:
+``IndexBuilder.writes_hold_gil``) they run inline. Batches are written in source order; a failure in any stage
+stops the others and is raised from ``run_ingest`` as it was raised. Records may carry a precomputed vector
+(``FieldMap.vector_field``): it is checked (dimensions, finite, unit length for a dot-product index) and stored
+without encoding. After every committed batch a checkpoint records the source position reached, the counts and the
+rejects file's length, so ``resume=True`` continues the same physical index after a crash without re-encoding
+stored documents and without writing a reject twice. At the end the stored count must equal read minus rejected;
+only then is the new index swapped in behind the alias.
 """
 
 from __future__ import annotations
@@ -400,7 +400,8 @@ def _stream(
         VectorCheck(encoder.dims, unit=encoder.pooling.normalize) if source.fields.vector_field is not None else None
     )
     batches = _timed(_batches(source, settings, skip_upto, vectors, run), run)
-    if not run.coder.encodes(source.fields):  # all Python: one thread measured 1.3x three (Quora, 2 cores)
+    # all Python (an exact embedded index): one thread measured 1.3x three (Quora, 2 cores)
+    if not run.coder.encodes(source.fields) and backend.writes_hold_gil(run.ckpt.physical, _left(source, skip_upto)):
         with contextlib.closing(bar):
             for batch in batches:
                 batch.encoded = run.coder.encode(batch.docs)
@@ -470,6 +471,12 @@ def _stream(
         bar.close()
 
 
+def _left(source: CorpusSource, skip_upto: int) -> int | None:
+    """Positions still to read (at most: some may be blank), when the source knows its size cheaply."""
+    total = source.count_hint()
+    return None if total is None else max(total - skip_upto, 0)
+
+
 def _timed(batches: Iterator[_Batch], run: _Run) -> Iterator[_Batch]:
     """``batches``, the time spent producing them (reading and validating) added to ``run.read_s``."""
     while True:
@@ -481,13 +488,7 @@ def _timed(batches: Iterator[_Batch], run: _Run) -> Iterator[_Batch]:
         yield batch
 
 
-def _batches(
-    source: CorpusSource,
-    settings: Settings,
-    skip_upto: int,
-    vectors: VectorCheck | None,
-    run: _Run,
-) -> Any:
+def _batches(source: CorpusSource, settings: Settings, skip_upto: int, vectors: VectorCheck | None, run: _Run) -> Any:
     """Validated records grouped into batches of ``ingest.batch_size`` documents, in source order."""
     docs: list[Document] = []
     pending: list[Reject] = []

@@ -343,6 +343,10 @@ class ClusterSearch(ClusterConnection):
         """The content hash each stored id was written with (``mget`` of that one field)."""
         return {i: str(src.get(HASH_FIELD) or "") for i, src in self._found(index, doc_ids, [HASH_FIELD])}
 
+    def writes_hold_gil(self, index: str, incoming: int | None) -> bool:
+        """False: a bulk request waits on the network, when the reader can work."""
+        return False
+
     @checks_names
     def matching_ids(self, index: str, filters: Filter) -> list[str]:
         """Ids of every document the filters allow, scrolled without their sources."""

@@ -152,6 +152,13 @@ class EmbeddedBackend(EmbeddedReads, OpensIndexes):
         """Nothing to do: every write bumps the build's own ``write_gen``."""
 
     @checks_names
+    def writes_hold_gil(self, index: str, incoming: int | None) -> bool:
+        """True while the index stays exact (SQLite, tantivy and the flat index are short calls between
+        Python); a write that builds or grows the HNSW graph spends its time in faiss, off the GIL."""
+        idx = self._get(index)
+        return incoming is not None and idx.count() + incoming < idx.exact_below
+
+    @checks_names
     def matching_ids(self, index: str, filters: Filter) -> list[str]:
         return self._get(index)._filter_doc_ids(filters)
 

@@ -186,18 +186,6 @@ def test_with_every_vector_given_the_stages_run_in_one_thread_and_a_failure_resu
         assert (summary.precomputed, summary.encoded) == (12 * batch - ckpt.position, 0)
 
 
-class UpsertThreads:
-    """The real backend, noting which ingest threads are alive on each upsert."""
-
-    def __init__(self, inner) -> None:
-        self.inner, self.seen = inner, []
-
-    def __getattr__(self, name):
-        if name == "upsert":
-            self.seen.append(_ingest_threads())
-        return getattr(self.inner, name)
-
-
 @pytest.mark.parametrize("where", ["exact", "graph", "elasticsearch"])
 def test_given_vectors_overlap_the_stages_only_where_a_write_waits_outside_python(
     tmp_path, memo_encoder, settings, where, request
@@ -216,7 +204,7 @@ def test_given_vectors_overlap_the_stages_only_where_a_write_waits_outside_pytho
     else:
         real = EmbeddedBackend(data_dir=settings.data_dir, exact_below=n + 1 if where == "exact" else n // 2)
     with real:
-        backend = UpsertThreads(real)
+        backend = ThreadsSeen(real, 0)  # never fails
         source = JsonlFile(path, FieldMap(vector_field="emb"))
         summary = run_ingest(source, backend, memo_encoder, settings, alias=f"given-{where}")
         assert summary.stored == n == real.count(f"given-{where}")

@@ -154,9 +154,10 @@ class EmbeddedBackend(EmbeddedReads, OpensIndexes):
     @checks_names
     def writes_hold_gil(self, index: str, incoming: int | None) -> bool:
         """True while the index stays exact (SQLite, tantivy and the flat index are short calls between
-        Python); a write that builds or grows the HNSW graph spends its time in faiss, off the GIL."""
+        Python); a write that builds or grows the HNSW graph spends its time in faiss, off the GIL. Counted in
+        vectors, as ``_grow_graph`` counts them (documents of several passages add more than one each)."""
         idx = self._get(index)
-        return incoming is not None and idx.count() + incoming < idx.exact_below
+        return incoming is not None and not idx.is_graph and int(idx.vectors.ntotal) + incoming < idx.exact_below
 
     @checks_names
     def matching_ids(self, index: str, filters: Filter) -> list[str]:

@@ -140,7 +140,9 @@ class SeenIds:
     """
 
     def __init__(self) -> None:
-        self._db = sqlite3.connect("", isolation_level=None)  # "": temporary, on disk, deleted on close
+        # "": temporary, on disk, deleted on close. One thread at a time uses it, but not always the same one:
+        # an ingest's reader thread fills it and the main thread closes it when the ingest stops early
+        self._db = sqlite3.connect("", isolation_level=None, check_same_thread=False)
         self._db.executescript(
             "PRAGMA cache_size=-8192; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
             "CREATE TABLE seen (id TEXT PRIMARY KEY, position INTEGER NOT NULL) WITHOUT ROWID; BEGIN;"

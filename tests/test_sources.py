@@ -255,3 +255,23 @@ def test_json_lines_named_json_and_a_broken_array(tmp_path):
     scalar = tmp_path / "scalar.json"
     scalar.write_text('"just a string"')
     assert "expected an array of objects" in (next(iter(open_source(scalar).records())).error or "")
+
+
+def test_a_validation_started_in_one_thread_closes_its_id_store_in_another():
+    """An ingest's reader thread runs ``validate``; when the ingest stops early (a failed write, a full disk,
+    Ctrl-C) the generator is closed from the main thread. Its temporary id store (a SQLite database on disk)
+    must close there too, not raise and stay open until garbage collection."""
+    import threading
+
+    from hybrid_search.ingest.sources import RawRecord
+
+    records = (RawRecord(i, {"_id": f"d{i}", "text": f"text {i}"}) for i in range(1, 1_000))
+    checked = validate(records, FieldMap(), chunk=10)
+    first: list[object] = []
+    reader = threading.Thread(target=lambda: first.append(next(checked)))
+    reader.start()
+    reader.join()
+    assert isinstance(first[0], Document)
+    checked.close()  # raised sqlite3.ProgrammingError (used from another thread) before the fix
+    with pytest.raises(StopIteration):
+        next(checked)
